@@ -1,0 +1,259 @@
+//! `reactor.toml`: the seed's `[functions]` section, every field overridable from the
+//! environment, with defaults that make the file optional.
+//!
+//! | key | env | default |
+//! |---|---|---|
+//! | `workdir` | `REACTOR_FUNCTIONS_WORKDIR` | `./.reactor/functions` |
+//! | `data_key` | `REACTOR_FUNCTIONS_DATA_KEY` | none (secrets arrive with their own issue) |
+//! | `bundle_max_bytes` | `REACTOR_FUNCTIONS_BUNDLE_MAX_BYTES` | 52428800 (50 MiB) |
+//! | `invoke_default_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_DEFAULT_TIMEOUT_MS` | 30000 |
+//! | `invoke_max_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS` | 300000 |
+//! | `bun_idle_ttl_secs` | `REACTOR_FUNCTIONS_BUN_IDLE_TTL_SECS` | 300 |
+//! | `bun_max_instances_per_fn` | `REACTOR_FUNCTIONS_BUN_MAX_INSTANCES_PER_FN` | 8 |
+//! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm"]` |
+//! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir` |
+//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none |
+
+use crate::Runtime;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const ENV_CONFIG: &str = "REACTOR_CONFIG";
+const ENV_PREFIX: &str = "REACTOR_FUNCTIONS_";
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorConfig {
+    #[serde(default)]
+    pub functions: FunctionsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    pub workdir: PathBuf,
+    pub data_key: Option<String>,
+    pub bundle_max_bytes: u64,
+    pub invoke_default_timeout_ms: u64,
+    pub invoke_max_timeout_ms: u64,
+    pub bun_idle_ttl_secs: u64,
+    pub bun_max_instances_per_fn: u32,
+    pub runtimes: Vec<Runtime>,
+    pub storage: StorageConfig,
+    pub lambda: Option<toml::Table>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self {
+            workdir: PathBuf::from("./.reactor/functions"),
+            data_key: None,
+            bundle_max_bytes: 50 * 1024 * 1024,
+            invoke_default_timeout_ms: 30_000,
+            invoke_max_timeout_ms: 300_000,
+            bun_idle_ttl_secs: 300,
+            bun_max_instances_per_fn: 8,
+            runtimes: vec![Runtime::Wasm],
+            storage: StorageConfig::default(),
+            lambda: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is not valid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ReactorConfig {
+    /// Loads `path` if given, else `$REACTOR_CONFIG`, else `./reactor.toml` when it exists,
+    /// else the defaults; then applies environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(ENV_CONFIG).map(PathBuf::from));
+        let candidate = explicit.clone().or_else(|| {
+            let p = PathBuf::from("reactor.toml");
+            p.exists().then_some(p)
+        });
+        let mut config = match candidate {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path,
+                    source: Box::new(source),
+                })?
+            }
+            None => ReactorConfig::default(),
+        };
+        config
+            .functions
+            .apply_env(|name| std::env::var(name).ok())?;
+        config.functions.validate()?;
+        Ok(config)
+    }
+}
+
+impl FunctionsConfig {
+    /// Applies `REACTOR_FUNCTIONS_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+            value.trim().parse().map_err(|_| ConfigError::Env {
+                name: name.to_string(),
+                value: value.to_string(),
+                reason: "expected a non-negative integer".to_string(),
+            })
+        }
+        let var = |key: &str| {
+            let name = format!("{ENV_PREFIX}{key}");
+            get(&name).map(|v| (name, v))
+        };
+        if let Some((_, v)) = var("WORKDIR") {
+            self.workdir = PathBuf::from(v);
+        }
+        if let Some((_, v)) = var("DATA_KEY") {
+            self.data_key = Some(v);
+        }
+        if let Some((n, v)) = var("BUNDLE_MAX_BYTES") {
+            self.bundle_max_bytes = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("INVOKE_DEFAULT_TIMEOUT_MS") {
+            self.invoke_default_timeout_ms = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("INVOKE_MAX_TIMEOUT_MS") {
+            self.invoke_max_timeout_ms = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("BUN_IDLE_TTL_SECS") {
+            self.bun_idle_ttl_secs = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("BUN_MAX_INSTANCES_PER_FN") {
+            self.bun_max_instances_per_fn = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("RUNTIMES") {
+            let mut runtimes = Vec::new();
+            for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let rt =
+                    part.parse()
+                        .map_err(|e: crate::runtime::UnknownRuntime| ConfigError::Env {
+                            name: n.clone(),
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        })?;
+                runtimes.push(rt);
+            }
+            self.runtimes = runtimes;
+        }
+        if let Some((_, v)) = var("STORAGE_URL") {
+            self.storage.url = Some(v);
+        }
+        if let Some((_, v)) = var("STORAGE_API_KEY") {
+            self.storage.api_key = Some(v);
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bundle_max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "bundle_max_bytes must be positive".into(),
+            ));
+        }
+        if self.invoke_default_timeout_ms == 0
+            || self.invoke_default_timeout_ms > self.invoke_max_timeout_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "invoke_default_timeout_ms {} must be between 1 and invoke_max_timeout_ms {}",
+                self.invoke_default_timeout_ms, self.invoke_max_timeout_ms
+            )));
+        }
+        if self.runtimes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "runtimes must name at least one runtime".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timeouts(&self) -> crate::manifest::TimeoutDefaults {
+        crate::manifest::TimeoutDefaults {
+            default_timeout_ms: self.invoke_default_timeout_ms,
+            max_timeout_ms: self.invoke_max_timeout_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_config_parses_and_env_overrides() {
+        let text = r#"
+[functions]
+workdir = "./.reactor/functions"
+data_key = "base64-32-byte-key"
+bundle_max_bytes = 52428800 # 50 MiB
+invoke_default_timeout_ms = 30000
+invoke_max_timeout_ms = 300000
+bun_idle_ttl_secs = 300
+bun_max_instances_per_fn = 8
+runtimes = ["wasm", "bun"]
+
+[functions.storage]
+url = "http://localhost:8003"
+api_key = "storage-api-key-for-system-bucket"
+
+[functions.lambda]
+region = "us-east-1"
+"#;
+        let mut config: ReactorConfig = toml::from_str(text).expect("seed config parses");
+        assert_eq!(config.functions.runtimes, vec![Runtime::Wasm, Runtime::Bun]);
+        config
+            .functions
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_BUNDLE_MAX_BYTES" => Some("1024".into()),
+                "REACTOR_FUNCTIONS_RUNTIMES" => Some("wasm".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.functions.bundle_max_bytes, 1024);
+        assert_eq!(config.functions.runtimes, vec![Runtime::Wasm]);
+        let err = config
+            .functions
+            .apply_env(|name| {
+                (name == "REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS").then(|| "soon".into())
+            })
+            .expect_err("not a number");
+        assert!(
+            err.to_string()
+                .contains("REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS")
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The interface between a router (and the control plane) and a runtime worker.
+//!
+//! In the embedded default the worker is a library called in-process; a remote worker
+//! implements the same trait over the network. A worker materializes bundles of its
+//! runtime (checks and precompiles them), prepares live deployments (loads them so the
+//! first request is warm), and serves invocations, reporting whether each was cold.
+
+use crate::{ApiError, ErrorCode, Runtime};
+use async_trait::async_trait;
+use axum::body::Body;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a worker needs to run one deployment, as the routing table carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentSpec {
+    pub org: String,
+    pub function: String,
+    pub deployment_id: String,
+    pub runtime: Runtime,
+    /// Path of the entrypoint inside the bundle.
+    pub entrypoint: String,
+    /// Storage key of the bundle (tar.gz).
+    pub bundle_key: String,
+    pub sha256: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+}
+
+impl DeploymentSpec {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// One request for a function, already authenticated and rewritten by the router: the
+/// URI is relative to the function's mount.
+pub struct Invocation {
+    pub spec: Arc<DeploymentSpec>,
+    pub request: http::Request<Body>,
+    /// When the handler must have produced its response headers (and, for the body, when
+    /// the invocation is aborted).
+    pub deadline: tokio::time::Instant,
+    pub request_id: String,
+}
+
+pub struct InvokeOutcome {
+    pub response: http::Response<Body>,
+    /// This request waited for code to be loaded or an instance initialised.
+    pub cold_start: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the handler did not respond within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("{message}")]
+    Crashed { message: String },
+    #[error("{message}")]
+    NotReady { message: String },
+    #[error("{message}")]
+    Unavailable { message: String },
+}
+
+impl InvokeError {
+    /// The public error for this failure of `spec`, `elapsed` after the router got it.
+    pub fn to_api_error(&self, spec: &DeploymentSpec, elapsed: Duration) -> ApiError {
+        let duration_ms = elapsed.as_millis() as u64;
+        let err = match self {
+            InvokeError::Timeout { timeout_ms } => ApiError::new(
+                ErrorCode::FunctionTimeout,
+                format!(
+                    "function {} exceeded limits.timeout_ms ({timeout_ms} ms)",
+                    spec.function
+                ),
+            )
+            .with_detail("timeout_ms", *timeout_ms),
+            InvokeError::Crashed { message } => ApiError::new(
+                ErrorCode::FunctionCrashed,
+                format!("function {} crashed: {message}", spec.function),
+            ),
+            InvokeError::NotReady { message } => ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!(
+                    "deployment {} of function {} is not ready: {message}",
+                    spec.deployment_id, spec.function
+                ),
+            ),
+            InvokeError::Unavailable { message } => ApiError::new(
+                ErrorCode::WorkerUnavailable,
+                format!(
+                    "the {} worker failed before answering: {message}",
+                    spec.runtime
+                ),
+            ),
+        };
+        err.with_detail("deployment_id", spec.deployment_id.clone())
+            .with_detail("duration_ms", duration_ms)
+    }
+}
+
+#[async_trait]
+pub trait RuntimeWorker: Send + Sync + 'static {
+    fn runtime(&self) -> Runtime;
+
+    /// Checks an unpacked bundle and builds what the runtime needs (for WASM, the
+    /// precompiled artifact in storage). `Err` is the reason the deployment failed.
+    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String>;
+
+    /// Loads a deployment that is about to go live so that its first request is warm.
+    async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeError>;
+}
+
+/// The workers available, one per runtime.
+#[derive(Clone, Default)]
+pub struct Runtimes {
+    workers: HashMap<Runtime, Arc<dyn RuntimeWorker>>,
+}
+
+impl Runtimes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, worker: Arc<dyn RuntimeWorker>) -> Self {
+        self.workers.insert(worker.runtime(), worker);
+        self
+    }
+
+    pub fn get(&self, runtime: Runtime) -> Option<&Arc<dyn RuntimeWorker>> {
+        self.workers.get(&runtime)
+    }
+
+    pub fn no_worker(runtime: Runtime) -> ApiError {
+        ApiError::new(
+            ErrorCode::NoWorkerAvailable,
+            format!("no worker is available for runtime {runtime}"),
+        )
+        .with_detail("runtime", runtime.as_str())
+    }
+}

@@ -1,0 +1,20 @@
+//! The platform's contract, shared by every service and the CLI.
+//!
+//! It owns the error codes and their JSON body, the admin API's JSON shapes, the bundle
+//! manifest and its validation, the per-runtime limits, the configuration file, and the
+//! interface between a router and a runtime worker ([`RuntimeWorker`]). It does no I/O of
+//! its own beyond reading the configuration file.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod invoke;
+pub mod manifest;
+pub mod model;
+pub mod runtime;
+
+pub use error::{ApiError, ErrorCode};
+pub use invoke::{DeploymentSpec, Invocation, InvokeError, InvokeOutcome, RuntimeWorker, Runtimes};
+pub use manifest::Manifest;
+pub use runtime::Runtime;

@@ -1,0 +1,299 @@
+//! The bundle manifest (`manifest.json`) and its validation against the function, the
+//! runtime's limits and the files actually in the bundle.
+
+use crate::Runtime;
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// A build step run by the CLI before packing (like `spin build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    #[serde(default)]
+    pub min_instances: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Shell command, run in the bundle directory.
+    pub command: String,
+    /// The file the command produces, relative to the bundle directory. It is packed at
+    /// `entrypoint` (or at this same path when the manifest has no entrypoint).
+    pub output: String,
+}
+
+/// What a valid manifest (or its absence) settles for a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub entrypoint: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub min_instances: u32,
+    pub max_concurrency: Option<u32>,
+    pub env_keys: Vec<String>,
+    pub secret_keys: Vec<String>,
+}
+
+/// Server-wide timeout settings that apply when a manifest says nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutDefaults {
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest.json is not valid: {e}"))
+    }
+
+    /// Checks the manifest against the function and the bundle's `files` (relative paths
+    /// of its regular files) and resolves entrypoint and limits.
+    pub fn resolve(
+        manifest: Option<&Manifest>,
+        function: &str,
+        runtime: Runtime,
+        files: &[String],
+        timeouts: TimeoutDefaults,
+    ) -> Result<Resolved, String> {
+        let empty = Manifest::default();
+        let m = manifest.unwrap_or(&empty);
+        if let Some(name) = &m.name
+            && name != function
+        {
+            return Err(format!(
+                "manifest name {name:?} does not match function {function:?}"
+            ));
+        }
+        if let Some(rt) = m.runtime
+            && rt != runtime
+        {
+            return Err(format!(
+                "manifest runtime {rt} does not match the function's runtime {runtime}"
+            ));
+        }
+        let entrypoint = match &m.entrypoint {
+            Some(e) => {
+                let e = e.trim_start_matches("./").to_string();
+                if !files.contains(&e) {
+                    return Err(format!("entrypoint {e:?} is not in the bundle"));
+                }
+                e
+            }
+            None => default_entrypoint(runtime, files)?,
+        };
+        let limits = runtime.limits();
+        let max_timeout = timeouts.max_timeout_ms.min(limits.max_timeout_ms);
+        let timeout_ms = m
+            .limits
+            .as_ref()
+            .and_then(|l| l.timeout_ms)
+            .unwrap_or(timeouts.default_timeout_ms.min(max_timeout));
+        if timeout_ms == 0 || timeout_ms > max_timeout {
+            return Err(format!(
+                "limits.timeout_ms {timeout_ms} is out of range for {runtime} (1-{max_timeout})"
+            ));
+        }
+        let (lo, hi) = limits.memory_mb;
+        let memory_mb = m
+            .limits
+            .as_ref()
+            .and_then(|l| l.memory_mb)
+            .unwrap_or(limits.default_memory_mb);
+        if memory_mb < lo || memory_mb > hi {
+            return Err(format!(
+                "limits.memory_mb {memory_mb} is out of range for {runtime} ({lo}-{hi})"
+            ));
+        }
+        let concurrency = m.concurrency.clone().unwrap_or_default();
+        if concurrency.max_concurrency == Some(0) {
+            return Err("concurrency.max_concurrency must be at least 1".to_string());
+        }
+        for key in m.env_keys.iter().chain(&m.secret_keys) {
+            if !valid_env_key(key) {
+                return Err(format!(
+                    "env key {key:?} is not valid (letters, digits and _, not starting with a digit)"
+                ));
+            }
+        }
+        Ok(Resolved {
+            entrypoint,
+            timeout_ms,
+            memory_mb,
+            min_instances: concurrency.min_instances,
+            max_concurrency: concurrency.max_concurrency,
+            env_keys: m.env_keys.clone(),
+            secret_keys: m.secret_keys.clone(),
+        })
+    }
+}
+
+/// The runtime's convention when a manifest names no entrypoint.
+fn default_entrypoint(runtime: Runtime, files: &[String]) -> Result<String, String> {
+    match runtime {
+        Runtime::Wasm => {
+            let wasm: Vec<&String> = files.iter().filter(|f| f.ends_with(".wasm")).collect();
+            match wasm.as_slice() {
+                [one] => Ok((*one).clone()),
+                [] => {
+                    Err("the bundle has no .wasm file and the manifest names no entrypoint".into())
+                }
+                many => Err(format!(
+                    "the bundle has {} .wasm files ({}); name one as entrypoint in manifest.json",
+                    many.len(),
+                    many.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        Runtime::Bun | Runtime::Lambda => {
+            for candidate in ["code/index.ts", "index.ts", "index.js"] {
+                if files.iter().any(|f| f == candidate) {
+                    return Ok(candidate.to_string());
+                }
+            }
+            Err("the bundle has none of code/index.ts, index.ts, index.js and the manifest names no entrypoint".into())
+        }
+    }
+}
+
+pub fn valid_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TimeoutDefaults = TimeoutDefaults {
+        default_timeout_ms: 30_000,
+        max_timeout_ms: 300_000,
+    };
+
+    fn files(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_manifest_uses_the_single_wasm_file() {
+        let r = Manifest::resolve(
+            None,
+            "hello",
+            Runtime::Wasm,
+            &files(&["a.wasm", "README"]),
+            T,
+        )
+        .expect("valid");
+        assert_eq!(r.entrypoint, "a.wasm");
+        assert_eq!(r.timeout_ms, 30_000);
+        assert_eq!(r.memory_mb, 128);
+    }
+
+    #[test]
+    fn two_wasm_files_need_an_entrypoint() {
+        let err = Manifest::resolve(
+            None,
+            "hello",
+            Runtime::Wasm,
+            &files(&["a.wasm", "b.wasm"]),
+            T,
+        )
+        .expect_err("ambiguous");
+        assert!(err.contains("2 .wasm files"), "{err}");
+    }
+
+    #[test]
+    fn bun_convention_prefers_code_index_ts() {
+        let r = Manifest::resolve(
+            None,
+            "hello",
+            Runtime::Bun,
+            &files(&["index.js", "code/index.ts"]),
+            T,
+        )
+        .expect("valid");
+        assert_eq!(r.entrypoint, "code/index.ts");
+    }
+
+    #[test]
+    fn out_of_range_limits_name_the_range() {
+        let m = Manifest::parse(br#"{"limits":{"memory_mb":4096}}"#).expect("parses");
+        let err = Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T)
+            .expect_err("too much memory");
+        assert!(err.contains("32-1024"), "{err}");
+        let m = Manifest::parse(br#"{"limits":{"timeout_ms":400000}}"#).expect("parses");
+        let err = Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T)
+            .expect_err("too long");
+        assert!(err.contains("1-300000"), "{err}");
+    }
+
+    #[test]
+    fn mismatches_and_unknown_fields_are_refused() {
+        let m = Manifest::parse(br#"{"name":"other"}"#).expect("parses");
+        assert!(
+            Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T).is_err()
+        );
+        let m = Manifest::parse(br#"{"runtime":"bun"}"#).expect("parses");
+        assert!(
+            Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T).is_err()
+        );
+        let m = Manifest::parse(br#"{"entrypoint":"missing.wasm"}"#).expect("parses");
+        assert!(
+            Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T).is_err()
+        );
+        assert!(Manifest::parse(br#"{"entrypont":"a.wasm"}"#).is_err());
+    }
+
+    #[test]
+    fn seed_manifest_parses() {
+        let m = Manifest::parse(br#"{"name":"hello","runtime":"bun","entrypoint":"code/index.ts","env_keys":["STRIPE_PUBLIC_KEY"],"secret_keys":["STRIPE_SECRET_KEY"],"concurrency":{"min_instances":0,"max_concurrency":50},"limits":{"timeout_ms":30000,"memory_mb":128}}"#)
+            .expect("parses");
+        let r = Manifest::resolve(
+            Some(&m),
+            "hello",
+            Runtime::Bun,
+            &files(&["code/index.ts"]),
+            T,
+        )
+        .expect("valid");
+        assert_eq!(r.max_concurrency, Some(50));
+        assert_eq!(r.secret_keys, vec!["STRIPE_SECRET_KEY".to_string()]);
+    }
+}

@@ -1,0 +1,150 @@
+//! JSON shapes of the admin API (DESIGN.md "API shapes"), shared by server and clients.
+
+use crate::Runtime;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+    Invoker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Invoker => "invoker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "invoker" => Some(Role::Invoker),
+            _ => None,
+        }
+    }
+
+    /// Create, deploy, promote and roll back functions.
+    pub fn can_deploy(self) -> bool {
+        matches!(self, Role::Admin | Role::Developer)
+    }
+
+    /// Manage tokens, orgs and delete functions.
+    pub fn is_admin(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    Materializing,
+    Ready,
+    Failed,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Materializing => "materializing",
+            DeploymentStatus::Ready => "ready",
+            DeploymentStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "materializing" => Some(Self::Materializing),
+            "ready" => Some(Self::Ready),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateFunction {
+    pub name: String,
+    pub runtime: Runtime,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub org: String,
+    pub runtime: Runtime,
+    pub live_deployment_id: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    pub id: String,
+    pub function: String,
+    pub status: DeploymentStatus,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub created_at: String,
+    #[serde(default)]
+    pub live: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub entrypoint: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub to_deployment_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateOrg {
+    pub name: String,
+}
+
+/// An org just created, with the admin token that manages it (shown once).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgCreated {
+    pub name: String,
+    pub created_at: String,
+    pub admin_token: TokenCreated,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub role: Role,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub org: String,
+    pub role: Role,
+    pub name: Option<String>,
+    pub created_at: String,
+}
+
+/// A token just created: the secret appears here and nowhere else, ever.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    pub org: String,
+    pub role: Role,
+    pub name: Option<String>,
+    pub token: String,
+}

@@ -1,0 +1,290 @@
+//! Bundles: receiving an upload (streamed to a file while hashed and counted) and
+//! unpacking it safely. An archive is refused, with the entry named, when it has an
+//! absolute path, a `..` component, a link leaving the bundle, a device or FIFO, more
+//! than [`MAX_ENTRIES`] entries or more than [`MAX_EXPANDED_BYTES`] once expanded.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+pub const MAX_ENTRIES: usize = 10_000;
+pub const MAX_EXPANDED_BYTES: u64 = 512 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("the bundle is larger than bundle_max_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("reading the upload: {0}")]
+    Upload(String),
+    #[error("the bundle is not a valid tar.gz archive: {0}")]
+    Archive(String),
+    #[error("unsafe archive entry {entry:?}: {reason}")]
+    Unsafe { entry: String, reason: String },
+    #[error("the bundle has more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("the bundle expands to more than {MAX_EXPANDED_BYTES} bytes")]
+    TooLargeExpanded,
+    #[error("bundle i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A received upload: where it was written, its SHA-256 and size.
+pub struct Received {
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// Writes `body` to `dest`, hashing it and refusing it past `limit` bytes.
+pub async fn receive<S, E>(mut body: S, dest: &Path, limit: u64) -> Result<Received, BundleError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut file = tokio::fs::File::create(dest).await?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| BundleError::Upload(e.to_string()))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(BundleError::TooLarge { limit });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(Received {
+        sha256: hex::encode(hasher.finalize()),
+        size_bytes: size,
+    })
+}
+
+/// What an unpacked bundle holds.
+#[derive(Debug)]
+pub struct Unpacked {
+    /// Relative paths (with `/`) of its regular files.
+    pub files: Vec<String>,
+}
+
+/// Unpacks the tar.gz at `archive` into the empty directory `dest`. Blocking: call it
+/// from `spawn_blocking`.
+pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, BundleError> {
+    let file = std::fs::File::open(archive)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = tar
+        .entries()
+        .map_err(|e| BundleError::Archive(e.to_string()))?;
+    let mut files = Vec::new();
+    let mut expanded: u64 = 0;
+    for (count, entry) in entries.enumerate() {
+        if count >= MAX_ENTRIES {
+            return Err(BundleError::TooManyEntries);
+        }
+        let mut entry = entry.map_err(|e| BundleError::Archive(e.to_string()))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let unsafe_entry = |reason: &str| BundleError::Unsafe {
+            entry: name.clone(),
+            reason: reason.to_string(),
+        };
+        let rel = safe_relative(&name).map_err(|r| unsafe_entry(r))?;
+        let Some(rel) = rel else { continue }; // "." or "./"
+        let target = dest.join(&rel);
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let budget = MAX_EXPANDED_BYTES - expanded;
+                let mut out = std::fs::File::create(&target)?;
+                let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+                expanded += written;
+                if expanded > MAX_EXPANDED_BYTES {
+                    return Err(BundleError::TooLargeExpanded);
+                }
+                files.push(path_string(&rel));
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| unsafe_entry("link without a target"))?;
+                if kind == tar::EntryType::Link {
+                    // Hard links name a path from the archive root.
+                    safe_relative(&link)
+                        .map_err(|_| unsafe_entry("hard link leaves the bundle"))?
+                        .ok_or_else(|| unsafe_entry("hard link to the bundle root"))?;
+                    return Err(unsafe_entry("hard links are not supported in bundles"));
+                }
+                if Path::new(&link).is_absolute() || !stays_inside(&rel, Path::new(&link)) {
+                    return Err(unsafe_entry("symlink leaves the bundle"));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::os::unix::fs::symlink(&link, &target)?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(unsafe_entry("device files are not allowed"));
+            }
+            tar::EntryType::Fifo => return Err(unsafe_entry("FIFOs are not allowed")),
+            other => {
+                return Err(unsafe_entry(&format!(
+                    "entry type {other:?} is not allowed"
+                )));
+            }
+        }
+    }
+    files.sort();
+    Ok(Unpacked { files })
+}
+
+/// A relative, normalised path, or why not; `None` for the archive root itself.
+fn safe_relative(name: &str) -> Result<Option<PathBuf>, &'static str> {
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("path contains '..'"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// Whether a symlink at `rel` pointing to `link` resolves inside the bundle.
+fn stays_inside(rel: &Path, link: &Path) -> bool {
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    for c in link.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+fn path_string(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let gz = flate2::write::GzEncoder::new(
+            file.reopen().expect("reopen"),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            // Write the name raw: the builder itself refuses the unsafe names under test.
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("finish").finish().expect("gzip");
+        file
+    }
+
+    fn unpack_entries(
+        entries: &[(&str, tar::EntryType, &[u8], Option<&str>)],
+    ) -> Result<Unpacked, BundleError> {
+        let a = archive(entries);
+        let dir = tempfile::tempdir().expect("tempdir");
+        unpack(a.path(), dir.path())
+    }
+
+    #[test]
+    fn ordinary_bundle_unpacks() {
+        let u = unpack_entries(&[
+            ("./", tar::EntryType::Directory, b"", None),
+            (
+                "code/index.ts",
+                tar::EntryType::Regular,
+                b"export default {}",
+                None,
+            ),
+            ("manifest.json", tar::EntryType::Regular, b"{}", None),
+            (
+                "code/link.ts",
+                tar::EntryType::Symlink,
+                b"",
+                Some("index.ts"),
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(
+            u.files,
+            vec!["code/index.ts".to_string(), "manifest.json".to_string()]
+        );
+    }
+
+    #[test]
+    fn unsafe_entries_are_refused() {
+        let cases: Vec<(&str, tar::EntryType, Option<&str>, &str)> = vec![
+            ("../evil", tar::EntryType::Regular, None, "'..'"),
+            ("/etc/evil", tar::EntryType::Regular, None, "absolute"),
+            ("a/../../evil", tar::EntryType::Regular, None, "'..'"),
+            (
+                "link",
+                tar::EntryType::Symlink,
+                Some("/etc/passwd"),
+                "leaves",
+            ),
+            (
+                "code/link",
+                tar::EntryType::Symlink,
+                Some("../../x"),
+                "leaves",
+            ),
+            ("dev", tar::EntryType::Char, None, "device"),
+            ("fifo", tar::EntryType::Fifo, None, "FIFO"),
+        ];
+        for (name, kind, link, reason) in cases {
+            let err = unpack_entries(&[(name, kind, b"", link)]).expect_err(name);
+            assert!(err.to_string().contains(reason), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let names: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), tar::EntryType::Regular, &b""[..], None))
+            .collect();
+        assert!(matches!(
+            unpack_entries(&entries),
+            Err(BundleError::TooManyEntries)
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! The admin HTTP API under `/fn/v1/_admin/`: a thin layer that authenticates, parses and
+//! calls [`ControlPlane`].
+
+use crate::ControlPlane;
+use crate::auth::Caller;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use reactor_api::model::{CreateFunction, CreateOrg, CreateToken, PromoteRequest, RollbackRequest};
+use reactor_api::{ApiError, ErrorCode, headers};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+type Cp = State<Arc<ControlPlane>>;
+
+impl FromRequestParts<Arc<ControlPlane>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        cp: &Arc<ControlPlane>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        cp.authenticate(header(headers::AUTHORIZATION), header(headers::ORG))
+            .await
+    }
+}
+
+/// A JSON body whose errors are the platform's JSON errors.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("request body is not valid: {e}"),
+        )
+    })
+}
+
+/// The admin routes, to be merged into a server (they carry their full paths).
+pub fn admin_router(cp: Arc<ControlPlane>) -> Router {
+    let base = "/fn/v1/_admin";
+    Router::new()
+        .route(&format!("{base}/orgs"), post(create_org))
+        .route(
+            &format!("{base}/tokens"),
+            get(list_tokens).post(create_token),
+        )
+        .route(&format!("{base}/tokens/{{id}}"), delete(revoke_token))
+        .route(
+            &format!("{base}/functions"),
+            get(list_functions).post(create_function),
+        )
+        .route(
+            &format!("{base}/functions/{{name}}"),
+            get(get_function).delete(delete_function),
+        )
+        .route(
+            &format!("{base}/functions/{{name}}/deployments"),
+            // The upload enforces bundle_max_bytes itself while streaming.
+            get(list_deployments)
+                .post(upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            &format!("{base}/functions/{{name}}/deployments/{{id}}"),
+            get(get_deployment),
+        )
+        .route(&format!("{base}/functions/{{name}}/promote"), post(promote))
+        .route(
+            &format!("{base}/functions/{{name}}/rollback"),
+            post(rollback),
+        )
+        .route(
+            &format!("{base}/{{*rest}}"),
+            axum::routing::any(admin_not_found),
+        )
+        .with_state(cp)
+}
+
+async fn admin_not_found(Path(rest): Path<String>) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no admin endpoint at /fn/v1/_admin/{rest}"),
+    )
+}
+
+async fn create_org(State(cp): Cp, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateOrg = parse(&body)?;
+    let created = cp.create_org(&caller, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn create_token(State(cp): Cp, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateToken = parse(&body)?;
+    let created = cp
+        .create_token(&caller, req.role, req.name.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_tokens(State(cp): Cp, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_tokens(&caller).await?).into_response())
+}
+
+async fn revoke_token(
+    State(cp): Cp,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    cp.revoke_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn create_function(State(cp): Cp, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateFunction = parse(&body)?;
+    let created = cp.create_function(&caller, &req.name, req.runtime).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_functions(State(cp): Cp, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_functions(&caller).await?).into_response())
+}
+
+async fn get_function(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.get_function(&caller, &name).await?).into_response())
+}
+
+async fn delete_function(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    cp.delete_function(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn upload(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let sha = headers
+        .get(headers::BUNDLE_SHA256)
+        .and_then(|v| v.to_str().ok());
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let stream = body.into_data_stream();
+    let info = cp.upload(&caller, &name, sha, length, stream).await?;
+    Ok((StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+async fn list_deployments(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_deployments(&caller, &name).await?).into_response())
+}
+
+async fn get_deployment(
+    State(cp): Cp,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.get_deployment(&caller, &name, &id).await?).into_response())
+}
+
+async fn promote(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PromoteRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PromoteRequest::default()
+    } else {
+        parse(&body)?
+    };
+    Ok(Json(
+        cp.promote(&caller, &name, req.deployment_id.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
+async fn rollback(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RollbackRequest = parse(&body)?;
+    Ok(Json(
+        cp.promote(&caller, &name, Some(&req.to_deployment_id))
+            .await?,
+    )
+    .into_response())
+}

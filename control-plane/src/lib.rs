@@ -1,0 +1,17 @@
+//! The control plane: owns orgs, tokens, functions and deployments, receives and
+//! materializes bundles, and publishes the routing table to routers.
+//!
+//! Operations live on [`ControlPlane`] and take the authenticated [`auth::Caller`]; the
+//! admin HTTP API ([`http::admin_router`]) is a thin layer over them, so that the gRPC
+//! admin service can share the same implementation. It must not serve invocations: that
+//! is the data plane's job.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod bundle;
+pub mod http;
+pub mod routing;
+mod service;
+pub mod store;
+
+pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions};

@@ -1,0 +1,76 @@
+//! Publishes the routing table: every change bumps the version stored in the database and
+//! sends a full snapshot to subscribers (in-process routers through a `watch`).
+
+use crate::store::Store;
+use reactor_proto::routing::{FunctionRoute, LiveDeployment, RoutingTable, TokenGrant};
+use std::sync::Arc;
+use tokio::sync::{Mutex, watch};
+
+pub struct RoutingPublisher {
+    store: Arc<dyn Store>,
+    tx: watch::Sender<Arc<RoutingTable>>,
+    // Serialises publications so that versions reach subscribers in order.
+    lock: Mutex<()>,
+}
+
+impl RoutingPublisher {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let (tx, _) = watch::channel(Arc::new(RoutingTable::default()));
+        Self {
+            store,
+            tx,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<RoutingTable> {
+        self.tx.borrow().clone()
+    }
+
+    /// Builds a snapshot at a new version and sends it.
+    pub async fn publish(&self) -> Result<u64, crate::store::StoreError> {
+        let _guard = self.lock.lock().await;
+        let version = self.store.next_routing_version().await?;
+        let (functions, tokens) = self.store.routing_snapshot().await?;
+        let table = RoutingTable {
+            version,
+            functions: functions
+                .into_iter()
+                .map(|(f, live)| FunctionRoute {
+                    org: f.org,
+                    name: f.name,
+                    runtime: f.runtime.as_str().to_string(),
+                    live: live.map(|d| LiveDeployment {
+                        deployment_id: d.id,
+                        entrypoint: d.entrypoint,
+                        bundle_key: d.bundle_key,
+                        sha256: d.sha256,
+                        timeout_ms: d.timeout_ms,
+                        memory_mb: d.memory_mb,
+                    }),
+                })
+                .collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|t| TokenGrant {
+                    token_id: t.id,
+                    sha256: t.sha256,
+                    org: t.org,
+                    role: t.role.as_str().to_string(),
+                })
+                .collect(),
+        };
+        tracing::debug!(
+            version,
+            functions = table.functions.len(),
+            tokens = table.tokens.len(),
+            "routing table published"
+        );
+        self.tx.send_replace(Arc::new(table));
+        Ok(version)
+    }
+}

@@ -1,0 +1,793 @@
+//! The control plane's operations, shared by every API that exposes them.
+
+use crate::auth::{self, Caller};
+use crate::bundle::{self, BundleError};
+use crate::routing::RoutingPublisher;
+use crate::store::{DeploymentRecord, FunctionRecord, OrgRecord, Store, StoreError, TokenRecord};
+use bytes::Bytes;
+use futures::Stream;
+use reactor_api::config::FunctionsConfig;
+use reactor_api::manifest::{MANIFEST_FILE, Manifest};
+use reactor_api::model::{
+    DeploymentInfo, DeploymentStatus, FunctionInfo, OrgCreated, Role, TokenCreated, TokenInfo,
+};
+use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Runtime, Runtimes};
+use reactor_storage::{Storage, keys};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct ControlPlaneOptions {
+    pub config: FunctionsConfig,
+    pub store: Arc<dyn Store>,
+    pub storage: Arc<dyn Storage>,
+    pub runtimes: Runtimes,
+}
+
+pub struct ControlPlane {
+    config: FunctionsConfig,
+    store: Arc<dyn Store>,
+    storage: Arc<dyn Storage>,
+    runtimes: Runtimes,
+    routing: RoutingPublisher,
+    tmp_dir: PathBuf,
+}
+
+/// The org and admin token the server starts with.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub org: String,
+    pub token: String,
+    /// The token was generated now (not given by the operator or reused).
+    pub generated: bool,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(what) => {
+                let code = if what.starts_with("org") {
+                    ErrorCode::OrgExists
+                } else {
+                    ErrorCode::FunctionExists
+                };
+                ApiError::new(code, format!("{what} already exists"))
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<BundleError> for ApiError {
+    fn from(e: BundleError) -> Self {
+        match &e {
+            BundleError::TooLarge { limit } => {
+                ApiError::new(ErrorCode::BundleTooLarge, e.to_string())
+                    .with_detail("bundle_max_bytes", *limit)
+            }
+            BundleError::Upload(_) => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
+            BundleError::Io(_) => {
+                tracing::error!(error = %e, "bundle i/o");
+                ApiError::internal(e.to_string())
+            }
+            BundleError::Unsafe { entry, .. } => {
+                ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
+                    .with_detail("entry", entry.clone())
+            }
+            _ => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
+        }
+    }
+}
+
+fn storage_error(e: reactor_storage::StorageError) -> ApiError {
+    tracing::error!(error = %e, "storage failure");
+    ApiError::internal(e.to_string())
+}
+
+/// Function names: lowercase letters, digits and dashes, starting with a letter.
+pub fn valid_function_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=63).contains(&name.len())
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn function_info(f: &FunctionRecord) -> FunctionInfo {
+    FunctionInfo {
+        name: f.name.clone(),
+        org: f.org.clone(),
+        runtime: f.runtime,
+        live_deployment_id: f.live_deployment_id.clone(),
+        created_at: f.created_at.clone(),
+    }
+}
+
+fn deployment_info(d: &DeploymentRecord, live: Option<&str>) -> DeploymentInfo {
+    DeploymentInfo {
+        id: d.id.clone(),
+        function: d.function.clone(),
+        status: d.status,
+        sha256: d.sha256.clone(),
+        size_bytes: d.size_bytes,
+        created_at: d.created_at.clone(),
+        live: live == Some(d.id.as_str()),
+        error: d.error.clone(),
+        entrypoint: d.entrypoint.clone(),
+        timeout_ms: d.timeout_ms,
+        memory_mb: d.memory_mb,
+    }
+}
+
+fn spec(f: &FunctionRecord, d: &DeploymentRecord) -> DeploymentSpec {
+    DeploymentSpec {
+        org: f.org.clone(),
+        function: f.name.clone(),
+        deployment_id: d.id.clone(),
+        runtime: f.runtime,
+        entrypoint: d.entrypoint.clone(),
+        bundle_key: d.bundle_key.clone(),
+        sha256: d.sha256.clone(),
+        timeout_ms: d.timeout_ms,
+        memory_mb: d.memory_mb,
+    }
+}
+
+fn need(caller: &Caller, allowed: bool, what: &str) -> Result<(), ApiError> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("a {} token may not {what}", caller.role.as_str()),
+        ))
+    }
+}
+
+impl ControlPlane {
+    /// Builds the control plane, publishes a first routing table and resumes the
+    /// materializations a previous run left unfinished.
+    pub async fn start(options: ControlPlaneOptions) -> anyhow::Result<Arc<Self>> {
+        let tmp_dir = options.config.workdir.join("tmp");
+        // Anything left here belongs to a previous run.
+        let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
+        tokio::fs::create_dir_all(&tmp_dir).await?;
+        let cp = Arc::new(Self {
+            routing: RoutingPublisher::new(options.store.clone()),
+            config: options.config,
+            store: options.store,
+            storage: options.storage,
+            runtimes: options.runtimes,
+            tmp_dir,
+        });
+        cp.routing.publish().await?;
+        for d in cp.store.list_materializing().await? {
+            let cp = cp.clone();
+            tokio::spawn(async move { cp.rematerialize(d).await });
+        }
+        Ok(cp)
+    }
+
+    pub fn routing(&self) -> &RoutingPublisher {
+        &self.routing
+    }
+
+    pub fn config(&self) -> &FunctionsConfig {
+        &self.config
+    }
+
+    /// Ensures the bootstrap org exists and has an admin token: `token` when the operator
+    /// gave one, else `reuse` when it is still valid there, else a new one.
+    pub async fn bootstrap(
+        &self,
+        org: &str,
+        token: Option<&str>,
+        reuse: Option<&str>,
+    ) -> Result<Bootstrap, ApiError> {
+        if self.store.get_org(org).await?.is_none() {
+            self.store
+                .create_org(&OrgRecord {
+                    name: org.to_string(),
+                    platform: true,
+                    created_at: now(),
+                })
+                .await?;
+        }
+        let valid_here =
+            |t: Option<TokenRecord>| t.is_some_and(|t| t.org == org && t.role == Role::Admin);
+        if let Some(token) = token {
+            let existing = self.store.token_by_hash(&auth::token_hash(token)).await?;
+            if existing.is_some() && !valid_here(existing.clone()) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "REACTOR_ADMIN_TOKEN belongs to another org or role, not to the admin of {org}"
+                    ),
+                ));
+            }
+            if existing.is_none() {
+                self.insert_token(org, Role::Admin, Some("bootstrap"), token)
+                    .await?;
+                self.routing.publish().await?;
+            }
+            return Ok(Bootstrap {
+                org: org.to_string(),
+                token: token.to_string(),
+                generated: false,
+            });
+        }
+        if let Some(reuse) = reuse
+            && valid_here(self.store.token_by_hash(&auth::token_hash(reuse)).await?)
+        {
+            return Ok(Bootstrap {
+                org: org.to_string(),
+                token: reuse.to_string(),
+                generated: false,
+            });
+        }
+        let token = auth::generate_token();
+        self.insert_token(org, Role::Admin, Some("bootstrap"), &token)
+            .await?;
+        self.routing.publish().await?;
+        Ok(Bootstrap {
+            org: org.to_string(),
+            token,
+            generated: true,
+        })
+    }
+
+    async fn insert_token(
+        &self,
+        org: &str,
+        role: Role,
+        name: Option<&str>,
+        secret: &str,
+    ) -> Result<TokenRecord, ApiError> {
+        let record = TokenRecord {
+            id: format!("tok_{}", ulid::Ulid::new()),
+            org: org.to_string(),
+            role,
+            name: name.map(str::to_string),
+            sha256: auth::token_hash(secret),
+            created_at: now(),
+        };
+        self.store.insert_token(&record).await?;
+        Ok(record)
+    }
+
+    /// Authenticates an admin request from its bearer token and `X-Reactor-Org`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        org_header: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        let unauthorized =
+            || ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
+        let token = authorization
+            .and_then(auth::bearer)
+            .ok_or_else(unauthorized)?;
+        let record = self
+            .store
+            .token_by_hash(&auth::token_hash(token))
+            .await?
+            .ok_or_else(unauthorized)?;
+        if let Some(org) = org_header
+            && org != record.org
+        {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this token belongs to another org than {org:?}"),
+            ));
+        }
+        let platform = self
+            .store
+            .get_org(&record.org)
+            .await?
+            .is_some_and(|o| o.platform);
+        Ok(Caller {
+            org: record.org,
+            role: record.role,
+            token_id: record.id,
+            platform,
+        })
+    }
+
+    // --- orgs and tokens ---
+
+    pub async fn create_org(&self, caller: &Caller, name: &str) -> Result<OrgCreated, ApiError> {
+        need(
+            caller,
+            caller.role.is_admin() && caller.platform,
+            "create orgs (only admins of the platform org can)",
+        )?;
+        if !valid_function_name(name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "org name {name:?} is not valid (lowercase letters, digits and '-', starting with a letter, at most 63)"
+                ),
+            ));
+        }
+        let created_at = now();
+        self.store
+            .create_org(&OrgRecord {
+                name: name.to_string(),
+                platform: false,
+                created_at: created_at.clone(),
+            })
+            .await?;
+        let secret = auth::generate_token();
+        let token = self
+            .insert_token(name, Role::Admin, Some("org admin"), &secret)
+            .await?;
+        self.routing.publish().await?;
+        Ok(OrgCreated {
+            name: name.to_string(),
+            created_at,
+            admin_token: TokenCreated {
+                id: token.id,
+                org: token.org,
+                role: token.role,
+                name: token.name,
+                token: secret,
+            },
+        })
+    }
+
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        role: Role,
+        name: Option<&str>,
+    ) -> Result<TokenCreated, ApiError> {
+        need(caller, caller.role.is_admin(), "create tokens")?;
+        let secret = auth::generate_token();
+        let t = self.insert_token(&caller.org, role, name, &secret).await?;
+        self.routing.publish().await?;
+        Ok(TokenCreated {
+            id: t.id,
+            org: t.org,
+            role: t.role,
+            name: t.name,
+            token: secret,
+        })
+    }
+
+    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenInfo>, ApiError> {
+        need(caller, caller.role.is_admin(), "list tokens")?;
+        Ok(self
+            .store
+            .list_tokens(&caller.org)
+            .await?
+            .into_iter()
+            .map(|t| TokenInfo {
+                id: t.id,
+                org: t.org,
+                role: t.role,
+                name: t.name,
+                created_at: t.created_at,
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        need(caller, caller.role.is_admin(), "revoke tokens")?;
+        if !self.store.revoke_token(&caller.org, id, &now()).await? {
+            return Err(ApiError::new(
+                ErrorCode::TokenNotFound,
+                format!("token {id} not found"),
+            ));
+        }
+        self.routing.publish().await?;
+        Ok(())
+    }
+
+    // --- functions ---
+
+    async fn function(&self, caller: &Caller, name: &str) -> Result<FunctionRecord, ApiError> {
+        self.store
+            .get_function(&caller.org, name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::FunctionNotFound,
+                    format!("function {name} not found"),
+                )
+                .with_detail("function", name)
+            })
+    }
+
+    pub async fn create_function(
+        &self,
+        caller: &Caller,
+        name: &str,
+        runtime: Runtime,
+    ) -> Result<FunctionInfo, ApiError> {
+        need(caller, caller.role.can_deploy(), "create functions")?;
+        if !valid_function_name(name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "function name {name:?} is not valid (lowercase letters, digits and '-', starting with a letter, at most 63)"
+                ),
+            ));
+        }
+        if !self.config.runtimes.contains(&runtime) {
+            let enabled: Vec<&str> = self.config.runtimes.iter().map(|r| r.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorCode::RuntimeDisabled,
+                format!(
+                    "runtime {runtime} is not enabled on this server (enabled: {})",
+                    enabled.join(", ")
+                ),
+            ));
+        }
+        let record = FunctionRecord {
+            org: caller.org.clone(),
+            name: name.to_string(),
+            runtime,
+            live_deployment_id: None,
+            created_at: now(),
+        };
+        self.store
+            .create_function(&record)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(_) => ApiError::new(
+                    ErrorCode::FunctionExists,
+                    format!("function {name} already exists"),
+                )
+                .with_detail("function", name),
+                other => other.into(),
+            })?;
+        self.routing.publish().await?;
+        tracing::info!(org = %caller.org, function = name, %runtime, "function created");
+        Ok(function_info(&record))
+    }
+
+    pub async fn get_function(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<FunctionInfo, ApiError> {
+        Ok(function_info(&self.function(caller, name).await?))
+    }
+
+    pub async fn list_functions(&self, caller: &Caller) -> Result<Vec<FunctionInfo>, ApiError> {
+        Ok(self
+            .store
+            .list_functions(&caller.org)
+            .await?
+            .iter()
+            .map(function_info)
+            .collect())
+    }
+
+    pub async fn delete_function(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        need(caller, caller.role.is_admin(), "delete functions")?;
+        if !self.store.delete_function(&caller.org, name).await? {
+            return Err(ApiError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} not found"),
+            ));
+        }
+        self.routing.publish().await?;
+        for prefix in keys::function_prefix(&caller.org, name) {
+            if let Err(e) = self.storage.delete_prefix(&prefix).await {
+                tracing::warn!(error = %e, prefix, "leaving objects of a deleted function behind");
+            }
+        }
+        tracing::info!(org = %caller.org, function = name, "function deleted");
+        Ok(())
+    }
+
+    // --- deployments ---
+
+    /// Receives a bundle, checks it and records a deployment that materializes in the
+    /// background. Bad input (size, hash, archive, manifest) is refused and leaves nothing.
+    pub async fn upload<S, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        claimed_sha256: Option<&str>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<DeploymentInfo, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        need(caller, caller.role.can_deploy(), "deploy")?;
+        let function = self.function(caller, name).await?;
+        let limit = self.config.bundle_max_bytes;
+        if content_length.is_some_and(|n| n > limit) {
+            return Err(BundleError::TooLarge { limit }.into());
+        }
+        let id = format!("dep_{}", ulid::Ulid::new());
+        let work = tempfile::Builder::new()
+            .prefix(&id)
+            .tempdir_in(&self.tmp_dir)
+            .map_err(|e| ApiError::internal(format!("creating a work directory: {e}")))?;
+        let archive = work.path().join("bundle.tar.gz");
+        let received = bundle::receive(body, &archive, limit).await?;
+        if let Some(claimed) = claimed_sha256
+            && !claimed.trim().eq_ignore_ascii_case(&received.sha256)
+        {
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "bundle sha256 mismatch: the client sent {claimed}, the server computed {}",
+                    received.sha256
+                ),
+            )
+            .with_detail("expected", claimed.to_string())
+            .with_detail("computed", received.sha256.clone()));
+        }
+        let unpacked_dir = work.path().join("bundle");
+        let resolved = self
+            .check_bundle(&function, &archive, &unpacked_dir)
+            .await?;
+        let record = DeploymentRecord {
+            id: id.clone(),
+            org: function.org.clone(),
+            function: function.name.clone(),
+            status: DeploymentStatus::Materializing,
+            error: None,
+            sha256: received.sha256,
+            size_bytes: received.size_bytes,
+            entrypoint: resolved.entrypoint,
+            bundle_key: keys::bundle(&function.org, &function.name, &id),
+            timeout_ms: resolved.timeout_ms,
+            memory_mb: resolved.memory_mb,
+            created_at: now(),
+        };
+        self.storage
+            .put_file(&record.bundle_key, &archive)
+            .await
+            .map_err(storage_error)?;
+        self.store.insert_deployment(&record).await?;
+        tracing::info!(org = %function.org, function = %function.name, deployment_id = %id, size_bytes = record.size_bytes, "deployment received");
+        let info = deployment_info(&record, function.live_deployment_id.as_deref());
+        let spec = spec(&function, &record);
+        let worker = self.runtimes.get(function.runtime).cloned();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            materialize(store, worker, spec, unpacked_dir).await;
+            drop(work);
+        });
+        Ok(info)
+    }
+
+    /// Unpacks into `dest` and validates the manifest against the function.
+    async fn check_bundle(
+        &self,
+        function: &FunctionRecord,
+        archive: &Path,
+        dest: &Path,
+    ) -> Result<reactor_api::manifest::Resolved, ApiError> {
+        let (archive, dest_owned) = (archive.to_path_buf(), dest.to_path_buf());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dest_owned)?;
+            bundle::unpack(&archive, &dest_owned)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("unpacking task: {e}")))??;
+        let manifest = if unpacked.files.iter().any(|f| f == MANIFEST_FILE) {
+            let bytes = tokio::fs::read(dest.join(MANIFEST_FILE))
+                .await
+                .map_err(|e| ApiError::internal(format!("reading manifest.json: {e}")))?;
+            Some(
+                Manifest::parse(&bytes)
+                    .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?,
+            )
+        } else {
+            None
+        };
+        let resolved = Manifest::resolve(
+            manifest.as_ref(),
+            &function.name,
+            function.runtime,
+            &unpacked.files,
+            self.config.timeouts(),
+        )
+        .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+        // Env and secrets are not stored yet, so any key a manifest requires is missing.
+        let missing: Vec<&String> = resolved
+            .env_keys
+            .iter()
+            .chain(&resolved.secret_keys)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "env keys not set for function {}: {}",
+                    function.name,
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .with_detail(
+                "missing_keys",
+                missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ));
+        }
+        Ok(resolved)
+    }
+
+    /// Finishes a materialization that a previous run left, from the stored bundle.
+    async fn rematerialize(self: Arc<Self>, d: DeploymentRecord) {
+        let Ok(Some(function)) = self.store.get_function(&d.org, &d.function).await else {
+            return;
+        };
+        let result: Result<tempfile::TempDir, String> = async {
+            let work = tempfile::tempdir_in(&self.tmp_dir).map_err(|e| e.to_string())?;
+            let archive = work.path().join("bundle.tar.gz");
+            self.storage
+                .get_to_file(&d.bundle_key, &archive)
+                .await
+                .map_err(|e| e.to_string())?;
+            let dest = work.path().join("bundle");
+            self.check_bundle(&function, &archive, &dest)
+                .await
+                .map_err(|e: ApiError| e.message)?;
+            Ok(work)
+        }
+        .await;
+        match result {
+            Ok(work) => {
+                let worker = self.runtimes.get(function.runtime).cloned();
+                materialize(
+                    self.store.clone(),
+                    worker,
+                    spec(&function, &d),
+                    work.path().join("bundle"),
+                )
+                .await;
+            }
+            Err(reason) => {
+                let _ = self
+                    .store
+                    .set_deployment_status(&d.id, DeploymentStatus::Failed, Some(&reason))
+                    .await;
+            }
+        }
+    }
+
+    pub async fn list_deployments(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Vec<DeploymentInfo>, ApiError> {
+        let f = self.function(caller, name).await?;
+        let live = f.live_deployment_id.as_deref();
+        Ok(self
+            .store
+            .list_deployments(&f.org, &f.name)
+            .await?
+            .iter()
+            .map(|d| deployment_info(d, live))
+            .collect())
+    }
+
+    pub async fn get_deployment(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: &str,
+    ) -> Result<DeploymentInfo, ApiError> {
+        let f = self.function(caller, name).await?;
+        let d = self.deployment(&f, id).await?;
+        Ok(deployment_info(&d, f.live_deployment_id.as_deref()))
+    }
+
+    async fn deployment(&self, f: &FunctionRecord, id: &str) -> Result<DeploymentRecord, ApiError> {
+        self.store
+            .get_deployment(&f.org, &f.name, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::DeploymentNotFound,
+                    format!("deployment {id} of function {} not found", f.name),
+                )
+                .with_detail("deployment_id", id)
+            })
+    }
+
+    /// Makes a ready deployment live (the newest when `id` is `None`): its worker loads it
+    /// first, then the routing table changes.
+    pub async fn promote(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<DeploymentInfo, ApiError> {
+        need(caller, caller.role.can_deploy(), "promote")?;
+        let f = self.function(caller, name).await?;
+        let d = match id {
+            Some(id) => self.deployment(&f, id).await?,
+            None => self
+                .store
+                .list_deployments(&f.org, &f.name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::DeploymentNotReady,
+                        format!("function {name} has no deployment to promote"),
+                    )
+                })?,
+        };
+        if d.status != DeploymentStatus::Ready {
+            let reason = match (&d.status, &d.error) {
+                (DeploymentStatus::Failed, Some(e)) => format!("it failed: {e}"),
+                (s, _) => format!("it is {}", s.as_str()),
+            };
+            return Err(ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!("deployment {} is not ready: {reason}", d.id),
+            )
+            .with_detail("deployment_id", d.id.clone())
+            .with_detail("status", d.status.as_str()));
+        }
+        let spec = spec(&f, &d);
+        let worker = self
+            .runtimes
+            .get(f.runtime)
+            .ok_or_else(|| Runtimes::no_worker(f.runtime))?;
+        worker.prepare(&spec).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!("deployment {} could not be loaded: {e}", d.id),
+            )
+            .with_detail("deployment_id", d.id.clone())
+        })?;
+        self.store.set_live(&f.org, &f.name, &d.id).await?;
+        let version = self.routing.publish().await?;
+        tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, "promoted");
+        Ok(deployment_info(&d, Some(&d.id)))
+    }
+}
+
+/// Runs the runtime's materialization and records the outcome.
+async fn materialize(
+    store: Arc<dyn Store>,
+    worker: Option<Arc<dyn reactor_api::RuntimeWorker>>,
+    spec: DeploymentSpec,
+    dir: PathBuf,
+) {
+    let started = std::time::Instant::now();
+    let outcome = match worker {
+        Some(w) => w.materialize(&spec, &dir).await,
+        None => Err(format!(
+            "no worker is available for runtime {}",
+            spec.runtime
+        )),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match &outcome {
+        Ok(()) => {
+            tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, "materialized");
+            (DeploymentStatus::Ready, None)
+        }
+        Err(reason) => {
+            tracing::warn!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, reason, "materialization failed");
+            (DeploymentStatus::Failed, Some(reason.as_str()))
+        }
+    };
+    if let Err(e) = store
+        .set_deployment_status(&spec.deployment_id, status, error)
+        .await
+    {
+        tracing::error!(error = %e, deployment_id = %spec.deployment_id, "recording the materialization outcome");
+    }
+}

@@ -1,0 +1,482 @@
+//! Metadata: orgs, tokens, functions, deployments and the routing version, behind one
+//! [`Store`] interface. SQLite is the embedded default; PostgreSQL will implement the
+//! same trait (and run the same test suite).
+
+use async_trait::async_trait;
+use reactor_api::Runtime;
+use reactor_api::model::{DeploymentStatus, Role};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("database: {0}")]
+    Database(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The one place where database errors become store errors.
+fn map_db_error(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(what()),
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgRecord {
+    pub name: String,
+    pub platform: bool,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub org: String,
+    pub role: Role,
+    pub name: Option<String>,
+    pub sha256: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionRecord {
+    pub org: String,
+    pub name: String,
+    pub runtime: Runtime,
+    pub live_deployment_id: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub org: String,
+    pub function: String,
+    pub status: DeploymentStatus,
+    pub error: Option<String>,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub entrypoint: String,
+    pub bundle_key: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub created_at: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_org(&self, org: &OrgRecord) -> Result<(), StoreError>;
+    async fn get_org(&self, name: &str) -> Result<Option<OrgRecord>, StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// A token that is not revoked, by the SHA-256 of its secret.
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn list_tokens(&self, org: &str) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes a token of `org`; false when there is none.
+    async fn revoke_token(&self, org: &str, id: &str, at: &str) -> Result<bool, StoreError>;
+
+    async fn create_function(&self, f: &FunctionRecord) -> Result<(), StoreError>;
+    async fn get_function(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<FunctionRecord>, StoreError>;
+    async fn list_functions(&self, org: &str) -> Result<Vec<FunctionRecord>, StoreError>;
+    /// Deletes the function and its deployments; false when there is none.
+    async fn delete_function(&self, org: &str, name: &str) -> Result<bool, StoreError>;
+    async fn set_live(&self, org: &str, name: &str, deployment_id: &str) -> Result<(), StoreError>;
+
+    async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError>;
+    async fn get_deployment(
+        &self,
+        org: &str,
+        function: &str,
+        id: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError>;
+    /// Newest first.
+    async fn list_deployments(
+        &self,
+        org: &str,
+        function: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    async fn set_deployment_status(
+        &self,
+        id: &str,
+        status: DeploymentStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+    async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+
+    /// Increments and returns the routing table's version.
+    async fn next_routing_version(&self) -> Result<u64, StoreError>;
+    /// Every function with its live deployment, and every valid token.
+    async fn routing_snapshot(
+        &self,
+    ) -> Result<
+        (
+            Vec<(FunctionRecord, Option<DeploymentRecord>)>,
+            Vec<TokenRecord>,
+        ),
+        StoreError,
+    >;
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating {}: {e}", path.display())))?;
+        Ok(Self { pool })
+    }
+}
+
+fn token_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let role: String = row.try_get("role").map_err(db)?;
+    Ok(TokenRecord {
+        id: row.try_get("id").map_err(db)?,
+        org: row.try_get("org").map_err(db)?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("token role {role:?}")))?,
+        name: row.try_get("name").map_err(db)?,
+        sha256: row.try_get("sha256").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+    })
+}
+
+fn function_row(row: &SqliteRow) -> Result<FunctionRecord, StoreError> {
+    let runtime: String = row.try_get("runtime").map_err(db)?;
+    Ok(FunctionRecord {
+        org: row.try_get("org").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        runtime: Runtime::from_str(&runtime).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        live_deployment_id: row.try_get("live_deployment_id").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+    })
+}
+
+fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
+    let status: String = row.try_get("status").map_err(db)?;
+    let size: i64 = row.try_get("size_bytes").map_err(db)?;
+    let timeout: i64 = row.try_get("timeout_ms").map_err(db)?;
+    let memory: i64 = row.try_get("memory_mb").map_err(db)?;
+    Ok(DeploymentRecord {
+        id: row.try_get("id").map_err(db)?,
+        org: row.try_get("org").map_err(db)?,
+        function: row.try_get("function").map_err(db)?,
+        status: DeploymentStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("deployment status {status:?}")))?,
+        error: row.try_get("error").map_err(db)?,
+        sha256: row.try_get("sha256").map_err(db)?,
+        size_bytes: size as u64,
+        entrypoint: row.try_get("entrypoint").map_err(db)?,
+        bundle_key: row.try_get("bundle_key").map_err(db)?,
+        timeout_ms: timeout as u64,
+        memory_mb: memory as u32,
+        created_at: row.try_get("created_at").map_err(db)?,
+    })
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, created_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO orgs (name, platform, created_at) VALUES (?, ?, ?)")
+            .bind(&org.name)
+            .bind(org.platform)
+            .bind(&org.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_db_error(|| format!("org {}", org.name)))?;
+        Ok(())
+    }
+
+    async fn get_org(&self, name: &str) -> Result<Option<OrgRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, platform, created_at FROM orgs WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(OrgRecord {
+                name: r.try_get("name").map_err(db)?,
+                platform: r.try_get("platform").map_err(db)?,
+                created_at: r.try_get("created_at").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tokens (id, org, role, name, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&t.id)
+            .bind(&t.org)
+            .bind(t.role.as_str())
+            .bind(&t.name)
+            .bind(&t.sha256)
+            .bind(&t.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_db_error(|| format!("token {}", t.id)))?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE sha256 = ? AND revoked_at IS NULL")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(token_row).transpose()
+    }
+
+    async fn list_tokens(&self, org: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE org = ? AND revoked_at IS NULL ORDER BY created_at, id")
+            .bind(org)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn revoke_token(&self, org: &str, id: &str, at: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = ? WHERE org = ? AND id = ? AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(org)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_function(&self, f: &FunctionRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at) VALUES (?, ?, ?, NULL, ?)")
+            .bind(&f.org)
+            .bind(&f.name)
+            .bind(f.runtime.as_str())
+            .bind(&f.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_db_error(|| format!("function {}", f.name)))?;
+        Ok(())
+    }
+
+    async fn get_function(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let row = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions WHERE org = ? AND name = ?")
+            .bind(org)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(function_row).transpose()
+    }
+
+    async fn list_functions(&self, org: &str) -> Result<Vec<FunctionRecord>, StoreError> {
+        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions WHERE org = ? ORDER BY name")
+            .bind(org)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(function_row).collect()
+    }
+
+    async fn delete_function(&self, org: &str, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("DELETE FROM deployments WHERE org = ? AND function = ?")
+            .bind(org)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let done = sqlx::query("DELETE FROM functions WHERE org = ? AND name = ?")
+            .bind(org)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_live(&self, org: &str, name: &str, deployment_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE functions SET live_deployment_id = ? WHERE org = ? AND name = ?")
+            .bind(deployment_id)
+            .bind(org)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&d.id)
+            .bind(&d.org)
+            .bind(&d.function)
+            .bind(d.status.as_str())
+            .bind(&d.error)
+            .bind(&d.sha256)
+            .bind(d.size_bytes as i64)
+            .bind(&d.entrypoint)
+            .bind(&d.bundle_key)
+            .bind(d.timeout_ms as i64)
+            .bind(d.memory_mb as i64)
+            .bind(&d.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_db_error(|| format!("deployment {}", d.id)))?;
+        Ok(())
+    }
+
+    async fn get_deployment(
+        &self,
+        org: &str,
+        function: &str,
+        id: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? AND id = ?"
+        ))
+        .bind(org)
+        .bind(function)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(deployment_row).transpose()
+    }
+
+    async fn list_deployments(
+        &self,
+        org: &str,
+        function: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? ORDER BY seq DESC"))
+            .bind(org)
+            .bind(function)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(deployment_row).collect()
+    }
+
+    async fn set_deployment_status(
+        &self,
+        id: &str,
+        status: DeploymentStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deployments SET status = ?, error = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'materializing' ORDER BY seq"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(deployment_row).collect()
+    }
+
+    async fn next_routing_version(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let v: i64 = row.try_get("version").map_err(db)?;
+        Ok(v as u64)
+    }
+
+    async fn routing_snapshot(
+        &self,
+    ) -> Result<
+        (
+            Vec<(FunctionRecord, Option<DeploymentRecord>)>,
+            Vec<TokenRecord>,
+        ),
+        StoreError,
+    > {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions ORDER BY org, name")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let live_rows = sqlx::query(&format!(
+            "SELECT {} FROM deployments d JOIN functions f ON f.live_deployment_id = d.id",
+            DEPLOYMENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("d.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let token_rows = sqlx::query(
+            "SELECT id, org, role, name, sha256, created_at FROM tokens WHERE revoked_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut live: std::collections::HashMap<String, DeploymentRecord> =
+            std::collections::HashMap::new();
+        for row in &live_rows {
+            let d = deployment_row(row)?;
+            live.insert(d.id.clone(), d);
+        }
+        let mut functions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let f = function_row(row)?;
+            let d = f.live_deployment_id.as_ref().and_then(|id| live.remove(id));
+            functions.push((f, d));
+        }
+        let tokens = token_rows.iter().map(token_row).collect::<Result<_, _>>()?;
+        Ok((functions, tokens))
+    }
+}

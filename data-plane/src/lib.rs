@@ -1,0 +1,14 @@
+//! The data plane: a stateless router for `* /fn/v1/{name}` and `* /fn/v1/{name}/{*sub}`.
+//!
+//! It holds the routing table pushed by the control plane (in memory only: a restart
+//! loses nothing), authenticates callers against the token hashes in it without calling
+//! the control plane, rewrites the request to the path the function sees, forwards it to
+//! the worker of the function's runtime and streams the response back with the
+//! `X-Reactor-*` headers. It keeps serving its last table while the control plane is away.
+#![forbid(unsafe_code)]
+
+mod router;
+mod table;
+
+pub use router::{DataPlane, invoke_router};
+pub use table::{Grant, RouteIndex};

@@ -1,0 +1,325 @@
+//! The invoke path: authenticate → look up → rewrite → forward → stream back.
+
+use crate::table::RouteIndex;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use reactor_api::error::request_id::RequestId;
+use reactor_api::{ApiError, ErrorCode, Invocation, Runtimes, headers};
+use reactor_proto::routing::RoutingTable;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub const INVOKE_PREFIX: &str = "/fn/v1/";
+
+pub struct DataPlane {
+    index: watch::Sender<Arc<RouteIndex>>,
+    runtimes: Runtimes,
+}
+
+impl DataPlane {
+    pub fn new(runtimes: Runtimes) -> Arc<Self> {
+        let (index, _) = watch::channel(Arc::new(RouteIndex::default()));
+        Arc::new(Self { index, runtimes })
+    }
+
+    /// Takes a routing table unless it is older than the one held. Returns whether it
+    /// was applied.
+    pub fn apply(&self, table: &RoutingTable) -> bool {
+        let current = self.index.borrow().version;
+        if table.version < current || (table.version == current && current != 0) {
+            tracing::debug!(
+                held = current,
+                offered = table.version,
+                "ignoring a routing table that is not newer"
+            );
+            return false;
+        }
+        self.index.send_replace(Arc::new(RouteIndex::build(table)));
+        true
+    }
+
+    /// Follows an in-process source of routing tables until it closes.
+    pub fn follow(
+        self: &Arc<Self>,
+        mut tables: watch::Receiver<Arc<RoutingTable>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let dp = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let table = tables.borrow_and_update().clone();
+                dp.apply(&table);
+                if tables.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.index.borrow().version
+    }
+
+    /// Resolves after the router holds `version` or newer.
+    pub async fn wait_for_version(&self, version: u64) {
+        let mut rx = self.index.subscribe();
+        let _ = rx.wait_for(|i| i.version >= version).await;
+    }
+
+    async fn route(
+        &self,
+        name: &str,
+        sub: &str,
+        req: Request,
+        started: Instant,
+    ) -> Result<Response, ApiError> {
+        let index = self.index.borrow().clone();
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
+        let grant = authenticate(&index, req.headers())?;
+        let not_found = || {
+            ApiError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} not found"),
+            )
+            .with_detail("function", name)
+        };
+        let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
+        let spec = entry.live.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!("function {name} has no live deployment: deploy and promote one"),
+            )
+            .with_detail("function", name)
+        })?;
+        let worker = self
+            .runtimes
+            .get(entry.runtime)
+            .ok_or_else(|| Runtimes::no_worker(entry.runtime))?
+            .clone();
+
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{sub}?{q}"),
+            None => sub.to_string(),
+        };
+        parts.uri = Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("request path is not valid: {e}"),
+                )
+            })?;
+        rewrite_headers(&mut parts.headers, name, &grant, &request_id);
+        let invocation = Invocation {
+            spec: spec.clone(),
+            request: axum::http::Request::from_parts(parts, body),
+            deadline: started + spec.timeout(),
+            request_id,
+        };
+        match worker.invoke(invocation).await {
+            Ok(outcome) => {
+                let mut response = outcome.response;
+                let h = response.headers_mut();
+                h.insert(
+                    headers::COLD_START,
+                    HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
+                );
+                set_duration(h, started);
+                Ok(response)
+            }
+            Err(e) => Err(e.to_api_error(&spec, started.elapsed())),
+        }
+    }
+}
+
+/// The grant of the request's bearer token, checked against `X-Reactor-Org`.
+fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiError> {
+    let hdr = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    let unauthorized =
+        || ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
+    let token = hdr(headers::AUTHORIZATION)
+        .and_then(bearer)
+        .ok_or_else(unauthorized)?;
+    let grant = index
+        .grant(&hex::encode(Sha256::digest(token.as_bytes())))
+        .ok_or_else(unauthorized)?;
+    if let Some(org) = hdr(headers::ORG)
+        && org != grant.org
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this token belongs to another org than {org:?}"),
+        ));
+    }
+    Ok(grant.clone())
+}
+
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// What reaches the function: no platform credentials, the caller as the router saw it.
+fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_id: &str) {
+    h.remove(headers::AUTHORIZATION);
+    h.remove(headers::ORG);
+    for reserved in headers::RESERVED_FOR_ROUTER {
+        h.remove(reserved);
+    }
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
+    };
+    set(headers::CALLER_ORG, &grant.org);
+    set(headers::CALLER_TOKEN, &grant.token_id);
+    set(headers::CALLER_ROLE, grant.role.as_str());
+    set(headers::REQUEST_ID, request_id);
+    set(headers::FORWARDED_PREFIX, &format!("{INVOKE_PREFIX}{name}"));
+    let valid_traceparent = h
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_traceparent);
+    if !valid_traceparent {
+        let trace: u128 = rand::random::<u128>() | 1;
+        let span: u64 = rand::random::<u64>() | 1;
+        let tp = format!("00-{trace:032x}-{span:016x}-01");
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            h.insert(HeaderName::from_static(headers::TRACEPARENT), v);
+        }
+    }
+}
+
+/// W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn set_duration(h: &mut HeaderMap, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
+        h.insert(headers::DURATION_MS, v);
+    }
+}
+
+/// Splits `/fn/v1/{name}{sub}` of the raw (still percent-encoded) path.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix(INVOKE_PREFIX)?;
+    let (name, sub) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!name.is_empty()).then_some((name, sub))
+}
+
+async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
+    let started = Instant::now();
+    let Some((name, sub)) =
+        split_path(req.uri().path()).map(|(n, s)| (n.to_string(), s.to_string()))
+    else {
+        return ApiError::new(ErrorCode::NotFound, "no function in the path").into_response();
+    };
+    let mut response = match dp.route(&name, &sub, req, started).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = e.into_response();
+            let h = r.headers_mut();
+            h.insert(headers::COLD_START, HeaderValue::from_static("false"));
+            set_duration(h, started);
+            r
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        response.headers_mut().insert(headers::FUNCTION, v);
+    }
+    response
+}
+
+/// The invoke routes, to be merged into a server.
+pub fn invoke_router(dp: Arc<DataPlane>) -> Router {
+    Router::new()
+        .route("/fn/v1/{name}", axum::routing::any(invoke))
+        .route("/fn/v1/{name}/{*sub}", axum::routing::any(invoke))
+        .with_state(dp)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_relative_to_the_mount() {
+        assert_eq!(split_path("/fn/v1/hello"), Some(("hello", "/")));
+        assert_eq!(split_path("/fn/v1/hello/"), Some(("hello", "/")));
+        assert_eq!(split_path("/fn/v1/hello/a/b"), Some(("hello", "/a/b")));
+        assert_eq!(
+            split_path("/fn/v1/hello/a%20b/%2F"),
+            Some(("hello", "/a%20b/%2F"))
+        );
+        assert_eq!(split_path("/fn/v1/"), None);
+    }
+
+    #[test]
+    fn traceparent_is_validated() {
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent("00-xyz-00f067aa0ba902b7-01"));
+    }
+
+    #[test]
+    fn router_strips_credentials_and_sets_caller() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        h.insert("x-reactor-org", HeaderValue::from_static("acme"));
+        h.insert("x-reactor-caller-role", HeaderValue::from_static("admin"));
+        let grant = crate::Grant {
+            token_id: "tok_1".into(),
+            org: "acme".into(),
+            role: reactor_api::model::Role::Invoker,
+        };
+        rewrite_headers(&mut h, "hello", &grant, "req_1");
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("x-reactor-org").is_none());
+        assert_eq!(h["x-reactor-caller-role"], "invoker");
+        assert_eq!(h["x-reactor-caller-token"], "tok_1");
+        assert_eq!(h["x-forwarded-prefix"], "/fn/v1/hello");
+        assert!(is_traceparent(h["traceparent"].to_str().expect("ascii")));
+    }
+
+    #[test]
+    fn older_tables_are_ignored() {
+        let dp = DataPlane::new(Runtimes::new());
+        assert!(dp.apply(&RoutingTable {
+            version: 3,
+            ..Default::default()
+        }));
+        assert!(!dp.apply(&RoutingTable {
+            version: 2,
+            ..Default::default()
+        }));
+        assert!(!dp.apply(&RoutingTable {
+            version: 3,
+            ..Default::default()
+        }));
+        assert_eq!(dp.version(), 3);
+    }
+}

@@ -1,0 +1,45 @@
+//! The seed's hello as a wasi:http component: `{"name": "Reactor"}` in,
+//! `{"message": "Hello, Reactor!"}` out (`World` when the body has no name or is not JSON).
+
+use wasi::exports::http::incoming_handler::Guest;
+use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+
+struct Hello;
+
+wasi::http::proxy::export!(Hello);
+
+impl Guest for Hello {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let body = read_body(&request);
+        let name = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "World".to_string());
+        let reply = serde_json::json!({ "message": format!("Hello, {name}!") }).to_string();
+
+        let headers = Fields::new();
+        let _ = headers.set("content-type", &[b"application/json".to_vec()]);
+        let response = OutgoingResponse::new(headers);
+        let Ok(out) = response.body() else { return };
+        ResponseOutparam::set(response_out, Ok(response));
+        if let Ok(stream) = out.write() {
+            for chunk in reply.as_bytes().chunks(4096) {
+                if stream.blocking_write_and_flush(chunk).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = OutgoingBody::finish(out, None);
+    }
+}
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let Ok(body) = request.consume() else { return bytes };
+    if let Ok(stream) = body.stream() {
+        while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    bytes
+}

@@ -1,0 +1,67 @@
+//! The response body handed back to the router: it owns the guest's task, so that when
+//! the client goes away (the body is dropped) the instance is dropped too.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_util::task::AbortOnDropHandle;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+pub struct GuestBody {
+    inner: HyperOutgoingBody,
+    _task: AbortOnDropHandle<()>,
+    finished: bool,
+    request_id: String,
+}
+
+impl GuestBody {
+    pub fn new(inner: HyperOutgoingBody, task: AbortOnDropHandle<()>, request_id: String) -> Self {
+        Self {
+            inner,
+            _task: task,
+            finished: false,
+            request_id,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finished = true;
+                Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "the function's response body failed: {e}"
+                )))))
+            }
+            other => other.map_err(|e| std::io::Error::other(e.to_string())),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(request_id = %self.request_id, "invocation cancelled: the client went away during the response body");
+        }
+    }
+}

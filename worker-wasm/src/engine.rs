@@ -1,0 +1,479 @@
+//! The engine, the artifact cache and the per-request instance.
+
+use crate::body::GuestBody;
+use crate::logs::{LogStream, LogTarget};
+use async_trait::async_trait;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use reactor_api::{DeploymentSpec, Invocation, InvokeError, InvokeOutcome, Runtime, RuntimeWorker};
+use reactor_storage::{Storage, StorageError, keys};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How often the epoch advances: the granularity of deadlines inside wasm code, and how
+/// often a busy guest yields its thread.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+pub struct WasmWorkerOptions {
+    pub storage: Arc<dyn Storage>,
+    /// Local cache of precompiled artifacts.
+    pub cache_dir: PathBuf,
+    /// Instances that may exist at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+type Loaded = ProxyPre<Host>;
+
+pub struct WasmWorker {
+    engine: Engine,
+    linker: Linker<Host>,
+    storage: Arc<dyn Storage>,
+    cache_dir: PathBuf,
+    engine_hash: String,
+    loaded: Mutex<HashMap<String, Arc<OnceCell<Loaded>>>>,
+    _ticker: EpochTicker,
+}
+
+/// Advances the engine's epoch from a dedicated thread until dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl WasmWorker {
+    pub fn new(options: WasmWorkerOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&options.cache_dir)?;
+        let engine = build_engine(options.max_instances)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+        Ok(Self {
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            linker,
+            storage: options.storage,
+            cache_dir: options.cache_dir,
+            engine_hash,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn artifact_name(&self) -> String {
+        format!("wasm-{}.cwasm", self.engine_hash)
+    }
+
+    fn cache_path(&self, spec: &DeploymentSpec) -> PathBuf {
+        self.cache_dir
+            .join(format!("{}-{}.cwasm", spec.deployment_id, self.engine_hash))
+    }
+
+    fn pre(&self, component: &Component) -> Result<Loaded, String> {
+        proxy_pre(&self.linker, component)
+    }
+
+    /// Loads a deployment: local cache, else the stored artifact, else a compile from the
+    /// bundle (an artifact of another engine build). Returns whether this call loaded it.
+    async fn load(&self, spec: &DeploymentSpec) -> Result<(Loaded, bool), InvokeError> {
+        let cell = {
+            let mut map = self.loaded.lock().map_err(|_| InvokeError::Unavailable {
+                message: "worker state poisoned".into(),
+            })?;
+            map.entry(spec.deployment_id.clone()).or_default().clone()
+        };
+        if let Some(pre) = cell.get() {
+            return Ok((pre.clone(), false));
+        }
+        let pre = cell
+            .get_or_try_init(|| self.load_uncached(spec))
+            .await
+            .map_err(|message| InvokeError::NotReady { message })?;
+        // A request that waited for another's load was cold too: it found nothing warm.
+        Ok((pre.clone(), true))
+    }
+
+    async fn load_uncached(&self, spec: &DeploymentSpec) -> Result<Loaded, String> {
+        let started = std::time::Instant::now();
+        let path = self.cache_path(spec);
+        let source = if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            "cache"
+        } else {
+            let key = keys::artifact(
+                &spec.org,
+                &spec.function,
+                &spec.deployment_id,
+                &self.artifact_name(),
+            );
+            match self.storage.get_bytes(&key).await {
+                Ok(bytes) => {
+                    write_atomic(&path, &bytes).await.map_err(err)?;
+                    "storage"
+                }
+                Err(StorageError::NotFound(_)) => {
+                    let artifact = self.compile_from_bundle(spec).await?;
+                    self.storage
+                        .put_bytes(&key, Bytes::from(artifact.clone()))
+                        .await
+                        .map_err(err)?;
+                    write_atomic(&path, &artifact).await.map_err(err)?;
+                    "bundle"
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || deserialize(&engine, &path))
+            .await
+            .map_err(err)??;
+        let pre = self.pre(&component)?;
+        tracing::info!(
+            org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
+            source, ms = started.elapsed().as_secs_f64() * 1e3, "deployment loaded"
+        );
+        Ok(pre)
+    }
+
+    async fn compile_from_bundle(&self, spec: &DeploymentSpec) -> Result<Vec<u8>, String> {
+        let archive = self
+            .storage
+            .get_bytes(&spec.bundle_key)
+            .await
+            .map_err(err)?;
+        let entry = spec.entrypoint.clone();
+        let wasm = tokio::task::spawn_blocking(move || extract_entry(&archive, &entry))
+            .await
+            .map_err(err)??;
+        self.compile(wasm).await
+    }
+
+    /// Compiles a component on a blocking thread and checks that it is a
+    /// `wasi:http/proxy` this host can run; returns the serialized artifact.
+    async fn compile(&self, wasm: Vec<u8>) -> Result<Vec<u8>, String> {
+        let (engine, linker) = (self.engine.clone(), self.linker.clone());
+        tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &wasm)
+                .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
+            proxy_pre(&linker, &component)?;
+            component.serialize().map_err(err)
+        })
+        .await
+        .map_err(err)?
+    }
+}
+
+fn proxy_pre(linker: &Linker<Host>, component: &Component) -> Result<Loaded, String> {
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        format!("the component cannot run here (it must target wasi:http/proxy): {e:#}")
+    })?;
+    ProxyPre::new(pre)
+        .map_err(|e| format!("the component does not export wasi:http/incoming-handler: {e:#}"))
+}
+
+fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(max_instances);
+    pool.total_core_instances(max_instances.saturating_mul(4));
+    pool.total_memories(max_instances.saturating_mul(2));
+    pool.total_tables(max_instances.saturating_mul(4));
+    pool.total_stacks(max_instances);
+    pool.max_memory_size(1 << 30);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            tracing::warn!(error = %e, "the pooling allocator is unavailable here; allocating instances on demand");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
+    // SAFETY: the file is an artifact this worker (or another worker of the same engine
+    // build, as its compatibility hash in the name says) wrote through `serialize`, into
+    // the worker's own cache or the platform's storage, which user code cannot write.
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| format!("loading the precompiled artifact: {e:#}"))
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// Reads one file of a bundle (tar.gz) already checked by the control plane.
+fn extract_entry(archive: &[u8], entry: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    for e in tar.entries().map_err(err)? {
+        let mut e = e.map_err(err)?;
+        let path = e.path().map_err(err)?;
+        let normalized = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect::<PathBuf>();
+        if normalized == Path::new(entry) {
+            let mut out = Vec::new();
+            e.read_to_end(&mut out).map_err(err)?;
+            return Ok(out);
+        }
+    }
+    Err(format!("entrypoint {entry} is not in the bundle"))
+}
+
+/// How the guest's task ended.
+enum TaskEnd {
+    Done,
+    Timeout,
+    Trap(String),
+}
+
+#[async_trait]
+impl RuntimeWorker for WasmWorker {
+    fn runtime(&self) -> Runtime {
+        Runtime::Wasm
+    }
+
+    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+        let wasm = tokio::fs::read(bundle_dir.join(&spec.entrypoint))
+            .await
+            .map_err(|e| format!("reading entrypoint {}: {e}", spec.entrypoint))?;
+        let artifact = self.compile(wasm).await?;
+        let key = keys::artifact(
+            &spec.org,
+            &spec.function,
+            &spec.deployment_id,
+            &self.artifact_name(),
+        );
+        self.storage
+            .put_bytes(&key, Bytes::from(artifact))
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
+        self.load(spec).await.map(|_| ())
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeError> {
+        let Invocation {
+            spec,
+            request,
+            deadline,
+            request_id,
+        } = invocation;
+        let (pre, cold) = self.load(&spec).await?;
+        let target = Arc::new(LogTarget {
+            org: spec.org.clone(),
+            function: spec.function.clone(),
+            deployment_id: spec.deployment_id.clone(),
+            request_id: request_id.clone(),
+        });
+        let wasi = WasiCtx::builder()
+            .stdout(LogStream::new(target.clone(), "stdout"))
+            .stderr(LogStream::new(target, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((spec.memory_mb as usize) << 20)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            Host {
+                wasi,
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                limits,
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        let deadline_std = deadline.into_std();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline_std {
+                Err(wasmtime::format_err!("deadline exceeded"))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let (mut parts, body) = request.into_parts();
+        if parts.uri.authority().is_none() && !parts.headers.contains_key(http::header::HOST) {
+            parts.headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+        let body = body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())));
+        let request = hyper::Request::from_parts(parts, body);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let setup = (|| {
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            Ok::<_, wasmtime::Error>((req, out))
+        })();
+        let (req, out) = setup.map_err(|e| InvokeError::Crashed {
+            message: format!("preparing the request: {e:#}"),
+        })?;
+
+        let timeout_ms = spec.timeout_ms;
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<TaskEnd>();
+        let log_spec = spec.clone();
+        let log_request_id = request_id.clone();
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let end = match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(())) => TaskEnd::Done,
+                Err(_) => TaskEnd::Timeout,
+                Ok(Err(_)) if Instant::now() >= deadline => TaskEnd::Timeout,
+                Ok(Err(e)) => TaskEnd::Trap(format!("{e:#}")),
+            };
+            drop(store);
+            match &end {
+                TaskEnd::Done => {}
+                TaskEnd::Timeout => {
+                    tracing::warn!(org = %log_spec.org, function = %log_spec.function, deployment_id = %log_spec.deployment_id, request_id = %log_request_id, timeout_ms, "invocation timed out")
+                }
+                TaskEnd::Trap(m) => {
+                    tracing::warn!(org = %log_spec.org, function = %log_spec.function, deployment_id = %log_spec.deployment_id, request_id = %log_request_id, error = %m, "function crashed")
+                }
+            }
+            let _ = end_tx.send(end);
+        });
+        let task = AbortOnDropHandle::new(task);
+        let mut cancel_log = CancelLog {
+            request_id: request_id.clone(),
+            armed: true,
+        };
+        let result = match rx.await {
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                let body = Body::new(GuestBody::new(body, task, request_id));
+                Ok(InvokeOutcome {
+                    response: http::Response::from_parts(parts, body),
+                    cold_start: cold,
+                })
+            }
+            Ok(Err(code)) => Err(InvokeError::Crashed {
+                message: format!("the handler answered with error {code:?}"),
+            }),
+            Err(_) => Err(match end_rx.await {
+                Ok(TaskEnd::Timeout) => InvokeError::Timeout { timeout_ms },
+                Ok(TaskEnd::Trap(message)) => InvokeError::Crashed { message },
+                Ok(TaskEnd::Done) => InvokeError::Crashed {
+                    message: "the handler returned without setting a response".into(),
+                },
+                Err(_) => InvokeError::Crashed {
+                    message: "the handler's task ended abruptly".into(),
+                },
+            }),
+        };
+        cancel_log.armed = false;
+        result
+    }
+}
+
+/// Logs when an invocation future is dropped before the response headers: the client
+/// went away and the instance is dropped with it.
+struct CancelLog {
+    request_id: String,
+    armed: bool,
+}
+
+impl Drop for CancelLog {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!(request_id = %self.request_id, "invocation cancelled: the client went away before the response");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Guest stdout and stderr, split into lines and logged with the function's identity.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// Who a log line belongs to.
+#[derive(Clone, Debug)]
+pub struct LogTarget {
+    pub org: String,
+    pub function: String,
+    pub deployment_id: String,
+    pub request_id: String,
+}
+
+/// A `wasi:cli` stdout or stderr that logs each line the guest writes.
+#[derive(Clone)]
+pub struct LogStream {
+    target: Arc<LogTarget>,
+    stream: &'static str,
+}
+
+impl LogStream {
+    pub fn new(target: Arc<LogTarget>, stream: &'static str) -> Self {
+        Self { target, stream }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            target: self.target.clone(),
+            stream: self.stream,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Longest line kept whole; longer output is logged in pieces of this size.
+const MAX_LINE: usize = 16 * 1024;
+
+struct LineWriter {
+    target: Arc<LogTarget>,
+    stream: &'static str,
+    pending: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        let t = &self.target;
+        tracing::info!(
+            target: "reactor::function",
+            org = %t.org,
+            function = %t.function,
+            deployment_id = %t.deployment_id,
+            request_id = %t.request_id,
+            stream = self.stream,
+            "{line}"
+        );
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.pending.extend_from_slice(buf);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        while self.pending.len() >= MAX_LINE {
+            let chunk: Vec<u8> = self.pending.drain(..MAX_LINE).collect();
+            self.emit(&chunk);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(&rest);
+        }
+    }
+}
