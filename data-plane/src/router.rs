@@ -256,6 +256,7 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
 pub fn invoke_router(dp: Arc<DataPlane>) -> Router {
     Router::new()
         .route("/fn/v1/{name}", axum::routing::any(invoke))
+        .route("/fn/v1/{name}/", axum::routing::any(invoke))
         .route("/fn/v1/{name}/{*sub}", axum::routing::any(invoke))
         .with_state(dp)
         .layer(axum::extract::DefaultBodyLimit::disable())

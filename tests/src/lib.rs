@@ -1,1 +1,414 @@
-//! placeholder
+//! Harness for the end-to-end tests: builds and starts the real `reactor` binary on a
+//! free loopback port with its own workdir, runs CLI commands against it, and builds the
+//! WASM components the tests deploy. Everything it starts is stopped on drop.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `target/<profile>` directory this test binary was built into.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("profile dir")
+        .to_path_buf()
+}
+
+/// Path of the `reactor` binary, built once per test run with this test's profile.
+pub fn reactor_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile = profile_dir();
+        let target = profile.parent().expect("target dir").to_path_buf();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "reactor-cli",
+                "--bin",
+                "reactor",
+                "--target-dir",
+            ])
+            .arg(&target);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for the reactor binary");
+        assert!(status.success(), "building the reactor binary failed");
+        profile.join("reactor")
+    })
+    .clone()
+}
+
+/// Builds a guest crate for wasm32-wasip2 (once per run and profile) and returns the
+/// component's path.
+pub fn build_component(dir: &str, release: bool) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<(String, bool), PathBuf>>> =
+        OnceLock::new();
+    let map = BUILT.get_or_init(Default::default);
+    let mut map = map.lock().expect("build lock");
+    if let Some(p) = map.get(&(dir.to_string(), release)) {
+        return p.clone();
+    }
+    let crate_dir = root().join(dir);
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&crate_dir)
+        .args(["build", "--quiet", "--target", "wasm32-wasip2"]);
+    if release {
+        cmd.arg("--release");
+    }
+    // Never inherit the workspace's target dir: the guest has its own.
+    cmd.env_remove("CARGO_TARGET_DIR");
+    let status = cmd.status().expect("running cargo build for a component");
+    assert!(status.success(), "building {dir} for wasm32-wasip2 failed");
+    let name = Path::new(dir)
+        .file_name()
+        .expect("crate name")
+        .to_string_lossy()
+        .replace('-', "_");
+    let profile = if release { "release" } else { "debug" };
+    let path = crate_dir
+        .join("target/wasm32-wasip2")
+        .join(profile)
+        .join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    map.insert((dir.to_string(), release), path.clone());
+    path
+}
+
+/// A running `reactor dev`.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub token: String,
+    pub org: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts `reactor dev` on a free port with `env` added.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, env)
+    }
+
+    /// Starts `reactor dev` with the workdir and credentials under `dir`.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let log = dir.path().join("reactor.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = Command::new(reactor_bin());
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--workdir"])
+            .arg(dir.path().join("work"))
+            .env("REACTOR_ORG", "acme")
+            .env("REACTOR_CREDENTIALS", dir.path().join("credentials.json"))
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("REACTOR_ADMIN_TOKEN")
+            .env_remove("REACTOR_CONFIG")
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning reactor dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut export = None;
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("export ") => {
+                    export = Some(line);
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                _ => break,
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let Some(export) = export else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("reactor dev did not start:\n{log}");
+        };
+        let var = |name: &str| {
+            export
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing from {export:?}"))
+                .to_string()
+        };
+        Server {
+            url: var("REACTOR_URL"),
+            token: var("REACTOR_TOKEN"),
+            org: var("REACTOR_ORG"),
+            child,
+            dir,
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the server, keeping its directory for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.kill();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs the `reactor` CLI against this server with `token` (default: the admin's).
+    pub fn cli_as(&self, token: &str, org: &str, args: &[&str]) -> CliOutput {
+        let out = Command::new(reactor_bin())
+            .args(args)
+            .env("REACTOR_URL", &self.url)
+            .env("REACTOR_TOKEN", token)
+            .env("REACTOR_ORG", org)
+            .env(
+                "REACTOR_CREDENTIALS",
+                self.dir.path().join("no-credentials.json"),
+            )
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the reactor CLI");
+        CliOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_as(&self.token, &self.org, args)
+    }
+
+    /// Like [`Server::cli`], failing the test when the command fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.success,
+            "reactor {args:?} failed:\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A request with the admin's credentials.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_as(&self.token, &self.org, method, path)
+    }
+
+    pub fn request_as(
+        &self,
+        token: &str,
+        org: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .header("X-Reactor-Org", org)
+    }
+
+    /// Uploads a bundle (tar.gz bytes) with its sha256.
+    pub async fn upload(&self, function: &str, bundle: Vec<u8>) -> reqwest::Response {
+        let sha = sha256_hex(&bundle);
+        self.request(
+            reqwest::Method::POST,
+            &format!("/fn/v1/_admin/functions/{function}/deployments"),
+        )
+        .header("content-type", "application/gzip")
+        .header("x-reactor-bundle-sha256", sha)
+        .body(bundle)
+        .send()
+        .await
+        .expect("upload")
+    }
+
+    /// Waits until a deployment leaves `materializing`; returns its JSON.
+    pub async fn wait_deployment(&self, function: &str, id: &str) -> serde_json::Value {
+        let path = format!("/fn/v1/_admin/functions/{function}/deployments/{id}");
+        wait_until(Duration::from_secs(60), || async {
+            let d: serde_json::Value = self
+                .request(reqwest::Method::GET, &path)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (d["status"] != "materializing").then_some(d)
+        })
+        .await
+        .expect("deployment left materializing")
+    }
+
+    /// Creates a function, uploads `bundle`, waits for it and promotes it.
+    pub async fn deploy_live(&self, function: &str, bundle: Vec<u8>) -> String {
+        let created = self
+            .request(reqwest::Method::POST, "/fn/v1/_admin/functions")
+            .json(&serde_json::json!({"name": function, "runtime": "wasm"}))
+            .send()
+            .await
+            .expect("create");
+        assert!(
+            created.status() == 201 || created.status() == 409,
+            "create {function}: {}",
+            created.status()
+        );
+        let up = self.upload(function, bundle).await;
+        assert_eq!(
+            up.status(),
+            202,
+            "upload {function}: {}",
+            up.text().await.unwrap_or_default()
+        );
+        let dep: serde_json::Value = up.json().await.expect("json");
+        let id = dep["id"].as_str().expect("id").to_string();
+        let d = self.wait_deployment(function, &id).await;
+        assert_eq!(d["status"], "ready", "{d}");
+        let p = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/fn/v1/_admin/functions/{function}/promote"),
+            )
+            .json(&serde_json::json!({"deployment_id": id}))
+            .send()
+            .await
+            .expect("promote");
+        assert_eq!(
+            p.status(),
+            200,
+            "promote: {}",
+            p.text().await.unwrap_or_default()
+        );
+        id
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A tar.gz of `(path, bytes)` regular files.
+pub fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, *data).expect("append");
+    }
+    tar.into_inner().and_then(|gz| gz.finish()).expect("finish")
+}
+
+/// A tar.gz with one raw entry whose name, type and link target are written as given
+/// (bypassing the tar builder's own checks), to test what the server refuses.
+pub fn raw_bundle(name: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append(&h, &b""[..]).expect("append");
+    tar.into_inner().and_then(|gz| gz.finish()).expect("finish")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A directory holding only `file` (a bundle without a manifest).
+pub fn dir_with(name: &str, bytes: &[u8]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    std::fs::File::create(dir.path().join(name))?.write_all(bytes)?;
+    Ok(dir)
+}
+
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path)
+        .with_context(|| path.display().to_string())
+        .expect("read")
+}
