@@ -90,7 +90,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, BundleError> {
             entry: name.clone(),
             reason: reason.to_string(),
         };
-        let rel = safe_relative(&name).map_err(|r| unsafe_entry(r))?;
+        let rel = safe_relative(&name).map_err(unsafe_entry)?;
         let Some(rel) = rel else { continue }; // "." or "./"
         let target = dest.join(&rel);
         let kind = entry.header().entry_type();

@@ -18,11 +18,13 @@ pub fn root() -> PathBuf {
 /// The `target/<profile>` directory this test binary was built into.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .to_path_buf()
+    // target/<profile>/deps/<test> for tests, target/<profile>/<bin> for binaries.
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of the `reactor` binary, built once per test run with this test's profile.
