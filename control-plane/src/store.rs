@@ -480,3 +480,242 @@ impl Store for SqliteStore {
         Ok((functions, tokens))
     }
 }
+
+/// The store suite: every backend must pass it (SQLite here; PostgreSQL will call it too).
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+
+    fn org(name: &str) -> OrgRecord {
+        OrgRecord {
+            name: name.into(),
+            platform: false,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    fn token(id: &str, org: &str, sha: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            org: org.into(),
+            role: Role::Developer,
+            name: None,
+            sha256: sha.into(),
+            created_at: "t".into(),
+        }
+    }
+
+    fn function(org: &str, name: &str) -> FunctionRecord {
+        FunctionRecord {
+            org: org.into(),
+            name: name.into(),
+            runtime: Runtime::Wasm,
+            live_deployment_id: None,
+            created_at: "t".into(),
+        }
+    }
+
+    fn deployment(id: &str, org: &str, f: &str) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.into(),
+            org: org.into(),
+            function: f.into(),
+            status: DeploymentStatus::Materializing,
+            error: None,
+            sha256: "ab".repeat(32),
+            size_bytes: 42,
+            entrypoint: "a.wasm".into(),
+            bundle_key: format!("bundles/{org}/{f}/{id}.tar.gz"),
+            timeout_ms: 30_000,
+            memory_mb: 128,
+            created_at: "t".into(),
+        }
+    }
+
+    pub async fn run(store: &dyn Store) {
+        // Orgs.
+        store.create_org(&org("acme")).await.expect("create org");
+        store.create_org(&org("beta")).await.expect("create org");
+        assert!(matches!(
+            store.create_org(&org("acme")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(
+            store.get_org("acme").await.expect("get").map(|o| o.name),
+            Some("acme".into())
+        );
+        assert_eq!(store.get_org("nope").await.expect("get"), None);
+
+        // Tokens: by hash, scoped by org, revocation.
+        store
+            .insert_token(&token("tok_a", "acme", "h1"))
+            .await
+            .expect("token");
+        store
+            .insert_token(&token("tok_b", "beta", "h2"))
+            .await
+            .expect("token");
+        assert!(matches!(
+            store.insert_token(&token("tok_c", "acme", "h1")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(
+            store
+                .token_by_hash("h1")
+                .await
+                .expect("by hash")
+                .map(|t| t.org),
+            Some("acme".into())
+        );
+        assert_eq!(store.list_tokens("acme").await.expect("list").len(), 1);
+        assert!(
+            !store
+                .revoke_token("beta", "tok_a", "t")
+                .await
+                .expect("revoke"),
+            "another org's token"
+        );
+        assert!(
+            store
+                .revoke_token("acme", "tok_a", "t")
+                .await
+                .expect("revoke")
+        );
+        assert_eq!(store.token_by_hash("h1").await.expect("by hash"), None);
+        assert!(
+            !store
+                .revoke_token("acme", "tok_a", "t")
+                .await
+                .expect("revoke twice")
+        );
+
+        // Functions, scoped by org.
+        store
+            .create_function(&function("acme", "hello"))
+            .await
+            .expect("create fn");
+        store
+            .create_function(&function("beta", "hello"))
+            .await
+            .expect("same name, other org");
+        assert!(matches!(
+            store.create_function(&function("acme", "hello")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(store.list_functions("acme").await.expect("list").len(), 1);
+        assert_eq!(store.get_function("beta", "nope").await.expect("get"), None);
+
+        // Deployments: newest first, status, live pointer, snapshot.
+        for id in ["dep_1", "dep_2", "dep_3"] {
+            store
+                .insert_deployment(&deployment(id, "acme", "hello"))
+                .await
+                .expect("insert");
+        }
+        let ids: Vec<String> = store
+            .list_deployments("acme", "hello")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, ["dep_3", "dep_2", "dep_1"]);
+        assert_eq!(
+            store
+                .get_deployment("beta", "hello", "dep_1")
+                .await
+                .expect("get"),
+            None,
+            "another org"
+        );
+        assert_eq!(store.list_materializing().await.expect("list").len(), 3);
+        store
+            .set_deployment_status("dep_1", DeploymentStatus::Ready, None)
+            .await
+            .expect("status");
+        store
+            .set_deployment_status("dep_2", DeploymentStatus::Failed, Some("bad"))
+            .await
+            .expect("status");
+        let d2 = store
+            .get_deployment("acme", "hello", "dep_2")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            (d2.status, d2.error.as_deref()),
+            (DeploymentStatus::Failed, Some("bad"))
+        );
+        store
+            .set_live("acme", "hello", "dep_1")
+            .await
+            .expect("live");
+        let (functions, tokens) = store.routing_snapshot().await.expect("snapshot");
+        assert_eq!(functions.len(), 2);
+        let (f, live) = functions
+            .iter()
+            .find(|(f, _)| f.org == "acme")
+            .expect("acme/hello");
+        assert_eq!(f.live_deployment_id.as_deref(), Some("dep_1"));
+        assert_eq!(live.as_ref().map(|d| d.id.as_str()), Some("dep_1"));
+        assert!(
+            functions
+                .iter()
+                .any(|(f, live)| f.org == "beta" && live.is_none())
+        );
+        assert_eq!(
+            tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["tok_b"],
+            "revoked tokens are not pushed"
+        );
+
+        // The routing version only grows.
+        let v1 = store.next_routing_version().await.expect("version");
+        let v2 = store.next_routing_version().await.expect("version");
+        assert!(v2 > v1);
+
+        // Deleting a function deletes its deployments, not other orgs' functions.
+        assert!(
+            store
+                .delete_function("acme", "hello")
+                .await
+                .expect("delete")
+        );
+        assert!(
+            !store
+                .delete_function("acme", "hello")
+                .await
+                .expect("delete twice")
+        );
+        assert_eq!(
+            store
+                .get_deployment("acme", "hello", "dep_1")
+                .await
+                .expect("get"),
+            None
+        );
+        assert!(
+            store
+                .get_function("beta", "hello")
+                .await
+                .expect("get")
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_passes_the_store_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("reactor.db"))
+            .await
+            .expect("open");
+        run(&store).await;
+        // The version survives a reopen.
+        let v = store.next_routing_version().await.expect("version");
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("reactor.db"))
+            .await
+            .expect("reopen");
+        assert!(store.next_routing_version().await.expect("version") > v);
+    }
+}
