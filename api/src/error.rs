@@ -31,6 +31,7 @@ pub enum ErrorCode {
     NoWorkerAvailable,
     RuntimeDisabled,
     NotFound,
+    MethodNotAllowed,
     Internal,
 }
 
@@ -52,6 +53,7 @@ impl ErrorCode {
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             FunctionCrashed | Internal => StatusCode::INTERNAL_SERVER_ERROR,
             WorkerUnavailable => StatusCode::BAD_GATEWAY,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -79,6 +81,7 @@ impl ErrorCode {
             NoWorkerAvailable => "no_worker_available",
             RuntimeDisabled => "runtime_disabled",
             NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
             Internal => "internal",
         }
     }

@@ -62,6 +62,24 @@ pub enum InvokeError {
     NotReady { message: String },
     #[error("{message}")]
     Unavailable { message: String },
+    #[error("{message}")]
+    InvalidRequest { message: String },
+}
+
+/// A failed invocation, and whether it had waited for a cold load first.
+#[derive(Debug)]
+pub struct InvokeFailure {
+    pub error: InvokeError,
+    pub cold_start: bool,
+}
+
+impl From<InvokeError> for InvokeFailure {
+    fn from(error: InvokeError) -> Self {
+        Self {
+            error,
+            cold_start: false,
+        }
+    }
 }
 
 impl InvokeError {
@@ -88,6 +106,13 @@ impl InvokeError {
                     spec.deployment_id, spec.function
                 ),
             ),
+            InvokeError::InvalidRequest { message } => ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "the request cannot be passed to function {}: {message}",
+                    spec.function
+                ),
+            ),
             InvokeError::Unavailable { message } => ApiError::new(
                 ErrorCode::WorkerUnavailable,
                 format!(
@@ -112,7 +137,7 @@ pub trait RuntimeWorker: Send + Sync + 'static {
     /// Loads a deployment that is about to go live so that its first request is warm.
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
 
-    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeError>;
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
 }
 
 /// The workers available, one per runtime.

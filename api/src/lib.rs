@@ -15,6 +15,8 @@ pub mod model;
 pub mod runtime;
 
 pub use error::{ApiError, ErrorCode};
-pub use invoke::{DeploymentSpec, Invocation, InvokeError, InvokeOutcome, RuntimeWorker, Runtimes};
+pub use invoke::{
+    DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, RuntimeWorker, Runtimes,
+};
 pub use manifest::Manifest;
 pub use runtime::Runtime;

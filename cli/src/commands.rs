@@ -1,7 +1,7 @@
 //! The client commands: `functions`, `orgs`, `tokens`.
 
 use crate::Output;
-use crate::client::{self, Client};
+use crate::client::Client;
 use crate::pack;
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -451,8 +451,12 @@ async fn invoke(
     }
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
-        let err = client::api_error(status, &text);
-        if err.code != reactor_api::ErrorCode::Internal || text.contains("\"error\"") {
+        // A platform error (the router's JSON error body) is one line; anything else is
+        // the function's own answer and goes to stdout as it is.
+        let platform = serde_json::from_str(&text)
+            .ok()
+            .and_then(|v| reactor_api::ApiError::from_body(&v));
+        if let Some(err) = platform {
             return Err(err.into());
         }
         print!("{text}");

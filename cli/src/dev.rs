@@ -34,6 +34,9 @@ pub struct DevArgs {
     /// Admin token to bootstrap (generated when absent).
     #[arg(long, env = "REACTOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Server threads, each with its own single-threaded runtime (default: one per core).
+    #[arg(long, env = "REACTOR_SERVE_THREADS")]
+    pub threads: Option<usize>,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
@@ -89,13 +92,26 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         .merge(reactor_data_plane::invoke_router(dp))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                reactor_api::ApiError::new(
+                    reactor_api::ErrorCode::MethodNotAllowed,
+                    format!("{method} is not allowed on {}", uri.path()),
+                )
+            },
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            reactor_api::ApiError::new(
+                reactor_api::ErrorCode::NotFound,
+                format!("nothing at {}", uri.path()),
+            )
+        })
         // Outermost: every response, errors included, carries its request id.
         .layer(axum::middleware::from_fn(
             reactor_api::error::request_id::middleware,
         ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        bind_reuseport(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     Ok(DevServer {
         addr,
@@ -125,36 +141,96 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(path) => println!("(also written to {})", path.display()),
         Err(e) => tracing::warn!(error = %e, "credentials not saved"),
     }
-    serve(server, args.grace_secs).await
+    serve(server, args.threads, args.grace_secs).await
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish for `grace_secs`.
-pub async fn serve(server: DevServer, grace_secs: u64) -> anyhow::Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let listener = axum::serve::ListenerExt::tap_io(server.listener, |tcp| {
-        // Small streamed chunks (SSE) must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
+///
+/// Connections are served by one single-threaded runtime per core, all accepting on the
+/// same socket: a request, its guest instance and its response body stay on one thread,
+/// which on small machines serves far more requests than handing work between the
+/// threads of one shared runtime.
+pub async fn serve(
+    server: DevServer,
+    threads: Option<usize>,
+    grace_secs: u64,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let threads = threads.filter(|n| *n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     });
-    let graceful = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let serving = tokio::spawn(async move {
-        axum::serve(listener, server.app)
-            .with_graceful_shutdown(graceful)
-            .await
-    });
+    let mut listeners = vec![
+        server
+            .listener
+            .into_std()
+            .context("detaching the listener")?,
+    ];
+    for _ in 1..threads {
+        // One socket per thread on the same port: the kernel spreads connections evenly.
+        let l = bind_reuseport(server.addr)
+            .with_context(|| format!("binding {} again", server.addr))?;
+        listeners.push(l.into_std()?);
+    }
+    let mut handles = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (app, mut stop) = (server.app.clone(), stop_rx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("reactor-serve-{i}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        // Small streamed chunks (SSE) must not wait for Nagle.
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    let graceful = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(graceful)
+                        .await?;
+                    anyhow::Ok(())
+                })
+            })
+            .context("starting a server thread")?;
+        handles.push(handle);
+    }
     shutdown_signal().await;
     tracing::info!(grace_secs, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    let _ = stop_rx.borrow_and_update();
-    match tokio::time::timeout(Duration::from_secs(grace_secs), serving).await {
-        Ok(joined) => joined.context("server task")?.context("serving")?,
-        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+    let joined = tokio::task::spawn_blocking(move || {
+        for h in handles {
+            match h.join() {
+                Ok(Err(e)) => tracing::error!(error = %e, "server thread failed"),
+                Err(_) => tracing::error!("server thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(grace_secs), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// A listening socket with `SO_REUSEPORT`, so that each server thread can have its own.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn shutdown_signal() {

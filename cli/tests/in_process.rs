@@ -47,6 +47,7 @@ async fn admin_and_invoke_in_process() {
         config: None,
         org: "acme".into(),
         admin_token: Some(TOKEN.into()),
+        threads: None,
         grace_secs: 1,
     };
     let server = start(&args).await.expect("starts");

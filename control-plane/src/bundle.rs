@@ -69,21 +69,32 @@ pub struct Unpacked {
     pub files: Vec<String>,
 }
 
+/// Most bytes the whole archive may decompress to (headers, long names and file data).
+const MAX_DECOMPRESSED_BYTES: u64 = MAX_EXPANDED_BYTES + 64 * 1024 * 1024;
+
 /// Unpacks the tar.gz at `archive` into the empty directory `dest`. Blocking: call it
 /// from `spawn_blocking`.
+///
+/// Nothing is ever written through a symlink: directories and files are written first,
+/// symlinks are created last (each checked to have no symlink above it), and each must
+/// then resolve, physically, to a path inside `dest`.
 pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, BundleError> {
     let file = std::fs::File::open(archive)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let entries = tar
-        .entries()
-        .map_err(|e| BundleError::Archive(e.to_string()))?;
+    let decoded = Budget {
+        inner: flate2::read::GzDecoder::new(file),
+        left: MAX_DECOMPRESSED_BYTES,
+    };
+    let mut tar = tar::Archive::new(decoded);
+    let entries = tar.entries().map_err(archive_error)?;
     let mut files = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut symlinks: Vec<(String, PathBuf, String)> = Vec::new();
     let mut expanded: u64 = 0;
     for (count, entry) in entries.enumerate() {
         if count >= MAX_ENTRIES {
             return Err(BundleError::TooManyEntries);
         }
-        let mut entry = entry.map_err(|e| BundleError::Archive(e.to_string()))?;
+        let mut entry = entry.map_err(archive_error)?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let unsafe_entry = |reason: &str| BundleError::Unsafe {
@@ -92,44 +103,52 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, BundleError> {
         };
         let rel = safe_relative(&name).map_err(unsafe_entry)?;
         let Some(rel) = rel else { continue }; // "." or "./"
-        let target = dest.join(&rel);
         let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            continue;
+        }
+        if !seen.insert(rel.clone()) && kind != tar::EntryType::Directory {
+            return Err(unsafe_entry("the path appears twice in the archive"));
+        }
+        let target = dest.join(&rel);
+        // Writes go into what the archive itself created: describe clashes as its fault.
+        let clash = |e: std::io::Error| BundleError::Archive(format!("{name}: {e}"));
         match kind {
-            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(clash)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    std::fs::create_dir_all(parent).map_err(clash)?;
                 }
                 let budget = MAX_EXPANDED_BYTES - expanded;
-                let mut out = std::fs::File::create(&target)?;
-                let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(clash)?;
+                let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)
+                    .map_err(|e| read_or_write_error(&name, e))?;
                 expanded += written;
                 if expanded > MAX_EXPANDED_BYTES {
                     return Err(BundleError::TooLargeExpanded);
                 }
                 files.push(path_string(&rel));
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
+            tar::EntryType::Symlink => {
                 let link = entry
                     .link_name_bytes()
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .ok_or_else(|| unsafe_entry("link without a target"))?;
-                if kind == tar::EntryType::Link {
-                    // Hard links name a path from the archive root.
-                    safe_relative(&link)
-                        .map_err(|_| unsafe_entry("hard link leaves the bundle"))?
-                        .ok_or_else(|| unsafe_entry("hard link to the bundle root"))?;
-                    return Err(unsafe_entry("hard links are not supported in bundles"));
-                }
                 if Path::new(&link).is_absolute() || !stays_inside(&rel, Path::new(&link)) {
                     return Err(unsafe_entry("symlink leaves the bundle"));
                 }
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::os::unix::fs::symlink(&link, &target)?;
+                symlinks.push((name.clone(), rel, link));
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            tar::EntryType::Link => {
+                return Err(unsafe_entry("hard links are not supported in bundles"));
+            }
             tar::EntryType::Char | tar::EntryType::Block => {
                 return Err(unsafe_entry("device files are not allowed"));
             }
@@ -141,8 +160,83 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, BundleError> {
             }
         }
     }
+    for (name, rel, link) in &symlinks {
+        let unsafe_entry = |reason: &str| BundleError::Unsafe {
+            entry: name.clone(),
+            reason: reason.to_string(),
+        };
+        if has_symlink_above(dest, rel) {
+            return Err(unsafe_entry("symlink inside a symlinked directory"));
+        }
+        let target = dest.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| BundleError::Archive(format!("{name}: {e}")))?;
+        }
+        std::os::unix::fs::symlink(link, &target)
+            .map_err(|e| BundleError::Archive(format!("{name}: {e}")))?;
+    }
+    let root = dest.canonicalize()?;
+    for (name, rel, _) in &symlinks {
+        let resolved = dest.join(rel).canonicalize();
+        if !resolved.is_ok_and(|r| r.starts_with(&root)) {
+            return Err(BundleError::Unsafe {
+                entry: name.clone(),
+                reason: "symlink leaves the bundle or points to nothing".into(),
+            });
+        }
+    }
     files.sort();
     Ok(Unpacked { files })
+}
+
+fn archive_error(e: std::io::Error) -> BundleError {
+    if e.kind() == std::io::ErrorKind::FileTooLarge {
+        BundleError::TooLargeExpanded
+    } else {
+        BundleError::Archive(e.to_string())
+    }
+}
+
+/// Errors while copying an entry: reading is the archive's fault, a full disk is ours.
+fn read_or_write_error(name: &str, e: std::io::Error) -> BundleError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => BundleError::Io(e),
+        std::io::ErrorKind::FileTooLarge => BundleError::TooLargeExpanded,
+        _ => BundleError::Archive(format!("{name}: {e}")),
+    }
+}
+
+/// Whether any directory between `dest` and `rel` is a symlink.
+fn has_symlink_above(dest: &Path, rel: &Path) -> bool {
+    let mut at = dest.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A reader that fails once more than `left` bytes were read (a decompression bomb).
+struct Budget<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "the archive expands past the limit",
+            )
+        })?;
+        Ok(n)
+    }
 }
 
 /// A relative, normalised path, or why not; `None` for the archive root itself.
@@ -273,6 +367,42 @@ mod tests {
             let err = unpack_entries(&[(name, kind, b"", link)]).expect_err(name);
             assert!(err.to_string().contains(reason), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn chained_symlinks_cannot_escape() {
+        // a -> . then a/b -> .. would put b at the bundle root pointing outside it.
+        let err = unpack_entries(&[
+            ("a", tar::EntryType::Symlink, b"", Some(".")),
+            ("a/b", tar::EntryType::Symlink, b"", Some("..")),
+            ("a/b/evil", tar::EntryType::Regular, b"x", None),
+        ])
+        .expect_err("escapes");
+        assert!(
+            matches!(err, BundleError::Unsafe { .. } | BundleError::Archive(_)),
+            "{err}"
+        );
+        // A link to a link that climbs out.
+        let err = unpack_entries(&[
+            ("a", tar::EntryType::Symlink, b"", Some(".")),
+            ("b", tar::EntryType::Symlink, b"", Some("a/a/../x")),
+        ])
+        .expect_err("escapes");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        // Duplicates are refused, so the code checked is the code stored.
+        let err = unpack_entries(&[
+            ("a.wasm", tar::EntryType::Regular, b"one", None),
+            ("a.wasm", tar::EntryType::Regular, b"two", None),
+        ])
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("twice"), "{err}");
+        // A file where the archive already put a file of the same directory name.
+        let err = unpack_entries(&[
+            ("a", tar::EntryType::Regular, b"x", None),
+            ("a/b", tar::EntryType::Regular, b"y", None),
+        ])
+        .expect_err("clash");
+        assert!(matches!(err, BundleError::Archive(_)), "{err}");
     }
 
     #[test]

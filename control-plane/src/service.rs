@@ -13,7 +13,7 @@ use reactor_api::model::{
 };
 use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Runtime, Runtimes};
 use reactor_storage::{Storage, keys};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct ControlPlaneOptions {
@@ -30,6 +30,7 @@ pub struct ControlPlane {
     runtimes: Runtimes,
     routing: RoutingPublisher,
     tmp_dir: PathBuf,
+    unpack_slots: tokio::sync::Semaphore,
 }
 
 /// The org and admin token the server starts with.
@@ -41,6 +42,14 @@ pub struct Bootstrap {
     pub generated: bool,
 }
 
+/// Names inside an upload's work directory.
+const ARCHIVE_FILE: &str = "bundle.tar.gz";
+const BUNDLE_DIR: &str = "bundle";
+/// Largest manifest.json read.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// Uploads unpacked at once.
+const UNPACK_SLOTS: usize = 2;
+
 fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -51,8 +60,10 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(what) => {
                 let code = if what.starts_with("org") {
                     ErrorCode::OrgExists
-                } else {
+                } else if what.starts_with("function") {
                     ErrorCode::FunctionExists
+                } else {
+                    ErrorCode::InvalidInput
                 };
                 ApiError::new(code, format!("{what} already exists"))
             }
@@ -164,6 +175,7 @@ impl ControlPlane {
             storage: options.storage,
             runtimes: options.runtimes,
             tmp_dir,
+            unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
         });
         cp.routing.publish().await?;
         for d in cp.store.list_materializing().await? {
@@ -212,7 +224,17 @@ impl ControlPlane {
             }
             if existing.is_none() {
                 self.insert_token(org, Role::Admin, Some("bootstrap"), token)
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        if e.code == ErrorCode::InvalidInput {
+                            ApiError::new(
+                                ErrorCode::InvalidInput,
+                                "REACTOR_ADMIN_TOKEN was revoked; set another one",
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
                 self.routing.publish().await?;
             }
             return Ok(Bootstrap {
@@ -509,11 +531,13 @@ impl ControlPlane {
             return Err(BundleError::TooLarge { limit }.into());
         }
         let id = format!("dep_{}", ulid::Ulid::new());
-        let work = tempfile::Builder::new()
-            .prefix(&id)
-            .tempdir_in(&self.tmp_dir)
-            .map_err(|e| ApiError::internal(format!("creating a work directory: {e}")))?;
-        let archive = work.path().join("bundle.tar.gz");
+        let work = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&id)
+                .tempdir_in(&self.tmp_dir)
+                .map_err(|e| ApiError::internal(format!("creating a work directory: {e}")))?,
+        );
+        let archive = work.path().join(ARCHIVE_FILE);
         let received = bundle::receive(body, &archive, limit).await?;
         if let Some(claimed) = claimed_sha256
             && !claimed.trim().eq_ignore_ascii_case(&received.sha256)
@@ -528,10 +552,8 @@ impl ControlPlane {
             .with_detail("expected", claimed.to_string())
             .with_detail("computed", received.sha256.clone()));
         }
-        let unpacked_dir = work.path().join("bundle");
-        let resolved = self
-            .check_bundle(&function, &archive, &unpacked_dir)
-            .await?;
+        let unpacked_dir = work.path().join(BUNDLE_DIR);
+        let resolved = self.check_bundle(&function, &work).await?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -567,18 +589,40 @@ impl ControlPlane {
     async fn check_bundle(
         &self,
         function: &FunctionRecord,
-        archive: &Path,
-        dest: &Path,
+        work: &Arc<tempfile::TempDir>,
     ) -> Result<reactor_api::manifest::Resolved, ApiError> {
-        let (archive, dest_owned) = (archive.to_path_buf(), dest.to_path_buf());
+        let dest = work.path().join(BUNDLE_DIR);
+        // Bounds the disk and memory that unpacking uploads may hold at once.
+        let _slot = self
+            .unpack_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("shutting down"))?;
+        // The closure owns the work directory too: a client that goes away mid-unpack
+        // must not have it removed under the unpacking thread.
+        let held = work.clone();
         let unpacked = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dest_owned)?;
-            bundle::unpack(&archive, &dest_owned)
+            let dest = held.path().join(BUNDLE_DIR);
+            std::fs::create_dir_all(&dest)?;
+            bundle::unpack(&held.path().join(ARCHIVE_FILE), &dest)
         })
         .await
         .map_err(|e| ApiError::internal(format!("unpacking task: {e}")))??;
         let manifest = if unpacked.files.iter().any(|f| f == MANIFEST_FILE) {
-            let bytes = tokio::fs::read(dest.join(MANIFEST_FILE))
+            let path = dest.join(MANIFEST_FILE);
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if len > MAX_MANIFEST_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "manifest.json is {len} bytes; at most {MAX_MANIFEST_BYTES} are allowed"
+                    ),
+                ));
+            }
+            let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|e| ApiError::internal(format!("reading manifest.json: {e}")))?;
             Some(
@@ -628,15 +672,13 @@ impl ControlPlane {
         let Ok(Some(function)) = self.store.get_function(&d.org, &d.function).await else {
             return;
         };
-        let result: Result<tempfile::TempDir, String> = async {
-            let work = tempfile::tempdir_in(&self.tmp_dir).map_err(|e| e.to_string())?;
-            let archive = work.path().join("bundle.tar.gz");
+        let result: Result<Arc<tempfile::TempDir>, String> = async {
+            let work = Arc::new(tempfile::tempdir_in(&self.tmp_dir).map_err(|e| e.to_string())?);
             self.storage
-                .get_to_file(&d.bundle_key, &archive)
+                .get_to_file(&d.bundle_key, &work.path().join(ARCHIVE_FILE))
                 .await
                 .map_err(|e| e.to_string())?;
-            let dest = work.path().join("bundle");
-            self.check_bundle(&function, &archive, &dest)
+            self.check_bundle(&function, &work)
                 .await
                 .map_err(|e: ApiError| e.message)?;
             Ok(work)
@@ -649,7 +691,7 @@ impl ControlPlane {
                     self.store.clone(),
                     worker,
                     spec(&function, &d),
-                    work.path().join("bundle"),
+                    work.path().join(BUNDLE_DIR),
                 )
                 .await;
             }

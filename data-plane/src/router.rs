@@ -125,19 +125,20 @@ impl DataPlane {
             deadline: started + spec.timeout(),
             request_id,
         };
-        match worker.invoke(invocation).await {
-            Ok(outcome) => {
-                let mut response = outcome.response;
-                let h = response.headers_mut();
-                h.insert(
-                    headers::COLD_START,
-                    HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
-                );
-                set_duration(h, started);
-                Ok(response)
+        let (mut response, cold) = match worker.invoke(invocation).await {
+            Ok(outcome) => (outcome.response, outcome.cold_start),
+            Err(failure) => {
+                let error = failure.error.to_api_error(&spec, started.elapsed());
+                (error.into_response(), failure.cold_start)
             }
-            Err(e) => Err(e.to_api_error(&spec, started.elapsed())),
-        }
+        };
+        let h = response.headers_mut();
+        h.insert(
+            headers::COLD_START,
+            HeaderValue::from_static(if cold { "true" } else { "false" }),
+        );
+        set_duration(h, started);
+        Ok(response)
     }
 }
 

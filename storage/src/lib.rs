@@ -62,6 +62,8 @@ pub struct LocalStorage {
 impl LocalStorage {
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let root = root.into();
+        // Half-written objects of a previous run.
+        let _ = tokio::fs::remove_dir_all(root.join(".tmp")).await;
         tokio::fs::create_dir_all(root.join(".tmp"))
             .await
             .map_err(|source| StorageError::Io {
@@ -103,6 +105,7 @@ impl LocalStorage {
 #[async_trait]
 impl Storage for LocalStorage {
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
+        self.path(key)?;
         let tmp = self.temp_path();
         tokio::fs::copy(path, &tmp)
             .await

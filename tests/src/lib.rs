@@ -139,21 +139,17 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawning reactor dev");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut export = None;
-        while Instant::now() < deadline {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("export ") => {
-                    export = Some(line);
-                    break;
+        // Read stdout on a thread (kept draining it so the server never blocks on a full
+        // pipe) and wait for the export line with a bound.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("export ") {
+                    let _ = tx.send(line);
                 }
-                Some(Ok(_)) => continue,
-                _ => break,
             }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        });
+        let export = rx.recv_timeout(Duration::from_secs(30)).ok();
         let Some(export) = export else {
             let _ = child.kill();
             let log = std::fs::read_to_string(&log).unwrap_or_default();

@@ -342,6 +342,40 @@ async fn invocation_errors_are_the_documented_codes() {
         .await
         .expect("send");
     assert_eq!(ok.status(), 200);
+    // A timeout after the headers aborts the stream: the client sees no clean end.
+    let mut resp = s
+        .request(Method::GET, "/fn/v1/probe/stall")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.expect("first chunk").expect("some");
+    assert_eq!(&first[..], b"first chunk\n");
+    let mut rest = Ok(None);
+    for _ in 0..10 {
+        rest = resp.chunk().await;
+        if !matches!(rest, Ok(Some(_))) {
+            break;
+        }
+    }
+    assert!(rest.is_err(), "the stream ended cleanly: {rest:?}");
+    // Functions cannot reach the platform or the private network.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let to = listener.local_addr().expect("addr").to_string();
+    let outcome = s
+        .request(Method::GET, &format!("/fn/v1/probe/fetch?to={to}"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert!(outcome.contains("DestinationIpProhibited"), "{outcome}");
+    assert!(
+        listener.accept().is_err(),
+        "the function connected to the host"
+    );
     // Guest output became log lines of the function.
     let printed = s
         .request(Method::GET, "/fn/v1/probe/print")

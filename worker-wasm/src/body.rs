@@ -8,18 +8,34 @@ use std::task::{Context, Poll};
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+/// How the guest's task ended.
+pub enum TaskEnd {
+    Done,
+    Timeout,
+    Trap(String),
+}
+
+/// The guest's response body. At its end it waits for the guest's task: a timeout or a
+/// trap then fails the body, so that the client sees an aborted stream, not a complete one.
 pub struct GuestBody {
     inner: HyperOutgoingBody,
     _task: AbortOnDropHandle<()>,
+    end: Option<tokio::sync::oneshot::Receiver<TaskEnd>>,
     finished: bool,
     request_id: String,
 }
 
 impl GuestBody {
-    pub fn new(inner: HyperOutgoingBody, task: AbortOnDropHandle<()>, request_id: String) -> Self {
+    pub fn new(
+        inner: HyperOutgoingBody,
+        task: AbortOnDropHandle<()>,
+        end: tokio::sync::oneshot::Receiver<TaskEnd>,
+        request_id: String,
+    ) -> Self {
         Self {
             inner,
             _task: task,
+            end: Some(end),
             finished: false,
             request_id,
         }
@@ -36,6 +52,26 @@ impl Body for GuestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
+                if let Some(end) = self.end.as_mut() {
+                    let outcome = match std::future::Future::poll(Pin::new(end), cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(TaskEnd::Done)) => None,
+                        Poll::Ready(Ok(TaskEnd::Timeout)) => {
+                            Some("the function timed out while streaming its response".to_string())
+                        }
+                        Poll::Ready(Ok(TaskEnd::Trap(m))) => Some(format!(
+                            "the function crashed while streaming its response: {m}"
+                        )),
+                        Poll::Ready(Err(_)) => {
+                            Some("the function's task ended abruptly".to_string())
+                        }
+                    };
+                    self.end = None;
+                    self.finished = true;
+                    if let Some(message) = outcome {
+                        return Poll::Ready(Some(Err(std::io::Error::other(message))));
+                    }
+                }
                 self.finished = true;
                 Poll::Ready(None)
             }

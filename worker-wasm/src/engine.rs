@@ -1,12 +1,16 @@
 //! The engine, the artifact cache and the per-request instance.
 
 use crate::body::GuestBody;
+use crate::body::TaskEnd;
+use crate::host::{Host, Limits, OutboundPolicy};
 use crate::logs::{LogStream, LogTarget};
 use async_trait::async_trait;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use reactor_api::{DeploymentSpec, Invocation, InvokeError, InvokeOutcome, Runtime, RuntimeWorker};
+use reactor_api::{
+    DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime, RuntimeWorker,
+};
 use reactor_storage::{Storage, StorageError, keys};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -18,17 +22,19 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 /// How often the epoch advances: the granularity of deadlines inside wasm code, and how
 /// often a busy guest yields its thread.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Most wasi resources (handles) one instance may hold at once.
+const MAX_RESOURCES: usize = 100_000;
 
 pub struct WasmWorkerOptions {
     pub storage: Arc<dyn Storage>,
@@ -38,33 +44,10 @@ pub struct WasmWorkerOptions {
     pub max_instances: u32,
 }
 
-struct Host {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for Host {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
-
 type Loaded = ProxyPre<Host>;
+
+/// A deployment's pre-instantiated component, loaded once by whoever asks first.
+type LoadSlot = Arc<OnceCell<Loaded>>;
 
 pub struct WasmWorker {
     engine: Engine,
@@ -72,7 +55,8 @@ pub struct WasmWorker {
     storage: Arc<dyn Storage>,
     cache_dir: PathBuf,
     engine_hash: String,
-    loaded: Mutex<HashMap<String, Arc<OnceCell<Loaded>>>>,
+    /// Loaded deployments by id, with the `org/function` they belong to.
+    loaded: Mutex<HashMap<String, (String, LoadSlot)>>,
     _ticker: EpochTicker,
 }
 
@@ -151,7 +135,10 @@ impl WasmWorker {
             let mut map = self.loaded.lock().map_err(|_| InvokeError::Unavailable {
                 message: "worker state poisoned".into(),
             })?;
-            map.entry(spec.deployment_id.clone()).or_default().clone()
+            map.entry(spec.deployment_id.clone())
+                .or_insert_with(|| (function_key(spec), Arc::default()))
+                .1
+                .clone()
         };
         if let Some(pre) = cell.get() {
             return Ok((pre.clone(), false));
@@ -233,6 +220,10 @@ impl WasmWorker {
     }
 }
 
+fn function_key(spec: &DeploymentSpec) -> String {
+    format!("{}/{}", spec.org, spec.function)
+}
+
 fn proxy_pre(linker: &Linker<Host>, component: &Component) -> Result<Loaded, String> {
     let pre = linker.instantiate_pre(component).map_err(|e| {
         format!("the component cannot run here (it must target wasi:http/proxy): {e:#}")
@@ -252,6 +243,10 @@ fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
     pool.total_tables(max_instances.saturating_mul(4));
     pool.total_stacks(max_instances);
     pool.max_memory_size(1 << 30);
+    // What one component may hold, so that one tenant cannot take the whole pool.
+    pool.max_memories_per_component(16);
+    pool.max_tables_per_component(64);
+    pool.max_core_instances_per_component(128);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
@@ -298,13 +293,6 @@ fn extract_entry(archive: &[u8], entry: &str) -> Result<Vec<u8>, String> {
     Err(format!("entrypoint {entry} is not in the bundle"))
 }
 
-/// How the guest's task ended.
-enum TaskEnd {
-    Done,
-    Timeout,
-    Trap(String),
-}
-
 #[async_trait]
 impl RuntimeWorker for WasmWorker {
     fn runtime(&self) -> Runtime {
@@ -329,24 +317,45 @@ impl RuntimeWorker for WasmWorker {
         Ok(())
     }
 
+    /// Loads the deployment going live and forgets the other loaded deployments of the
+    /// same function (their artifacts stay in the disk cache for a rollback).
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
-        self.load(spec).await.map(|_| ())
+        self.load(spec).await?;
+        let key = function_key(spec);
+        if let Ok(mut map) = self.loaded.lock() {
+            map.retain(|id, (f, _)| *f != key || *id == spec.deployment_id);
+        }
+        Ok(())
     }
 
-    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeError> {
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
         let Invocation {
             spec,
             request,
             deadline,
             request_id,
         } = invocation;
-        let (pre, cold) = self.load(&spec).await?;
-        let target = Arc::new(LogTarget {
-            org: spec.org.clone(),
-            function: spec.function.clone(),
-            deployment_id: spec.deployment_id.clone(),
-            request_id: request_id.clone(),
-        });
+        let timeout_ms = spec.timeout_ms;
+        let (pre, cold) = match tokio::time::timeout_at(deadline, self.load(&spec)).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(error)) => {
+                return Err(InvokeFailure {
+                    error,
+                    cold_start: true,
+                });
+            }
+            Err(_) => {
+                return Err(InvokeFailure {
+                    error: InvokeError::Timeout { timeout_ms },
+                    cold_start: true,
+                });
+            }
+        };
+        let fail = |error| InvokeFailure {
+            error,
+            cold_start: cold,
+        };
+        let target = Arc::new(LogTarget::new(&spec, &request_id));
         let wasi = WasiCtx::builder()
             .stdout(LogStream::new(target.clone(), "stdout"))
             .stderr(LogStream::new(target, "stderr"))
@@ -354,19 +363,16 @@ impl RuntimeWorker for WasmWorker {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((spec.memory_mb as usize) << 20)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(
-            &self.engine,
-            Host {
-                wasi,
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-                limits,
-            },
-        );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let host = Host {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table,
+            limits: Limits::new(spec.memory_mb),
+            outbound: OutboundPolicy,
+        };
+        let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
         let deadline_std = deadline.into_std();
         store.set_epoch_deadline(1);
@@ -396,11 +402,12 @@ impl RuntimeWorker for WasmWorker {
             let out = store.data_mut().http().new_response_outparam(tx)?;
             Ok::<_, wasmtime::Error>((req, out))
         })();
-        let (req, out) = setup.map_err(|e| InvokeError::Crashed {
-            message: format!("preparing the request: {e:#}"),
+        let (req, out) = setup.map_err(|e| {
+            fail(InvokeError::InvalidRequest {
+                message: format!("{e:#}"),
+            })
         })?;
 
-        let timeout_ms = spec.timeout_ms;
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<TaskEnd>();
         let log_spec = spec.clone();
         let log_request_id = request_id.clone();
@@ -419,13 +426,15 @@ impl RuntimeWorker for WasmWorker {
                 Ok(Err(e)) => TaskEnd::Trap(format!("{e:#}")),
             };
             drop(store);
+            let (org, function, deployment_id) =
+                (&log_spec.org, &log_spec.function, &log_spec.deployment_id);
             match &end {
                 TaskEnd::Done => {}
                 TaskEnd::Timeout => {
-                    tracing::warn!(org = %log_spec.org, function = %log_spec.function, deployment_id = %log_spec.deployment_id, request_id = %log_request_id, timeout_ms, "invocation timed out")
+                    tracing::warn!(%org, %function, %deployment_id, request_id = %log_request_id, timeout_ms, "invocation timed out")
                 }
                 TaskEnd::Trap(m) => {
-                    tracing::warn!(org = %log_spec.org, function = %log_spec.function, deployment_id = %log_spec.deployment_id, request_id = %log_request_id, error = %m, "function crashed")
+                    tracing::warn!(%org, %function, %deployment_id, request_id = %log_request_id, error = %m, "function crashed")
                 }
             }
             let _ = end_tx.send(end);
@@ -438,16 +447,16 @@ impl RuntimeWorker for WasmWorker {
         let result = match rx.await {
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
-                let body = Body::new(GuestBody::new(body, task, request_id));
+                let body = Body::new(GuestBody::new(body, task, end_rx, request_id));
                 Ok(InvokeOutcome {
                     response: http::Response::from_parts(parts, body),
                     cold_start: cold,
                 })
             }
-            Ok(Err(code)) => Err(InvokeError::Crashed {
+            Ok(Err(code)) => Err(fail(InvokeError::Crashed {
                 message: format!("the handler answered with error {code:?}"),
-            }),
-            Err(_) => Err(match end_rx.await {
+            })),
+            Err(_) => Err(fail(match end_rx.await {
                 Ok(TaskEnd::Timeout) => InvokeError::Timeout { timeout_ms },
                 Ok(TaskEnd::Trap(message)) => InvokeError::Crashed { message },
                 Ok(TaskEnd::Done) => InvokeError::Crashed {
@@ -456,7 +465,7 @@ impl RuntimeWorker for WasmWorker {
                 Err(_) => InvokeError::Crashed {
                     message: "the handler's task ended abruptly".into(),
                 },
-            }),
+            })),
         };
         cancel_log.armed = false;
         result

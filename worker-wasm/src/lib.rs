@@ -10,6 +10,7 @@
 
 mod body;
 mod engine;
+mod host;
 mod logs;
 
 pub use engine::{WasmWorker, WasmWorkerOptions};

@@ -7,13 +7,29 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Who a log line belongs to.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LogTarget {
     pub org: String,
     pub function: String,
     pub deployment_id: String,
     pub request_id: String,
+    budget: std::sync::atomic::AtomicUsize,
 }
+
+impl LogTarget {
+    pub fn new(spec: &reactor_api::DeploymentSpec, request_id: &str) -> Self {
+        Self {
+            org: spec.org.clone(),
+            function: spec.function.clone(),
+            deployment_id: spec.deployment_id.clone(),
+            request_id: request_id.to_string(),
+            budget: std::sync::atomic::AtomicUsize::new(MAX_LOG_BYTES),
+        }
+    }
+}
+
+/// Log bytes one invocation may write (stdout and stderr together); the rest is dropped.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
 
 /// A `wasi:cli` stdout or stderr that logs each line the guest writes.
 #[derive(Clone)]
@@ -55,8 +71,21 @@ struct LineWriter {
 
 impl LineWriter {
     fn emit(&self, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
+        use std::sync::atomic::Ordering;
+        let budget = &self.target.budget;
+        let left = budget.load(Ordering::Relaxed);
+        if left == 0 {
+            return;
+        }
+        budget.store(left.saturating_sub(line.len() + 1), Ordering::Relaxed);
+        let truncated = left <= line.len() + 1;
+        let line = String::from_utf8_lossy(&line[..line.len().min(left)]);
         let line = line.trim_end_matches('\r');
+        let line = if truncated {
+            format!("{line} [log output truncated: {MAX_LOG_BYTES} bytes per invocation]")
+        } else {
+            line.to_string()
+        };
         let t = &self.target;
         tracing::info!(
             target: "reactor::function",
