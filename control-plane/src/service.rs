@@ -31,6 +31,7 @@ pub struct ControlPlane {
     routing: RoutingPublisher,
     tmp_dir: PathBuf,
     unpack_slots: tokio::sync::Semaphore,
+    promote_lock: tokio::sync::Mutex<()>,
 }
 
 /// The org and admin token the server starts with.
@@ -176,6 +177,7 @@ impl ControlPlane {
             runtimes: options.runtimes,
             tmp_dir,
             unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
+            promote_lock: tokio::sync::Mutex::new(()),
         });
         cp.routing.publish().await?;
         for d in cp.store.list_materializing().await? {
@@ -753,6 +755,9 @@ impl ControlPlane {
         id: Option<&str>,
     ) -> Result<DeploymentInfo, ApiError> {
         need(caller, caller.role.can_deploy(), "promote")?;
+        // One promote at a time: the live pointer a caller is told about is the one that
+        // the routers get, even when two promotes race.
+        let _promoting = self.promote_lock.lock().await;
         let f = self.function(caller, name).await?;
         let d = match id {
             Some(id) => self.deployment(&f, id).await?,
