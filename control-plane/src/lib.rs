@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod bundle;
+pub mod grpc;
 pub mod http;
 pub mod routing;
 mod service;

@@ -7,8 +7,10 @@
 //! `X-Reactor-*` headers. It keeps serving its last table while the control plane is away.
 #![forbid(unsafe_code)]
 
+mod follow;
 mod router;
 mod table;
 
+pub use follow::{ControlPlaneEndpoint, follow_control_plane};
 pub use router::{DataPlane, invoke_router};
 pub use table::{Grant, RouteIndex};

@@ -10,10 +10,10 @@ fn generated_code_is_up_to_date() {
     let out = tempfile::tempdir().expect("tempdir");
     let descriptors =
         protox::compile(["routing.proto"], [root.join("proto")]).expect("the protos parse");
-    prost_build::Config::new()
+    tonic_prost_build::configure()
         .out_dir(out.path())
         .compile_fds(descriptors)
-        .expect("prost generates code");
+        .expect("prost and tonic generate code");
     let mut stale = Vec::new();
     for entry in std::fs::read_dir(out.path()).expect("read out dir") {
         let entry = entry.expect("entry");
