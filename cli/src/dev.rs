@@ -73,6 +73,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         store,
         storage,
         runtimes: runtimes.clone(),
+        worker_timing: Default::default(),
     })
     .await?;
     let dp = DataPlane::new(runtimes);

@@ -14,5 +14,6 @@ pub mod http;
 pub mod routing;
 mod service;
 pub mod store;
+pub mod workers;
 
 pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions};

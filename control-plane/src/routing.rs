@@ -2,22 +2,25 @@
 //! sends a full snapshot to subscribers (in-process routers through a `watch`).
 
 use crate::store::Store;
+use crate::workers::WorkerRegistry;
 use reactor_proto::routing::{FunctionRoute, LiveDeployment, RoutingTable, TokenGrant};
 use std::sync::Arc;
 use tokio::sync::{Mutex, watch};
 
 pub struct RoutingPublisher {
     store: Arc<dyn Store>,
+    workers: Arc<WorkerRegistry>,
     tx: watch::Sender<Arc<RoutingTable>>,
     // Serialises publications so that versions reach subscribers in order.
     lock: Mutex<()>,
 }
 
 impl RoutingPublisher {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, workers: Arc<WorkerRegistry>) -> Self {
         let (tx, _) = watch::channel(Arc::new(RoutingTable::default()));
         Self {
             store,
+            workers,
             tx,
             lock: Mutex::new(()),
         }
@@ -63,6 +66,7 @@ impl RoutingPublisher {
                     role: t.role.as_str().to_string(),
                 })
                 .collect(),
+            workers: self.workers.endpoints(),
         };
         tracing::debug!(
             version,

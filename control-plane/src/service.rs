@@ -4,6 +4,7 @@ use crate::auth::{self, Caller};
 use crate::bundle::{self, BundleError};
 use crate::routing::RoutingPublisher;
 use crate::store::{DeploymentRecord, FunctionRecord, OrgRecord, Store, StoreError, TokenRecord};
+use crate::workers::{WorkerRegistry, WorkerTiming};
 use bytes::Bytes;
 use futures::Stream;
 use reactor_api::config::FunctionsConfig;
@@ -21,6 +22,7 @@ pub struct ControlPlaneOptions {
     pub store: Arc<dyn Store>,
     pub storage: Arc<dyn Storage>,
     pub runtimes: Runtimes,
+    pub worker_timing: WorkerTiming,
 }
 
 pub struct ControlPlane {
@@ -29,6 +31,7 @@ pub struct ControlPlane {
     storage: Arc<dyn Storage>,
     runtimes: Runtimes,
     routing: RoutingPublisher,
+    workers: Arc<WorkerRegistry>,
     tmp_dir: PathBuf,
     unpack_slots: tokio::sync::Semaphore,
     promote_lock: tokio::sync::Mutex<()>,
@@ -169,8 +172,10 @@ impl ControlPlane {
         // Anything left here belongs to a previous run.
         let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
         tokio::fs::create_dir_all(&tmp_dir).await?;
+        let workers = Arc::new(WorkerRegistry::new(options.worker_timing));
         let cp = Arc::new(Self {
-            routing: RoutingPublisher::new(options.store.clone()),
+            routing: RoutingPublisher::new(options.store.clone(), workers.clone()),
+            workers,
             config: options.config,
             store: options.store,
             storage: options.storage,
@@ -184,11 +189,29 @@ impl ControlPlane {
             let cp = cp.clone();
             tokio::spawn(async move { cp.rematerialize(d).await });
         }
+        // Removes workers that stopped heartbeating, for as long as the control plane lives.
+        let weak = Arc::downgrade(&cp);
+        let every = cp.workers.timing().heartbeat_interval / 2;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(cp) = weak.upgrade() else { return };
+                if cp.workers.expire()
+                    && let Err(e) = cp.routing.publish().await
+                {
+                    tracing::error!(error = %e, "publishing the routing table after a worker expired");
+                }
+            }
+        });
         Ok(cp)
     }
 
     pub fn routing(&self) -> &RoutingPublisher {
         &self.routing
+    }
+
+    pub fn workers(&self) -> &WorkerRegistry {
+        &self.workers
     }
 
     pub fn config(&self) -> &FunctionsConfig {

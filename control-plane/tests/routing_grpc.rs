@@ -3,16 +3,35 @@
 use reactor_api::config::FunctionsConfig;
 use reactor_api::{Runtime, Runtimes};
 use reactor_control_plane::store::SqliteStore;
+use reactor_control_plane::workers::WorkerTiming;
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions, grpc};
 use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
 use reactor_proto::routing::WatchRequest;
 use reactor_proto::routing::routing_service_client::RoutingServiceClient;
+use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
+use reactor_proto::routing::{HeartbeatRequest, RegisterRequest};
 use reactor_storage::LocalStorage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
 const TOKEN: &str = "internal-token-for-tests";
+
+fn timing() -> WorkerTiming {
+    WorkerTiming {
+        heartbeat_interval: Duration::from_millis(100),
+        ttl: Duration::from_millis(400),
+    }
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    req
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
@@ -36,6 +55,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         store,
         storage,
         runtimes: Runtimes::new(),
+        worker_timing: timing(),
     })
     .await
     .expect("control plane");
@@ -46,9 +66,11 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let service = grpc::routing_service(cp.clone(), TOKEN.into());
+    let registry = grpc::worker_registry(cp.clone(), TOKEN.into());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(registry)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
@@ -94,6 +116,111 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         arrived - before < Duration::from_secs(1),
         "{:?}",
         arrived - before
+    );
+
+    // A worker registers: the table lists it and the router gets that version.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registry = WorkerRegistryClient::new(channel.clone());
+    let reg = registry
+        .register(authed(RegisterRequest {
+            worker_id: "w1".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:7101".into(),
+        }))
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!((reg.heartbeat_interval_ms, reg.ttl_ms), (100, 400));
+    let listed = |cp: &ControlPlane| {
+        cp.routing()
+            .current()
+            .workers
+            .iter()
+            .map(|w| w.worker_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&cp), ["w1"]);
+    let want = cp.routing().current().version;
+    assert!(
+        caught_up(want).await.is_some(),
+        "router at {} of {want}",
+        dp.version()
+    );
+    // Heartbeats keep it; silence removes it within the TTL.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            registry
+                .heartbeat(authed(HeartbeatRequest {
+                    worker_id: "w1".into()
+                }))
+                .await
+                .expect("heartbeat")
+                .into_inner()
+                .known
+        );
+    }
+    assert_eq!(listed(&cp), ["w1"]);
+    let silent = Instant::now();
+    while !listed(&cp).is_empty() {
+        assert!(
+            silent.elapsed() < Duration::from_secs(2),
+            "a silent worker stayed in the table"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        silent.elapsed() >= Duration::from_millis(300),
+        "removed before its TTL: {:?}",
+        silent.elapsed()
+    );
+    assert!(
+        !registry
+            .heartbeat(authed(HeartbeatRequest {
+                worker_id: "w1".into()
+            }))
+            .await
+            .expect("heartbeat")
+            .into_inner()
+            .known
+    );
+    // Bad registrations and strangers are refused.
+    let bad = registry
+        .register(authed(RegisterRequest {
+            worker_id: "w2".into(),
+            runtime: "cobol".into(),
+            url: "http://x:1".into(),
+        }))
+        .await;
+    assert_eq!(
+        bad.expect_err("unknown runtime").code(),
+        tonic::Code::InvalidArgument
+    );
+    let bad = registry
+        .register(authed(RegisterRequest {
+            worker_id: "w2".into(),
+            runtime: "wasm".into(),
+            url: "not a url".into(),
+        }))
+        .await;
+    assert_eq!(
+        bad.expect_err("bad url").code(),
+        tonic::Code::InvalidArgument
+    );
+    let stranger = registry
+        .register(RegisterRequest {
+            worker_id: "w3".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:1".into(),
+        })
+        .await;
+    assert_eq!(
+        stranger.expect_err("no token").code(),
+        tonic::Code::Unauthenticated
     );
     follower.abort();
 

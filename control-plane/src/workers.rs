@@ -1,0 +1,150 @@
+//! Workers that registered and keep heartbeating. Kept in memory: after a control-plane
+//! restart a worker's next heartbeat answers `known: false` and it registers again.
+
+use reactor_api::Runtime;
+use reactor_proto::routing::WorkerEndpoint;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often workers heartbeat, and how long one may stay silent before it leaves the table.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerTiming {
+    pub heartbeat_interval: Duration,
+    pub ttl: Duration,
+}
+
+impl Default for WorkerTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(1000),
+            ttl: Duration::from_millis(3000),
+        }
+    }
+}
+
+struct Registered {
+    runtime: Runtime,
+    url: String,
+    last_seen: Instant,
+}
+
+pub struct WorkerRegistry {
+    timing: WorkerTiming,
+    workers: Mutex<HashMap<String, Registered>>,
+}
+
+impl WorkerRegistry {
+    pub fn new(timing: WorkerTiming) -> Self {
+        Self {
+            timing,
+            workers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn timing(&self) -> WorkerTiming {
+        self.timing
+    }
+
+    /// Registers (or re-registers) a worker; true when the table must change.
+    pub fn register(&self, id: &str, runtime: Runtime, url: &str) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match workers.get_mut(id) {
+            Some(w) if w.runtime == runtime && w.url == url => {
+                w.last_seen = now;
+                false
+            }
+            _ => {
+                workers.insert(
+                    id.to_string(),
+                    Registered {
+                        runtime,
+                        url: url.to_string(),
+                        last_seen: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Records a heartbeat; false when the worker is unknown.
+    pub fn heartbeat(&self, id: &str) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        match workers.get_mut(id) {
+            Some(w) => {
+                w.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops workers silent for longer than the TTL; true when any left.
+    pub fn expire(&self) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        let before = workers.len();
+        let ttl = self.timing.ttl;
+        workers.retain(|id, w| {
+            let alive = w.last_seen.elapsed() <= ttl;
+            if !alive {
+                tracing::warn!(worker_id = %id, runtime = %w.runtime, url = %w.url, "worker stopped heartbeating; removed from the routing table");
+            }
+            alive
+        });
+        workers.len() != before
+    }
+
+    /// The healthy workers, in a stable order.
+    pub fn endpoints(&self) -> Vec<WorkerEndpoint> {
+        let Ok(workers) = self.workers.lock() else {
+            return Vec::new();
+        };
+        let mut list: Vec<WorkerEndpoint> = workers
+            .iter()
+            .map(|(id, w)| WorkerEndpoint {
+                worker_id: id.clone(),
+                runtime: w.runtime.as_str().to_string(),
+                url: w.url.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_workers_expire_and_unknown_ones_are_told() {
+        let r = WorkerRegistry::new(WorkerTiming {
+            heartbeat_interval: Duration::from_millis(10),
+            ttl: Duration::from_millis(50),
+        });
+        assert!(r.register("w1", Runtime::Wasm, "http://127.0.0.1:1"));
+        assert!(
+            !r.register("w1", Runtime::Wasm, "http://127.0.0.1:1"),
+            "same registration changes nothing"
+        );
+        assert!(
+            r.register("w1", Runtime::Wasm, "http://127.0.0.1:2"),
+            "a new address changes the table"
+        );
+        assert!(r.heartbeat("w1"));
+        assert!(!r.heartbeat("w2"));
+        assert!(!r.expire());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(r.expire());
+        assert!(r.endpoints().is_empty());
+        assert!(!r.heartbeat("w1"), "an expired worker must register again");
+    }
+}
