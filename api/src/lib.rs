@@ -13,6 +13,7 @@ pub mod invoke;
 pub mod manifest;
 pub mod model;
 pub mod runtime;
+pub mod token;
 
 pub use error::{ApiError, ErrorCode};
 pub use invoke::{

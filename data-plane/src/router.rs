@@ -6,9 +6,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use reactor_api::error::request_id::RequestId;
+use reactor_api::token::{bearer, token_hash};
 use reactor_api::{ApiError, ErrorCode, Invocation, Runtimes, headers};
 use reactor_proto::routing::RoutingTable;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -150,9 +150,7 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
     let token = hdr(headers::AUTHORIZATION)
         .and_then(bearer)
         .ok_or_else(unauthorized)?;
-    let grant = index
-        .grant(&hex::encode(Sha256::digest(token.as_bytes())))
-        .ok_or_else(unauthorized)?;
+    let grant = index.grant(&token_hash(token)).ok_or_else(unauthorized)?;
     if let Some(org) = hdr(headers::ORG)
         && org != grant.org
     {
@@ -162,14 +160,6 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
         ));
     }
     Ok(grant.clone())
-}
-
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 /// What reaches the function: no platform credentials, the caller as the router saw it.
