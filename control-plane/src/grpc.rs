@@ -23,7 +23,7 @@ pub fn check_internal<T>(req: &Request<T>, token: &str) -> Result<(), Status> {
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(reactor_api::token::bearer)
         .unwrap_or("");
     if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
         Ok(())
