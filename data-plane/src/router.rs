@@ -18,12 +18,19 @@ pub const INVOKE_PREFIX: &str = "/fn/v1/";
 pub struct DataPlane {
     index: watch::Sender<Arc<RouteIndex>>,
     runtimes: Runtimes,
+    /// An in-process table source (the embedded default), checked before each lookup so
+    /// that a request right after a promote never sees the table before it.
+    local_source: std::sync::OnceLock<watch::Receiver<Arc<RoutingTable>>>,
 }
 
 impl DataPlane {
     pub fn new(runtimes: Runtimes) -> Arc<Self> {
         let (index, _) = watch::channel(Arc::new(RouteIndex::default()));
-        Arc::new(Self { index, runtimes })
+        Arc::new(Self {
+            index,
+            runtimes,
+            local_source: std::sync::OnceLock::new(),
+        })
     }
 
     /// Takes a routing table unless it is older than the one held. Returns whether it
@@ -47,6 +54,7 @@ impl DataPlane {
         self: &Arc<Self>,
         mut tables: watch::Receiver<Arc<RoutingTable>>,
     ) -> tokio::task::JoinHandle<()> {
+        let _ = self.local_source.set(tables.clone());
         let dp = self.clone();
         tokio::spawn(async move {
             loop {
@@ -57,6 +65,17 @@ impl DataPlane {
                 }
             }
         })
+    }
+
+    /// Applies the in-process source's table if it is newer than the one held (the
+    /// follower task may not have run yet).
+    fn catch_up(&self) {
+        if let Some(source) = self.local_source.get() {
+            let newest = source.borrow().clone();
+            if newest.version > self.version() {
+                self.apply(&newest);
+            }
+        }
     }
 
     pub fn version(&self) -> u64 {
@@ -76,6 +95,7 @@ impl DataPlane {
         req: Request,
         started: Instant,
     ) -> Result<Response, ApiError> {
+        self.catch_up();
         let index = self.index.borrow().clone();
         let request_id = req
             .extensions()
@@ -295,6 +315,24 @@ mod tests {
         assert_eq!(h["x-reactor-caller-token"], "tok_1");
         assert_eq!(h["x-forwarded-prefix"], "/fn/v1/hello");
         assert!(is_traceparent(h["traceparent"].to_str().expect("ascii")));
+    }
+
+    #[tokio::test]
+    async fn a_lookup_sees_the_newest_in_process_table_at_once() {
+        let (tx, rx) = watch::channel(Arc::new(RoutingTable {
+            version: 1,
+            ..Default::default()
+        }));
+        let dp = DataPlane::new(Runtimes::new());
+        let follower = dp.follow(rx);
+        // Published, and looked up before the follower task could run.
+        tx.send_replace(Arc::new(RoutingTable {
+            version: 2,
+            ..Default::default()
+        }));
+        dp.catch_up();
+        assert_eq!(dp.version(), 2);
+        follower.abort();
     }
 
     #[test]
