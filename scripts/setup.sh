@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Set-up: everything Reactor needs to build, run and test, installed idempotently.
 #   - the wasm32-wasip2 target (examples and test components are built for it)
+#   - Bun, pinned in package.json, from npm into node_modules/.bin/bun (the Bun runtime)
 #   - the `reactor` binary, installed into ~/.cargo/bin (a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> rust target wasm32-wasip2"
 rustup target add wasm32-wasip2
+
+echo "==> bun (npm, pinned in package.json)"
+if ! command -v npm >/dev/null; then
+  echo "npm is needed to install Bun: install Node.js (e.g. apt-get install nodejs npm)" >&2
+  exit 1
+fi
+npm install --no-audit --no-fund --loglevel=error
+echo "==> bun $(./node_modules/.bin/bun --version) at node_modules/.bin/bun"
 
 if [ "${1:-}" != "--no-install" ]; then
   echo "==> building and installing the reactor binary (a cold build takes several minutes)"

@@ -13,9 +13,13 @@
 //! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm"]` |
 //! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir` |
 //! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none |
+//!
+//! The split topology adds one section per service and the shared internal token (see
+//! [`ServicesConfig`]); the embedded default needs none of them.
 
 use crate::Runtime;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub const ENV_CONFIG: &str = "REACTOR_CONFIG";
@@ -26,6 +30,181 @@ const ENV_PREFIX: &str = "REACTOR_FUNCTIONS_";
 pub struct ReactorConfig {
     #[serde(default)]
     pub functions: FunctionsConfig,
+    #[serde(default)]
+    pub internal: InternalConfig,
+    #[serde(default)]
+    pub control_plane: ControlPlaneConfig,
+    #[serde(default)]
+    pub data_plane: DataPlaneConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// `[internal]`: what services use to trust each other.
+///
+/// | key | env | default |
+/// |---|---|---|
+/// | `token` | `REACTOR_INTERNAL_TOKEN` | none: the split services refuse to start without it |
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalConfig {
+    /// Shared secret: routers and workers present it to the control plane, routers to
+    /// workers. Never passed to a function.
+    pub token: Option<String>,
+}
+
+/// `[control_plane]` of `reactor-control-plane`.
+///
+/// | key | env | default |
+/// |---|---|---|
+/// | `listen` | `REACTOR_CONTROL_PLANE_LISTEN` | `127.0.0.1:7070` (admin HTTP, health) |
+/// | `grpc_listen` | `REACTOR_CONTROL_PLANE_GRPC_LISTEN` | `127.0.0.1:7071` (admin, routing, workers) |
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+        }
+    }
+}
+
+/// `[data_plane]` of `reactor-data-plane`.
+///
+/// | key | env | default |
+/// |---|---|---|
+/// | `listen` | `REACTOR_DATA_PLANE_LISTEN` | `127.0.0.1:8080` (invoke, health) |
+/// | `control_plane_url` | `REACTOR_DATA_PLANE_CONTROL_PLANE_URL` | `http://127.0.0.1:7071` |
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataPlaneConfig {
+    pub listen: SocketAddr,
+    pub control_plane_url: String,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            control_plane_url: "http://127.0.0.1:7071".into(),
+        }
+    }
+}
+
+/// `[worker]` of `reactor-worker-wasm` (and later the other runtimes' workers).
+///
+/// | key | env | default |
+/// |---|---|---|
+/// | `listen` | `REACTOR_WORKER_LISTEN` | `127.0.0.1:7080` |
+/// | `advertise_url` | `REACTOR_WORKER_ADVERTISE_URL` | `http://` + the bound address (required when listening on 0.0.0.0 or ::) |
+/// | `control_plane_url` | `REACTOR_WORKER_CONTROL_PLANE_URL` | `http://127.0.0.1:7071` |
+/// | `id` | `REACTOR_WORKER_ID` | `{runtime}-{host}-{port}` of the advertised URL |
+/// | `cache_dir` | `REACTOR_WORKER_CACHE_DIR` | `{functions.workdir}/cache/{id}` |
+/// | `max_instances` | `REACTOR_WORKER_MAX_INSTANCES` | 1000 |
+/// | `prewarm` | `REACTOR_WORKER_PREWARM` | true: load every live deployment of its runtime |
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub listen: SocketAddr,
+    pub advertise_url: Option<String>,
+    pub control_plane_url: String,
+    pub id: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub max_instances: u32,
+    pub prewarm: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            advertise_url: None,
+            control_plane_url: "http://127.0.0.1:7071".into(),
+            id: None,
+            cache_dir: None,
+            max_instances: 1000,
+            prewarm: true,
+        }
+    }
+}
+
+impl ReactorConfig {
+    /// Applies the services' environment overrides (`REACTOR_INTERNAL_TOKEN`,
+    /// `REACTOR_CONTROL_PLANE_*`, `REACTOR_DATA_PLANE_*`, `REACTOR_WORKER_*`).
+    pub fn apply_services_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(name: &str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_string(),
+                value: value.clone(),
+                reason: e.to_string(),
+            })
+        }
+        let var = |name: &'static str| get(name).map(|v| (name, v));
+        if let Some((_, v)) = var("REACTOR_INTERNAL_TOKEN") {
+            self.internal.token = Some(v);
+        }
+        if let Some((n, v)) = var("REACTOR_CONTROL_PLANE_LISTEN") {
+            self.control_plane.listen = parsed(n, v)?;
+        }
+        if let Some((n, v)) = var("REACTOR_CONTROL_PLANE_GRPC_LISTEN") {
+            self.control_plane.grpc_listen = parsed(n, v)?;
+        }
+        if let Some((n, v)) = var("REACTOR_DATA_PLANE_LISTEN") {
+            self.data_plane.listen = parsed(n, v)?;
+        }
+        if let Some((_, v)) = var("REACTOR_DATA_PLANE_CONTROL_PLANE_URL") {
+            self.data_plane.control_plane_url = v;
+        }
+        if let Some((n, v)) = var("REACTOR_WORKER_LISTEN") {
+            self.worker.listen = parsed(n, v)?;
+        }
+        if let Some((_, v)) = var("REACTOR_WORKER_ADVERTISE_URL") {
+            self.worker.advertise_url = Some(v);
+        }
+        if let Some((_, v)) = var("REACTOR_WORKER_CONTROL_PLANE_URL") {
+            self.worker.control_plane_url = v;
+        }
+        if let Some((_, v)) = var("REACTOR_WORKER_ID") {
+            self.worker.id = Some(v);
+        }
+        if let Some((_, v)) = var("REACTOR_WORKER_CACHE_DIR") {
+            self.worker.cache_dir = Some(PathBuf::from(v));
+        }
+        if let Some((n, v)) = var("REACTOR_WORKER_MAX_INSTANCES") {
+            self.worker.max_instances = parsed(n, v)?;
+        }
+        if let Some((n, v)) = var("REACTOR_WORKER_PREWARM") {
+            self.worker.prewarm = parsed(n, v)?;
+        }
+        Ok(())
+    }
+
+    /// The internal token, required by every split service.
+    pub fn internal_token(&self) -> Result<&str, ConfigError> {
+        match self.internal.token.as_deref() {
+            Some(t) if t.len() >= 16 => Ok(t),
+            Some(_) => Err(ConfigError::Invalid(
+                "internal.token (REACTOR_INTERNAL_TOKEN) must have at least 16 characters".into(),
+            )),
+            None => Err(ConfigError::Invalid(
+                "internal.token (REACTOR_INTERNAL_TOKEN) is required by the split services: \
+                 the same secret for the control plane, routers and workers"
+                    .into(),
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -117,6 +296,14 @@ impl ReactorConfig {
             .functions
             .apply_env(|name| std::env::var(name).ok())?;
         config.functions.validate()?;
+        Ok(config)
+    }
+
+    /// [`ReactorConfig::load`] plus the split services' environment overrides (the
+    /// embedded default ignores those sections, so a stray variable cannot stop it).
+    pub fn load_service(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::load(path)?;
+        config.apply_services_env(|name| std::env::var(name).ok())?;
         Ok(config)
     }
 }
@@ -255,5 +442,40 @@ region = "us-east-1"
             err.to_string()
                 .contains("REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS")
         );
+    }
+
+    #[test]
+    fn service_sections_parse_and_env_overrides() {
+        let text = r#"
+[internal]
+token = "0123456789abcdef"
+
+[data_plane]
+listen = "0.0.0.0:9000"
+control_plane_url = "http://cp:7071"
+
+[worker]
+prewarm = false
+"#;
+        let mut config: ReactorConfig = toml::from_str(text).expect("parses");
+        assert_eq!(config.data_plane.listen.port(), 9000);
+        assert!(!config.worker.prewarm);
+        assert_eq!(
+            config.internal_token().expect("long enough"),
+            "0123456789abcdef"
+        );
+        config
+            .apply_services_env(|name| match name {
+                "REACTOR_WORKER_LISTEN" => Some("127.0.0.1:7999".into()),
+                "REACTOR_INTERNAL_TOKEN" => Some("short".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.worker.listen.port(), 7999);
+        assert!(config.internal_token().is_err(), "a short token is refused");
+        let err = config
+            .apply_services_env(|name| (name == "REACTOR_WORKER_PREWARM").then(|| "maybe".into()))
+            .expect_err("not a bool");
+        assert!(err.to_string().contains("REACTOR_WORKER_PREWARM"));
     }
 }

@@ -112,6 +112,15 @@ pub mod request_id {
         REQUEST_ID.try_with(|id| id.clone()).ok()
     }
 
+    /// The caller's request id when it is reasonable (1 to 128 visible ASCII characters),
+    /// else a new `req_<ULID>`: what the HTTP middleware and the gRPC services use.
+    pub fn accept(given: Option<&str>) -> String {
+        given
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()))
+    }
+
     /// The request id of a request, as an extension set by [`middleware`].
     #[derive(Clone, Debug)]
     pub struct RequestId(pub String);
@@ -122,13 +131,11 @@ pub mod request_id {
         mut req: axum::extract::Request,
         next: axum::middleware::Next,
     ) -> axum::response::Response {
-        let id = req
-            .headers()
-            .get(crate::headers::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
+        let id = accept(
+            req.headers()
+                .get(crate::headers::REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+        );
         req.extensions_mut().insert(RequestId(id.clone()));
         let mut response = scope(id.clone(), next.run(req)).await;
         if let Ok(v) = axum::http::HeaderValue::from_str(&id) {

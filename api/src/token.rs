@@ -17,6 +17,21 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The internal token services share, kept as its SHA-256 and compared by hash, so that
+/// the time a check takes says nothing about the token.
+#[derive(Clone)]
+pub struct InternalToken([u8; 32]);
+
+impl InternalToken {
+    pub fn new(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn matches(&self, given: &[u8]) -> bool {
+        Sha256::digest(given).as_slice() == self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +44,8 @@ mod tests {
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(token_hash("x"), token_hash("x"));
         assert_eq!(token_hash("x").len(), 64);
+        let internal = InternalToken::new("secret-secret-secret");
+        assert!(internal.matches(b"secret-secret-secret"));
+        assert!(!internal.matches(b"secret"));
     }
 }

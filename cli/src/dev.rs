@@ -4,12 +4,12 @@
 use crate::credentials::{self, Credentials};
 use anyhow::Context;
 use axum::Router;
-use axum::routing::get;
 use reactor_api::Runtimes;
 use reactor_api::config::ReactorConfig;
 use reactor_control_plane::store::SqliteStore;
 use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions};
 use reactor_data_plane::DataPlane;
+use reactor_service::Lifecycle;
 use reactor_storage::LocalStorage;
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
@@ -48,6 +48,7 @@ pub struct DevServer {
     pub bootstrap: Bootstrap,
     pub app: Router,
     pub listener: tokio::net::TcpListener,
+    pub life: Lifecycle,
 }
 
 /// Builds every service from the configuration and binds the listener.
@@ -74,6 +75,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         storage,
         runtimes: runtimes.clone(),
         worker_timing: Default::default(),
+        remote_workers: None,
     })
     .await?;
     let dp = DataPlane::new(runtimes);
@@ -88,42 +90,27 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         .map_err(anyhow::Error::new)?;
     dp.wait_for_version(cp.routing().current().version).await;
 
-    let app = Router::new()
-        .merge(reactor_control_plane::http::admin_router(cp.clone()))
-        .merge(reactor_data_plane::invoke_router(dp))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .method_not_allowed_fallback(
-            |method: axum::http::Method, uri: axum::http::Uri| async move {
-                reactor_api::ApiError::new(
-                    reactor_api::ErrorCode::MethodNotAllowed,
-                    format!("{method} is not allowed on {}", uri.path()),
-                )
-            },
-        )
-        .fallback(|uri: axum::http::Uri| async move {
-            reactor_api::ApiError::new(
-                reactor_api::ErrorCode::NotFound,
-                format!("nothing at {}", uri.path()),
-            )
-        })
-        // Outermost: every response, errors included, carries its request id.
-        .layer(axum::middleware::from_fn(
-            reactor_api::error::request_id::middleware,
-        ));
-    let listener =
-        bind_reuseport(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let life = Lifecycle::new();
+    let app = reactor_service::public_app(
+        Router::new()
+            .merge(reactor_control_plane::http::admin_router(cp.clone()))
+            .merge(reactor_data_plane::invoke_router(dp))
+            .merge(life.routes()),
+    );
+    let listener = reactor_service::bind_exclusive(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     Ok(DevServer {
         addr,
         bootstrap,
         app,
         listener,
+        life,
     })
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    init_tracing();
+    reactor_service::init_tracing();
     let server = start(&args).await?;
     let url = format!("http://{}", server.addr);
     let b = &server.bootstrap;
@@ -145,124 +132,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     serve(server, args.threads, args.grace_secs).await
 }
 
-/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish for `grace_secs`.
-///
-/// Connections are served by one single-threaded runtime per core, all accepting on the
-/// same socket: a request, its guest instance and its response body stay on one thread,
-/// which on small machines serves far more requests than handing work between the
-/// threads of one shared runtime.
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish for `grace_secs`
+/// (see [`reactor_service::serve`]).
 pub async fn serve(
     server: DevServer,
     threads: Option<usize>,
     grace_secs: u64,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let threads = threads.filter(|n| *n > 0).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let mut listeners = vec![
-        server
-            .listener
-            .into_std()
-            .context("detaching the listener")?,
-    ];
-    for _ in 1..threads {
-        // One socket per thread on the same port: the kernel spreads connections evenly.
-        let l = bind_reuseport(server.addr)
-            .with_context(|| format!("binding {} again", server.addr))?;
-        listeners.push(l.into_std()?);
-    }
-    let mut handles = Vec::with_capacity(threads);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (app, mut stop) = (server.app.clone(), stop_rx.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("reactor-serve-{i}"))
-            .spawn(move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                        // Small streamed chunks (SSE) must not wait for Nagle.
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    let graceful = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(graceful)
-                        .await?;
-                    anyhow::Ok(())
-                })
-            })
-            .context("starting a server thread")?;
-        handles.push(handle);
-    }
-    shutdown_signal().await;
-    tracing::info!(grace_secs, "shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
-    let joined = tokio::task::spawn_blocking(move || {
-        for h in handles {
-            match h.join() {
-                Ok(Err(e)) => tracing::error!(error = %e, "server thread failed"),
-                Err(_) => tracing::error!("server thread panicked"),
-                Ok(Ok(())) => {}
-            }
-        }
-    });
-    if tokio::time::timeout(Duration::from_secs(grace_secs), joined)
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing remaining connections");
-    }
-    Ok(())
-}
-
-/// A listening socket with `SO_REUSEPORT`, so that each server thread can have its own.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let life = server.life.clone();
+    life.stop_on_signal(Duration::ZERO);
+    life.set_ready(true);
+    reactor_service::serve(
+        server.listener,
+        server.app,
+        reactor_service::thread_count(threads),
+        &life,
+        Duration::from_secs(grace_secs),
+    )
+    .await
 }

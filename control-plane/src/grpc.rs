@@ -3,29 +3,28 @@
 
 use crate::ControlPlane;
 use futures::Stream;
+use futures::StreamExt;
+use reactor_api::token::InternalToken;
 use reactor_proto::routing::routing_service_server::{RoutingService, RoutingServiceServer};
 use reactor_proto::routing::worker_registry_server::{WorkerRegistry, WorkerRegistryServer};
 use reactor_proto::routing::{
-    HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, RoutingTable,
-    WatchRequest,
+    DeregisterRequest, DeregisterResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse, RoutingTable, WatchRequest,
 };
-use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
-/// Checks `authorization: Bearer <token>` against the internal token (compared by hash,
-/// so the time taken says nothing about the token).
-pub fn check_internal<T>(req: &Request<T>, token: &str) -> Result<(), Status> {
+/// Checks `authorization: Bearer <token>` against the internal token.
+pub fn check_internal<T>(req: &Request<T>, token: &InternalToken) -> Result<(), Status> {
     let given = req
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(reactor_api::token::bearer)
         .unwrap_or("");
-    if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
+    if token.matches(given.as_bytes()) {
         Ok(())
     } else {
         Err(Status::unauthenticated(
@@ -36,7 +35,7 @@ pub fn check_internal<T>(req: &Request<T>, token: &str) -> Result<(), Status> {
 
 pub struct Routing {
     cp: Arc<ControlPlane>,
-    internal_token: String,
+    internal_token: InternalToken,
 }
 
 /// The routing service, ready to add to a tonic server.
@@ -44,7 +43,10 @@ pub fn routing_service(
     cp: Arc<ControlPlane>,
     internal_token: String,
 ) -> RoutingServiceServer<Routing> {
-    RoutingServiceServer::new(Routing { cp, internal_token })
+    RoutingServiceServer::new(Routing {
+        cp,
+        internal_token: InternalToken::new(&internal_token),
+    })
 }
 
 type TableStream = Pin<Box<dyn Stream<Item = Result<RoutingTable, Status>> + Send>>;
@@ -60,12 +62,20 @@ impl RoutingService for Routing {
             known_version,
         } = req.into_inner();
         tracing::info!(
-            router_id,
+            client_id = router_id,
             known_version,
-            "router watching the routing table"
+            "watching the routing table"
         );
+        // Right after a restart, give workers the time to register again first: the
+        // router keeps its last table meanwhile instead of getting one without workers.
+        if let Some(wait) = self.cp.workers_settled() {
+            tokio::time::sleep(wait).await;
+        }
         let mut last = known_version;
-        let stream = WatchStream::new(self.cp.routing().subscribe()).filter_map(move |table| {
+        let stream = WatchStream::new(self.cp.routing().subscribe())
+            // Ends when the control plane shuts down, so that it need not wait for routers.
+            .take_until(self.cp.closed());
+        let stream = tokio_stream::StreamExt::filter_map(stream, move |table| {
             // Only ever newer versions: a router never goes back.
             (table.version > last).then(|| {
                 last = table.version;
@@ -78,7 +88,7 @@ impl RoutingService for Routing {
 
 pub struct Registry {
     cp: Arc<ControlPlane>,
-    internal_token: String,
+    internal_token: InternalToken,
 }
 
 /// The worker registry service, ready to add to a tonic server.
@@ -86,7 +96,10 @@ pub fn worker_registry(
     cp: Arc<ControlPlane>,
     internal_token: String,
 ) -> WorkerRegistryServer<Registry> {
-    WorkerRegistryServer::new(Registry { cp, internal_token })
+    WorkerRegistryServer::new(Registry {
+        cp,
+        internal_token: InternalToken::new(&internal_token),
+    })
 }
 
 #[tonic::async_trait]
@@ -115,9 +128,13 @@ impl WorkerRegistry for Registry {
         let parsed: http::Uri = url
             .parse()
             .map_err(|_| Status::invalid_argument(format!("url {url:?} is not valid")))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+        // The link is HTTP/2 cleartext (h2c): no https, no path.
+        if parsed.scheme_str() != Some("http")
+            || parsed.authority().is_none()
+            || !matches!(parsed.path(), "" | "/")
+        {
             return Err(Status::invalid_argument(format!(
-                "url {url:?} must be http(s)://host:port"
+                "url {url:?} must be http://host:port"
             )));
         }
         if self.cp.workers().register(&worker_id, runtime, &url) {
@@ -142,5 +159,22 @@ impl WorkerRegistry for Registry {
         check_internal(&req, &self.internal_token)?;
         let known = self.cp.workers().heartbeat(&req.get_ref().worker_id);
         Ok(Response::new(HeartbeatResponse { known }))
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        check_internal(&req, &self.internal_token)?;
+        let worker_id = &req.get_ref().worker_id;
+        if self.cp.workers().deregister(worker_id) {
+            tracing::info!(worker_id, "worker deregistered (draining)");
+            self.cp
+                .routing()
+                .publish()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Response::new(DeregisterResponse {}))
     }
 }

@@ -10,8 +10,11 @@
 pub mod auth;
 pub mod bundle;
 pub mod grpc;
+pub mod grpc_admin;
 pub mod http;
+pub mod materialize;
 pub mod routing;
+pub mod server;
 mod service;
 pub mod store;
 pub mod workers;

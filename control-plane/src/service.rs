@@ -23,6 +23,9 @@ pub struct ControlPlaneOptions {
     pub storage: Arc<dyn Storage>,
     pub runtimes: Runtimes,
     pub worker_timing: WorkerTiming,
+    /// Worker services (the split topology): promote has every registered worker of the
+    /// runtime load the deployment before the routing table changes.
+    pub remote_workers: Option<reactor_worker_link::RemoteWorkers>,
 }
 
 pub struct ControlPlane {
@@ -35,6 +38,9 @@ pub struct ControlPlane {
     tmp_dir: PathBuf,
     unpack_slots: tokio::sync::Semaphore,
     promote_lock: tokio::sync::Mutex<()>,
+    started_at: std::time::Instant,
+    remote_workers: Option<reactor_worker_link::RemoteWorkers>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// The org and admin token the server starts with.
@@ -180,9 +186,12 @@ impl ControlPlane {
             store: options.store,
             storage: options.storage,
             runtimes: options.runtimes,
+            remote_workers: options.remote_workers,
             tmp_dir,
             unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
             promote_lock: tokio::sync::Mutex::new(()),
+            started_at: std::time::Instant::now(),
+            closing: tokio::sync::watch::channel(false).0,
         });
         cp.routing.publish().await?;
         for d in cp.store.list_materializing().await? {
@@ -196,6 +205,9 @@ impl ControlPlane {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(cp) = weak.upgrade() else { return };
+                if cp.is_closing() {
+                    return;
+                }
                 if cp.workers.expire()
                     && let Err(e) = cp.routing.publish().await
                 {
@@ -212,6 +224,31 @@ impl ControlPlane {
 
     pub fn workers(&self) -> &WorkerRegistry {
         &self.workers
+    }
+
+    /// Shutting down: routing streams end and workers are no longer expired (their
+    /// heartbeats fail because this process goes away, not because they did).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Resolves once [`ControlPlane::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Until workers that were registered with a previous run had the time to register
+    /// again (two heartbeat intervals), a table would list fewer workers than there are.
+    pub fn workers_settled(&self) -> Option<std::time::Duration> {
+        let settle = self.workers.timing().heartbeat_interval * 2;
+        settle.checked_sub(self.started_at.elapsed())
     }
 
     pub fn config(&self) -> &FunctionsConfig {
@@ -821,10 +858,55 @@ impl ControlPlane {
             )
             .with_detail("deployment_id", d.id.clone())
         })?;
+        self.prepare_on_workers(&spec).await;
         self.store.set_live(&f.org, &f.name, &d.id).await?;
         let version = self.routing.publish().await?;
         tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, "promoted");
         Ok(deployment_info(&d, Some(&d.id)))
+    }
+}
+
+/// How long promote waits for a worker service to load a deployment.
+const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ControlPlane {
+    /// Has every registered worker of the runtime load `spec`, so that the first request
+    /// after the table changes is warm wherever it lands. Not fatal: a worker that fails
+    /// (or takes longer than [`PREPARE_TIMEOUT`]) loads it on its first request instead.
+    async fn prepare_on_workers(&self, spec: &DeploymentSpec) {
+        let Some(remote) = &self.remote_workers else {
+            return;
+        };
+        let runtime = spec.runtime.as_str();
+        let urls: Vec<String> = self
+            .workers
+            .endpoints()
+            .into_iter()
+            .filter(|w| w.runtime == runtime)
+            .map(|w| w.url)
+            .collect();
+        let started = std::time::Instant::now();
+        let prepared = futures::future::join_all(
+            urls.iter()
+                .map(|url| tokio::time::timeout(PREPARE_TIMEOUT, remote.prepare(url, spec))),
+        )
+        .await;
+        for (url, outcome) in urls.iter().zip(prepared) {
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(worker = %url, deployment_id = %spec.deployment_id, error = %e, "worker could not prepare the deployment")
+                }
+                Err(_) => {
+                    tracing::warn!(worker = %url, deployment_id = %spec.deployment_id, "worker took too long to prepare the deployment")
+                }
+            }
+        }
+        tracing::debug!(
+            workers = urls.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "prepared on workers"
+        );
     }
 }
 

@@ -85,6 +85,14 @@ impl WorkerRegistry {
         }
     }
 
+    /// Removes a worker that is draining; true when it was registered.
+    pub fn deregister(&self, id: &str) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        workers.remove(id).is_some()
+    }
+
     /// Drops workers silent for longer than the TTL; true when any left.
     pub fn expire(&self) -> bool {
         let Ok(mut workers) = self.workers.lock() else {

@@ -56,6 +56,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         storage,
         runtimes: Runtimes::new(),
         worker_timing: timing(),
+        remote_workers: None,
     })
     .await
     .expect("control plane");

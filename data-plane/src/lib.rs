@@ -9,6 +9,7 @@
 
 mod follow;
 mod router;
+pub mod server;
 mod table;
 
 pub use follow::{ControlPlaneEndpoint, follow_control_plane};

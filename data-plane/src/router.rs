@@ -7,8 +7,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use reactor_api::error::request_id::RequestId;
 use reactor_api::token::{bearer, token_hash};
-use reactor_api::{ApiError, ErrorCode, Invocation, Runtimes, headers};
+use reactor_api::{ApiError, ErrorCode, Invocation, RuntimeWorker, Runtimes, headers};
 use reactor_proto::routing::RoutingTable;
+use reactor_worker_link::RemoteWorkers;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -17,18 +18,32 @@ pub const INVOKE_PREFIX: &str = "/fn/v1/";
 
 pub struct DataPlane {
     index: watch::Sender<Arc<RouteIndex>>,
+    /// In-process workers (the embedded default), used first.
     runtimes: Runtimes,
+    /// Worker services listed in the routing table (the split topology).
+    remote: Option<RemoteWorkers>,
     /// An in-process table source (the embedded default), checked before each lookup so
     /// that a request right after a promote never sees the table before it.
     local_source: std::sync::OnceLock<watch::Receiver<Arc<RoutingTable>>>,
 }
 
 impl DataPlane {
+    /// A router that runs functions on in-process workers.
     pub fn new(runtimes: Runtimes) -> Arc<Self> {
+        Self::build(runtimes, None)
+    }
+
+    /// A router that forwards to the worker services of the routing table.
+    pub fn with_remote_workers(remote: RemoteWorkers) -> Arc<Self> {
+        Self::build(Runtimes::new(), Some(remote))
+    }
+
+    fn build(runtimes: Runtimes, remote: Option<RemoteWorkers>) -> Arc<Self> {
         let (index, _) = watch::channel(Arc::new(RouteIndex::default()));
         Arc::new(Self {
             index,
             runtimes,
+            remote,
             local_source: std::sync::OnceLock::new(),
         })
     }
@@ -118,11 +133,19 @@ impl DataPlane {
             )
             .with_detail("function", name)
         })?;
-        let worker = self
-            .runtimes
-            .get(entry.runtime)
-            .ok_or_else(|| Runtimes::no_worker(entry.runtime))?
-            .clone();
+        let target = match (self.runtimes.get(entry.runtime), &self.remote) {
+            (Some(local), _) => Target::Local(local.clone()),
+            (None, Some(remote)) => {
+                let urls = index.pick_workers(entry.runtime, &spec.deployment_id, |w| {
+                    !remote.is_down(&w.url)
+                });
+                if urls.is_empty() {
+                    return Err(Runtimes::no_worker(entry.runtime));
+                }
+                Target::Remote(remote, urls)
+            }
+            (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
+        };
 
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
@@ -145,7 +168,11 @@ impl DataPlane {
             deadline: started + spec.timeout(),
             request_id,
         };
-        let (mut response, cold) = match worker.invoke(invocation).await {
+        let result = match target {
+            Target::Local(worker) => worker.invoke(invocation).await,
+            Target::Remote(remote, urls) => remote.invoke(&urls, invocation).await,
+        };
+        let (mut response, cold) = match result {
             Ok(outcome) => (outcome.response, outcome.cold_start),
             Err(failure) => {
                 let error = failure.error.to_api_error(&spec, started.elapsed());
@@ -160,6 +187,13 @@ impl DataPlane {
         set_duration(h, started);
         Ok(response)
     }
+}
+
+/// Where an invocation runs.
+enum Target<'a> {
+    Local(Arc<dyn RuntimeWorker>),
+    /// The chosen worker, then one to fall back to.
+    Remote(&'a RemoteWorkers, Vec<Arc<str>>),
 }
 
 /// The grant of the request's bearer token, checked against `X-Reactor-Org`.

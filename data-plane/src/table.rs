@@ -27,6 +27,28 @@ pub struct RouteIndex {
     pub version: u64,
     tokens: HashMap<String, Grant>,
     functions: HashMap<(String, String), FunctionEntry>,
+    workers: HashMap<Runtime, Vec<WorkerRef>>,
+}
+
+/// A registered worker service.
+#[derive(Clone, Debug)]
+pub struct WorkerRef {
+    pub id: String,
+    pub url: Arc<str>,
+    seed: u64,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A 64-bit finalizer (splitmix64), so that nearby inputs spread.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl RouteIndex {
@@ -51,30 +73,79 @@ impl RouteIndex {
             .iter()
             .filter_map(|f| {
                 let runtime = Runtime::from_str(&f.runtime).ok()?;
-                let live = f.live.as_ref().map(|d| {
-                    Arc::new(DeploymentSpec {
-                        org: f.org.clone(),
-                        function: f.name.clone(),
-                        deployment_id: d.deployment_id.clone(),
-                        runtime,
-                        entrypoint: d.entrypoint.clone(),
-                        bundle_key: d.bundle_key.clone(),
-                        sha256: d.sha256.clone(),
-                        timeout_ms: d.timeout_ms,
-                        memory_mb: d.memory_mb,
-                    })
-                });
+                let live = reactor_worker_link::protocol::live_spec(f, runtime).map(Arc::new);
                 Some((
                     (f.org.clone(), f.name.clone()),
                     FunctionEntry { runtime, live },
                 ))
             })
             .collect();
+        let mut workers: HashMap<Runtime, Vec<WorkerRef>> = HashMap::new();
+        for w in &table.workers {
+            if let Ok(runtime) = Runtime::from_str(&w.runtime) {
+                workers.entry(runtime).or_default().push(WorkerRef {
+                    id: w.worker_id.clone(),
+                    url: Arc::from(w.url.as_str()),
+                    seed: fnv1a(w.worker_id.as_bytes()),
+                });
+            }
+        }
         Self {
             version: table.version,
             tokens,
             functions,
+            workers,
         }
+    }
+
+    /// The worker for `deployment_id` among the registered workers of `runtime`:
+    /// rendezvous hashing, so that a deployment keeps going to the same worker (its warm
+    /// instance and cache) and only moves when that worker leaves.
+    pub fn pick_worker(&self, runtime: Runtime, deployment_id: &str) -> Option<&WorkerRef> {
+        self.pick_worker_where(runtime, deployment_id, |_| true)
+    }
+
+    /// Like [`RouteIndex::pick_worker`] among the workers that are `usable` (the next in
+    /// rendezvous order when the first is down), else the first anyway.
+    pub fn pick_worker_where(
+        &self,
+        runtime: Runtime,
+        deployment_id: &str,
+        usable: impl Fn(&WorkerRef) -> bool,
+    ) -> Option<&WorkerRef> {
+        let key = fnv1a(deployment_id.as_bytes());
+        let workers = self.workers.get(&runtime)?;
+        let score = |w: &&WorkerRef| mix(w.seed ^ key);
+        workers
+            .iter()
+            .filter(|w| usable(w))
+            .max_by_key(score)
+            .or_else(|| workers.iter().max_by_key(score))
+    }
+
+    /// The worker for `deployment_id` (as [`RouteIndex::pick_worker_where`]) and, when
+    /// there is one, the next usable one to fall back to.
+    pub fn pick_workers(
+        &self,
+        runtime: Runtime,
+        deployment_id: &str,
+        usable: impl Fn(&WorkerRef) -> bool,
+    ) -> Vec<Arc<str>> {
+        let Some(first) = self.pick_worker_where(runtime, deployment_id, &usable) else {
+            return Vec::new();
+        };
+        let mut urls = vec![first.url.clone()];
+        if let Some(next) =
+            self.pick_worker_where(runtime, deployment_id, |w| w.id != first.id && usable(w))
+            && next.id != first.id
+        {
+            urls.push(next.url.clone());
+        }
+        urls
+    }
+
+    pub fn worker_count(&self, runtime: Runtime) -> usize {
+        self.workers.get(&runtime).map_or(0, Vec::len)
     }
 
     /// The grant of the token whose SHA-256 is `sha256`.
@@ -84,5 +155,69 @@ impl RouteIndex {
 
     pub fn function(&self, org: &str, name: &str) -> Option<&FunctionEntry> {
         self.functions.get(&(org.to_string(), name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reactor_proto::routing::WorkerEndpoint;
+
+    fn table(workers: &[&str]) -> RoutingTable {
+        RoutingTable {
+            version: 1,
+            workers: workers
+                .iter()
+                .map(|id| WorkerEndpoint {
+                    worker_id: id.to_string(),
+                    runtime: "wasm".into(),
+                    url: format!("http://{id}:7080"),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deployment_sticks_to_its_worker_and_moves_only_when_it_leaves() {
+        let three = RouteIndex::build(&table(&["w1", "w2", "w3"]));
+        let deployments: Vec<String> = (0..300).map(|i| format!("dep_{i}")).collect();
+        let picked: Vec<String> = deployments
+            .iter()
+            .map(|d| {
+                three
+                    .pick_worker(Runtime::Wasm, d)
+                    .expect("a worker")
+                    .id
+                    .clone()
+            })
+            .collect();
+        for w in ["w1", "w2", "w3"] {
+            let n = picked.iter().filter(|p| *p == w).count();
+            assert!((50..=150).contains(&n), "{w} got {n} of 300");
+        }
+        let two = RouteIndex::build(&table(&["w1", "w3"]));
+        for (d, before) in deployments.iter().zip(&picked) {
+            let after = &two.pick_worker(Runtime::Wasm, d).expect("a worker").id;
+            if before != "w2" {
+                assert_eq!(after, before, "{d} moved although its worker stayed");
+            }
+        }
+        assert!(two.pick_worker(Runtime::Bun, "dep_1").is_none());
+        // A worker that is down is skipped for the next one, unless none is left.
+        let d = &deployments[0];
+        let first = three
+            .pick_worker(Runtime::Wasm, d)
+            .expect("a worker")
+            .id
+            .clone();
+        let next = three
+            .pick_worker_where(Runtime::Wasm, d, |w| w.id != first)
+            .expect("another worker");
+        assert_ne!(next.id, first);
+        let any = three
+            .pick_worker_where(Runtime::Wasm, d, |_| false)
+            .expect("fallback");
+        assert_eq!(any.id, first);
     }
 }

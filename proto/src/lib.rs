@@ -5,7 +5,20 @@
 //! fails when the checked-in copy is stale.
 #![forbid(unsafe_code)]
 
+pub mod client;
+
+pub mod admin {
+    #![allow(clippy::all)]
+    include!("gen/reactor.admin.v1.rs");
+}
+
 pub mod routing {
     #![allow(clippy::all)]
     include!("gen/reactor.routing.v1.rs");
+}
+
+/// Only for `reactor-bench hop` (gRPC against HTTP/2 on the router-to-worker hop).
+pub mod bench {
+    #![allow(clippy::all)]
+    include!("gen/reactor.bench.v1.rs");
 }

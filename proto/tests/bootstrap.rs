@@ -8,8 +8,11 @@ use std::path::PathBuf;
 fn generated_code_is_up_to_date() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().expect("tempdir");
-    let descriptors =
-        protox::compile(["routing.proto"], [root.join("proto")]).expect("the protos parse");
+    let descriptors = protox::compile(
+        ["routing.proto", "admin.proto", "bench.proto"],
+        [root.join("proto")],
+    )
+    .expect("the protos parse");
     tonic_prost_build::configure()
         .out_dir(out.path())
         .compile_fds(descriptors)

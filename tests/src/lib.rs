@@ -29,32 +29,35 @@ fn profile_dir() -> PathBuf {
 
 /// Path of the `reactor` binary, built once per test run with this test's profile.
 pub fn reactor_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let profile = profile_dir();
+    service_bin("reactor")
+}
+
+/// Path of one of the workspace's binaries (`reactor`, `reactor-control-plane`,
+/// `reactor-data-plane`, `reactor-worker-wasm`), all built once per test run with this
+/// test's profile.
+pub fn service_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let profile = profile_dir();
+    BUILT.get_or_init(|| {
         let target = profile.parent().expect("target dir").to_path_buf();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "reactor-cli",
-                "--bin",
-                "reactor",
-                "--target-dir",
-            ])
-            .arg(&target);
+        cmd.current_dir(root()).args(["build", "--quiet"]);
+        for (package, bin) in [
+            ("reactor-cli", "reactor"),
+            ("reactor-control-plane", "reactor-control-plane"),
+            ("reactor-data-plane", "reactor-data-plane"),
+            ("reactor-worker-wasm", "reactor-worker-wasm"),
+        ] {
+            cmd.args(["-p", package, "--bin", bin]);
+        }
+        cmd.arg("--target-dir").arg(&target);
         if profile.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the reactor binary");
-        assert!(status.success(), "building the reactor binary failed");
-        profile.join("reactor")
-    })
-    .clone()
+        let status = cmd.status().expect("running cargo build for the binaries");
+        assert!(status.success(), "building the binaries failed");
+    });
+    profile.join(name)
 }
 
 /// Builds a guest crate for wasm32-wasip2 (once per run and profile) and returns the
@@ -93,14 +96,26 @@ pub fn build_component(dir: &str, release: bool) -> PathBuf {
     path
 }
 
-/// A running `reactor dev`.
+/// A running `reactor dev`; its admin API and invoke share [`Server::url`].
 pub struct Server {
     child: Child,
+    pub api: Api,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// The admin API of a server, with the admin's credentials.
+pub struct Api {
     pub url: String,
     pub token: String,
     pub org: String,
-    pub dir: tempfile::TempDir,
-    pub log: PathBuf,
     pub http: reqwest::Client,
 }
 
@@ -163,13 +178,15 @@ impl Server {
                 .to_string()
         };
         Server {
-            url: var("REACTOR_URL"),
-            token: var("REACTOR_TOKEN"),
-            org: var("REACTOR_ORG"),
+            api: Api {
+                url: var("REACTOR_URL"),
+                token: var("REACTOR_TOKEN"),
+                org: var("REACTOR_ORG"),
+                http: reqwest::Client::new(),
+            },
             child,
             dir,
             log,
-            http: reqwest::Client::new(),
         }
     }
 
@@ -181,22 +198,7 @@ impl Server {
     }
 
     fn kill(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 
     /// Runs the `reactor` CLI against this server with `token` (default: the admin's).
@@ -239,7 +241,29 @@ impl Server {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
 
+/// SIGTERM, then SIGKILL after 10 s.
+fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Api {
     /// A request with the admin's credentials.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.request_as(&self.token, &self.org, method, path)
@@ -333,6 +357,8 @@ impl Server {
         id
     }
 }
+
+pub mod split;
 
 impl Drop for Server {
     fn drop(&mut self) {

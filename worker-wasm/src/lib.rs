@@ -12,5 +12,6 @@ mod body;
 mod engine;
 mod host;
 mod logs;
+pub mod server;
 
 pub use engine::{WasmWorker, WasmWorkerOptions};

@@ -1,0 +1,143 @@
+//! The load: HTTP/1.1 keep-alive connections from this process (as `wrk` does), every
+//! answer checked, latencies kept for percentiles.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where requests go: `POST {path}` on `addr`, with a bearer token when the target
+/// checks one (`wasmtime serve` does not).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: &'static str,
+    pub addr: String,
+    pub path: String,
+    pub token: Option<String>,
+}
+
+/// Which deployment answered: the hello example or the probe fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Hello,
+    Probe,
+}
+
+pub struct Reply {
+    pub latency: Duration,
+    pub cold: bool,
+    pub answer: Answer,
+}
+
+/// One keep-alive connection sending POSTs one after the other.
+pub struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn open(t: &Target) -> anyhow::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(&t.addr)
+            .await
+            .with_context(|| format!("connecting to {} at {}", t.name, t.addr))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn { sender })
+    }
+
+    /// Sends one request and checks that a known deployment answered 200.
+    pub async fn call(&mut self, t: &Target) -> anyhow::Result<Reply> {
+        let mut req = http::Request::post(&t.path)
+            .header("host", &t.addr)
+            .header("content-type", "application/json");
+        if let Some(token) = &t.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::from_static(br#"{"name":"Reactor"}"#)))?;
+        let started = Instant::now();
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let cold = resp
+            .headers()
+            .get("x-reactor-cold-start")
+            .is_some_and(|v| v == "true");
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let latency = started.elapsed();
+        let answer = if body.starts_with(br#"{"message":"Hello, Reactor!"}"#) {
+            Answer::Hello
+        } else if body.windows(12).any(|w| w == br#""probe":true"#) {
+            Answer::Probe
+        } else {
+            bail!(
+                "{}: unexpected answer {status}: {}",
+                t.name,
+                String::from_utf8_lossy(&body)
+            );
+        };
+        if status != 200 {
+            bail!("{}: status {status}", t.name);
+        }
+        Ok(Reply {
+            latency,
+            cold,
+            answer,
+        })
+    }
+}
+
+/// Milliseconds at percentile `p` (0..=1) of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// Sequential requests on one warm connection: sorted latencies.
+pub async fn sequential(t: &Target, requests: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut conn = Conn::open(t).await?;
+    for _ in 0..200 {
+        conn.call(t).await?;
+    }
+    let mut lat = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        lat.push(conn.call(t).await?.latency);
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+/// `concurrency` connections for `seconds`: requests/s and sorted latencies.
+pub async fn concurrent(
+    t: &Target,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let t = Arc::new(t.clone());
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&t).await?;
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                lat.push(conn.call(&t).await?.latency);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let rps = all.len() as f64 / started.elapsed().as_secs_f64();
+    all.sort();
+    Ok((rps, all))
+}

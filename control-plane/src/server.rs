@@ -1,0 +1,138 @@
+//! `reactor-control-plane`: the control plane as its own service. Admin HTTP and health
+//! on `listen`; gRPC (admin, routing stream, worker registry) on `grpc_listen`.
+//!
+//! It materializes bundles itself (for WASM: compiles and stores the artifact) but runs no
+//! function: workers load live deployments from storage as the routing table announces
+//! them (see `reactor_worker_link::prewarm`).
+
+use crate::materialize::MaterializeOnly;
+use crate::store::SqliteStore;
+use crate::{ControlPlane, ControlPlaneOptions, grpc};
+use anyhow::Context;
+use reactor_api::Runtimes;
+use reactor_api::config::ReactorConfig;
+use reactor_service::Lifecycle;
+use reactor_storage::LocalStorage;
+use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "reactor-control-plane",
+    version,
+    about = "Reactor control plane: admin API, materialization, routing tables"
+)]
+pub struct Args {
+    /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Admin HTTP and health address (overrides `control_plane.listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// gRPC address (overrides `control_plane.grpc_listen`).
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Where metadata and bundles live (overrides `functions.workdir`).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Org to bootstrap.
+    #[arg(long, env = "REACTOR_ORG", default_value = "default")]
+    pub org: String,
+    /// Admin token to bootstrap (generated and printed once when absent).
+    #[arg(long, env = "REACTOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub grace_secs: u64,
+    /// On SIGTERM, milliseconds of answering `/readyz` 503 while still accepting, so that
+    /// a load balancer stops sending first.
+    #[arg(long, env = "REACTOR_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = ReactorConfig::load_service(args.config.as_deref())?;
+    let token = config.internal_token()?.to_string();
+    if let Some(w) = &args.workdir {
+        config.functions.workdir = w.clone();
+    }
+    let listen = args.listen.unwrap_or(config.control_plane.listen);
+    let grpc_listen = args.grpc_listen.unwrap_or(config.control_plane.grpc_listen);
+    let workdir = config.functions.workdir.clone();
+    tokio::fs::create_dir_all(&workdir)
+        .await
+        .with_context(|| format!("creating workdir {}", workdir.display()))?;
+    let store = Arc::new(SqliteStore::open(&workdir.join("reactor.db")).await?);
+    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+    let wasm = WasmWorker::new(WasmWorkerOptions {
+        storage: storage.clone(),
+        cache_dir: workdir.join("cache").join("materialize"),
+        max_instances: 16,
+    })?;
+    let runtimes = Runtimes::new().with(Arc::new(MaterializeOnly::new(Arc::new(wasm))));
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        config: config.functions,
+        store,
+        storage,
+        runtimes,
+        worker_timing: Default::default(),
+        remote_workers: Some(
+            reactor_worker_link::RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+    })
+    .await?;
+    let boot = cp
+        .bootstrap(&args.org, args.admin_token.as_deref(), None)
+        .await
+        .map_err(anyhow::Error::new)?;
+    if boot.generated {
+        println!(
+            "bootstrap admin token for org {} (shown once): export REACTOR_TOKEN={} REACTOR_ORG={}",
+            boot.org, boot.token, boot.org
+        );
+    }
+
+    let life = Lifecycle::new();
+    life.stop_on_signal(Duration::from_millis(args.drain_delay_ms));
+    let http =
+        reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
+    let grpc = reactor_service::bind_exclusive(grpc_listen)
+        .with_context(|| format!("binding {grpc_listen}"))?;
+    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+    let grpc_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(grpc::routing_service(cp.clone(), token.clone()))
+        .add_service(grpc::worker_registry(cp.clone(), token.clone()))
+        .add_service(crate::grpc_admin::admin_service(cp.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+            let life = life.clone();
+            async move { life.stopped().await }
+        });
+    let grpc_task = tokio::spawn(grpc_server);
+    {
+        let (cp, life) = (cp.clone(), life.clone());
+        tokio::spawn(async move {
+            life.stopped().await;
+            cp.close();
+        });
+    }
+    let app =
+        reactor_service::public_app(crate::http::admin_router(cp.clone()).merge(life.routes()));
+    tracing::info!(admin_http = %http_addr, grpc = %grpc_addr, workdir = %workdir.display(), "reactor-control-plane listening");
+    println!("reactor-control-plane listening: admin http://{http_addr} grpc http://{grpc_addr}");
+    life.set_ready(true);
+    reactor_service::serve(http, app, 1, &life, Duration::from_secs(args.grace_secs)).await?;
+    match tokio::time::timeout(Duration::from_secs(args.grace_secs), grpc_task).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
+        Err(_) => tracing::warn!("gRPC streams still open after the grace period"),
+        _ => {}
+    }
+    Ok(())
+}

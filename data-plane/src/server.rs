@@ -1,0 +1,91 @@
+//! `reactor-data-plane`: a router as its own service. Invocations and health on `listen`;
+//! the routing table from the control plane's gRPC stream; functions run on the worker
+//! services that table lists.
+
+use crate::{ControlPlaneEndpoint, DataPlane, follow_control_plane, invoke_router};
+use anyhow::Context;
+use reactor_api::config::ReactorConfig;
+use reactor_service::Lifecycle;
+use reactor_worker_link::RemoteWorkers;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "reactor-data-plane",
+    version,
+    about = "Reactor router: authenticates, routes and forwards invocations to workers"
+)]
+pub struct Args {
+    /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Invoke and health address (overrides `data_plane.listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The control plane's gRPC URL (overrides `data_plane.control_plane_url`).
+    #[arg(long)]
+    pub control_plane_url: Option<String>,
+    /// Names this router in the control plane's logs (default: router-{port}).
+    #[arg(long, env = "REACTOR_ROUTER_ID")]
+    pub router_id: Option<String>,
+    /// Server threads, each with its own single-threaded runtime (default: one per core).
+    #[arg(long, env = "REACTOR_SERVE_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub grace_secs: u64,
+    /// On SIGTERM, milliseconds of answering `/readyz` 503 while still accepting, so that
+    /// a load balancer stops sending first.
+    #[arg(long, env = "REACTOR_DRAIN_DELAY_MS", default_value_t = 1000)]
+    pub drain_delay_ms: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = ReactorConfig::load_service(args.config.as_deref())?;
+    let token = config.internal_token()?.to_string();
+    let listen = args.listen.unwrap_or(config.data_plane.listen);
+    let cp_url = args
+        .control_plane_url
+        .unwrap_or(config.data_plane.control_plane_url);
+    let listener =
+        reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let remote = RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dp = DataPlane::with_remote_workers(remote);
+    let router_id = args
+        .router_id
+        .unwrap_or_else(|| format!("router-{}", addr.port()));
+    follow_control_plane(
+        dp.clone(),
+        ControlPlaneEndpoint {
+            url: cp_url.clone(),
+            internal_token: token,
+            router_id: router_id.clone(),
+        },
+    );
+    let life = Lifecycle::new();
+    life.stop_on_signal(Duration::from_millis(args.drain_delay_ms));
+    {
+        // Ready once it holds a routing table; it stays ready on it while the control
+        // plane is away.
+        let (dp, life) = (dp.clone(), life.clone());
+        tokio::spawn(async move {
+            dp.wait_for_version(1).await;
+            life.set_ready(true);
+            tracing::info!(version = dp.version(), "routing table received; ready");
+        });
+    }
+    let app = reactor_service::public_app(invoke_router(dp).merge(life.routes()));
+    tracing::info!(%addr, control_plane = %cp_url, router_id, "reactor-data-plane listening");
+    println!("reactor-data-plane listening: invoke http://{addr}");
+    reactor_service::serve(
+        listener,
+        app,
+        reactor_service::thread_count(args.threads),
+        &life,
+        Duration::from_secs(args.grace_secs),
+    )
+    .await
+}

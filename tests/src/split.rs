@@ -1,0 +1,235 @@
+//! The split topology for tests and benchmarks: `reactor-control-plane`,
+//! `reactor-data-plane` and `reactor-worker-wasm` as separate processes on loopback ports,
+//! sharing one internal token and one storage directory (what S3 is in production).
+
+use crate::{Api, service_bin, terminate};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const INTERNAL_TOKEN: &str = "internal-token-for-the-split-tests";
+pub const ADMIN_TOKEN: &str = "rct_split_admin_token_for_tests_0000000000";
+
+/// One running service process; stopped (SIGTERM) on drop.
+pub struct Service {
+    child: Child,
+    /// The line it printed when listening.
+    pub banner: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `bin` with `args` and `env`, logging to `log`, and waits for the line of
+    /// stdout that says it listens.
+    pub fn start(bin: &str, args: &[String], env: &[(&str, String)], log: &Path) -> Service {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut cmd = Command::new(service_bin(bin));
+        cmd.args(args)
+            .env("REACTOR_INTERNAL_TOKEN", INTERNAL_TOKEN)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("REACTOR_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(" listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let Ok(banner) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{bin} did not start:\n{log}");
+        };
+        Service {
+            child,
+            banner,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The `http://host:port` after `label` in the banner.
+    pub fn url_after(&self, label: &str) -> String {
+        self.banner
+            .split(label)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label:?} in {:?}", self.banner))
+            .to_string()
+    }
+
+    /// SIGTERM and wait (graceful: drains).
+    pub fn stop(mut self) {
+        terminate(&mut self.child);
+    }
+
+    /// SIGKILL: the process dies without a goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// The three services, with the admin API of the control plane and the router's URL.
+pub struct Split {
+    pub dir: tempfile::TempDir,
+    pub cp: Option<Service>,
+    pub router: Option<Service>,
+    pub worker: Option<Service>,
+    /// Admin API (control plane HTTP) with the bootstrap admin token.
+    pub admin: Api,
+    /// The control plane's gRPC URL.
+    pub grpc_url: String,
+    /// The router's invoke URL.
+    pub invoke_url: String,
+}
+
+impl Split {
+    /// Starts a control plane, a router and a worker on free ports.
+    pub fn start() -> Split {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Split::start`], with `worker_env` added to the worker's environment.
+    pub fn start_with(worker_env: &[(&str, String)]) -> Split {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+        let admin_url = cp.url_after("admin ");
+        let grpc_url = cp.url_after("grpc ");
+        let worker = Self::start_worker_in(dir.path(), &grpc_url, "worker", worker_env);
+        let router = Self::start_router_in(dir.path(), &grpc_url);
+        let invoke_url = router.url_after("invoke ");
+        Split {
+            admin: Api {
+                url: admin_url,
+                token: ADMIN_TOKEN.into(),
+                org: "acme".into(),
+                http: reqwest::Client::new(),
+            },
+            grpc_url,
+            invoke_url,
+            cp: Some(cp),
+            router: Some(router),
+            worker: Some(worker),
+            dir,
+        }
+    }
+
+    fn start_cp(dir: &Path, listen: &str, grpc: &str) -> Service {
+        Service::start(
+            "reactor-control-plane",
+            &[
+                "--listen".into(),
+                listen.into(),
+                "--grpc-listen".into(),
+                grpc.into(),
+                "--workdir".into(),
+                dir.join("work").display().to_string(),
+            ],
+            &[
+                ("REACTOR_ORG", "acme".into()),
+                ("REACTOR_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ],
+            &dir.join("control-plane.log"),
+        )
+    }
+
+    fn start_router_in(dir: &Path, grpc_url: &str) -> Service {
+        Service::start(
+            "reactor-data-plane",
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--control-plane-url".into(),
+                grpc_url.into(),
+            ],
+            &[],
+            &dir.join("router.log"),
+        )
+    }
+
+    fn start_worker_in(dir: &Path, grpc_url: &str, name: &str, env: &[(&str, String)]) -> Service {
+        let mut all: Vec<(&str, String)> = vec![
+            (
+                "REACTOR_FUNCTIONS_WORKDIR",
+                dir.join("work").display().to_string(),
+            ),
+            (
+                "REACTOR_WORKER_CACHE_DIR",
+                dir.join(format!("{name}-cache")).display().to_string(),
+            ),
+            ("REACTOR_WORKER_ID", name.to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        Service::start(
+            "reactor-worker-wasm",
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--control-plane-url".into(),
+                grpc_url.into(),
+            ],
+            &all,
+            &dir.join(format!("{name}.log")),
+        )
+    }
+
+    /// Starts (another) worker named `name` with its own cache.
+    pub fn start_worker(&mut self, name: &str, env: &[(&str, String)]) -> Service {
+        Self::start_worker_in(self.dir.path(), &self.grpc_url, name, env)
+    }
+
+    /// Starts the control plane again on the same ports.
+    pub fn restart_cp(&mut self) {
+        if let Some(cp) = self.cp.take() {
+            cp.stop();
+        }
+        let admin = self.admin.url.trim_start_matches("http://").to_string();
+        let grpc = self.grpc_url.trim_start_matches("http://").to_string();
+        self.cp = Some(Self::start_cp(self.dir.path(), &admin, &grpc));
+    }
+
+    /// A request to the router with the admin's credentials.
+    pub fn invoke(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.admin
+            .http
+            .request(method, format!("{}{path}", self.invoke_url))
+            .bearer_auth(&self.admin.token)
+            .header("X-Reactor-Org", &self.admin.org)
+    }
+
+    /// Every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["control-plane", "router", "worker"] {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                .unwrap_or_default();
+            out.push_str(&format!("--- {name}\n{text}\n"));
+        }
+        out
+    }
+}
