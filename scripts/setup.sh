@@ -2,6 +2,7 @@
 # Set-up: everything Reactor needs to build, run and test, installed idempotently.
 #   - the wasm32-wasip2 target (examples and test components are built for it)
 #   - Bun, pinned in package.json, from npm into node_modules/.bin/bun (the Bun runtime)
+#   - bubblewrap (Debian package), the sandbox Bun functions run in
 #   - the `reactor` binary, installed into ~/.cargo/bin (a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,19 @@ if ! command -v npm >/dev/null; then
 fi
 npm install --no-audit --no-fund --loglevel=error
 echo "==> bun $(./node_modules/.bin/bun --version) at node_modules/.bin/bun"
+
+echo "==> bubblewrap (the Bun sandbox)"
+if ! command -v bwrap >/dev/null; then
+  if ! command -v apt-get >/dev/null; then
+    echo "install bubblewrap (bwrap) with your package manager, or run Reactor with functions.bun_sandbox = false" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends bubblewrap \
+    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends bubblewrap; }
+fi
+echo "==> $(bwrap --version)"
 
 if [ "${1:-}" != "--no-install" ]; then
   echo "==> building and installing the reactor binary (a cold build takes several minutes)"

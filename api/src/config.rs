@@ -10,7 +10,11 @@
 //! | `invoke_max_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS` | 300000 |
 //! | `bun_idle_ttl_secs` | `REACTOR_FUNCTIONS_BUN_IDLE_TTL_SECS` | 300 |
 //! | `bun_max_instances_per_fn` | `REACTOR_FUNCTIONS_BUN_MAX_INSTANCES_PER_FN` | 8 |
-//! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm"]` |
+//! | `bun_path` | `REACTOR_FUNCTIONS_BUN_PATH` | none: `node_modules/.bin/bun` here or in a parent directory, else `bun` on `PATH` |
+//! | `bun_sandbox` | `REACTOR_FUNCTIONS_BUN_SANDBOX` (`true`/`false`/`1`/`0`) | true: Bun runs under bubblewrap |
+//! | `bun_concurrency_per_process` | `REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS` | 32 |
+//! | `bun_queue_per_fn` | `REACTOR_FUNCTIONS_BUN_QUEUE_PER_FN` | 64 |
+//! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm", "bun"]` |
 //! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir` |
 //! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none |
 //!
@@ -217,6 +221,10 @@ pub struct FunctionsConfig {
     pub invoke_max_timeout_ms: u64,
     pub bun_idle_ttl_secs: u64,
     pub bun_max_instances_per_fn: u32,
+    pub bun_path: Option<PathBuf>,
+    pub bun_sandbox: bool,
+    pub bun_concurrency_per_process: u32,
+    pub bun_queue_per_fn: u32,
     pub runtimes: Vec<Runtime>,
     pub storage: StorageConfig,
     pub lambda: Option<toml::Table>,
@@ -239,7 +247,11 @@ impl Default for FunctionsConfig {
             invoke_max_timeout_ms: 300_000,
             bun_idle_ttl_secs: 300,
             bun_max_instances_per_fn: 8,
-            runtimes: vec![Runtime::Wasm],
+            bun_path: None,
+            bun_sandbox: true,
+            bun_concurrency_per_process: 32,
+            bun_queue_per_fn: 64,
+            runtimes: vec![Runtime::Wasm, Runtime::Bun],
             storage: StorageConfig::default(),
             lambda: None,
         }
@@ -318,6 +330,17 @@ impl FunctionsConfig {
                 reason: "expected a non-negative integer".to_string(),
             })
         }
+        fn flag(name: &str, value: &str) -> Result<bool, ConfigError> {
+            match value.trim() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ConfigError::Env {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                    reason: "expected true, false, 1 or 0".to_string(),
+                }),
+            }
+        }
         let var = |key: &str| {
             let name = format!("{ENV_PREFIX}{key}");
             get(&name).map(|v| (name, v))
@@ -342,6 +365,18 @@ impl FunctionsConfig {
         }
         if let Some((n, v)) = var("BUN_MAX_INSTANCES_PER_FN") {
             self.bun_max_instances_per_fn = num(&n, &v)?;
+        }
+        if let Some((_, v)) = var("BUN_PATH") {
+            self.bun_path = Some(PathBuf::from(v));
+        }
+        if let Some((n, v)) = var("BUN_SANDBOX") {
+            self.bun_sandbox = flag(&n, &v)?;
+        }
+        if let Some((n, v)) = var("BUN_CONCURRENCY_PER_PROCESS") {
+            self.bun_concurrency_per_process = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("BUN_QUEUE_PER_FN") {
+            self.bun_queue_per_fn = num(&n, &v)?;
         }
         if let Some((n, v)) = var("RUNTIMES") {
             let mut runtimes = Vec::new();
@@ -379,6 +414,16 @@ impl FunctionsConfig {
                 "invoke_default_timeout_ms {} must be between 1 and invoke_max_timeout_ms {}",
                 self.invoke_default_timeout_ms, self.invoke_max_timeout_ms
             )));
+        }
+        if self.bun_max_instances_per_fn == 0 {
+            return Err(ConfigError::Invalid(
+                "bun_max_instances_per_fn must be at least 1".into(),
+            ));
+        }
+        if self.bun_concurrency_per_process == 0 {
+            return Err(ConfigError::Invalid(
+                "bun_concurrency_per_process must be at least 1".into(),
+            ));
         }
         if self.runtimes.is_empty() {
             return Err(ConfigError::Invalid(
@@ -442,6 +487,44 @@ region = "us-east-1"
             err.to_string()
                 .contains("REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS")
         );
+    }
+
+    #[test]
+    fn bun_keys_default_override_and_validate() {
+        let mut config = FunctionsConfig::default();
+        assert_eq!(config.runtimes, vec![Runtime::Wasm, Runtime::Bun]);
+        assert_eq!(config.bun_path, None);
+        assert!(config.bun_sandbox);
+        assert_eq!(
+            (config.bun_concurrency_per_process, config.bun_queue_per_fn),
+            (32, 64)
+        );
+        config
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_BUN_PATH" => Some("/opt/bun/bin/bun".into()),
+                "REACTOR_FUNCTIONS_BUN_SANDBOX" => Some("0".into()),
+                "REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS" => Some("4".into()),
+                "REACTOR_FUNCTIONS_BUN_QUEUE_PER_FN" => Some("0".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(
+            config.bun_path.as_deref(),
+            Some(Path::new("/opt/bun/bin/bun"))
+        );
+        assert!(!config.bun_sandbox);
+        assert_eq!(config.bun_concurrency_per_process, 4);
+        assert_eq!(config.bun_queue_per_fn, 0);
+        config.validate().expect("an empty queue is allowed");
+        let err = config
+            .apply_env(|name| (name == "REACTOR_FUNCTIONS_BUN_SANDBOX").then(|| "yes".into()))
+            .expect_err("not a flag");
+        assert!(err.to_string().contains("REACTOR_FUNCTIONS_BUN_SANDBOX"));
+        config.bun_concurrency_per_process = 0;
+        assert!(config.validate().is_err());
+        config.bun_concurrency_per_process = 1;
+        config.bun_max_instances_per_fn = 0;
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct DeploymentSpec {
     pub sha256: String,
     pub timeout_ms: u64,
     pub memory_mb: u32,
+    /// Instances (Bun processes) each worker keeps started for this deployment while it
+    /// is live: `concurrency.min_instances`.
+    #[serde(default)]
+    pub min_instances: u32,
+    /// `concurrency.max_concurrency` of the manifest, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 impl DeploymentSpec {
@@ -64,6 +71,8 @@ pub enum InvokeError {
     Unavailable { message: String },
     #[error("{message}")]
     InvalidRequest { message: String },
+    #[error("{message}")]
+    TooManyRequests { message: String },
 }
 
 /// A failed invocation, and whether it had waited for a cold load first.
@@ -119,6 +128,10 @@ impl InvokeError {
                     "the {} worker failed before answering: {message}",
                     spec.runtime
                 ),
+            ),
+            InvokeError::TooManyRequests { message } => ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!("function {} is at capacity: {message}", spec.function),
             ),
         };
         err.with_detail("deployment_id", spec.deployment_id.clone())

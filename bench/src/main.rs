@@ -11,9 +11,11 @@
 //! into a cache outside the repo the first time (about 20 minutes).
 //!
 //! `reactor-bench hop` compares the router-to-worker protocols (HTTP/2 and gRPC).
+//! `reactor-bench bun` measures the Bun runtime against bare `Bun.serve`.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
+mod bun;
 mod hop;
 mod load;
 
@@ -41,6 +43,8 @@ struct Cli {
 enum Cmd {
     /// Router-to-worker protocol: HTTP/2 against gRPC, in process over loopback.
     Hop(hop::HopArgs),
+    /// The Bun runtime against bare `Bun.serve`, and Bun cold starts.
+    Bun(bun::BunArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Hop(args)) => hop::run(args).await,
+        Some(Cmd::Bun(args)) => bun::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

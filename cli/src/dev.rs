@@ -1,16 +1,17 @@
-//! The embedded default: control plane, router and WASM worker in one process on one
-//! port, SQLite and local files under the workdir, no other service needed.
+//! The embedded default: control plane, router and the WASM and Bun workers in one process
+//! on one port, SQLite and local files under the workdir, no other service needed.
 
 use crate::credentials::{self, Credentials};
 use anyhow::Context;
 use axum::Router;
-use reactor_api::Runtimes;
 use reactor_api::config::ReactorConfig;
+use reactor_api::{Runtime, Runtimes};
 use reactor_control_plane::store::SqliteStore;
 use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions};
 use reactor_data_plane::DataPlane;
 use reactor_service::Lifecycle;
 use reactor_storage::LocalStorage;
+use reactor_worker_bun::{BunWorker, BunWorkerOptions};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,7 +69,16 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         cache_dir: workdir.join("cache").join("wasm"),
         max_instances: 1000,
     })?;
-    let runtimes = Runtimes::new().with(Arc::new(wasm));
+    let mut runtimes = Runtimes::new().with(Arc::new(wasm));
+    if config.runtimes.contains(&Runtime::Bun) {
+        let options = BunWorkerOptions::from_config(
+            &config,
+            storage.clone(),
+            workdir.join("cache").join("bun"),
+        )
+        .context("the bun runtime is enabled (functions.runtimes)")?;
+        runtimes = runtimes.with(BunWorker::new(options).await?);
+    }
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
         store,

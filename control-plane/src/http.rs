@@ -156,9 +156,35 @@ async fn upload(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let stream = body.into_data_stream();
-    let info = cp.upload(&caller, &name, sha, length, stream).await?;
-    Ok((StatusCode::ACCEPTED, Json(info)).into_response())
+    let mut stream = body.into_data_stream();
+    match cp.upload(&caller, &name, sha, length, &mut stream).await {
+        Ok(info) => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
+        Err(e) => {
+            drain(&mut stream).await;
+            Err(e)
+        }
+    }
+}
+
+/// Most of a refused upload that is read and dropped before the error is sent.
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+/// The longest a refused upload is drained for.
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops the rest of a refused upload (bounded in bytes and time), so a client
+/// still sending gets the error response rather than a connection reset mid-write.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, read).await;
 }
 
 async fn list_deployments(

@@ -54,6 +54,8 @@ impl RoutingPublisher {
                         sha256: d.sha256,
                         timeout_ms: d.timeout_ms,
                         memory_mb: d.memory_mb,
+                        min_instances: d.min_instances,
+                        max_concurrency: d.max_concurrency,
                     }),
                 })
                 .collect(),

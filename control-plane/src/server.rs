@@ -9,10 +9,11 @@ use crate::materialize::MaterializeOnly;
 use crate::store::SqliteStore;
 use crate::{ControlPlane, ControlPlaneOptions, grpc};
 use anyhow::Context;
-use reactor_api::Runtimes;
 use reactor_api::config::ReactorConfig;
+use reactor_api::{Runtime, RuntimeWorker, Runtimes};
 use reactor_service::Lifecycle;
 use reactor_storage::LocalStorage;
+use reactor_worker_bun::{BunWorker, BunWorkerOptions};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,7 +74,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cache_dir: workdir.join("cache").join("materialize"),
         max_instances: 16,
     })?;
-    let runtimes = Runtimes::new().with(Arc::new(MaterializeOnly::new(Arc::new(wasm))));
+    let mut runtimes = Runtimes::new().with(Arc::new(MaterializeOnly::new(Arc::new(wasm))));
+    if config.functions.runtimes.contains(&Runtime::Bun) {
+        // Bun bundles are checked here (the entrypoint loads and exports fetch), in the
+        // same sandbox as on the workers: the control plane host needs Bun too.
+        let options = BunWorkerOptions::from_config(
+            &config.functions,
+            storage.clone(),
+            workdir.join("cache").join("materialize-bun"),
+        )
+        .context("the bun runtime is enabled (functions.runtimes)")?;
+        let bun: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
+        runtimes = runtimes.with(Arc::new(MaterializeOnly::new(bun)));
+    }
     let cp = ControlPlane::start(ControlPlaneOptions {
         config: config.functions,
         store,

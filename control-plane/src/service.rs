@@ -156,6 +156,8 @@ fn spec(f: &FunctionRecord, d: &DeploymentRecord) -> DeploymentSpec {
         sha256: d.sha256.clone(),
         timeout_ms: d.timeout_ms,
         memory_mb: d.memory_mb,
+        min_instances: d.min_instances,
+        max_concurrency: d.max_concurrency,
     }
 }
 
@@ -628,6 +630,8 @@ impl ControlPlane {
             bundle_key: keys::bundle(&function.org, &function.name, &id),
             timeout_ms: resolved.timeout_ms,
             memory_mb: resolved.memory_mb,
+            min_instances: resolved.min_instances,
+            max_concurrency: resolved.max_concurrency,
             created_at: now(),
         };
         self.storage

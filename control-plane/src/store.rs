@@ -72,6 +72,10 @@ pub struct DeploymentRecord {
     pub bundle_key: String,
     pub timeout_ms: u64,
     pub memory_mb: u32,
+    /// `concurrency.min_instances` of the manifest.
+    pub min_instances: u32,
+    /// `concurrency.max_concurrency` of the manifest, when set.
+    pub max_concurrency: Option<u32>,
     pub created_at: String,
 }
 
@@ -188,6 +192,8 @@ fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
     let size: i64 = row.try_get("size_bytes").map_err(db)?;
     let timeout: i64 = row.try_get("timeout_ms").map_err(db)?;
     let memory: i64 = row.try_get("memory_mb").map_err(db)?;
+    let min_instances: i64 = row.try_get("min_instances").map_err(db)?;
+    let max_concurrency: Option<i64> = row.try_get("max_concurrency").map_err(db)?;
     Ok(DeploymentRecord {
         id: row.try_get("id").map_err(db)?,
         org: row.try_get("org").map_err(db)?,
@@ -201,11 +207,13 @@ fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
         bundle_key: row.try_get("bundle_key").map_err(db)?,
         timeout_ms: timeout as u64,
         memory_mb: memory as u32,
+        min_instances: min_instances as u32,
+        max_concurrency: max_concurrency.map(|c| c as u32),
         created_at: row.try_get("created_at").map_err(db)?,
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, created_at";
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -346,7 +354,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -358,6 +366,8 @@ impl Store for SqliteStore {
             .bind(&d.bundle_key)
             .bind(d.timeout_ms as i64)
             .bind(d.memory_mb as i64)
+            .bind(d.min_instances as i64)
+            .bind(d.max_concurrency.map(i64::from))
             .bind(&d.created_at)
             .execute(&self.pool)
             .await
@@ -528,6 +538,8 @@ pub(crate) mod suite {
             bundle_key: format!("bundles/{org}/{f}/{id}.tar.gz"),
             timeout_ms: 30_000,
             memory_mb: 128,
+            min_instances: 1,
+            max_concurrency: Some(50),
             created_at: "t".into(),
         }
     }
@@ -646,6 +658,7 @@ pub(crate) mod suite {
             (d2.status, d2.error.as_deref()),
             (DeploymentStatus::Failed, Some("bad"))
         );
+        assert_eq!((d2.min_instances, d2.max_concurrency), (1, Some(50)));
         store
             .set_live("acme", "hello", "dep_1")
             .await

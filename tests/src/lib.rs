@@ -27,13 +27,18 @@ fn profile_dir() -> PathBuf {
     }
 }
 
+/// Bun as the set-up command installs it (`npm install` in the repo).
+pub fn bun_bin() -> PathBuf {
+    root().join("node_modules/.bin/bun")
+}
+
 /// Path of the `reactor` binary, built once per test run with this test's profile.
 pub fn reactor_bin() -> PathBuf {
     service_bin("reactor")
 }
 
 /// Path of one of the workspace's binaries (`reactor`, `reactor-control-plane`,
-/// `reactor-data-plane`, `reactor-worker-wasm`), all built once per test run with this
+/// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`), all built once per test run with this
 /// test's profile.
 pub fn service_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -47,6 +52,7 @@ pub fn service_bin(name: &str) -> PathBuf {
             ("reactor-control-plane", "reactor-control-plane"),
             ("reactor-data-plane", "reactor-data-plane"),
             ("reactor-worker-wasm", "reactor-worker-wasm"),
+            ("reactor-worker-bun", "reactor-worker-bun"),
         ] {
             cmd.args(["-p", package, "--bin", bin]);
         }
@@ -144,6 +150,7 @@ impl Server {
             .env("REACTOR_ORG", "acme")
             .env("REACTOR_CREDENTIALS", dir.path().join("credentials.json"))
             .env("RUST_LOG", "info,sqlx=warn")
+            .env("REACTOR_FUNCTIONS_BUN_PATH", bun_bin())
             .env_remove("REACTOR_ADMIN_TOKEN")
             .env_remove("REACTOR_CONFIG")
             .current_dir(dir.path())
@@ -203,6 +210,15 @@ impl Server {
 
     /// Runs the `reactor` CLI against this server with `token` (default: the admin's).
     pub fn cli_as(&self, token: &str, org: &str, args: &[&str]) -> CliOutput {
+        self.cli_in_as(&root(), token, org, args)
+    }
+
+    /// Runs the `reactor` CLI as the admin from directory `cwd`.
+    pub fn cli_in(&self, cwd: &Path, args: &[&str]) -> CliOutput {
+        self.cli_in_as(cwd, &self.token, &self.org, args)
+    }
+
+    fn cli_in_as(&self, cwd: &Path, token: &str, org: &str, args: &[&str]) -> CliOutput {
         let out = Command::new(reactor_bin())
             .args(args)
             .env("REACTOR_URL", &self.url)
@@ -212,7 +228,7 @@ impl Server {
                 "REACTOR_CREDENTIALS",
                 self.dir.path().join("no-credentials.json"),
             )
-            .current_dir(root())
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .output()
             .expect("running the reactor CLI");
@@ -315,11 +331,30 @@ impl Api {
         .expect("deployment left materializing")
     }
 
-    /// Creates a function, uploads `bundle`, waits for it and promotes it.
+    /// Creates a WASM function, uploads `bundle`, waits for it and promotes it.
     pub async fn deploy_live(&self, function: &str, bundle: Vec<u8>) -> String {
+        self.deploy_live_runtime(function, "wasm", bundle).await
+    }
+
+    /// Creates a function of `runtime` (if new), uploads `bundle`, waits for it and
+    /// promotes it.
+    pub async fn deploy_live_runtime(
+        &self,
+        function: &str,
+        runtime: &str,
+        bundle: Vec<u8>,
+    ) -> String {
+        self.create(function, runtime).await;
+        let id = self.deploy_ready(function, bundle).await;
+        self.promote(function, &id).await;
+        id
+    }
+
+    /// Creates a function (an existing one is fine).
+    pub async fn create(&self, function: &str, runtime: &str) {
         let created = self
             .request(reqwest::Method::POST, "/fn/v1/_admin/functions")
-            .json(&serde_json::json!({"name": function, "runtime": "wasm"}))
+            .json(&serde_json::json!({"name": function, "runtime": runtime}))
             .send()
             .await
             .expect("create");
@@ -328,6 +363,10 @@ impl Api {
             "create {function}: {}",
             created.status()
         );
+    }
+
+    /// Uploads `bundle` and waits until it is ready; returns the deployment id.
+    pub async fn deploy_ready(&self, function: &str, bundle: Vec<u8>) -> String {
         let up = self.upload(function, bundle).await;
         assert_eq!(
             up.status(),
@@ -339,6 +378,11 @@ impl Api {
         let id = dep["id"].as_str().expect("id").to_string();
         let d = self.wait_deployment(function, &id).await;
         assert_eq!(d["status"], "ready", "{d}");
+        id
+    }
+
+    /// Promotes deployment `id`.
+    pub async fn promote(&self, function: &str, id: &str) {
         let p = self
             .request(
                 reqwest::Method::POST,
@@ -354,7 +398,6 @@ impl Api {
             "promote: {}",
             p.text().await.unwrap_or_default()
         );
-        id
     }
 }
 

@@ -32,6 +32,7 @@ impl Service {
         cmd.args(args)
             .env("REACTOR_INTERNAL_TOKEN", INTERNAL_TOKEN)
             .env("RUST_LOG", "info,sqlx=warn")
+            .env("REACTOR_FUNCTIONS_BUN_PATH", crate::bun_bin())
             .env_remove("REACTOR_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
@@ -120,7 +121,13 @@ impl Split {
         let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
         let admin_url = cp.url_after("admin ");
         let grpc_url = cp.url_after("grpc ");
-        let worker = Self::start_worker_in(dir.path(), &grpc_url, "worker", worker_env);
+        let worker = Self::start_worker_in(
+            dir.path(),
+            &grpc_url,
+            "reactor-worker-wasm",
+            "worker",
+            worker_env,
+        );
         let router = Self::start_router_in(dir.path(), &grpc_url);
         let invoke_url = router.url_after("invoke ");
         Split {
@@ -172,7 +179,13 @@ impl Split {
         )
     }
 
-    fn start_worker_in(dir: &Path, grpc_url: &str, name: &str, env: &[(&str, String)]) -> Service {
+    fn start_worker_in(
+        dir: &Path,
+        grpc_url: &str,
+        bin: &str,
+        name: &str,
+        env: &[(&str, String)],
+    ) -> Service {
         let mut all: Vec<(&str, String)> = vec![
             (
                 "REACTOR_FUNCTIONS_WORKDIR",
@@ -186,7 +199,7 @@ impl Split {
         ];
         all.extend(env.iter().cloned());
         Service::start(
-            "reactor-worker-wasm",
+            bin,
             &[
                 "--listen".into(),
                 "127.0.0.1:0".into(),
@@ -198,9 +211,26 @@ impl Split {
         )
     }
 
-    /// Starts (another) worker named `name` with its own cache.
+    /// Starts (another) WASM worker named `name` with its own cache.
     pub fn start_worker(&mut self, name: &str, env: &[(&str, String)]) -> Service {
-        Self::start_worker_in(self.dir.path(), &self.grpc_url, name, env)
+        Self::start_worker_in(
+            self.dir.path(),
+            &self.grpc_url,
+            "reactor-worker-wasm",
+            name,
+            env,
+        )
+    }
+
+    /// Starts a Bun worker named `name` with its own cache.
+    pub fn start_bun_worker(&mut self, name: &str, env: &[(&str, String)]) -> Service {
+        Self::start_worker_in(
+            self.dir.path(),
+            &self.grpc_url,
+            "reactor-worker-bun",
+            name,
+            env,
+        )
     }
 
     /// Starts the control plane again on the same ports.

@@ -21,6 +21,7 @@ pub mod client;
 pub mod protocol;
 pub mod register;
 pub mod server;
+pub mod service;
 
 pub use client::RemoteWorkers;
 pub use register::{Registration, prewarm, register};

@@ -52,6 +52,8 @@ pub fn live_spec(f: &FunctionRoute, runtime: Runtime) -> Option<DeploymentSpec> 
         sha256: d.sha256.clone(),
         timeout_ms: d.timeout_ms,
         memory_mb: d.memory_mb,
+        min_instances: d.min_instances,
+        max_concurrency: d.max_concurrency,
     })
 }
 
@@ -72,6 +74,7 @@ impl Failure {
             InvokeError::NotReady { message } => ("not_ready", message.clone(), 0),
             InvokeError::Unavailable { message } => ("unavailable", message.clone(), 0),
             InvokeError::InvalidRequest { message } => ("invalid_request", message.clone(), 0),
+            InvokeError::TooManyRequests { message } => ("too_many_requests", message.clone(), 0),
         };
         Self {
             kind: kind.into(),
@@ -89,6 +92,7 @@ impl Failure {
             "crashed" => InvokeError::Crashed { message },
             "not_ready" => InvokeError::NotReady { message },
             "invalid_request" => InvokeError::InvalidRequest { message },
+            "too_many_requests" => InvokeError::TooManyRequests { message },
             _ => InvokeError::Unavailable { message },
         }
     }
@@ -111,6 +115,8 @@ mod tests {
             sha256: "ab".repeat(32),
             timeout_ms: 1000,
             memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
         };
         let header = encode_spec(&spec);
         assert!(http::HeaderValue::from_str(&header).is_ok());
@@ -120,6 +126,14 @@ mod tests {
         assert!(matches!(
             f.into_error(),
             InvokeError::Timeout { timeout_ms: 7 }
+        ));
+        let f = Failure::from_error(&InvokeError::TooManyRequests {
+            message: "queue full".into(),
+        });
+        assert_eq!(f.kind, "too_many_requests");
+        assert!(matches!(
+            f.into_error(),
+            InvokeError::TooManyRequests { message } if message == "queue full"
         ));
     }
 }

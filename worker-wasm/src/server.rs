@@ -4,17 +4,9 @@
 //! (artifacts, or the bundle when its engine differs), never from the control plane.
 
 use crate::{WasmWorker, WasmWorkerOptions};
-use anyhow::Context;
-use reactor_api::config::ReactorConfig;
 use reactor_api::{Runtime, RuntimeWorker};
-use reactor_proto::client::ControlPlaneEndpoint;
-use reactor_service::Lifecycle;
-use reactor_storage::LocalStorage;
-use reactor_worker_link::{Registration, prewarm, register, worker_app};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use reactor_worker_link::service::{WorkerArgs, run_worker};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -23,107 +15,18 @@ use std::time::Duration;
     about = "Reactor WASM worker: runs WASI HTTP components for routers"
 )]
 pub struct Args {
-    /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address routers reach (overrides `worker.listen`).
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// The control plane's gRPC URL (overrides `worker.control_plane_url`).
-    #[arg(long)]
-    pub control_plane_url: Option<String>,
-    /// Server threads, each with its own single-threaded runtime (default: one per core).
-    #[arg(long, env = "REACTOR_SERVE_THREADS")]
-    pub threads: Option<usize>,
-    /// Seconds to let in-flight requests finish on shutdown.
-    #[arg(long, default_value_t = 10)]
-    pub grace_secs: u64,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
-/// How long a draining worker waits, once out of the table, for routers to see it gone.
-const LEAVE_DELAY: Duration = Duration::from_millis(300);
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = ReactorConfig::load_service(args.config.as_deref())?;
-    let token = config.internal_token()?.to_string();
-    let w = &config.worker;
-    let listen = args.listen.unwrap_or(w.listen);
-    let cp_url = args
-        .control_plane_url
-        .unwrap_or_else(|| w.control_plane_url.clone());
-    let workdir = &config.functions.workdir;
-    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
-    let listener =
-        reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    let url = match &w.advertise_url {
-        Some(u) => u.clone(),
-        None if addr.ip().is_unspecified() => anyhow::bail!(
-            "worker.listen is {addr}: set worker.advertise_url (REACTOR_WORKER_ADVERTISE_URL) \
-             to the address routers reach this worker at"
-        ),
-        None => format!("http://{addr}"),
-    };
-    let worker_id = w.id.clone().unwrap_or_else(|| {
-        let authority = url.trim_start_matches("http://").trim_end_matches('/');
-        format!("wasm-{}", authority.replace([':', '/', '[', ']'], "-"))
-    });
-    let cache_dir = w
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| workdir.join("cache").join(&worker_id));
-    let worker: Arc<dyn RuntimeWorker> = Arc::new(WasmWorker::new(WasmWorkerOptions {
-        storage,
-        cache_dir: cache_dir.clone(),
-        max_instances: w.max_instances,
-    })?);
-    let endpoint = ControlPlaneEndpoint {
-        url: cp_url.clone(),
-        internal_token: token.clone(),
-        router_id: worker_id.clone(),
-    };
-    let life = Lifecycle::new();
-    let app = worker_app(worker.clone(), &token).merge(life.routes());
-    if w.prewarm {
-        prewarm(endpoint.clone(), worker.clone());
-    }
-    let registered = register(
-        endpoint,
-        Registration {
-            worker_id: worker_id.clone(),
-            runtime: Runtime::Wasm,
-            url: url.clone(),
-        },
-    )?;
-    {
-        let (life, mut rx) = (life.clone(), registered.registered.clone());
-        tokio::spawn(async move {
-            if rx.wait_for(|r| *r).await.is_ok() {
-                life.set_ready(true);
-            }
-        });
-    }
-    {
-        // Draining: leave the table first, give routers a moment to see it, then stop
-        // accepting and let in-flight invocations finish.
-        let life = life.clone();
-        tokio::spawn(async move {
-            reactor_service::shutdown_signal().await;
-            tracing::info!("shutdown requested: leaving the routing table, then draining");
-            life.set_ready(false);
-            registered.deregister().await;
-            tokio::time::sleep(LEAVE_DELAY).await;
-            life.stop();
-        });
-    }
-    tracing::info!(%addr, %url, worker_id, control_plane = %cp_url, cache = %cache_dir.display(), "reactor-worker-wasm listening");
-    println!("reactor-worker-wasm listening: http://{addr} as {worker_id}");
-    reactor_service::serve(
-        listener,
-        app,
-        reactor_service::thread_count(args.threads),
-        &life,
-        Duration::from_secs(args.grace_secs),
-    )
+    run_worker(args.worker, Runtime::Wasm, |cx| async move {
+        let worker: Arc<dyn RuntimeWorker> = Arc::new(WasmWorker::new(WasmWorkerOptions {
+            storage: cx.storage,
+            cache_dir: cx.cache_dir,
+            max_instances: cx.config.worker.max_instances,
+        })?);
+        Ok(worker)
+    })
     .await
 }

@@ -94,6 +94,12 @@ pub struct LiveDeployment {
     pub timeout_ms: u64,
     #[prost(uint32, tag = "6")]
     pub memory_mb: u32,
+    /// `concurrency.min_instances` of the manifest: instances each worker keeps started.
+    #[prost(uint32, tag = "7")]
+    pub min_instances: u32,
+    /// `concurrency.max_concurrency` of the manifest; absent when unset.
+    #[prost(uint32, optional, tag = "8")]
+    pub max_concurrency: ::core::option::Option<u32>,
 }
 /// A valid API token: only its SHA-256, never the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

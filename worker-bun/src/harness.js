@@ -1,0 +1,75 @@
+// Reactor's Bun harness: runs one deployment's `export default { fetch }` module.
+//
+// Its configuration arrives as one JSON object on stdin, never on the command line
+// (which every process can read in /proc/*/cmdline):
+//   { "mode": "serve" | "check", "entry": path, "socket": path, "env": { KEY: value } }
+// "check" imports the entrypoint, checks that the default export has `fetch` and exits
+// (0, or 3 with Bun's own error text on stderr). "serve" then serves it with Bun.serve on
+// the unix socket, the only way into the process. An exception from the handler becomes a
+// 500 marked with the x-reactor-harness header (the worker turns it into
+// `function_crashed`); functions cannot set that header themselves.
+const MARK = "x-reactor-harness";
+const config = JSON.parse(await Bun.stdin.text());
+for (const [key, value] of Object.entries(config.env ?? {})) process.env[key] = String(value);
+
+// Bun's own text for an error: build errors (a syntax error, a module not found) come as
+// an AggregateError of messages with positions.
+function describe(e) {
+  if (e && Array.isArray(e.errors) && e.errors.length > 0) {
+    return [String(e.message ?? e), ...e.errors.map(describe)].join("\n");
+  }
+  if (e && e.position && e.position.file) {
+    const p = e.position;
+    return `${p.file}:${p.line}:${p.column}: ${e.message ?? String(e)}\n    ${p.lineText ?? ""}`;
+  }
+  if (e instanceof Error) return e.stack || `${e.name}: ${e.message}`;
+  return `uncaught: ${String(e)}`;
+}
+
+let app;
+try {
+  const mod = await import(config.entry);
+  app = mod.default;
+  if (app === null || typeof app !== "object" && typeof app !== "function" || typeof app.fetch !== "function") {
+    throw new TypeError(
+      `${config.name}: the default export has no fetch method; export default { async fetch(request) { ... } }`,
+    );
+  }
+} catch (e) {
+  console.error(describe(e));
+  process.exit(3);
+}
+if (config.mode === "check") process.exit(0);
+
+process.on("uncaughtException", (e) => console.error(`uncaught exception: ${describe(e)}`));
+process.on("unhandledRejection", (e) => console.error(`unhandled rejection: ${describe(e)}`));
+
+function crashed(e) {
+  const text = describe(e);
+  console.error(text);
+  return new Response(text.slice(0, 8192), { status: 500, headers: { [MARK]: "crashed" } });
+}
+
+Bun.serve({
+  unix: config.socket,
+  // The worker bounds every invocation; a quiet stream (SSE) must not be cut here.
+  idleTimeout: 0,
+  maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+  async fetch(request, server) {
+    try {
+      const response = await app.fetch(request, server);
+      if (!(response instanceof Response)) {
+        throw new TypeError(`fetch returned ${response === null ? "null" : typeof response}, not a Response`);
+      }
+      if (response.headers.has(MARK)) {
+        const headers = new Headers(response.headers);
+        headers.delete(MARK);
+        return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+      }
+      return response;
+    } catch (e) {
+      return crashed(e);
+    }
+  },
+  error: crashed,
+});

@@ -1,0 +1,208 @@
+//! How a Bun process is started: inside bubblewrap (own mount, PID, IPC, network, UTS and
+//! user namespaces; the bundle read-only; a private `/tmp`; a cleared environment; the
+//! socket directory the only way in), or, with the sandbox switched off, as a plain child
+//! with a cleared environment. Either way it first joins its memory group, and its
+//! configuration (with the function's env) is written to its stdin, never its arguments.
+
+use crate::host::{Cgroup, MemoryLimiter};
+use reactor_api::DeploymentSpec;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// Where things are inside the sandbox.
+const APP: &str = "/app";
+const RUN: &str = "/run/reactor";
+const BUN: &str = "/reactor/bun";
+const HARNESS: &str = "/reactor/harness.js";
+/// The socket's name in the process directory.
+const SOCKET: &str = "fn.sock";
+
+/// What the harness reads on stdin.
+#[derive(serde::Serialize)]
+struct HarnessConfig<'a> {
+    mode: &'a str,
+    name: &'a str,
+    entry: String,
+    socket: String,
+    env: &'a BTreeMap<String, String>,
+}
+
+/// A command ready to spawn, the configuration for its stdin, and the socket's path on
+/// the host.
+pub struct Launch {
+    pub command: Command,
+    pub config: Vec<u8>,
+    pub socket: PathBuf,
+}
+
+pub struct Launcher {
+    bun: PathBuf,
+    harness: PathBuf,
+    /// `Some(bwrap)` when sandboxed.
+    bwrap: Option<PathBuf>,
+    memory: MemoryLimiter,
+    run_dir: PathBuf,
+}
+
+impl Launcher {
+    pub fn new(
+        bun: PathBuf,
+        harness: PathBuf,
+        bwrap: Option<PathBuf>,
+        memory: MemoryLimiter,
+        run_dir: PathBuf,
+    ) -> Self {
+        Self {
+            bun,
+            harness,
+            bwrap,
+            memory,
+            run_dir,
+        }
+    }
+
+    pub fn memory(&self) -> &MemoryLimiter {
+        &self.memory
+    }
+
+    /// The directory under which each process gets its private socket directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn command(
+        &self,
+        mode: &str,
+        spec: &DeploymentSpec,
+        bundle: &Path,
+        socket_dir: &Path,
+        cgroup: Option<&Cgroup>,
+        env: &BTreeMap<String, String>,
+    ) -> Launch {
+        let (program, mut args, entry_root, socket_root) = match &self.bwrap {
+            Some(bwrap) => (
+                bwrap.clone(),
+                self.bwrap_args(bundle, socket_dir),
+                PathBuf::from(APP),
+                PathBuf::from(RUN),
+            ),
+            None => (
+                self.bun.clone(),
+                Vec::new(),
+                bundle.to_path_buf(),
+                socket_dir.to_path_buf(),
+            ),
+        };
+        if self.bwrap.is_some() {
+            args.extend([
+                "--".into(),
+                BUN.into(),
+                "--no-install".into(),
+                HARNESS.into(),
+            ]);
+        } else {
+            args.extend(["--no-install".into(), self.harness.display().to_string()]);
+        }
+        let config = HarnessConfig {
+            mode,
+            name: &spec.entrypoint,
+            entry: entry_root.join(&spec.entrypoint).display().to_string(),
+            socket: socket_root.join(SOCKET).display().to_string(),
+            env,
+        };
+        // A struct of strings serializes.
+        let config = serde_json::to_vec(&config).unwrap_or_default();
+        let mut command = match cgroup {
+            // The shell joins the memory group, then becomes the sandbox (or Bun): nothing
+            // of the function runs outside the group.
+            Some(group) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0" && exec "$@""#)
+                    .arg(group.procs_file())
+                    .arg(&program)
+                    .args(&args);
+                c
+            }
+            None => {
+                let mut c = Command::new(&program);
+                c.args(&args);
+                c
+            }
+        };
+        command.env_clear();
+        command.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        if self.bwrap.is_some() {
+            command.current_dir("/");
+        } else {
+            command.env("HOME", socket_dir);
+            command.env("TMPDIR", socket_dir);
+            command.current_dir(bundle);
+        }
+        Launch {
+            command,
+            config,
+            socket: socket_dir.join(SOCKET),
+        }
+    }
+
+    fn bwrap_args(&self, bundle: &Path, socket_dir: &Path) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&[
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--setenv",
+            "HOME",
+            "/tmp",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]);
+        // The dynamic loader and libc: /lib* are symlinks into /usr on merged-usr hosts.
+        for dir in ["/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
+            match std::fs::read_link(dir) {
+                Ok(target) => push(&["--symlink", &target.display().to_string(), dir]),
+                Err(_) if Path::new(dir).is_dir() => push(&["--ro-bind", dir, dir]),
+                Err(_) => {}
+            }
+        }
+        let (bun, harness) = (
+            self.bun.display().to_string(),
+            self.harness.display().to_string(),
+        );
+        let (bundle, socket_dir) = (
+            bundle.display().to_string(),
+            socket_dir.display().to_string(),
+        );
+        push(&[
+            "--ro-bind",
+            &bun,
+            BUN,
+            "--ro-bind",
+            &harness,
+            HARNESS,
+            "--ro-bind",
+            &bundle,
+            APP,
+            "--bind",
+            &socket_dir,
+            RUN,
+            "--tmpfs",
+            "/tmp",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--chdir",
+            APP,
+        ]);
+        a
+    }
+}

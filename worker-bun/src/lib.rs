@@ -1,0 +1,20 @@
+//! The Bun worker: runs `export default { fetch }` modules (TypeScript or JavaScript,
+//! with their `node_modules`) in a warm pool of Bun processes per deployment.
+//!
+//! Each process runs a small harness (`harness.js`) that imports the entrypoint and serves
+//! its `fetch` with `Bun.serve` on a unix socket in a private directory; the worker speaks
+//! HTTP/1.1 to it, streaming both ways, and a client going away closes the connection,
+//! which aborts the handler's `request.signal`. Processes run inside bubblewrap (unless
+//! switched off) in a memory cgroup of the deployment's limit; their stdout and stderr are
+//! the function's log. See `docs/bun.md` for the pool, the sandbox and the limits.
+
+mod host;
+mod launcher;
+mod pool;
+mod process;
+pub mod server;
+mod worker;
+
+pub use host::{MemoryLimiter, PINNED_BUN, find_bun};
+pub use pool::PoolLimits;
+pub use worker::{BunWorker, BunWorkerOptions};

@@ -1,0 +1,307 @@
+//! The warm pool of one deployment: processes started on demand (a cold start), reused
+//! while warm, each serving up to `per_process` requests at once; the pool grows up to
+//! `max_processes`, then requests wait in a bounded queue, then get 429. Idle processes
+//! are reaped after the idle TTL, down to `min_instances`; a retired pool (its function
+//! promoted another deployment) stops each process once its last request is done.
+
+use crate::process::{Process, Start};
+use reactor_api::{DeploymentSpec, InvokeError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Bounds of a pool, from the worker's configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolLimits {
+    pub max_processes: usize,
+    pub per_process: usize,
+    pub queue: usize,
+    pub idle_ttl: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    processes: Vec<Arc<Process>>,
+    /// Processes being started.
+    starting: usize,
+    /// Requests waiting for a slot.
+    waiting: usize,
+}
+
+pub struct Pool {
+    pub spec: Arc<DeploymentSpec>,
+    pub bundle: PathBuf,
+    limits: PoolLimits,
+    state: Mutex<State>,
+    /// Woken when a slot frees or a process starts or ends.
+    changed: Notify,
+    retired: AtomicBool,
+}
+
+/// A slot on a process, held until the response body is done.
+pub struct Lease {
+    pool: Arc<Pool>,
+    pub process: Arc<Process>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.process.touch();
+        let left = self.process.inflight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.pool.is_retired() {
+            self.pool.stop(
+                &self.process,
+                "its deployment is no longer live and its last request is done",
+            );
+        }
+        self.pool.changed.notify_waiters();
+    }
+}
+
+enum Step {
+    Take(Lease),
+    Spawn,
+    Wait,
+}
+
+impl Pool {
+    pub fn new(spec: Arc<DeploymentSpec>, bundle: PathBuf, limits: PoolLimits) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            bundle,
+            limits,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// No new traffic is expected: processes stop once idle.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        for p in self.processes() {
+            if p.inflight.load(Ordering::Acquire) == 0 {
+                self.stop(&p, "its deployment is no longer live");
+            }
+        }
+    }
+
+    /// Stops a process, saying why.
+    fn stop(&self, p: &Process, why: &str) {
+        tracing::info!(
+            org = %self.spec.org, function = %self.spec.function,
+            deployment_id = %self.spec.deployment_id, process = p.id,
+            "stopping a bun process: {why}"
+        );
+        p.kill();
+    }
+
+    pub fn unretire(&self) {
+        self.retired.store(false, Ordering::Release);
+    }
+
+    pub fn processes(&self) -> Vec<Arc<Process>> {
+        self.state
+            .lock()
+            .map(|s| s.processes.clone())
+            .unwrap_or_default()
+    }
+
+    /// A slot for one request, starting a process when none has room (then the request
+    /// was cold). Waits in the queue until `deadline` when the pool is at its maximum.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        launcher: &crate::launcher::Launcher,
+        env: &BTreeMap<String, String>,
+        deadline: Instant,
+    ) -> Result<(Lease, bool), InvokeError> {
+        let queued_at = Instant::now();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = self.step()?;
+            match step {
+                Step::Take(lease) => return Ok((lease, false)),
+                Step::Spawn => return self.spawn(launcher, env, deadline).await,
+                Step::Wait => {
+                    let woke = tokio::time::timeout_at(deadline, notified).await;
+                    if let Ok(mut s) = self.state.lock() {
+                        s.waiting -= 1;
+                    }
+                    if woke.is_err() {
+                        return Err(InvokeError::TooManyRequests {
+                            message: format!(
+                                "{} processes busy; waited {} ms in the queue",
+                                self.limits.max_processes,
+                                queued_at.elapsed().as_millis()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(self: &Arc<Self>) -> Result<Step, InvokeError> {
+        let mut s = self.state.lock().map_err(|_| InvokeError::Unavailable {
+            message: "worker state poisoned".into(),
+        })?;
+        s.processes.retain(|p| !p.exited());
+        let best = s
+            .processes
+            .iter()
+            .map(|p| (p.inflight.load(Ordering::Acquire), p))
+            .filter(|(n, _)| *n < self.limits.per_process)
+            .min_by_key(|(n, _)| *n)
+            .map(|(_, p)| p.clone());
+        if let Some(process) = best {
+            process.inflight.fetch_add(1, Ordering::AcqRel);
+            return Ok(Step::Take(Lease {
+                pool: self.clone(),
+                process,
+            }));
+        }
+        let room = s.processes.len() + s.starting < self.limits.max_processes;
+        // A process being started will take `per_process` of the waiting requests: start
+        // another only when they are more than that.
+        let covered = s.starting * self.limits.per_process > s.waiting;
+        if room && !covered {
+            s.starting += 1;
+            return Ok(Step::Spawn);
+        }
+        if s.waiting >= self.limits.queue {
+            return Err(InvokeError::TooManyRequests {
+                message: format!(
+                    "{} processes of {} concurrent requests each are busy and {} requests are queued",
+                    s.processes.len() + s.starting,
+                    self.limits.per_process,
+                    s.waiting
+                ),
+            });
+        }
+        s.waiting += 1;
+        Ok(Step::Wait)
+    }
+
+    async fn spawn(
+        self: &Arc<Self>,
+        launcher: &crate::launcher::Launcher,
+        env: &BTreeMap<String, String>,
+        deadline: Instant,
+    ) -> Result<(Lease, bool), InvokeError> {
+        let started = std::time::Instant::now();
+        let result = Process::spawn(
+            launcher,
+            Start {
+                spec: &self.spec,
+                bundle: &self.bundle,
+                env: env.clone(),
+                deadline,
+            },
+        )
+        .await;
+        let mut s = self.state.lock().map_err(|_| InvokeError::Unavailable {
+            message: "worker state poisoned".into(),
+        })?;
+        s.starting -= 1;
+        let outcome = match result {
+            Ok(process) => {
+                tracing::info!(
+                    org = %self.spec.org, function = %self.spec.function,
+                    deployment_id = %self.spec.deployment_id, process = process.id,
+                    ms = started.elapsed().as_secs_f64() * 1e3, "bun process started"
+                );
+                process.inflight.fetch_add(1, Ordering::AcqRel);
+                s.processes.push(process.clone());
+                Ok((
+                    Lease {
+                        pool: self.clone(),
+                        process,
+                    },
+                    true,
+                ))
+            }
+            Err(message) if Instant::now() >= deadline => {
+                tracing::warn!(deployment_id = %self.spec.deployment_id, "bun process start timed out: {message}");
+                Err(InvokeError::Timeout {
+                    timeout_ms: self.spec.timeout_ms,
+                })
+            }
+            Err(message) => Err(InvokeError::Crashed { message }),
+        };
+        drop(s);
+        self.changed.notify_waiters();
+        outcome
+    }
+
+    /// Starts processes until `n` are running (for `min_instances` and prepare).
+    pub async fn ensure(
+        self: &Arc<Self>,
+        launcher: &crate::launcher::Launcher,
+        env: &BTreeMap<String, String>,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<(), InvokeError> {
+        loop {
+            {
+                let mut s = self.state.lock().map_err(|_| InvokeError::Unavailable {
+                    message: "worker state poisoned".into(),
+                })?;
+                s.processes.retain(|p| !p.exited());
+                if s.processes.len() + s.starting >= n.min(self.limits.max_processes) {
+                    return Ok(());
+                }
+                s.starting += 1;
+            }
+            // The new process serves no request yet: give its slot back at once.
+            let (lease, _) = self.spawn(launcher, env, deadline).await?;
+            drop(lease);
+        }
+    }
+
+    /// Stops processes idle past the TTL, keeping `keep` of them; a retired pool keeps
+    /// none. Returns whether the pool is now empty and retired (it can be dropped).
+    pub fn reap(&self) -> bool {
+        let retired = self.is_retired();
+        let keep = if retired {
+            0
+        } else {
+            self.spec.min_instances as usize
+        };
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        s.processes.retain(|p| !p.exited());
+        let mut alive = s.processes.len();
+        for p in s.processes.iter() {
+            if alive <= keep {
+                break;
+            }
+            let idle = p.inflight.load(Ordering::Acquire) == 0;
+            if idle && retired {
+                self.stop(p, "its deployment is no longer live");
+                alive -= 1;
+            } else if idle && p.idle_for() >= self.limits.idle_ttl {
+                self.stop(p, "idle past bun_idle_ttl_secs");
+                alive -= 1;
+            }
+        }
+        retired && s.processes.is_empty() && s.starting == 0
+    }
+
+    /// Kills every process (worker shutdown).
+    pub fn kill_all(&self) {
+        for p in self.processes() {
+            p.kill();
+        }
+    }
+}

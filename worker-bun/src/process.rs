@@ -1,0 +1,368 @@
+//! One Bun process serving one deployment on a unix socket in a private directory:
+//! spawned (inside bubblewrap unless switched off, in its own memory group), configured
+//! over stdin, reached over HTTP/1.1 on the socket, its output turned into log lines, its
+//! exit watched.
+
+use crate::host::Cgroup;
+use crate::launcher::{Launch, Launcher};
+use axum::body::Body;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use reactor_api::DeploymentSpec;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// Bytes of a process's stderr kept to explain its failures.
+const STDERR_TAIL: usize = 4096;
+/// Longest output line logged whole.
+const MAX_LINE: usize = 16 * 1024;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+type UnixClient = Client<
+    tower::util::BoxCloneSyncService<http::Uri, TokioIo<tokio::net::UnixStream>, std::io::Error>,
+    Body,
+>;
+
+/// How a process ended.
+#[derive(Clone, Debug)]
+pub struct Exit {
+    pub message: String,
+}
+
+pub struct Process {
+    pub id: u64,
+    pub inflight: AtomicUsize,
+    last_used: Mutex<Instant>,
+    client: UnixClient,
+    kill: Arc<Notify>,
+    exit: watch::Receiver<Option<Exit>>,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+}
+
+/// What a process runs.
+pub struct Start<'a> {
+    pub spec: &'a DeploymentSpec,
+    /// The unpacked bundle (mounted read-only).
+    pub bundle: &'a Path,
+    pub env: BTreeMap<String, String>,
+    /// Until when it may take to answer on its socket.
+    pub deadline: Instant,
+}
+
+impl Process {
+    /// Spawns a process and waits until it serves (or fails, or the deadline passes).
+    pub async fn spawn(launcher: &Launcher, start: Start<'_>) -> Result<Arc<Process>, String> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let spec = start.spec;
+        let socket_dir = tempfile::Builder::new()
+            .prefix(&format!("p{id}-"))
+            .tempdir_in(launcher.run_dir())
+            .map_err(|e| format!("creating the process directory: {e}"))?;
+        let cgroup = launcher
+            .memory()
+            .create(
+                &format!("reactor-bun-{}-{id}", std::process::id()),
+                spec.memory_mb,
+            )
+            .map_err(|e| format!("creating the memory group: {e}"))?;
+        let Launch {
+            mut command,
+            config,
+            socket,
+        } = launcher.command(
+            "serve",
+            spec,
+            start.bundle,
+            socket_dir.path(),
+            cgroup.as_ref(),
+            &start.env,
+        );
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting bun: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // The configuration (with the env) goes over the pipe, then the pipe closes.
+            stdin
+                .write_all(&config)
+                .await
+                .map_err(|e| format!("configuring the process: {e}"))?;
+        }
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let who = Arc::new(Who::new(spec, id));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, who.clone(), "stdout", None));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, who.clone(), "stderr", Some(stderr_tail.clone())));
+        }
+        let kill = Arc::new(Notify::new());
+        let (exit_tx, exit) = watch::channel(None);
+        tokio::spawn(watch_exit(
+            child,
+            kill.clone(),
+            exit_tx,
+            cgroup,
+            socket_dir,
+            stderr_tail.clone(),
+            spec.memory_mb,
+            who,
+        ));
+        let connector = {
+            let socket = socket.clone();
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: http::Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(usize::MAX)
+            .build(connector);
+        let process = Arc::new(Process {
+            id,
+            inflight: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            client,
+            kill,
+            exit,
+            stderr_tail,
+        });
+        process.wait_serving(&socket, start.deadline).await?;
+        Ok(process)
+    }
+
+    /// Polls the socket until the harness listens on it.
+    async fn wait_serving(&self, socket: &Path, deadline: Instant) -> Result<(), String> {
+        let mut exit = self.exit.clone();
+        loop {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(e) = exit.borrow_and_update().clone() {
+                return Err(format!("the process exited before serving: {}", e.message));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err("the process did not start serving in time".into());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                _ = exit.changed() => {}
+            }
+        }
+    }
+
+    /// Sends one request; the URI is relative to the function's mount.
+    pub async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        // The process speaks HTTP/1.1, whatever the router used to reach this worker.
+        parts.version = http::Version::HTTP_11;
+        parts.uri = http::Uri::builder()
+            .scheme("http")
+            .authority("localhost")
+            .path_and_query(path)
+            .build()
+            .unwrap_or_else(|_| http::Uri::from_static("http://localhost/"));
+        if !parts.headers.contains_key(http::header::HOST) {
+            parts.headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+        self.client
+            .request(http::Request::from_parts(parts, body))
+            .await
+    }
+
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    pub fn exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Kills the process (its sandbox and everything in it).
+    pub fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    /// Why the process failed a request: its exit (waiting briefly for it) or the end of
+    /// its stderr.
+    pub async fn failure(&self, fallback: &str) -> String {
+        let mut exit = self.exit.clone();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(300), exit.wait_for(|e| e.is_some())).await;
+        if let Ok(Ok(e)) = waited
+            && let Some(e) = e.as_ref()
+        {
+            return e.message.clone();
+        }
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            fallback.to_string()
+        } else {
+            format!("{fallback}: {tail}")
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Who the output of a process belongs to.
+struct Who {
+    org: String,
+    function: String,
+    deployment_id: String,
+    process: u64,
+}
+
+impl Who {
+    fn new(spec: &DeploymentSpec, process: u64) -> Self {
+        Self {
+            org: spec.org.clone(),
+            function: spec.function.clone(),
+            deployment_id: spec.deployment_id.clone(),
+            process,
+        }
+    }
+}
+
+/// Logs each line of a process's output as a line of the function's log.
+async fn pump(
+    out: impl AsyncRead + Unpin,
+    who: Arc<Who>,
+    stream: &'static str,
+    tail: Option<Arc<Mutex<Vec<u8>>>>,
+) {
+    let mut reader = BufReader::with_capacity(MAX_LINE, out);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Some(tail) = &tail
+            && let Ok(mut t) = tail.lock()
+        {
+            t.extend_from_slice(&line);
+            let excess = t.len().saturating_sub(STDERR_TAIL);
+            t.drain(..excess);
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        tracing::info!(
+            target: "reactor::function",
+            org = %who.org,
+            function = %who.function,
+            deployment_id = %who.deployment_id,
+            process = who.process,
+            stream,
+            "{text}"
+        );
+    }
+}
+
+/// Waits for the process to exit (or kills it when asked), then says how it ended and
+/// removes its memory group and socket directory.
+#[allow(clippy::too_many_arguments)]
+async fn watch_exit(
+    mut child: tokio::process::Child,
+    kill: Arc<Notify>,
+    exit_tx: watch::Sender<Option<Exit>>,
+    cgroup: Option<Cgroup>,
+    socket_dir: tempfile::TempDir,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    memory_mb: u32,
+    who: Arc<Who>,
+) {
+    let mut killed = false;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = kill.notified() => {
+            killed = true;
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    let oom = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    let message = if oom {
+        format!("the process was killed at its memory limit ({memory_mb} MB, limits.memory_mb)")
+    } else if killed {
+        "the process was stopped by the worker".to_string()
+    } else {
+        let tail = stderr_tail
+            .lock()
+            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
+            .unwrap_or_default();
+        let how = match &status {
+            Ok(s) => describe_status(s),
+            Err(e) => format!("its status is unknown ({e})"),
+        };
+        if tail.is_empty() {
+            format!("the process {how}")
+        } else {
+            format!("the process {how}: {tail}")
+        }
+    };
+    if killed && !oom {
+        tracing::debug!(org = %who.org, function = %who.function, deployment_id = %who.deployment_id, process = who.process, "bun process stopped");
+    } else {
+        tracing::warn!(org = %who.org, function = %who.function, deployment_id = %who.deployment_id, process = who.process, "bun process ended: {message}");
+    }
+    let _ = exit_tx.send(Some(Exit { message }));
+    drop(cgroup);
+    drop(socket_dir);
+}
+
+fn describe_status(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended".to_string(),
+    }
+}

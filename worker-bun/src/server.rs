@@ -1,0 +1,30 @@
+//! `reactor-worker-bun`: the Bun worker as its own service, registered with the control
+//! plane like every worker (see `reactor_worker_link::service`). Bun is found as
+//! `functions.bun_path` says, else `node_modules/.bin/bun` in the current directory or a
+//! parent, else on `PATH`; the worker refuses to start without it.
+
+use crate::{BunWorker, BunWorkerOptions};
+use reactor_api::{Runtime, RuntimeWorker};
+use reactor_worker_link::service::{WorkerArgs, run_worker};
+use std::sync::Arc;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "reactor-worker-bun",
+    version,
+    about = "Reactor Bun worker: runs TypeScript/JavaScript functions in warm, sandboxed Bun processes"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    run_worker(args.worker, Runtime::Bun, |cx| async move {
+        let options =
+            BunWorkerOptions::from_config(&cx.config.functions, cx.storage, cx.cache_dir)?;
+        let worker: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
+        Ok(worker)
+    })
+    .await
+}

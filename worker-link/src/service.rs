@@ -1,0 +1,142 @@
+//! What every worker service does around its runtime: read `[worker]`, listen, register
+//! with the control plane and heartbeat, prewarm live deployments, and on SIGTERM leave the
+//! table, wait for routers to see it, then drain. `reactor-worker-wasm` and
+//! `reactor-worker-bun` are this plus the runtime they build.
+
+use crate::{Registration, prewarm, register, worker_app};
+use anyhow::Context;
+use reactor_api::config::ReactorConfig;
+use reactor_api::{Runtime, RuntimeWorker};
+use reactor_proto::client::ControlPlaneEndpoint;
+use reactor_service::Lifecycle;
+use reactor_storage::LocalStorage;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags every worker service takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address routers reach (overrides `worker.listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The control plane's gRPC URL (overrides `worker.control_plane_url`).
+    #[arg(long)]
+    pub control_plane_url: Option<String>,
+    /// Server threads, each with its own single-threaded runtime (default: one per core).
+    #[arg(long, env = "REACTOR_SERVE_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub grace_secs: u64,
+}
+
+/// What a runtime is built from.
+pub struct WorkerContext {
+    pub config: ReactorConfig,
+    pub storage: Arc<LocalStorage>,
+    /// This worker's local cache directory (`worker.cache_dir`, else under the workdir).
+    pub cache_dir: PathBuf,
+    pub worker_id: String,
+}
+
+/// How long a draining worker waits, once out of the table, for routers to see it gone.
+const LEAVE_DELAY: Duration = Duration::from_millis(300);
+
+/// Runs a worker service for `runtime` until SIGTERM, with the worker `build` returns.
+pub async fn run_worker<F, Fut>(args: WorkerArgs, runtime: Runtime, build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(WorkerContext) -> Fut,
+    Fut: Future<Output = anyhow::Result<Arc<dyn RuntimeWorker>>>,
+{
+    let name = format!("reactor-worker-{runtime}");
+    let config = ReactorConfig::load_service(args.config.as_deref())?;
+    let token = config.internal_token()?.to_string();
+    let w = config.worker.clone();
+    let listen = args.listen.unwrap_or(w.listen);
+    let cp_url = args
+        .control_plane_url
+        .unwrap_or_else(|| w.control_plane_url.clone());
+    let workdir = config.functions.workdir.clone();
+    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+    let listener =
+        reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let url = match &w.advertise_url {
+        Some(u) => u.clone(),
+        None if addr.ip().is_unspecified() => anyhow::bail!(
+            "worker.listen is {addr}: set worker.advertise_url (REACTOR_WORKER_ADVERTISE_URL) \
+             to the address routers reach this worker at"
+        ),
+        None => format!("http://{addr}"),
+    };
+    let worker_id = w.id.clone().unwrap_or_else(|| {
+        let authority = url.trim_start_matches("http://").trim_end_matches('/');
+        format!("{runtime}-{}", authority.replace([':', '/', '[', ']'], "-"))
+    });
+    let cache_dir = w
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| workdir.join("cache").join(&worker_id));
+    let worker = build(WorkerContext {
+        config,
+        storage,
+        cache_dir: cache_dir.clone(),
+        worker_id: worker_id.clone(),
+    })
+    .await?;
+    let endpoint = ControlPlaneEndpoint {
+        url: cp_url.clone(),
+        internal_token: token.clone(),
+        router_id: worker_id.clone(),
+    };
+    let life = Lifecycle::new();
+    let app = worker_app(worker.clone(), &token).merge(life.routes());
+    if w.prewarm {
+        prewarm(endpoint.clone(), worker.clone());
+    }
+    let registered = register(
+        endpoint,
+        Registration {
+            worker_id: worker_id.clone(),
+            runtime,
+            url: url.clone(),
+        },
+    )?;
+    {
+        let (life, mut rx) = (life.clone(), registered.registered.clone());
+        tokio::spawn(async move {
+            if rx.wait_for(|r| *r).await.is_ok() {
+                life.set_ready(true);
+            }
+        });
+    }
+    {
+        // Draining: leave the table first, give routers a moment to see it, then stop
+        // accepting and let in-flight invocations finish.
+        let life = life.clone();
+        tokio::spawn(async move {
+            reactor_service::shutdown_signal().await;
+            tracing::info!("shutdown requested: leaving the routing table, then draining");
+            life.set_ready(false);
+            registered.deregister().await;
+            tokio::time::sleep(LEAVE_DELAY).await;
+            life.stop();
+        });
+    }
+    tracing::info!(%addr, %url, worker_id, control_plane = %cp_url, cache = %cache_dir.display(), "{name} listening");
+    println!("{name} listening: http://{addr} as {worker_id}");
+    reactor_service::serve(
+        listener,
+        app,
+        reactor_service::thread_count(args.threads),
+        &life,
+        Duration::from_secs(args.grace_secs),
+    )
+    .await
+}
