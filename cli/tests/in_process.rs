@@ -91,12 +91,12 @@ async fn admin_and_invoke_in_process() {
         (st, body["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_input"))
     );
-    // Bun is not enabled by default in this version.
+    // Lambda is not enabled by default.
     let (st, _, body) = call(
         &app,
         "POST",
         "/fn/v1/_admin/functions",
-        Body::from(r#"{"name":"b","runtime":"bun"}"#),
+        Body::from(r#"{"name":"b","runtime":"lambda"}"#),
         &[],
     )
     .await;

@@ -281,8 +281,19 @@ async fn the_pool_grows_to_its_cap_then_queues_then_refuses() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn idle_processes_are_reaped() {
+async fn idle_processes_are_reaped_down_to_min_instances() {
     let s = Server::start_with(&[("REACTOR_FUNCTIONS_BUN_IDLE_TTL_SECS", "1")]);
+    // A function that keeps two processes: both start at promote and outlive the TTL.
+    let kept = json!({"concurrency": {"min_instances": 2}});
+    let kept_id = s
+        .deploy_live_runtime("kept", "bun", probe_bundle_with("v1", Some(&kept)))
+        .await;
+    let started = s
+        .logs()
+        .lines()
+        .filter(|l| l.contains("bun process started") && l.contains(&kept_id))
+        .count();
+    assert_eq!(started, 2, "{}", s.logs());
     s.deploy_live_runtime("probe", "bun", probe_bundle()).await;
     let first = get(&s, "/fn/v1/probe/").await;
     assert_eq!(first.status(), 200);
@@ -297,6 +308,37 @@ async fn idle_processes_are_reaped() {
     let next = get(&s, "/fn/v1/probe/").await;
     assert_eq!(header(&next, "x-reactor-cold-start"), "true");
     assert_ne!(json_of(next).await["instance"], instance);
+    // Well past the TTL, the kept function was never reaped and is still warm.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !s.logs()
+            .lines()
+            .any(|l| l.contains("stopping a bun process") && l.contains(&kept_id)),
+        "{}",
+        s.logs()
+    );
+    let warm = get(&s, "/fn/v1/kept/").await;
+    assert_eq!(header(&warm, "x-reactor-cold-start"), "false");
+}
+
+#[test]
+fn reactor_dev_refuses_to_start_without_bun() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(reactor_bin())
+        .args(["dev", "--listen", "127.0.0.1:0", "--workdir"])
+        .arg(dir.path().join("work"))
+        .env("REACTOR_FUNCTIONS_BUN_PATH", dir.path().join("no-bun-here"))
+        .env("REACTOR_CREDENTIALS", dir.path().join("credentials.json"))
+        .env_remove("REACTOR_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .expect("running reactor dev");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Bun was not found") && stderr.contains("setup.sh"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
