@@ -155,6 +155,18 @@ async fn pool_reuse_faults_and_recovery() {
         "promote started a process"
     );
     let instance = json_of(first).await["instance"].clone();
+    // Materialization prebundled the entrypoint with its node_modules; processes run that.
+    let artifact = s.dir.path().join(format!(
+        "work/storage/artifacts/acme/probe/{id}/bun-prebundled.js"
+    ));
+    assert!(artifact.is_file(), "{}", artifact.display());
+    assert!(
+        s.logs().lines().any(|l| l.contains("bun process started")
+            && l.contains(&id)
+            && l.contains(".reactor-prebundled.js")),
+        "{}",
+        s.logs()
+    );
     let again = get(&s, "/fn/v1/probe/").await;
     assert_eq!(header(&again, "x-reactor-cold-start"), "false");
     assert_eq!(

@@ -17,6 +17,8 @@ const BUN: &str = "/reactor/bun";
 const HARNESS: &str = "/reactor/harness.js";
 /// The socket's name in the process directory.
 const SOCKET: &str = "fn.sock";
+/// The name `build` writes its output under, in the process directory.
+pub const PREBUNDLED: &str = "prebundled.js";
 
 /// What the harness reads on stdin.
 #[derive(serde::Serialize)]
@@ -25,6 +27,8 @@ struct HarnessConfig<'a> {
     name: &'a str,
     entry: String,
     socket: String,
+    /// Where `build` writes the prebundled file.
+    output: String,
     env: &'a BTreeMap<String, String>,
 }
 
@@ -71,10 +75,13 @@ impl Launcher {
         &self.run_dir
     }
 
+    /// The command running the harness in `mode` on `entry` (a path inside `bundle`).
+    #[allow(clippy::too_many_arguments)]
     pub fn command(
         &self,
         mode: &str,
         spec: &DeploymentSpec,
+        entry: &str,
         bundle: &Path,
         socket_dir: &Path,
         cgroup: Option<&Cgroup>,
@@ -107,8 +114,9 @@ impl Launcher {
         let config = HarnessConfig {
             mode,
             name: &spec.entrypoint,
-            entry: entry_root.join(&spec.entrypoint).display().to_string(),
+            entry: entry_root.join(entry).display().to_string(),
             socket: socket_root.join(SOCKET).display().to_string(),
+            output: socket_root.join(PREBUNDLED).display().to_string(),
             env,
         };
         // A struct of strings serializes.

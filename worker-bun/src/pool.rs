@@ -35,6 +35,8 @@ struct State {
 pub struct Pool {
     pub spec: Arc<DeploymentSpec>,
     pub bundle: PathBuf,
+    /// What the processes import: the entrypoint, or its prebundled file.
+    entry: String,
     limits: PoolLimits,
     state: Mutex<State>,
     /// Woken when a slot frees or a process starts or ends.
@@ -69,10 +71,16 @@ enum Step {
 }
 
 impl Pool {
-    pub fn new(spec: Arc<DeploymentSpec>, bundle: PathBuf, limits: PoolLimits) -> Arc<Self> {
+    pub fn new(
+        spec: Arc<DeploymentSpec>,
+        bundle: PathBuf,
+        entry: String,
+        limits: PoolLimits,
+    ) -> Arc<Self> {
         Arc::new(Self {
             spec,
             bundle,
+            entry,
             limits,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
@@ -204,6 +212,7 @@ impl Pool {
             Start {
                 spec: &self.spec,
                 bundle: &self.bundle,
+                entry: &self.entry,
                 env: env.clone(),
                 deadline,
             },
@@ -217,7 +226,7 @@ impl Pool {
             Ok(process) => {
                 tracing::info!(
                     org = %self.spec.org, function = %self.spec.function,
-                    deployment_id = %self.spec.deployment_id, process = process.id,
+                    deployment_id = %self.spec.deployment_id, process = process.id, entry = %self.entry,
                     ms = started.elapsed().as_secs_f64() * 1e3, "bun process started"
                 );
                 process.inflight.fetch_add(1, Ordering::AcqRel);

@@ -51,6 +51,8 @@ pub struct Start<'a> {
     pub spec: &'a DeploymentSpec,
     /// The unpacked bundle (mounted read-only).
     pub bundle: &'a Path,
+    /// The file to import, inside the bundle.
+    pub entry: &'a str,
     pub env: BTreeMap<String, String>,
     /// Until when it may take to answer on its socket.
     pub deadline: Instant,
@@ -79,6 +81,7 @@ impl Process {
         } = launcher.command(
             "serve",
             spec,
+            start.entry,
             start.bundle,
             socket_dir.path(),
             cgroup.as_ref(),

@@ -2,7 +2,7 @@
 //! processes per deployment, invocations forwarded to a process over its socket.
 
 use crate::host::{self, MemoryLimiter};
-use crate::launcher::Launcher;
+use crate::launcher::{Launcher, PREBUNDLED};
 use crate::pool::{Lease, Pool, PoolLimits};
 use async_trait::async_trait;
 use axum::body::Body;
@@ -13,7 +13,7 @@ use reactor_api::config::FunctionsConfig;
 use reactor_api::{
     DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime, RuntimeWorker,
 };
-use reactor_storage::Storage;
+use reactor_storage::{Storage, StorageError, keys};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -149,18 +149,33 @@ impl BunWorker {
         }
         let pool = slot
             .get_or_try_init(|| async {
-                let bundle = self.unpack(spec).await?;
-                Ok::<_, InvokeError>(Pool::new(Arc::new(spec.clone()), bundle, self.limits))
+                let (bundle, entry) = self.unpack(spec).await?;
+                Ok::<_, InvokeError>(Pool::new(
+                    Arc::new(spec.clone()),
+                    bundle,
+                    entry,
+                    self.limits,
+                ))
             })
             .await?;
         Ok((pool.clone(), true))
     }
 
-    /// The deployment's bundle unpacked under the cache (kept for later pools), read-only.
-    async fn unpack(&self, spec: &DeploymentSpec) -> Result<PathBuf, InvokeError> {
+    /// The deployment's bundle unpacked under the cache (kept for later pools), read-only,
+    /// with its prebundled entrypoint beside the original when materialization made one.
+    /// Returns the directory and the file processes import.
+    async fn unpack(&self, spec: &DeploymentSpec) -> Result<(PathBuf, String), InvokeError> {
         let dir = self.bundles_dir.join(&spec.deployment_id);
+        let prebundled = prebundled_path(&spec.entrypoint);
+        let entry_in = |dir: &Path| {
+            if dir.join(&prebundled).is_file() {
+                prebundled.clone()
+            } else {
+                spec.entrypoint.clone()
+            }
+        };
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Ok(dir);
+            return Ok((dir.clone(), entry_in(&dir)));
         }
         let not_ready = |e: String| InvokeError::NotReady { message: e };
         let archive = self
@@ -168,12 +183,22 @@ impl BunWorker {
             .get_bytes(&spec.bundle_key)
             .await
             .map_err(|e| not_ready(format!("fetching the bundle: {e}")))?;
+        let built = match self.storage.get_bytes(&prebundled_key(spec)).await {
+            Ok(bytes) => Some(bytes),
+            Err(StorageError::NotFound(_)) => None,
+            Err(e) => {
+                return Err(not_ready(format!(
+                    "fetching the prebundled entrypoint: {e}"
+                )));
+            }
+        };
         let tmp = tempfile::Builder::new()
             .prefix(".unpack-")
             .tempdir_in(&self.bundles_dir)
             .map_err(|e| not_ready(format!("unpacking the bundle: {e}")))?;
         let into = tmp.path().to_path_buf();
-        tokio::task::spawn_blocking(move || unpack(&archive, &into))
+        let prebundled_file = built.map(|b| (into.join(&prebundled), b));
+        tokio::task::spawn_blocking(move || unpack(&archive, &into, prebundled_file))
             .await
             .map_err(|e| not_ready(e.to_string()))?
             .map_err(|e| not_ready(format!("unpacking the bundle: {e}")))?;
@@ -184,7 +209,105 @@ impl BunWorker {
                 return Err(not_ready(format!("unpacking the bundle: {e}")));
             }
         }
-        Ok(dir)
+        Ok((dir.clone(), entry_in(&dir)))
+    }
+
+    /// Runs the harness in `mode` on `entry` of an unpacked bundle, sandboxed and within
+    /// the memory limit, and waits for it. `Ok(socket dir)` on success (where `build`
+    /// wrote its output); `Err` is Bun's own error text.
+    async fn run_once(
+        &self,
+        mode: &str,
+        spec: &DeploymentSpec,
+        entry: &str,
+        bundle_dir: &Path,
+    ) -> Result<tempfile::TempDir, String> {
+        let socket_dir = tempfile::Builder::new()
+            .prefix(&format!("{mode}-"))
+            .tempdir_in(self.launcher.run_dir())
+            .map_err(|e| format!("creating the {mode} directory: {e}"))?;
+        let cgroup = self
+            .launcher
+            .memory()
+            .create(
+                &format!(
+                    "reactor-bun-{}-{mode}-{}",
+                    std::process::id(),
+                    spec.deployment_id
+                ),
+                spec.memory_mb,
+            )
+            .map_err(|e| format!("creating the memory group: {e}"))?;
+        let launch = self.launcher.command(
+            mode,
+            spec,
+            entry,
+            bundle_dir,
+            socket_dir.path(),
+            cgroup.as_ref(),
+            &self.env(spec),
+        );
+        let mut command = launch.command;
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting bun: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(&launch.config)
+                .await
+                .map_err(|e| format!("starting bun: {e}"))?;
+        }
+        let out = tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                format!(
+                    "loading {} took longer than {} s",
+                    spec.entrypoint,
+                    START_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("running bun: {e}"))?;
+        if out.status.success() {
+            return Ok(socket_dir);
+        }
+        if cgroup.as_ref().is_some_and(|c| c.oom_killed()) {
+            return Err(format!(
+                "loading {} exceeded the memory limit ({} MB)",
+                spec.entrypoint, spec.memory_mb
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(if text.is_empty() {
+            format!("bun could not load {} ({})", spec.entrypoint, out.status)
+        } else {
+            text
+        })
+    }
+
+    /// Bundles the entrypoint into one file with `bun build`, checks that it loads too,
+    /// and stores it for the workers. Best effort: a bundle `bun build` cannot handle runs
+    /// from its sources.
+    async fn prebundle(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+        let out = self
+            .run_once("build", spec, &spec.entrypoint, bundle_dir)
+            .await?;
+        let built = tokio::fs::read(out.path().join(PREBUNDLED))
+            .await
+            .map_err(|e| format!("reading the output: {e}"))?;
+        let rel = prebundled_path(&spec.entrypoint);
+        tokio::fs::write(bundle_dir.join(&rel), &built)
+            .await
+            .map_err(|e| format!("writing {rel}: {e}"))?;
+        self.run_once("check", spec, &rel, bundle_dir).await?;
+        self.storage
+            .put_bytes(&prebundled_key(spec), Bytes::from(built))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The function's environment (the env/secrets issue fills it).
@@ -237,12 +360,38 @@ fn restrict(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Unpacks a bundle (already checked by the control plane) and makes it read-only.
-fn unpack(archive: &[u8], into: &Path) -> std::io::Result<()> {
+/// Where the prebundled entrypoint goes: beside the entrypoint, so that paths relative to
+/// the module (`import.meta.dir`) stay the same.
+fn prebundled_path(entrypoint: &str) -> String {
+    match entrypoint.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/.reactor-prebundled.js"),
+        None => ".reactor-prebundled.js".to_string(),
+    }
+}
+
+fn prebundled_key(spec: &DeploymentSpec) -> String {
+    keys::artifact(
+        &spec.org,
+        &spec.function,
+        &spec.deployment_id,
+        "bun-prebundled.js",
+    )
+}
+
+/// Unpacks a bundle (already checked by the control plane), adds the prebundled
+/// entrypoint when there is one, and makes it all read-only.
+fn unpack(
+    archive: &[u8],
+    into: &Path,
+    prebundled: Option<(PathBuf, Bytes)>,
+) -> std::io::Result<()> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     tar.set_preserve_permissions(false);
     tar.set_unpack_xattrs(false);
     tar.unpack(into)?;
+    if let Some((path, bytes)) = prebundled {
+        std::fs::write(path, bytes)?;
+    }
     read_only(into)
 }
 
@@ -282,72 +431,15 @@ impl RuntimeWorker for BunWorker {
     }
 
     /// Imports the entrypoint in Bun (sandboxed, within the memory limit) and checks that
-    /// its default export has `fetch`; the error is Bun's own text.
+    /// its default export has `fetch`; the error is Bun's own text. Then prebundles it.
     async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
-        let socket_dir = tempfile::Builder::new()
-            .prefix("check-")
-            .tempdir_in(self.launcher.run_dir())
-            .map_err(|e| format!("creating the check directory: {e}"))?;
-        let cgroup = self
-            .launcher
-            .memory()
-            .create(
-                &format!(
-                    "reactor-bun-{}-check-{}",
-                    std::process::id(),
-                    spec.deployment_id
-                ),
-                spec.memory_mb,
-            )
-            .map_err(|e| format!("creating the memory group: {e}"))?;
-        let launch = self.launcher.command(
-            "check",
-            spec,
-            bundle_dir,
-            socket_dir.path(),
-            cgroup.as_ref(),
-            &self.env(spec),
-        );
-        let mut command = launch.command;
-        let mut child = command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("starting bun: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin
-                .write_all(&launch.config)
-                .await
-                .map_err(|e| format!("starting bun: {e}"))?;
+        self.run_once("check", spec, &spec.entrypoint, bundle_dir)
+            .await?;
+        if let Err(e) = self.prebundle(spec, bundle_dir).await {
+            tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
+                "not prebundled (it runs from its sources): {e}");
         }
-        let out = tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                format!(
-                    "importing {} took longer than {} s",
-                    spec.entrypoint,
-                    START_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| format!("running bun: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        if cgroup.as_ref().is_some_and(|c| c.oom_killed()) {
-            return Err(format!(
-                "importing {} exceeded the memory limit ({} MB)",
-                spec.entrypoint, spec.memory_mb
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(if text.is_empty() {
-            format!("bun could not load {} ({})", spec.entrypoint, out.status)
-        } else {
-            text
-        })
+        Ok(())
     }
 
     /// Starts the deployment's processes (`min_instances`, at least one) and retires
