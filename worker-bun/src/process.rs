@@ -10,7 +10,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use reactor_api::DeploymentSpec;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +41,10 @@ pub struct Process {
     pub id: u64,
     pub inflight: AtomicUsize,
     last_used: Mutex<Instant>,
-    client: UnixClient,
+    socket: PathBuf,
+    /// One HTTP/1.1 client (with its pool of connections) per serving thread, so that a
+    /// request and its connection stay on one runtime (no cross-thread wake-ups).
+    clients: Mutex<HashMap<std::thread::ThreadId, UnixClient>>,
     kill: Arc<Notify>,
     exit: watch::Receiver<Option<Exit>>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
@@ -121,26 +125,12 @@ impl Process {
             spec.memory_mb,
             who,
         ));
-        let connector = {
-            let socket = socket.clone();
-            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: http::Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(usize::MAX)
-            .build(connector);
         let process = Arc::new(Process {
             id,
             inflight: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
-            client,
+            socket: socket.clone(),
+            clients: Mutex::new(HashMap::new()),
             kill,
             exit,
             stderr_tail,
@@ -196,9 +186,38 @@ impl Process {
                 http::HeaderValue::from_static("localhost"),
             );
         }
-        self.client
+        self.client()
             .request(http::Request::from_parts(parts, body))
             .await
+    }
+
+    /// This thread's client to the process.
+    fn client(&self) -> UnixClient {
+        let thread = std::thread::current().id();
+        let mut clients = match self.clients.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(thread)
+            .or_insert_with(|| {
+                let socket = self.socket.clone();
+                let connector = tower::util::BoxCloneSyncService::new(tower::service_fn(
+                    move |_: http::Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            tokio::net::UnixStream::connect(socket)
+                                .await
+                                .map(TokioIo::new)
+                        }
+                    },
+                ));
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(usize::MAX)
+                    .build(connector)
+            })
+            .clone()
     }
 
     pub fn touch(&self) {
