@@ -159,7 +159,12 @@ async fn pool_reuse_faults_and_recovery() {
     let artifact = s.dir.path().join(format!(
         "work/storage/artifacts/acme/probe/{id}/bun-prebundled.js"
     ));
-    assert!(artifact.is_file(), "{}", artifact.display());
+    assert!(
+        artifact.is_file(),
+        "{} missing:\n{}",
+        artifact.display(),
+        s.logs()
+    );
     assert!(
         s.logs().lines().any(|l| l.contains("bun process started")
             && l.contains(&id)
@@ -459,6 +464,35 @@ async fn the_sandbox_hides_other_functions_and_the_worker() {
     let (bundle, db) = reads_of_foreign_files(&open).await;
     assert_eq!(bundle["ok"], true, "{bundle}");
     assert_eq!(db["ok"], true, "{db}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_cannot_redirect_the_worker_or_preload_code() {
+    let s = Server::start();
+    // A bunfig.toml in the bundle would preload code before the harness: it is ignored.
+    let preload = bundle(&[
+        (
+            "index.ts",
+            b"export default { fetch() { return new Response((globalThis as any).PRELOADED ? 'preloaded' : 'clean') } };",
+        ),
+        ("bunfig.toml", b"preload = [\"./evil.ts\"]\n"),
+        ("evil.ts", b"(globalThis as any).PRELOADED = true; console.log('probe: bunfig preload ran');"),
+    ]);
+    s.deploy_live_runtime("preload", "bun", preload).await;
+    let resp = get(&s, "/fn/v1/preload/").await;
+    assert_eq!(resp.text().await.expect("text"), "clean", "{}", s.logs());
+    assert!(!s.logs().contains("bunfig preload ran"), "{}", s.logs());
+
+    // Replacing its socket with a symlink redirects nothing: the worker connects through
+    // its own link, also for new connections.
+    s.deploy_live_runtime("probe", "bun", probe_bundle()).await;
+    let hijack = get(&s, "/fn/v1/probe/hijack").await;
+    assert_eq!(hijack.text().await.expect("text"), "hijacked");
+    let calls = (0..4).map(|_| s.request(Method::GET, "/fn/v1/probe/slow?ms=300").send());
+    for resp in futures::future::join_all(calls).await {
+        let resp = resp.expect("send");
+        assert_eq!(resp.status(), 200, "{}", s.logs());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -260,6 +260,20 @@ impl Cgroup {
     }
 }
 
+impl Cgroup {
+    /// Removes the group once the kernel has let go of its last process (a killed
+    /// process's group stays busy for a moment after its parent has reaped it).
+    pub async fn remove(self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::warn!(group = %self.dir.display(), "a bun process's memory group could not be removed");
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);

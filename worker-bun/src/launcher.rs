@@ -15,6 +15,7 @@ const APP: &str = "/app";
 const RUN: &str = "/run/reactor";
 const BUN: &str = "/reactor/bun";
 const HARNESS: &str = "/reactor/harness.js";
+const BUNFIG: &str = "/reactor/bunfig.toml";
 /// The socket's name in the process directory.
 const SOCKET: &str = "fn.sock";
 /// The name `build` writes its output under, in the process directory.
@@ -43,6 +44,9 @@ pub struct Launch {
 pub struct Launcher {
     bun: PathBuf,
     harness: PathBuf,
+    /// An empty Bun config, used instead of a `bunfig.toml` in the bundle, whose
+    /// `preload` would run before the harness.
+    bunfig: PathBuf,
     /// `Some(bwrap)` when sandboxed.
     bwrap: Option<PathBuf>,
     memory: MemoryLimiter,
@@ -53,6 +57,7 @@ impl Launcher {
     pub fn new(
         bun: PathBuf,
         harness: PathBuf,
+        bunfig: PathBuf,
         bwrap: Option<PathBuf>,
         memory: MemoryLimiter,
         run_dir: PathBuf,
@@ -60,6 +65,7 @@ impl Launcher {
         Self {
             bun,
             harness,
+            bunfig,
             bwrap,
             memory,
             run_dir,
@@ -105,11 +111,16 @@ impl Launcher {
             args.extend([
                 "--".into(),
                 BUN.into(),
+                format!("--config={BUNFIG}"),
                 "--no-install".into(),
                 HARNESS.into(),
             ]);
         } else {
-            args.extend(["--no-install".into(), self.harness.display().to_string()]);
+            args.extend([
+                format!("--config={}", self.bunfig.display()),
+                "--no-install".into(),
+                self.harness.display().to_string(),
+            ]);
         }
         let config = HarnessConfig {
             mode,
@@ -181,9 +192,10 @@ impl Launcher {
                 Err(_) => {}
             }
         }
-        let (bun, harness) = (
+        let (bun, harness, bunfig) = (
             self.bun.display().to_string(),
             self.harness.display().to_string(),
+            self.bunfig.display().to_string(),
         );
         let (bundle, socket_dir) = (
             bundle.display().to_string(),
@@ -196,6 +208,9 @@ impl Launcher {
             "--ro-bind",
             &harness,
             HARNESS,
+            "--ro-bind",
+            &bunfig,
+            BUNFIG,
             "--ro-bind",
             &bundle,
             APP,

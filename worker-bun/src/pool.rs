@@ -1,8 +1,9 @@
 //! The warm pool of one deployment: processes started on demand (a cold start), reused
 //! while warm, each serving up to `per_process` requests at once; the pool grows up to
 //! `max_processes`, then requests wait in a bounded queue, then get 429. Idle processes
-//! are reaped after the idle TTL, down to `min_instances`; a retired pool (its function
-//! promoted another deployment) stops each process once its last request is done.
+//! are reaped after the idle TTL, down to `min_instances` while the deployment is live; a
+//! retired pool (its function promoted another deployment) stops each process once it has
+//! been idle for [`RETIRED_GRACE`], which leaves routers time to see the new table.
 
 use crate::process::{Process, Start};
 use reactor_api::{DeploymentSpec, InvokeError};
@@ -23,6 +24,10 @@ pub struct PoolLimits {
     pub idle_ttl: Duration,
 }
 
+/// How long a process of a retired deployment may stay idle before it is stopped: routers
+/// may still send it requests until they have the new routing table.
+pub const RETIRED_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 struct State {
     processes: Vec<Arc<Process>>,
@@ -42,6 +47,8 @@ pub struct Pool {
     /// Woken when a slot frees or a process starts or ends.
     changed: Notify,
     retired: AtomicBool,
+    /// Prepared as the live deployment: `min_instances` are kept.
+    live: AtomicBool,
 }
 
 /// A slot on a process, held until the response body is done.
@@ -53,14 +60,32 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.process.touch();
-        let left = self.process.inflight.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left == 0 && self.pool.is_retired() {
-            self.pool.stop(
-                &self.process,
-                "its deployment is no longer live and its last request is done",
-            );
-        }
+        self.process.inflight.fetch_sub(1, Ordering::AcqRel);
         self.pool.changed.notify_waiters();
+    }
+}
+
+/// Counts a process being started until it is in the pool or failed, also when the
+/// starting request is cancelled.
+struct Starting<'a>(&'a Pool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.starting -= 1;
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Counts a request waiting in the queue, also when it is cancelled.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.waiting -= 1;
+        }
     }
 }
 
@@ -85,6 +110,7 @@ impl Pool {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             retired: AtomicBool::new(false),
+            live: AtomicBool::new(false),
         })
     }
 
@@ -92,14 +118,17 @@ impl Pool {
         self.retired.load(Ordering::Acquire)
     }
 
-    /// No new traffic is expected: processes stop once idle.
+    /// Another deployment of the function went live: processes stop once idle for
+    /// [`RETIRED_GRACE`] (see [`Pool::reap`]).
     pub fn retire(&self) {
+        self.live.store(false, Ordering::Release);
         self.retired.store(true, Ordering::Release);
-        for p in self.processes() {
-            if p.inflight.load(Ordering::Acquire) == 0 {
-                self.stop(&p, "its deployment is no longer live");
-            }
-        }
+    }
+
+    /// This deployment is (again) the live one.
+    pub fn make_live(&self) {
+        self.retired.store(false, Ordering::Release);
+        self.live.store(true, Ordering::Release);
     }
 
     /// Stops a process, saying why.
@@ -110,10 +139,6 @@ impl Pool {
             "stopping a bun process: {why}"
         );
         p.kill();
-    }
-
-    pub fn unretire(&self) {
-        self.retired.store(false, Ordering::Release);
     }
 
     pub fn processes(&self) -> Vec<Arc<Process>> {
@@ -141,10 +166,9 @@ impl Pool {
                 Step::Take(lease) => return Ok((lease, false)),
                 Step::Spawn => return self.spawn(launcher, env, deadline).await,
                 Step::Wait => {
+                    let waiting = Waiting(self);
                     let woke = tokio::time::timeout_at(deadline, notified).await;
-                    if let Ok(mut s) = self.state.lock() {
-                        s.waiting -= 1;
-                    }
+                    drop(waiting);
                     if woke.is_err() {
                         return Err(InvokeError::TooManyRequests {
                             message: format!(
@@ -167,6 +191,7 @@ impl Pool {
         let best = s
             .processes
             .iter()
+            .filter(|p| !p.stopping())
             .map(|p| (p.inflight.load(Ordering::Acquire), p))
             .filter(|(n, _)| *n < self.limits.per_process)
             .min_by_key(|(n, _)| *n)
@@ -178,11 +203,14 @@ impl Pool {
                 process,
             }));
         }
-        let room = s.processes.len() + s.starting < self.limits.max_processes;
+        let running = s.processes.iter().filter(|p| !p.stopping()).count();
+        let room = running + s.starting < self.limits.max_processes;
         // A process being started will take `per_process` of the waiting requests: start
         // another only when they are more than that.
         let covered = s.starting * self.limits.per_process > s.waiting;
-        if room && !covered {
+        // With no queue at all, a request that would wait for a starting process starts
+        // another instead (while there is room).
+        if room && (!covered || self.limits.queue == 0) {
             s.starting += 1;
             return Ok(Step::Spawn);
         }
@@ -190,7 +218,7 @@ impl Pool {
             return Err(InvokeError::TooManyRequests {
                 message: format!(
                     "{} processes of {} concurrent requests each are busy and {} requests are queued",
-                    s.processes.len() + s.starting,
+                    running + s.starting,
                     self.limits.per_process,
                     s.waiting
                 ),
@@ -206,6 +234,7 @@ impl Pool {
         env: &BTreeMap<String, String>,
         deadline: Instant,
     ) -> Result<(Lease, bool), InvokeError> {
+        let starting = Starting(self);
         let started = std::time::Instant::now();
         let result = Process::spawn(
             launcher,
@@ -221,7 +250,6 @@ impl Pool {
         let mut s = self.state.lock().map_err(|_| InvokeError::Unavailable {
             message: "worker state poisoned".into(),
         })?;
-        s.starting -= 1;
         let outcome = match result {
             Ok(process) => {
                 tracing::info!(
@@ -248,7 +276,8 @@ impl Pool {
             Err(message) => Err(InvokeError::Crashed { message }),
         };
         drop(s);
-        self.changed.notify_waiters();
+        // Uncounts the start and wakes the waiters, now that the process is in the pool.
+        drop(starting);
         outcome
     }
 
@@ -266,7 +295,8 @@ impl Pool {
                     message: "worker state poisoned".into(),
                 })?;
                 s.processes.retain(|p| !p.exited());
-                if s.processes.len() + s.starting >= n.min(self.limits.max_processes) {
+                let running = s.processes.iter().filter(|p| !p.stopping()).count();
+                if running + s.starting >= n.min(self.limits.max_processes) {
                     return Ok(());
                 }
                 s.starting += 1;
@@ -277,30 +307,40 @@ impl Pool {
         }
     }
 
-    /// Stops processes idle past the TTL, keeping `keep` of them; a retired pool keeps
-    /// none. Returns whether the pool is now empty and retired (it can be dropped).
+    /// Stops processes idle past the TTL, keeping `min_instances` while the deployment is
+    /// live; a retired pool keeps none and stops them after [`RETIRED_GRACE`] idle.
+    /// Returns whether the pool is now retired and empty (it can be dropped).
     pub fn reap(&self) -> bool {
         let retired = self.is_retired();
-        let keep = if retired {
-            0
-        } else {
+        let keep = if self.live.load(Ordering::Acquire) {
             self.spec.min_instances as usize
+        } else {
+            0
+        };
+        let ttl = if retired {
+            RETIRED_GRACE
+        } else {
+            self.limits.idle_ttl
         };
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
         s.processes.retain(|p| !p.exited());
-        let mut alive = s.processes.len();
-        for p in s.processes.iter() {
+        let mut alive = s.processes.iter().filter(|p| !p.stopping()).count();
+        for p in s.processes.iter().filter(|p| !p.stopping()) {
             if alive <= keep {
                 break;
             }
-            let idle = p.inflight.load(Ordering::Acquire) == 0;
-            if idle && retired {
-                self.stop(p, "its deployment is no longer live");
-                alive -= 1;
-            } else if idle && p.idle_for() >= self.limits.idle_ttl {
-                self.stop(p, "idle past bun_idle_ttl_secs");
+            // Under the state lock: no request can take this process meanwhile.
+            if p.inflight.load(Ordering::Acquire) == 0 && p.idle_for() >= ttl {
+                self.stop(
+                    p,
+                    if retired {
+                        "its deployment is no longer live"
+                    } else {
+                        "idle past bun_idle_ttl_secs"
+                    },
+                );
                 alive -= 1;
             }
         }

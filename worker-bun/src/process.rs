@@ -12,7 +12,7 @@ use reactor_api::DeploymentSpec;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,6 +25,11 @@ const STDERR_TAIL: usize = 4096;
 const MAX_LINE: usize = 16 * 1024;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A number no other process (or check) of this worker has.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 type UnixClient = Client<
     tower::util::BoxCloneSyncService<http::Uri, TokioIo<tokio::net::UnixStream>, std::io::Error>,
@@ -46,6 +51,8 @@ pub struct Process {
     /// request and its connection stay on one runtime (no cross-thread wake-ups).
     clients: Mutex<HashMap<std::thread::ThreadId, UnixClient>>,
     kill: Arc<Notify>,
+    /// Asked to stop: takes no new requests.
+    stopping: AtomicBool,
     exit: watch::Receiver<Option<Exit>>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
 }
@@ -65,7 +72,7 @@ pub struct Start<'a> {
 impl Process {
     /// Spawns a process and waits until it serves (or fails, or the deadline passes).
     pub async fn spawn(launcher: &Launcher, start: Start<'_>) -> Result<Arc<Process>, String> {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = next_id();
         let spec = start.spec;
         let socket_dir = tempfile::Builder::new()
             .prefix(&format!("p{id}-"))
@@ -129,13 +136,21 @@ impl Process {
             id,
             inflight: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
-            socket: socket.clone(),
+            socket: launcher.run_dir().join(format!("p{id}.sock")),
             clients: Mutex::new(HashMap::new()),
             kill,
+            stopping: AtomicBool::new(false),
             exit,
             stderr_tail,
         });
         process.wait_serving(&socket, start.deadline).await?;
+        // The socket's directory is writable from inside the sandbox: from now on the
+        // worker connects through a hard link in its own directory, so that a function
+        // replacing `fn.sock` (with a symlink to another socket, say) redirects nothing.
+        if let Err(e) = link_socket(&socket, &process.socket) {
+            process.kill();
+            return Err(format!("the process's socket: {e}"));
+        }
         Ok(process)
     }
 
@@ -239,7 +254,13 @@ impl Process {
 
     /// Kills the process (its sandbox and everything in it).
     pub fn kill(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.kill.notify_one();
+    }
+
+    /// Asked to stop (or gone): no new requests.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || self.exited()
     }
 
     /// Why the process failed a request: its exit (waiting briefly for it) or the end of
@@ -266,6 +287,29 @@ impl Process {
             .lock()
             .map(|t| String::from_utf8_lossy(&t).trim().to_string())
             .unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    /// A process nobody holds any more (its start was cancelled, or its pool dropped)
+    /// must not outlive its handle.
+    fn drop(&mut self) {
+        self.kill.notify_one();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Hard-links the socket the harness created to `private` (a hard link to a symlink is a
+/// symlink, so this does not follow one) and checks that what was linked is a socket.
+fn link_socket(socket: &Path, private: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::hard_link(socket, private)?;
+    let kind = std::fs::symlink_metadata(private)?.file_type();
+    if kind.is_socket() {
+        Ok(())
+    } else {
+        let _ = std::fs::remove_file(private);
+        Err(std::io::Error::other("fn.sock is not a socket"))
     }
 }
 
@@ -376,8 +420,10 @@ async fn watch_exit(
         tracing::warn!(org = %who.org, function = %who.function, deployment_id = %who.deployment_id, process = who.process, "bun process ended: {message}");
     }
     let _ = exit_tx.send(Some(Exit { message }));
-    drop(cgroup);
     drop(socket_dir);
+    if let Some(group) = cgroup {
+        group.remove().await;
+    }
 }
 
 fn describe_status(status: &std::process::ExitStatus) -> String {

@@ -94,6 +94,8 @@ impl BunWorker {
         restrict(&run_dir)?;
         let harness = cache.join("harness.js");
         tokio::fs::write(&harness, HARNESS).await?;
+        let bunfig = cache.join("bunfig.toml");
+        tokio::fs::write(&bunfig, "").await?;
         let bun_path = options.bun.clone();
         let (version, bwrap, memory) = tokio::task::spawn_blocking(move || {
             let version = host::bun_version(&bun_path)?;
@@ -129,7 +131,14 @@ impl BunWorker {
         let worker = Arc::new(Self {
             storage: options.storage,
             bundles_dir,
-            launcher: Launcher::new(options.bun, harness, bwrap.map(|(p, _)| p), memory, run_dir),
+            launcher: Launcher::new(
+                options.bun,
+                harness,
+                bunfig,
+                bwrap.map(|(p, _)| p),
+                memory,
+                run_dir,
+            ),
             limits: options.limits,
             pools: Mutex::new(HashMap::new()),
         });
@@ -233,7 +242,7 @@ impl BunWorker {
                 &format!(
                     "reactor-bun-{}-{mode}-{}",
                     std::process::id(),
-                    spec.deployment_id
+                    crate::process::next_id()
                 ),
                 spec.memory_mb,
             )
@@ -262,28 +271,48 @@ impl BunWorker {
                 .await
                 .map_err(|e| format!("starting bun: {e}"))?;
         }
-        let out = tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                format!(
+        // Output is read with a bound: a bundle printing without end must not fill memory.
+        let stdout = child.stdout.take().map(|o| tokio::spawn(read_capped(o)));
+        let stderr = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
+        let status = tokio::time::timeout(START_TIMEOUT, child.wait()).await;
+        let status = match status {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Err(format!("running bun: {e}")),
+            Err(_) => {
+                let _ = child.kill().await;
+                if let Some(group) = cgroup {
+                    group.remove().await;
+                }
+                return Err(format!(
                     "loading {} took longer than {} s",
                     spec.entrypoint,
                     START_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| format!("running bun: {e}"))?;
-        if out.status.success() {
+                ));
+            }
+        };
+        if let Some(out) = stdout {
+            let _ = out.await;
+        }
+        let err_text = match stderr {
+            Some(e) => e.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        if let Some(group) = cgroup {
+            group.remove().await;
+        }
+        if status.success() {
             return Ok(socket_dir);
         }
-        if cgroup.as_ref().is_some_and(|c| c.oom_killed()) {
+        if oom {
             return Err(format!(
                 "loading {} exceeded the memory limit ({} MB)",
                 spec.entrypoint, spec.memory_mb
             ));
         }
-        let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let text = String::from_utf8_lossy(&err_text).trim().to_string();
         Err(if text.is_empty() {
-            format!("bun could not load {} ({})", spec.entrypoint, out.status)
+            format!("bun could not load {} ({status})", spec.entrypoint)
         } else {
             text
         })
@@ -296,8 +325,7 @@ impl BunWorker {
         let out = self
             .run_once("build", spec, &spec.entrypoint, bundle_dir)
             .await?;
-        let built = tokio::fs::read(out.path().join(PREBUNDLED))
-            .await
+        let built = read_output(&out.path().join(PREBUNDLED))
             .map_err(|e| format!("reading the output: {e}"))?;
         let rel = prebundled_path(&spec.entrypoint);
         tokio::fs::write(bundle_dir.join(&rel), &built)
@@ -358,6 +386,50 @@ fn poisoned() -> InvokeError {
 fn restrict(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Most of a check's output kept (the start of Bun's error text).
+const MAX_OUTPUT: usize = 64 * 1024;
+/// The largest prebundled file accepted.
+const MAX_PREBUNDLED: u64 = 64 << 20;
+
+/// Reads a stream to its end, keeping its first [`MAX_OUTPUT`] bytes.
+async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = MAX_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Reads what `bun build` wrote in a directory the sandbox can write: only a regular file
+/// (not a symlink to a file of the host, not a FIFO), of bounded size, and the very file
+/// that was checked.
+fn read_output(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_file() || meta.len() > MAX_PREBUNDLED {
+        return Err(std::io::Error::other(
+            "the output is not a regular file of at most 64 MiB",
+        ));
+    }
+    let file = std::fs::File::open(path)?;
+    let opened = file.metadata()?;
+    if opened.ino() != meta.ino() || opened.dev() != meta.dev() {
+        return Err(std::io::Error::other(
+            "the output changed while it was read",
+        ));
+    }
+    let mut out = Vec::new();
+    file.take(MAX_PREBUNDLED).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Where the prebundled entrypoint goes: beside the entrypoint, so that paths relative to
@@ -446,7 +518,7 @@ impl RuntimeWorker for BunWorker {
     /// the other deployments of the function: their processes exit once idle.
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
         let (pool, _) = self.pool(spec).await?;
-        pool.unretire();
+        pool.make_live();
         let n = (spec.min_instances as usize).max(1);
         pool.ensure(
             &self.launcher,
