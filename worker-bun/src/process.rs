@@ -117,9 +117,10 @@ impl Process {
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, who.clone(), "stdout", None));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, who.clone(), "stderr", Some(stderr_tail.clone())));
-        }
+        let stderr_done = child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(pump(err, who.clone(), "stderr", Some(stderr_tail.clone()))));
         let kill = Arc::new(Notify::new());
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(watch_exit(
@@ -128,7 +129,7 @@ impl Process {
             exit_tx,
             cgroup,
             socket_dir,
-            stderr_tail.clone(),
+            (stderr_tail.clone(), stderr_done),
             spec.memory_mb,
             who,
         ));
@@ -381,7 +382,7 @@ async fn watch_exit(
     exit_tx: watch::Sender<Option<Exit>>,
     cgroup: Option<Cgroup>,
     socket_dir: tempfile::TempDir,
-    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    (stderr_tail, stderr_done): (Arc<Mutex<Vec<u8>>>, Option<tokio::task::JoinHandle<()>>),
     memory_mb: u32,
     who: Arc<Who>,
 ) {
@@ -394,6 +395,10 @@ async fn watch_exit(
             child.wait().await
         }
     };
+    // The last lines of stderr (an import error, say) may still be in the pipe.
+    if let Some(done) = stderr_done {
+        let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+    }
     let oom = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
     let message = if oom {
         format!("the process was killed at its memory limit ({memory_mb} MB, limits.memory_mb)")

@@ -519,6 +519,14 @@ impl RuntimeWorker for BunWorker {
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
         let (pool, _) = self.pool(spec).await?;
         pool.make_live();
+        // The reaper may have dropped this pool from the map (retired and empty) between
+        // the lookup and now: put it back so that it stays managed.
+        if let Ok(mut pools) = self.pools.lock() {
+            let slot = pools.entry(spec.deployment_id.clone()).or_default();
+            if slot.get().is_none_or(|p| !Arc::ptr_eq(p, &pool)) {
+                *slot = Arc::new(OnceCell::new_with(Some(pool.clone())));
+            }
+        }
         let n = (spec.min_instances as usize).max(1);
         pool.ensure(
             &self.launcher,
