@@ -41,6 +41,32 @@ pub struct Launch {
     pub socket: PathBuf,
 }
 
+/// Longest a process may take to read its configuration.
+const CONFIG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Launch {
+    /// Spawns the process with piped stdio (killed when dropped) and writes its
+    /// configuration to its stdin, which then closes.
+    pub async fn spawn(mut self) -> Result<tokio::process::Child, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting bun: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::time::timeout(CONFIG_TIMEOUT, stdin.write_all(&self.config))
+                .await
+                .map_err(|_| "the process did not read its configuration".to_string())?
+                .map_err(|e| format!("configuring the process: {e}"))?;
+        }
+        Ok(child)
+    }
+}
+
 pub struct Launcher {
     bun: PathBuf,
     harness: PathBuf,

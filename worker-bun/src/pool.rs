@@ -141,13 +141,6 @@ impl Pool {
         p.kill();
     }
 
-    pub fn processes(&self) -> Vec<Arc<Process>> {
-        self.state
-            .lock()
-            .map(|s| s.processes.clone())
-            .unwrap_or_default()
-    }
-
     /// A slot for one request, starting a process when none has room (then the request
     /// was cold). Waits in the queue until `deadline` when the pool is at its maximum.
     pub async fn acquire(
@@ -345,12 +338,5 @@ impl Pool {
             }
         }
         retired && s.processes.is_empty() && s.starting == 0
-    }
-
-    /// Kills every process (worker shutdown).
-    pub fn kill_all(&self) {
-        for p in self.processes() {
-            p.kill();
-        }
     }
 }

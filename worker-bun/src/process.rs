@@ -4,7 +4,7 @@
 //! exit watched.
 
 use crate::host::Cgroup;
-use crate::launcher::{Launch, Launcher};
+use crate::launcher::Launcher;
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -85,11 +85,7 @@ impl Process {
                 spec.memory_mb,
             )
             .map_err(|e| format!("creating the memory group: {e}"))?;
-        let Launch {
-            mut command,
-            config,
-            socket,
-        } = launcher.command(
+        let launch = launcher.command(
             "serve",
             spec,
             start.entry,
@@ -98,20 +94,8 @@ impl Process {
             cgroup.as_ref(),
             &start.env,
         );
-        let mut child = command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("starting bun: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // The configuration (with the env) goes over the pipe, then the pipe closes.
-            stdin
-                .write_all(&config)
-                .await
-                .map_err(|e| format!("configuring the process: {e}"))?;
-        }
+        let socket = launch.socket.clone();
+        let mut child = launch.spawn().await?;
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let who = Arc::new(Who::new(spec, id));
         if let Some(out) = child.stdout.take() {

@@ -256,21 +256,7 @@ impl BunWorker {
             cgroup.as_ref(),
             &self.env(spec),
         );
-        let mut command = launch.command;
-        let mut child = command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("starting bun: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin
-                .write_all(&launch.config)
-                .await
-                .map_err(|e| format!("starting bun: {e}"))?;
-        }
+        let mut child = launch.spawn().await?;
         // Output is read with a bound: a bundle printing without end must not fill memory.
         let stdout = child.stdout.take().map(|o| tokio::spawn(read_capped(o)));
         let stderr = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
@@ -354,25 +340,6 @@ impl BunWorker {
             .filter_map(|(_, slot)| slot.get().cloned())
             .filter(|p| p.spec.org == spec.org && p.spec.function == spec.function)
             .collect()
-    }
-
-    /// Processes of every pool (tests and benchmarks look at them).
-    pub fn process_count(&self, deployment_id: &str) -> usize {
-        self.pools
-            .lock()
-            .ok()
-            .and_then(|p| p.get(deployment_id).and_then(|s| s.get().cloned()))
-            .map(|p| p.processes().iter().filter(|p| !p.exited()).count())
-            .unwrap_or(0)
-    }
-
-    /// Stops every process (on shutdown; they would also die with the worker).
-    pub fn shutdown(&self) {
-        if let Ok(pools) = self.pools.lock() {
-            for pool in pools.values().filter_map(|s| s.get()) {
-                pool.kill_all();
-            }
-        }
     }
 }
 
