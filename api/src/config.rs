@@ -4,7 +4,11 @@
 //! | key | env | default |
 //! |---|---|---|
 //! | `workdir` | `REACTOR_FUNCTIONS_WORKDIR` | `./.reactor/functions` |
-//! | `data_key` | `REACTOR_FUNCTIONS_DATA_KEY` | none (secrets arrive with their own issue) |
+//! | `data_key` | `REACTOR_FUNCTIONS_DATA_KEY` | none: the control plane keeps a generated key in `{workdir}/data_key` (0600) |
+//! | `data_keys_previous` | `REACTOR_FUNCTIONS_DATA_KEYS_PREVIOUS` (comma-separated) | none: older keys that still decrypt until `reactor data-key rotate` has run |
+//! | `invoke_max_body_bytes` | `REACTOR_FUNCTIONS_INVOKE_MAX_BODY_BYTES` | 16777216 (16 MiB): larger request bodies get 413 `payload_too_large` |
+//! | `log_retention_entries` | `REACTOR_FUNCTIONS_LOG_RETENTION_ENTRIES` | 1000 per function |
+//! | `log_retention_secs` | `REACTOR_FUNCTIONS_LOG_RETENTION_SECS` | 86400 |
 //! | `bundle_max_bytes` | `REACTOR_FUNCTIONS_BUNDLE_MAX_BYTES` | 52428800 (50 MiB) |
 //! | `invoke_default_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_DEFAULT_TIMEOUT_MS` | 30000 |
 //! | `invoke_max_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS` | 300000 |
@@ -216,7 +220,11 @@ impl ReactorConfig {
 pub struct FunctionsConfig {
     pub workdir: PathBuf,
     pub data_key: Option<String>,
+    pub data_keys_previous: Vec<String>,
     pub bundle_max_bytes: u64,
+    pub invoke_max_body_bytes: u64,
+    pub log_retention_entries: usize,
+    pub log_retention_secs: u64,
     pub invoke_default_timeout_ms: u64,
     pub invoke_max_timeout_ms: u64,
     pub bun_idle_ttl_secs: u64,
@@ -242,7 +250,11 @@ impl Default for FunctionsConfig {
         Self {
             workdir: PathBuf::from("./.reactor/functions"),
             data_key: None,
+            data_keys_previous: Vec::new(),
             bundle_max_bytes: 50 * 1024 * 1024,
+            invoke_max_body_bytes: 16 * 1024 * 1024,
+            log_retention_entries: 1000,
+            log_retention_secs: 86_400,
             invoke_default_timeout_ms: 30_000,
             invoke_max_timeout_ms: 300_000,
             bun_idle_ttl_secs: 300,
@@ -351,6 +363,23 @@ impl FunctionsConfig {
         if let Some((_, v)) = var("DATA_KEY") {
             self.data_key = Some(v);
         }
+        if let Some((_, v)) = var("DATA_KEYS_PREVIOUS") {
+            self.data_keys_previous = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        if let Some((n, v)) = var("INVOKE_MAX_BODY_BYTES") {
+            self.invoke_max_body_bytes = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("LOG_RETENTION_ENTRIES") {
+            self.log_retention_entries = num(&n, &v)?;
+        }
+        if let Some((n, v)) = var("LOG_RETENTION_SECS") {
+            self.log_retention_secs = num(&n, &v)?;
+        }
         if let Some((n, v)) = var("BUNDLE_MAX_BYTES") {
             self.bundle_max_bytes = num(&n, &v)?;
         }
@@ -414,6 +443,16 @@ impl FunctionsConfig {
                 "invoke_default_timeout_ms {} must be between 1 and invoke_max_timeout_ms {}",
                 self.invoke_default_timeout_ms, self.invoke_max_timeout_ms
             )));
+        }
+        if self.invoke_max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "invoke_max_body_bytes must be positive".into(),
+            ));
+        }
+        if self.log_retention_entries == 0 || self.log_retention_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "log_retention_entries and log_retention_secs must be positive".into(),
+            ));
         }
         if self.bun_max_instances_per_fn == 0 {
             return Err(ConfigError::Invalid(

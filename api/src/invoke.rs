@@ -8,7 +8,7 @@
 use crate::{ApiError, ErrorCode, Runtime};
 use async_trait::async_trait;
 use axum::body::Body;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +151,30 @@ pub trait RuntimeWorker: Send + Sync + 'static {
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
+}
+
+/// Where workers get a deployment's environment: the env values and decrypted secrets it
+/// pinned when it was uploaded. In-process it reads the store; a worker service asks the
+/// control plane. Workers cache it per deployment and hand it only to the instance.
+#[async_trait]
+pub trait EnvSource: Send + Sync + 'static {
+    async fn deployment_env(
+        &self,
+        spec: &DeploymentSpec,
+    ) -> Result<Arc<BTreeMap<String, String>>, String>;
+}
+
+/// No env at all (tools and tests without a control plane).
+pub struct NoEnv;
+
+#[async_trait]
+impl EnvSource for NoEnv {
+    async fn deployment_env(
+        &self,
+        _spec: &DeploymentSpec,
+    ) -> Result<Arc<BTreeMap<String, String>>, String> {
+        Ok(Arc::default())
+    }
 }
 
 /// The workers available, one per runtime.

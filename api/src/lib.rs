@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod invoke;
+pub mod logs;
 pub mod manifest;
 pub mod model;
 pub mod runtime;
@@ -17,7 +18,8 @@ pub mod token;
 
 pub use error::{ApiError, ErrorCode};
 pub use invoke::{
-    DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, RuntimeWorker, Runtimes,
+    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
+    RuntimeWorker, Runtimes,
 };
 pub use manifest::Manifest;
 pub use runtime::Runtime;

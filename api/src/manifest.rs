@@ -23,6 +23,9 @@ pub struct Manifest {
     pub concurrency: Option<Concurrency>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Invoke policy of this deployment, checked by routers after the function's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<reactor_policy::Policy>,
     /// A build step run by the CLI before packing (like `spin build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
@@ -66,6 +69,8 @@ pub struct Resolved {
     pub max_concurrency: Option<u32>,
     pub env_keys: Vec<String>,
     pub secret_keys: Vec<String>,
+    /// The manifest's invoke policy as JSON, validated.
+    pub policy: Option<String>,
 }
 
 /// Server-wide timeout settings that apply when a manifest says nothing.
@@ -149,7 +154,15 @@ impl Manifest {
                 ));
             }
         }
+        let policy = match &m.policy {
+            Some(p) => {
+                p.compile().map_err(|e| format!("policy: {e}"))?;
+                Some(serde_json::to_string(p).map_err(|e| format!("policy: {e}"))?)
+            }
+            None => None,
+        };
         Ok(Resolved {
+            policy,
             entrypoint,
             timeout_ms,
             memory_mb,

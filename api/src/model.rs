@@ -148,3 +148,33 @@ pub struct TokenCreated {
     pub name: Option<String>,
     pub token: String,
 }
+
+/// `PUT .../functions/{name}/env/{KEY}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetEnv {
+    pub value: String,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// One env key of a function as the admin API shows it: a secret's value never.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvVarInfo {
+    pub key: String,
+    pub secret: bool,
+    /// Plain values only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub updated_at: String,
+}
+
+/// What a data-key rotation did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RotationReport {
+    pub key_id: String,
+    /// Values re-sealed under `key_id`.
+    pub resealed: usize,
+    /// Values already sealed under it.
+    pub current: usize,
+}

@@ -47,6 +47,14 @@ pub enum FunctionsCommand {
     /// Deployments of a function.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// Env values and secrets of a function (pinned by each deployment).
+    #[command(subcommand)]
+    Env(crate::env::EnvCommand),
+    /// The invoke policy of a function: allow or deny by method, path, time, CEL rules.
+    #[command(subcommand)]
+    Policy(crate::env::PolicyCommand),
+    /// Print a function's logs: output, invocations and platform events.
+    Logs(crate::logs::LogsArgs),
     /// Make a deployment live (the newest when none is named).
     Promote {
         name: String,
@@ -170,9 +178,19 @@ fn print_deployments(list: &[DeploymentInfo]) {
 }
 
 pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<()> {
+    let cmd = match cmd {
+        FunctionsCommand::Env(cmd) => return crate::env::env(cmd, output).await,
+        FunctionsCommand::Policy(cmd) => return crate::env::policy(cmd).await,
+        other => other,
+    };
     let client = Client::from_env()?;
     let json = output == Output::Json;
     match cmd {
+        FunctionsCommand::Env(_) | FunctionsCommand::Policy(_) => {}
+        FunctionsCommand::Logs(mut args) => {
+            args.json |= json;
+            crate::logs::run(&client, &args).await?
+        }
         FunctionsCommand::Create { name, runtime } => {
             let f: FunctionInfo = client
                 .post(&admin("/functions"), &CreateFunction { name, runtime })

@@ -6,11 +6,10 @@ use anyhow::Context;
 use axum::Router;
 use reactor_api::config::ReactorConfig;
 use reactor_api::{Runtime, Runtimes};
-use reactor_control_plane::store::SqliteStore;
+use reactor_control_plane::backends::Backends;
 use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions};
-use reactor_data_plane::DataPlane;
+use reactor_data_plane::{DataPlane, RouterOptions};
 use reactor_service::Lifecycle;
-use reactor_storage::LocalStorage;
 use reactor_worker_bun::{BunWorker, BunWorkerOptions};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
@@ -59,15 +58,19 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         config.workdir = w.clone();
     }
     let workdir = config.workdir.clone();
-    tokio::fs::create_dir_all(&workdir)
-        .await
-        .with_context(|| format!("creating workdir {}", workdir.display()))?;
-    let store = Arc::new(SqliteStore::open(&workdir.join("reactor.db")).await?);
-    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+    let max_body_bytes = config.invoke_max_body_bytes;
+    let Backends {
+        store,
+        storage,
+        env,
+        logs,
+    } = Backends::open(&config).await?;
     let wasm = WasmWorker::new(WasmWorkerOptions {
         storage: storage.clone(),
         cache_dir: workdir.join("cache").join("wasm"),
         max_instances: 1000,
+        env: env.clone(),
+        logs: logs.clone(),
     })?;
     let mut runtimes = Runtimes::new().with(Arc::new(wasm));
     if config.runtimes.contains(&Runtime::Bun) {
@@ -75,6 +78,8 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             &config,
             storage.clone(),
             workdir.join("cache").join("bun"),
+            env.clone(),
+            logs.clone(),
         )
         .context("the bun runtime is enabled (functions.runtimes)")?;
         runtimes = runtimes.with(BunWorker::new(options).await?);
@@ -86,9 +91,19 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         runtimes: runtimes.clone(),
         worker_timing: Default::default(),
         remote_workers: None,
+        env,
+        logs: logs.clone(),
     })
     .await?;
-    let dp = DataPlane::new(runtimes);
+    let dp = DataPlane::build(
+        runtimes,
+        None,
+        RouterOptions {
+            logs,
+            max_body_bytes,
+            ..Default::default()
+        },
+    );
     dp.follow(cp.routing().subscribe());
 
     let reuse = credentials::load()

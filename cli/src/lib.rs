@@ -7,6 +7,8 @@ pub mod client;
 mod commands;
 pub mod credentials;
 pub mod dev;
+mod env;
+pub mod logs;
 pub mod pack;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -45,6 +47,9 @@ pub enum Command {
     /// Manage the API tokens of your org (admins).
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
+    /// The key that encrypts secrets at rest: generate one, rotate to a new one.
+    #[command(subcommand, name = "data-key")]
+    DataKey(env::DataKeyCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Functions(cmd) => commands::functions(cmd, cli.output).await,
         Command::Orgs(cmd) => commands::orgs(cmd, cli.output).await,
         Command::Tokens(cmd) => commands::tokens(cmd, cli.output).await,
+        Command::DataKey(cmd) => env::data_key(cmd).await,
     }
 }
 

@@ -8,7 +8,8 @@ use reactor_api::token::InternalToken;
 use reactor_proto::routing::routing_service_server::{RoutingService, RoutingServiceServer};
 use reactor_proto::routing::worker_registry_server::{WorkerRegistry, WorkerRegistryServer};
 use reactor_proto::routing::{
-    DeregisterRequest, DeregisterResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    DeploymentEnvRequest, DeploymentEnvResponse, DeregisterRequest, DeregisterResponse,
+    HeartbeatRequest, HeartbeatResponse, PushLogsRequest, PushLogsResponse, RegisterRequest,
     RegisterResponse, RoutingTable, WatchRequest,
 };
 use std::pin::Pin;
@@ -176,5 +177,54 @@ impl WorkerRegistry for Registry {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(Response::new(DeregisterResponse {}))
+    }
+
+    async fn deployment_env(
+        &self,
+        req: Request<DeploymentEnvRequest>,
+    ) -> Result<Response<DeploymentEnvResponse>, Status> {
+        check_internal(&req, &self.internal_token)?;
+        let r = req.into_inner();
+        if !self
+            .cp
+            .workers()
+            .endpoints()
+            .iter()
+            .any(|w| w.worker_id == r.worker_id)
+        {
+            return Err(Status::permission_denied(format!(
+                "worker {:?} is not registered",
+                r.worker_id
+            )));
+        }
+        let env = self
+            .cp
+            .deployment_env(&r.org, &r.function, &r.deployment_id)
+            .await
+            .map_err(|e| Status::not_found(e.message))?;
+        tracing::debug!(worker_id = %r.worker_id, deployment_id = %r.deployment_id, keys = env.len(), "deployment env sent to a worker");
+        Ok(Response::new(DeploymentEnvResponse {
+            env: env.into_iter().collect(),
+        }))
+    }
+
+    async fn push_logs(
+        &self,
+        req: Request<PushLogsRequest>,
+    ) -> Result<Response<PushLogsResponse>, Status> {
+        use reactor_api::logs::{LogEntry, LogSink};
+        check_internal(&req, &self.internal_token)?;
+        let r = req.into_inner();
+        let mut bad = 0usize;
+        for json in &r.entries {
+            match serde_json::from_str::<LogEntry>(json) {
+                Ok(entry) => self.cp.logs().emit(entry),
+                Err(_) => bad += 1,
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(sender = %r.sender_id, bad, "dropped log entries that are not valid");
+        }
+        Ok(Response::new(PushLogsResponse {}))
     }
 }

@@ -325,7 +325,7 @@ impl AdminService for Admin {
             if r.to_deployment_id.is_empty() {
                 return Err(invalid("to_deployment_id is required"));
             }
-            cp.promote(&caller, &r.function, Some(&r.to_deployment_id))
+            cp.rollback(&caller, &r.function, &r.to_deployment_id)
                 .await
                 .map(deployment)
         })

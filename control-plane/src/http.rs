@@ -3,14 +3,17 @@
 
 use crate::ControlPlane;
 use crate::auth::Caller;
+use axum::extract::Query;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use reactor_api::model::{CreateFunction, CreateOrg, CreateToken, PromoteRequest, RollbackRequest};
+use reactor_api::model::{
+    CreateFunction, CreateOrg, CreateToken, PromoteRequest, RollbackRequest, SetEnv,
+};
 use reactor_api::{ApiError, ErrorCode, headers};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -74,6 +77,16 @@ pub fn admin_router(cp: Arc<ControlPlane>) -> Router {
             &format!("{base}/functions/{{name}}/rollback"),
             post(rollback),
         )
+        .route(&format!("{base}/functions/{{name}}/env"), get(list_env))
+        .route(
+            &format!("{base}/functions/{{name}}/env/{{key}}"),
+            put(set_env).delete(unset_env),
+        )
+        .route(
+            &format!("{base}/functions/{{name}}/policy"),
+            get(get_policy).put(set_policy).delete(clear_policy),
+        )
+        .route(&format!("{base}/functions/{{name}}/logs"), get(logs))
         .route(
             &format!("{base}/{{*rest}}"),
             axum::routing::any(admin_not_found),
@@ -228,9 +241,76 @@ async fn rollback(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: RollbackRequest = parse(&body)?;
-    Ok(Json(
-        cp.promote(&caller, &name, Some(&req.to_deployment_id))
-            .await?,
-    )
-    .into_response())
+    Ok(Json(cp.rollback(&caller, &name, &req.to_deployment_id).await?).into_response())
+}
+
+async fn list_env(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_env(&caller, &name).await?).into_response())
+}
+
+async fn set_env(
+    State(cp): Cp,
+    caller: Caller,
+    Path((name, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: SetEnv = parse(&body)?;
+    Ok(Json(cp.set_env(&caller, &name, &key, req).await?).into_response())
+}
+
+async fn unset_env(
+    State(cp): Cp,
+    caller: Caller,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    cp.unset_env(&caller, &name, &key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_policy(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.get_policy(&caller, &name).await?).into_response())
+}
+
+async fn set_policy(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidInput, "policy is not UTF-8 JSON"))?;
+    let policy = reactor_policy::Policy::from_json(text)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("policy is not valid: {e}")))?;
+    Ok(Json(cp.set_policy(&caller, &name, Some(policy)).await?).into_response())
+}
+
+async fn clear_policy(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    cp.set_policy(&caller, &name, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Server-sent events: the function's recent log history, then (unless
+/// `?follow=false`) live entries as they come.
+async fn logs(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: Result<Query<crate::logs::LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("query is not valid: {e}")))?;
+    let f = cp.get_function(&caller, &name).await?;
+    crate::logs::sse_response(cp.logs(), &f.org, &f.name, &query)
 }

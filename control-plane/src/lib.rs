@@ -8,12 +8,16 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backends;
 pub mod bundle;
+pub mod env;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod http;
+pub mod logs;
 pub mod materialize;
 pub mod routing;
+pub mod secrets;
 pub mod server;
 mod service;
 pub mod store;

@@ -47,6 +47,7 @@ impl RoutingPublisher {
                     org: f.org,
                     name: f.name,
                     runtime: f.runtime.as_str().to_string(),
+                    policy: f.policy,
                     live: live.map(|d| LiveDeployment {
                         deployment_id: d.id,
                         entrypoint: d.entrypoint,
@@ -56,6 +57,7 @@ impl RoutingPublisher {
                         memory_mb: d.memory_mb,
                         min_instances: d.min_instances,
                         max_concurrency: d.max_concurrency,
+                        policy: d.policy,
                     }),
                 })
                 .collect(),

@@ -5,14 +5,13 @@
 //! function: workers load live deployments from storage as the routing table announces
 //! them (see `reactor_worker_link::prewarm`).
 
+use crate::backends::Backends;
 use crate::materialize::MaterializeOnly;
-use crate::store::SqliteStore;
 use crate::{ControlPlane, ControlPlaneOptions, grpc};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
 use reactor_api::{Runtime, RuntimeWorker, Runtimes};
 use reactor_service::Lifecycle;
-use reactor_storage::LocalStorage;
 use reactor_worker_bun::{BunWorker, BunWorkerOptions};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
@@ -64,15 +63,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(config.control_plane.listen);
     let grpc_listen = args.grpc_listen.unwrap_or(config.control_plane.grpc_listen);
     let workdir = config.functions.workdir.clone();
-    tokio::fs::create_dir_all(&workdir)
-        .await
-        .with_context(|| format!("creating workdir {}", workdir.display()))?;
-    let store = Arc::new(SqliteStore::open(&workdir.join("reactor.db")).await?);
-    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+    let Backends {
+        store,
+        storage,
+        env,
+        logs,
+    } = Backends::open(&config.functions).await?;
     let wasm = WasmWorker::new(WasmWorkerOptions {
         storage: storage.clone(),
         cache_dir: workdir.join("cache").join("materialize"),
         max_instances: 16,
+        env: env.clone(),
+        logs: logs.clone(),
     })?;
     let mut runtimes = Runtimes::new().with(Arc::new(MaterializeOnly::new(Arc::new(wasm))));
     if config.functions.runtimes.contains(&Runtime::Bun) {
@@ -82,6 +84,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &config.functions,
             storage.clone(),
             workdir.join("cache").join("materialize-bun"),
+            env.clone(),
+            logs.clone(),
         )
         .context("the bun runtime is enabled (functions.runtimes)")?;
         let bun: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
@@ -96,6 +100,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         remote_workers: Some(
             reactor_worker_link::RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
+        env,
+        logs,
     })
     .await?;
     let boot = cp

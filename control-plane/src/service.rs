@@ -2,15 +2,22 @@
 
 use crate::auth::{self, Caller};
 use crate::bundle::{self, BundleError};
+use crate::env::StoreEnv;
+use crate::logs::LogHub;
 use crate::routing::RoutingPublisher;
-use crate::store::{DeploymentRecord, FunctionRecord, OrgRecord, Store, StoreError, TokenRecord};
+use crate::store::{
+    DeploymentRecord, EnvRecord, EnvValue, FunctionRecord, OrgRecord, Store, StoreError,
+    TokenRecord,
+};
 use crate::workers::{WorkerRegistry, WorkerTiming};
 use bytes::Bytes;
 use futures::Stream;
 use reactor_api::config::FunctionsConfig;
+use reactor_api::logs::{LogEntry, LogSink};
 use reactor_api::manifest::{MANIFEST_FILE, Manifest};
 use reactor_api::model::{
-    DeploymentInfo, DeploymentStatus, FunctionInfo, OrgCreated, Role, TokenCreated, TokenInfo,
+    DeploymentInfo, DeploymentStatus, EnvVarInfo, FunctionInfo, OrgCreated, Role, SetEnv,
+    TokenCreated, TokenInfo,
 };
 use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Runtime, Runtimes};
 use reactor_storage::{Storage, keys};
@@ -26,6 +33,10 @@ pub struct ControlPlaneOptions {
     /// Worker services (the split topology): promote has every registered worker of the
     /// runtime load the deployment before the routing table changes.
     pub remote_workers: Option<reactor_worker_link::RemoteWorkers>,
+    /// Env and secrets: the keyring and the deployment env workers receive.
+    pub env: Arc<StoreEnv>,
+    /// Function logs: platform events go here, the admin API streams them.
+    pub logs: Arc<LogHub>,
 }
 
 pub struct ControlPlane {
@@ -41,6 +52,8 @@ pub struct ControlPlane {
     started_at: std::time::Instant,
     remote_workers: Option<reactor_worker_link::RemoteWorkers>,
     closing: tokio::sync::watch::Sender<bool>,
+    env: Arc<StoreEnv>,
+    logs: Arc<LogHub>,
 }
 
 /// The org and admin token the server starts with.
@@ -194,6 +207,8 @@ impl ControlPlane {
             promote_lock: tokio::sync::Mutex::new(()),
             started_at: std::time::Instant::now(),
             closing: tokio::sync::watch::channel(false).0,
+            env: options.env,
+            logs: options.logs,
         });
         cp.routing.publish().await?;
         for d in cp.store.list_materializing().await? {
@@ -255,6 +270,19 @@ impl ControlPlane {
 
     pub fn config(&self) -> &FunctionsConfig {
         &self.config
+    }
+
+    pub fn logs(&self) -> &Arc<LogHub> {
+        &self.logs
+    }
+
+    pub fn env_source(&self) -> &Arc<StoreEnv> {
+        &self.env
+    }
+
+    fn event(&self, org: &str, function: &str, deployment_id: Option<&str>, message: String) {
+        self.logs
+            .emit(LogEntry::event(org, function, deployment_id, message));
     }
 
     /// Ensures the bootstrap org exists and has an admin token: `token` when the operator
@@ -519,6 +547,7 @@ impl ControlPlane {
             runtime,
             live_deployment_id: None,
             created_at: now(),
+            policy: None,
         };
         self.store
             .create_function(&record)
@@ -563,6 +592,7 @@ impl ControlPlane {
             ));
         }
         self.routing.publish().await?;
+        self.logs.forget(&caller.org, name);
         for prefix in keys::function_prefix(&caller.org, name) {
             if let Err(e) = self.storage.delete_prefix(&prefix).await {
                 tracing::warn!(error = %e, prefix, "leaving objects of a deleted function behind");
@@ -633,6 +663,7 @@ impl ControlPlane {
             min_instances: resolved.min_instances,
             max_concurrency: resolved.max_concurrency,
             created_at: now(),
+            policy: resolved.policy,
         };
         self.storage
             .put_file(&record.bundle_key, &archive)
@@ -640,12 +671,22 @@ impl ControlPlane {
             .map_err(storage_error)?;
         self.store.insert_deployment(&record).await?;
         tracing::info!(org = %function.org, function = %function.name, deployment_id = %id, size_bytes = record.size_bytes, "deployment received");
+        self.event(
+            &function.org,
+            &function.name,
+            Some(&id),
+            format!(
+                "deployment received ({} bytes, sha256 {}), materializing",
+                record.size_bytes, record.sha256
+            ),
+        );
         let info = deployment_info(&record, function.live_deployment_id.as_deref());
         let spec = spec(&function, &record);
         let worker = self.runtimes.get(function.runtime).cloned();
         let store = self.store.clone();
+        let logs = self.logs.clone();
         tokio::spawn(async move {
-            materialize(store, worker, spec, unpacked_dir).await;
+            materialize(store, logs, worker, spec, unpacked_dir).await;
             drop(work);
         });
         Ok(info)
@@ -706,30 +747,7 @@ impl ControlPlane {
             self.config.timeouts(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
-        // Env and secrets are not stored yet, so any key a manifest requires is missing.
-        let missing: Vec<&String> = resolved
-            .env_keys
-            .iter()
-            .chain(&resolved.secret_keys)
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::ManifestInvalid,
-                format!(
-                    "env keys not set for function {}: {}",
-                    function.name,
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-            .with_detail(
-                "missing_keys",
-                missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            ));
-        }
+        self.check_env_keys(function, &resolved).await?;
         Ok(resolved)
     }
 
@@ -755,6 +773,7 @@ impl ControlPlane {
                 let worker = self.runtimes.get(function.runtime).cloned();
                 materialize(
                     self.store.clone(),
+                    self.logs.clone(),
                     worker,
                     spec(&function, &d),
                     work.path().join(BUNDLE_DIR),
@@ -818,6 +837,16 @@ impl ControlPlane {
         name: &str,
         id: Option<&str>,
     ) -> Result<DeploymentInfo, ApiError> {
+        self.make_live(caller, name, id, false).await
+    }
+
+    async fn make_live(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: Option<&str>,
+        rollback: bool,
+    ) -> Result<DeploymentInfo, ApiError> {
         need(caller, caller.role.can_deploy(), "promote")?;
         // One promote at a time: the live pointer a caller is told about is the one that
         // the routers get, even when two promotes race.
@@ -865,8 +894,280 @@ impl ControlPlane {
         self.prepare_on_workers(&spec).await;
         self.store.set_live(&f.org, &f.name, &d.id).await?;
         let version = self.routing.publish().await?;
-        tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, "promoted");
+        tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, rollback, "promoted");
+        let previous = f.live_deployment_id.as_deref().unwrap_or("none");
+        self.event(
+            &f.org,
+            &f.name,
+            Some(&d.id),
+            if rollback {
+                format!("rolled back: {} is live again (was {previous})", d.id)
+            } else {
+                format!("promoted: {} is live (was {previous})", d.id)
+            },
+        );
         Ok(deployment_info(&d, Some(&d.id)))
+    }
+
+    /// Makes an earlier ready deployment live again, with the env it pinned.
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        name: &str,
+        to: &str,
+    ) -> Result<DeploymentInfo, ApiError> {
+        self.make_live(caller, name, Some(to), true).await
+    }
+}
+
+// --- env, secrets and policies ---
+
+fn env_info(e: &EnvRecord) -> EnvVarInfo {
+    match &e.value {
+        EnvValue::Plain(v) => EnvVarInfo {
+            key: e.key.clone(),
+            secret: false,
+            value: Some(v.clone()),
+            updated_at: e.updated_at.clone(),
+        },
+        EnvValue::Secret(_) => EnvVarInfo {
+            key: e.key.clone(),
+            secret: true,
+            value: None,
+            updated_at: e.updated_at.clone(),
+        },
+    }
+}
+
+fn invalid_env_key(key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidInput,
+        format!("env key {key:?} is not valid (letters, digits and _, not starting with a digit)"),
+    )
+    .with_detail("key", key)
+}
+
+impl ControlPlane {
+    /// The env `deployment_id` pinned, decrypted: for a worker service that is about to
+    /// start the deployment's instances.
+    pub async fn deployment_env(
+        &self,
+        org: &str,
+        function: &str,
+        deployment_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        let exists = self
+            .store
+            .get_deployment(org, function, deployment_id)
+            .await?
+            .is_some();
+        if !exists {
+            return Err(ApiError::new(
+                ErrorCode::DeploymentNotFound,
+                format!("deployment {deployment_id} of {org}/{function} not found"),
+            ));
+        }
+        self.env
+            .pinned(org, function, deployment_id)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Sets one env value of a function; a secret is sealed before it is stored. The
+    /// next deployment pins it; live deployments keep the env they pinned.
+    pub async fn set_env(
+        &self,
+        caller: &Caller,
+        name: &str,
+        key: &str,
+        req: SetEnv,
+    ) -> Result<EnvVarInfo, ApiError> {
+        need(caller, caller.role.can_deploy(), "set env")?;
+        let f = self.function(caller, name).await?;
+        if !reactor_api::manifest::valid_env_key(key) || key.len() > 256 {
+            return Err(invalid_env_key(key));
+        }
+        if req.value.len() > crate::env::MAX_VALUE_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "the value of {key} is {} bytes; at most {} are allowed",
+                    req.value.len(),
+                    crate::env::MAX_VALUE_BYTES
+                ),
+            ));
+        }
+        let existing = self.store.list_env(&f.org, &f.name).await?;
+        if existing.len() >= crate::env::MAX_KEYS && !existing.iter().any(|e| e.key == key) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "function {name} already has {} env keys, the most allowed",
+                    crate::env::MAX_KEYS
+                ),
+            ));
+        }
+        let value = if req.secret {
+            let sealed = self
+                .env
+                .keyring()
+                .seal(&f.org, &f.name, key, req.value.as_bytes())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            EnvValue::Secret(sealed)
+        } else {
+            EnvValue::Plain(req.value)
+        };
+        let record = EnvRecord {
+            key: key.to_string(),
+            value,
+            updated_at: now(),
+        };
+        self.store.set_env(&f.org, &f.name, &record).await?;
+        tracing::info!(org = %f.org, function = %f.name, key, secret = req.secret, "env set");
+        self.event(
+            &f.org,
+            &f.name,
+            None,
+            format!(
+                "env {key} set{} (deploy to use it)",
+                if req.secret { " as a secret" } else { "" }
+            ),
+        );
+        Ok(env_info(&record))
+    }
+
+    /// The function's env keys: plain values shown, secrets never.
+    pub async fn list_env(&self, caller: &Caller, name: &str) -> Result<Vec<EnvVarInfo>, ApiError> {
+        let f = self.function(caller, name).await?;
+        Ok(self
+            .store
+            .list_env(&f.org, &f.name)
+            .await?
+            .iter()
+            .map(env_info)
+            .collect())
+    }
+
+    pub async fn unset_env(&self, caller: &Caller, name: &str, key: &str) -> Result<(), ApiError> {
+        need(caller, caller.role.can_deploy(), "unset env")?;
+        let f = self.function(caller, name).await?;
+        if !self.store.delete_env(&f.org, &f.name, key).await? {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("env key {key} is not set for function {name}"),
+            )
+            .with_detail("key", key));
+        }
+        tracing::info!(org = %f.org, function = %f.name, key, "env unset");
+        self.event(&f.org, &f.name, None, format!("env {key} unset"));
+        Ok(())
+    }
+
+    /// Refuses a manifest whose `env_keys`/`secret_keys` name keys the function lacks
+    /// (or a secret key set as a plain value), naming each.
+    async fn check_env_keys(
+        &self,
+        function: &FunctionRecord,
+        resolved: &reactor_api::manifest::Resolved,
+    ) -> Result<(), ApiError> {
+        if resolved.env_keys.is_empty() && resolved.secret_keys.is_empty() {
+            return Ok(());
+        }
+        let env = self.store.list_env(&function.org, &function.name).await?;
+        let find = |k: &str| env.iter().find(|e| e.key == k);
+        let missing: Vec<String> = resolved
+            .env_keys
+            .iter()
+            .chain(&resolved.secret_keys)
+            .filter(|k| find(k).is_none())
+            .cloned()
+            .collect();
+        let not_secret: Vec<String> = resolved
+            .secret_keys
+            .iter()
+            .filter(|k| {
+                matches!(
+                    find(k),
+                    Some(EnvRecord {
+                        value: EnvValue::Plain(_),
+                        ..
+                    })
+                )
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() && not_secret.is_empty() {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "env keys not set for function {}: {} (set them with `reactor functions env set {} KEY`)",
+                function.name,
+                missing.join(", "),
+                function.name
+            ));
+        }
+        if !not_secret.is_empty() {
+            problems.push(format!(
+                "listed in secret_keys but set as plain values: {} (set them with --secret)",
+                not_secret.join(", ")
+            ));
+        }
+        Err(
+            ApiError::new(ErrorCode::ManifestInvalid, problems.join("; "))
+                .with_detail("missing_keys", missing)
+                .with_detail("not_secret_keys", not_secret),
+        )
+    }
+
+    /// The function's invoke policy (the default, allow everything, when none is set).
+    pub async fn get_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<reactor_policy::Policy, ApiError> {
+        let f = self.function(caller, name).await?;
+        match f.policy.as_deref() {
+            Some(json) => reactor_policy::Policy::from_json(json)
+                .map_err(|e| ApiError::internal(format!("stored policy of {name}: {e}"))),
+            None => Ok(reactor_policy::Policy::default()),
+        }
+    }
+
+    /// Sets (or with `None` clears) the function's invoke policy. It is compiled here, so
+    /// an invalid rule is refused now rather than when a request meets it; routers get
+    /// it with the next routing table.
+    pub async fn set_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+        policy: Option<reactor_policy::Policy>,
+    ) -> Result<reactor_policy::Policy, ApiError> {
+        need(caller, caller.role.can_deploy(), "set policies")?;
+        let f = self.function(caller, name).await?;
+        let json = match &policy {
+            Some(p) => {
+                p.compile().map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidInput, format!("policy is not valid: {e}"))
+                })?;
+                Some(serde_json::to_string(p).map_err(|e| ApiError::internal(e.to_string()))?)
+            }
+            None => None,
+        };
+        self.store
+            .set_function_policy(&f.org, &f.name, json.as_deref())
+            .await?;
+        let version = self.routing.publish().await?;
+        tracing::info!(org = %f.org, function = %f.name, version, cleared = policy.is_none(), "policy set");
+        let policy = policy.unwrap_or_default();
+        self.event(
+            &f.org,
+            &f.name,
+            None,
+            format!("invoke policy set ({} rules)", policy.rules.len()),
+        );
+        Ok(policy)
     }
 }
 
@@ -917,6 +1218,7 @@ impl ControlPlane {
 /// Runs the runtime's materialization and records the outcome.
 async fn materialize(
     store: Arc<dyn Store>,
+    logs: Arc<LogHub>,
     worker: Option<Arc<dyn reactor_api::RuntimeWorker>>,
     spec: DeploymentSpec,
     dir: PathBuf,
@@ -933,10 +1235,22 @@ async fn materialize(
     let (status, error) = match &outcome {
         Ok(()) => {
             tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, "materialized");
+            logs.emit(LogEntry::event(
+                &spec.org,
+                &spec.function,
+                Some(&spec.deployment_id),
+                format!("materialized in {ms} ms: ready to promote"),
+            ));
             (DeploymentStatus::Ready, None)
         }
         Err(reason) => {
             tracing::warn!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, reason, "materialization failed");
+            logs.emit(LogEntry::event(
+                &spec.org,
+                &spec.function,
+                Some(&spec.deployment_id),
+                format!("materialization failed: {reason}"),
+            ));
             (DeploymentStatus::Failed, Some(reason.as_str()))
         }
     };

@@ -2,6 +2,7 @@
 //! [`Store`] interface. SQLite is the embedded default; PostgreSQL will implement the
 //! same trait (and run the same test suite).
 
+use crate::secrets::Sealed;
 use async_trait::async_trait;
 use reactor_api::Runtime;
 use reactor_api::model::{DeploymentStatus, Role};
@@ -57,6 +58,8 @@ pub struct FunctionRecord {
     pub runtime: Runtime,
     pub live_deployment_id: Option<String>,
     pub created_at: String,
+    /// The invoke policy set through the admin API (JSON).
+    pub policy: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +80,51 @@ pub struct DeploymentRecord {
     /// `concurrency.max_concurrency` of the manifest, when set.
     pub max_concurrency: Option<u32>,
     pub created_at: String,
+    /// The invoke policy of the deployment's manifest (JSON).
+    pub policy: Option<String>,
+}
+
+/// An env value as stored: plain, or a secret sealed under a data key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(Sealed),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvRecord {
+    pub key: String,
+    pub value: EnvValue,
+    pub updated_at: String,
+}
+
+/// Where a sealed value is stored (rotation re-seals each in place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRow {
+    Function {
+        org: String,
+        function: String,
+        key: String,
+    },
+    /// A deployment's pinned copy; org and function are the deployment's.
+    Deployment {
+        deployment_id: String,
+        org: String,
+        function: String,
+        key: String,
+    },
+}
+
+impl SecretRow {
+    /// The org, function and key the value is bound to.
+    pub fn binding(&self) -> (&str, &str, &str) {
+        match self {
+            SecretRow::Function { org, function, key }
+            | SecretRow::Deployment {
+                org, function, key, ..
+            } => (org, function, key),
+        }
+    }
 }
 
 #[async_trait]
@@ -102,6 +150,7 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_function(&self, org: &str, name: &str) -> Result<bool, StoreError>;
     async fn set_live(&self, org: &str, name: &str, deployment_id: &str) -> Result<(), StoreError>;
 
+    /// Records a deployment and pins the function's env as it is now.
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError>;
     async fn get_deployment(
         &self,
@@ -122,6 +171,31 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
     ) -> Result<(), StoreError>;
     async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+
+    /// Sets (inserts or replaces) one env value of a function.
+    async fn set_env(&self, org: &str, function: &str, e: &EnvRecord) -> Result<(), StoreError>;
+    /// The function's env, by key.
+    async fn list_env(&self, org: &str, function: &str) -> Result<Vec<EnvRecord>, StoreError>;
+    /// False when the key was not set.
+    async fn delete_env(&self, org: &str, function: &str, key: &str) -> Result<bool, StoreError>;
+    /// The env a deployment pinned when it was uploaded, by key.
+    async fn deployment_env(&self, deployment_id: &str) -> Result<Vec<EnvRecord>, StoreError>;
+    /// Every sealed value, current and pinned.
+    async fn secrets(&self) -> Result<Vec<(SecretRow, Sealed)>, StoreError>;
+    /// Replaces a sealed value if it is still sealed under `old_key_id`.
+    async fn replace_secret(
+        &self,
+        row: &SecretRow,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, StoreError>;
+    /// Sets or clears the function's invoke policy; false when there is no such function.
+    async fn set_function_policy(
+        &self,
+        org: &str,
+        function: &str,
+        policy: Option<&str>,
+    ) -> Result<bool, StoreError>;
 
     /// Increments and returns the routing table's version.
     async fn next_routing_version(&self) -> Result<u64, StoreError>;
@@ -184,6 +258,7 @@ fn function_row(row: &SqliteRow) -> Result<FunctionRecord, StoreError> {
         runtime: Runtime::from_str(&runtime).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         live_deployment_id: row.try_get("live_deployment_id").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
+        policy: row.try_get("policy").map_err(db)?,
     })
 }
 
@@ -210,10 +285,44 @@ fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
         min_instances: min_instances as u32,
         max_concurrency: max_concurrency.map(|c| c as u32),
         created_at: row.try_get("created_at").map_err(db)?,
+        policy: row.try_get("policy").map_err(db)?,
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at";
+fn env_row(row: &SqliteRow) -> Result<EnvRecord, StoreError> {
+    let key: String = row.try_get("key").map_err(db)?;
+    let secret: bool = row.try_get("secret").map_err(db)?;
+    let value = if secret {
+        let corrupt = || StoreError::Corrupt(format!("secret {key} without its ciphertext"));
+        EnvValue::Secret(Sealed {
+            key_id: row
+                .try_get::<Option<String>, _>("key_id")
+                .map_err(db)?
+                .ok_or_else(corrupt)?,
+            nonce: row
+                .try_get::<Option<Vec<u8>>, _>("nonce")
+                .map_err(db)?
+                .ok_or_else(corrupt)?,
+            ciphertext: row
+                .try_get::<Option<Vec<u8>>, _>("ciphertext")
+                .map_err(db)?
+                .ok_or_else(corrupt)?,
+        })
+    } else {
+        EnvValue::Plain(
+            row.try_get::<Option<String>, _>("value")
+                .map_err(db)?
+                .unwrap_or_default(),
+        )
+    };
+    Ok(EnvRecord {
+        key,
+        value,
+        updated_at: row.try_get("updated_at").map_err(db)?,
+    })
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -290,11 +399,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_function(&self, f: &FunctionRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at) VALUES (?, ?, ?, NULL, ?)")
+        sqlx::query("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at, policy) VALUES (?, ?, ?, NULL, ?, ?)")
             .bind(&f.org)
             .bind(&f.name)
             .bind(f.runtime.as_str())
             .bind(&f.created_at)
+            .bind(&f.policy)
             .execute(&self.pool)
             .await
             .map_err(map_db_error(|| format!("function {}", f.name)))?;
@@ -306,7 +416,7 @@ impl Store for SqliteStore {
         org: &str,
         name: &str,
     ) -> Result<Option<FunctionRecord>, StoreError> {
-        let row = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions WHERE org = ? AND name = ?")
+        let row = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? AND name = ?")
             .bind(org)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -316,7 +426,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_functions(&self, org: &str) -> Result<Vec<FunctionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions WHERE org = ? ORDER BY name")
+        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? ORDER BY name")
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -354,7 +464,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -369,10 +480,159 @@ impl Store for SqliteStore {
             .bind(d.min_instances as i64)
             .bind(d.max_concurrency.map(i64::from))
             .bind(&d.created_at)
-            .execute(&self.pool)
+            .bind(&d.policy)
+            .execute(&mut *tx)
             .await
             .map_err(map_db_error(|| format!("deployment {}", d.id)))?;
+        sqlx::query("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?")
+            .bind(&d.id)
+            .bind(&d.org)
+            .bind(&d.function)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    async fn set_env(&self, org: &str, function: &str, e: &EnvRecord) -> Result<(), StoreError> {
+        let (secret, value, key_id, nonce, ciphertext) = match &e.value {
+            EnvValue::Plain(v) => (false, Some(v.as_str()), None, None, None),
+            EnvValue::Secret(s) => (
+                true,
+                None,
+                Some(s.key_id.as_str()),
+                Some(s.nonce.as_slice()),
+                Some(s.ciphertext.as_slice()),
+            ),
+        };
+        sqlx::query("INSERT INTO env_vars (org, function, key, secret, value, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, function, key) DO UPDATE SET secret = excluded.secret, value = excluded.value, key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at")
+            .bind(org)
+            .bind(function)
+            .bind(&e.key)
+            .bind(secret)
+            .bind(value)
+            .bind(key_id)
+            .bind(nonce)
+            .bind(ciphertext)
+            .bind(&e.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_env(&self, org: &str, function: &str) -> Result<Vec<EnvRecord>, StoreError> {
+        let rows = sqlx::query("SELECT key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE org = ? AND function = ? ORDER BY key")
+            .bind(org)
+            .bind(function)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(env_row).collect()
+    }
+
+    async fn delete_env(&self, org: &str, function: &str, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM env_vars WHERE org = ? AND function = ? AND key = ?")
+            .bind(org)
+            .bind(function)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn deployment_env(&self, deployment_id: &str) -> Result<Vec<EnvRecord>, StoreError> {
+        let rows = sqlx::query("SELECT e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.deployment_id = ? ORDER BY e.key")
+            .bind(deployment_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(env_row).collect()
+    }
+
+    async fn secrets(&self) -> Result<Vec<(SecretRow, Sealed)>, StoreError> {
+        let sealed = |row: &SqliteRow| -> Result<Sealed, StoreError> {
+            match env_row(row)?.value {
+                EnvValue::Secret(s) => Ok(s),
+                EnvValue::Plain(_) => {
+                    Err(StoreError::Corrupt("a secret row without a seal".into()))
+                }
+            }
+        };
+        let mut out = Vec::new();
+        let rows = sqlx::query("SELECT org, function, key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE secret = 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            out.push((
+                SecretRow::Function {
+                    org: row.try_get("org").map_err(db)?,
+                    function: row.try_get("function").map_err(db)?,
+                    key: row.try_get("key").map_err(db)?,
+                },
+                sealed(row)?,
+            ));
+        }
+        let rows = sqlx::query("SELECT e.deployment_id, d.org, d.function, e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.secret = 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            out.push((
+                SecretRow::Deployment {
+                    deployment_id: row.try_get("deployment_id").map_err(db)?,
+                    org: row.try_get("org").map_err(db)?,
+                    function: row.try_get("function").map_err(db)?,
+                    key: row.try_get("key").map_err(db)?,
+                },
+                sealed(row)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn replace_secret(
+        &self,
+        row: &SecretRow,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, StoreError> {
+        let q = match row {
+            SecretRow::Function { org, function, key } => sqlx::query("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?")
+                .bind(&sealed.key_id)
+                .bind(&sealed.nonce)
+                .bind(&sealed.ciphertext)
+                .bind(org)
+                .bind(function)
+                .bind(key),
+            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?")
+                .bind(&sealed.key_id)
+                .bind(&sealed.nonce)
+                .bind(&sealed.ciphertext)
+                .bind(deployment_id)
+                .bind(key),
+        };
+        let done = q.bind(old_key_id).execute(&self.pool).await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_function_policy(
+        &self,
+        org: &str,
+        function: &str,
+        policy: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE functions SET policy = ? WHERE org = ? AND name = ?")
+            .bind(policy)
+            .bind(org)
+            .bind(function)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn get_deployment(
@@ -452,7 +712,7 @@ impl Store for SqliteStore {
         StoreError,
     > {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at FROM functions ORDER BY org, name")
+        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions ORDER BY org, name")
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
@@ -522,6 +782,7 @@ pub(crate) mod suite {
             runtime: Runtime::Wasm,
             live_deployment_id: None,
             created_at: "t".into(),
+            policy: None,
         }
     }
 
@@ -541,10 +802,128 @@ pub(crate) mod suite {
             min_instances: 1,
             max_concurrency: Some(50),
             created_at: "t".into(),
+            policy: None,
         }
     }
 
+    fn sealed(key_id: &str, byte: u8) -> Sealed {
+        Sealed {
+            key_id: key_id.into(),
+            nonce: vec![byte; 12],
+            ciphertext: vec![byte; 20],
+        }
+    }
+
+    /// Env values, their pinning by deployments, re-sealing and policies.
+    async fn env_and_policies(store: &dyn Store) {
+        store.create_org(&org("envs")).await.expect("org");
+        store
+            .create_function(&function("envs", "f"))
+            .await
+            .expect("function");
+        let plain = EnvRecord {
+            key: "PUBLIC".into(),
+            value: EnvValue::Plain("pk_1".into()),
+            updated_at: "t1".into(),
+        };
+        let secret = EnvRecord {
+            key: "SECRET".into(),
+            value: EnvValue::Secret(sealed("dk_a", 1)),
+            updated_at: "t1".into(),
+        };
+        store.set_env("envs", "f", &plain).await.expect("set");
+        store.set_env("envs", "f", &secret).await.expect("set");
+        assert_eq!(
+            store.list_env("envs", "f").await.expect("list"),
+            vec![plain.clone(), secret.clone()]
+        );
+        // The deployment pins the env as it is now; later changes do not reach it.
+        store
+            .insert_deployment(&deployment("dep_env1", "envs", "f"))
+            .await
+            .expect("deployment");
+        let changed = EnvRecord {
+            value: EnvValue::Plain("pk_2".into()),
+            updated_at: "t2".into(),
+            ..plain.clone()
+        };
+        store.set_env("envs", "f", &changed).await.expect("replace");
+        assert!(
+            store
+                .delete_env("envs", "f", "SECRET")
+                .await
+                .expect("delete")
+        );
+        assert!(
+            !store
+                .delete_env("envs", "f", "SECRET")
+                .await
+                .expect("delete")
+        );
+        assert_eq!(
+            store.list_env("envs", "f").await.expect("list"),
+            vec![changed]
+        );
+        let pinned = store.deployment_env("dep_env1").await.expect("pinned");
+        assert_eq!(pinned.len(), 2);
+        assert_eq!(pinned[0].value, EnvValue::Plain("pk_1".into()));
+        assert_eq!(pinned[1].value, EnvValue::Secret(sealed("dk_a", 1)));
+        // Rotation sees the pinned secret and replaces it only under the old key.
+        let all = store.secrets().await.expect("secrets");
+        assert_eq!(all.len(), 1);
+        let (row, old) = &all[0];
+        assert_eq!(row.binding(), ("envs", "f", "SECRET"));
+        assert!(
+            store
+                .replace_secret(row, &old.key_id, &sealed("dk_b", 2))
+                .await
+                .expect("replace")
+        );
+        assert!(
+            !store
+                .replace_secret(row, &old.key_id, &sealed("dk_b", 3))
+                .await
+                .expect("replace")
+        );
+        assert_eq!(
+            store.deployment_env("dep_env1").await.expect("pinned")[1].value,
+            EnvValue::Secret(sealed("dk_b", 2))
+        );
+        // Policies.
+        assert!(
+            store
+                .set_function_policy("envs", "f", Some("{}"))
+                .await
+                .expect("policy")
+        );
+        assert!(
+            !store
+                .set_function_policy("envs", "nope", Some("{}"))
+                .await
+                .expect("policy")
+        );
+        assert_eq!(
+            store
+                .get_function("envs", "f")
+                .await
+                .expect("get")
+                .and_then(|f| f.policy),
+            Some("{}".into())
+        );
+        // Deleting the function takes its env and pinned copies with it.
+        assert!(store.delete_function("envs", "f").await.expect("delete"));
+        assert!(store.secrets().await.expect("secrets").is_empty());
+        assert!(
+            store
+                .deployment_env("dep_env1")
+                .await
+                .expect("pinned")
+                .is_empty()
+        );
+    }
+
     pub async fn run(store: &dyn Store) {
+        env_and_policies(store).await;
         // Orgs.
         store.create_org(&org("acme")).await.expect("create org");
         store.create_org(&org("beta")).await.expect("create org");

@@ -4,8 +4,8 @@
 
 use reactor_api::Runtimes;
 use reactor_api::config::FunctionsConfig;
+use reactor_control_plane::backends::Backends;
 use reactor_control_plane::grpc_admin::{self, ERROR_CODE};
-use reactor_control_plane::store::SqliteStore;
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions};
 use reactor_proto::admin::admin_service_client::AdminServiceClient;
 use reactor_proto::admin::{
@@ -13,7 +13,6 @@ use reactor_proto::admin::{
     GetDeploymentRequest, GetFunctionRequest, ListDeploymentsRequest, ListFunctionsRequest,
     ListTokensRequest, PromoteRequest, RevokeTokenRequest, RollbackRequest, UploadChunk,
 };
-use reactor_storage::LocalStorage;
 use reactor_tests::{build_component, bundle, read, sha256_hex, wait_until};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::sync::Arc;
@@ -89,32 +88,28 @@ async fn admin_operations_over_grpc() {
             .await
             .expect("building the probe component");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("reactor.db"))
-            .await
-            .expect("store"),
-    );
-    let storage = Arc::new(
-        LocalStorage::open(dir.path().join("storage"))
-            .await
-            .expect("storage"),
-    );
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let b = Backends::open(&config).await.expect("backends");
     let wasm = WasmWorker::new(WasmWorkerOptions {
-        storage: storage.clone(),
+        storage: b.storage.clone(),
         cache_dir: dir.path().join("cache"),
         max_instances: 16,
+        env: b.env.clone(),
+        logs: b.logs.clone(),
     })
     .expect("wasm worker");
     let cp = ControlPlane::start(ControlPlaneOptions {
-        config: FunctionsConfig {
-            workdir: dir.path().to_path_buf(),
-            ..Default::default()
-        },
-        store,
-        storage,
+        config,
+        store: b.store,
+        storage: b.storage,
         runtimes: Runtimes::new().with(Arc::new(wasm)),
         worker_timing: Default::default(),
         remote_workers: None,
+        env: b.env,
+        logs: b.logs,
     })
     .await
     .expect("control plane");

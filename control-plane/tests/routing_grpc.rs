@@ -2,7 +2,7 @@
 
 use reactor_api::config::FunctionsConfig;
 use reactor_api::{Runtime, Runtimes};
-use reactor_control_plane::store::SqliteStore;
+use reactor_control_plane::backends::Backends;
 use reactor_control_plane::workers::WorkerTiming;
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions, grpc};
 use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
@@ -10,8 +10,6 @@ use reactor_proto::routing::WatchRequest;
 use reactor_proto::routing::routing_service_client::RoutingServiceClient;
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
 use reactor_proto::routing::{HeartbeatRequest, RegisterRequest};
-use reactor_storage::LocalStorage;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -40,23 +38,16 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         workdir: dir.path().to_path_buf(),
         ..Default::default()
     };
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("reactor.db"))
-            .await
-            .expect("store"),
-    );
-    let storage = Arc::new(
-        LocalStorage::open(dir.path().join("storage"))
-            .await
-            .expect("storage"),
-    );
+    let b = Backends::open(&config).await.expect("backends");
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
-        store,
-        storage,
+        store: b.store,
+        storage: b.storage,
         runtimes: Runtimes::new(),
         worker_timing: timing(),
         remote_workers: None,
+        env: b.env,
+        logs: b.logs,
     })
     .await
     .expect("control plane");

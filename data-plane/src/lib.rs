@@ -7,11 +7,13 @@
 //! `X-Reactor-*` headers. It keeps serving its last table while the control plane is away.
 #![forbid(unsafe_code)]
 
+pub mod admission;
+mod body;
 mod follow;
 mod router;
 pub mod server;
 mod table;
 
 pub use follow::{ControlPlaneEndpoint, follow_control_plane};
-pub use router::{DataPlane, invoke_router};
+pub use router::{DataPlane, RouterOptions, invoke_router};
 pub use table::{Grant, RouteIndex};

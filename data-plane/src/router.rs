@@ -1,13 +1,21 @@
-//! The invoke path: authenticate → look up → rewrite → forward → stream back.
+//! The invoke path, in this order: authenticate (token hashes of the table) → look up →
+//! invoke policies (refused requests cost nothing further) → admission (the concurrency
+//! cap, a permit held until the response body ends) → body limit → rewrite → forward with
+//! the deadline → stream back, then log the invocation.
 
-use crate::table::RouteIndex;
+use crate::admission::{Admission, LocalAdmission, Permit};
+use crate::body::{Counted, Tail};
+use crate::table::{Policy, RouteIndex};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use reactor_api::error::request_id::RequestId;
+use reactor_api::logs::{LogEntry, LogSink, NoLogs};
 use reactor_api::token::{bearer, token_hash};
-use reactor_api::{ApiError, ErrorCode, Invocation, RuntimeWorker, Runtimes, headers};
+use reactor_api::{
+    ApiError, DeploymentSpec, ErrorCode, Invocation, InvokeError, RuntimeWorker, Runtimes, headers,
+};
 use reactor_proto::routing::RoutingTable;
 use reactor_worker_link::RemoteWorkers;
 use std::sync::Arc;
@@ -16,8 +24,29 @@ use tokio::time::Instant;
 
 pub const INVOKE_PREFIX: &str = "/fn/v1/";
 
+/// What a router is built with besides its workers.
+pub struct RouterOptions {
+    /// Invocation logs and platform events (crash, timeout).
+    pub logs: Arc<dyn LogSink>,
+    /// Request bodies above this get 413 `payload_too_large`.
+    pub max_body_bytes: u64,
+    /// The concurrency cap's counter.
+    pub admission: Arc<dyn Admission>,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            logs: Arc::new(NoLogs),
+            max_body_bytes: 16 * 1024 * 1024,
+            admission: LocalAdmission::new(),
+        }
+    }
+}
+
 pub struct DataPlane {
     index: watch::Sender<Arc<RouteIndex>>,
+    options: RouterOptions,
     /// In-process workers (the embedded default), used first.
     runtimes: Runtimes,
     /// Worker services listed in the routing table (the split topology).
@@ -30,17 +59,23 @@ pub struct DataPlane {
 impl DataPlane {
     /// A router that runs functions on in-process workers.
     pub fn new(runtimes: Runtimes) -> Arc<Self> {
-        Self::build(runtimes, None)
+        Self::build(runtimes, None, RouterOptions::default())
     }
 
     /// A router that forwards to the worker services of the routing table.
     pub fn with_remote_workers(remote: RemoteWorkers) -> Arc<Self> {
-        Self::build(Runtimes::new(), Some(remote))
+        Self::build(Runtimes::new(), Some(remote), RouterOptions::default())
     }
 
-    fn build(runtimes: Runtimes, remote: Option<RemoteWorkers>) -> Arc<Self> {
+    /// A router with in-process `runtimes` and/or `remote` workers and `options`.
+    pub fn build(
+        runtimes: Runtimes,
+        remote: Option<RemoteWorkers>,
+        options: RouterOptions,
+    ) -> Arc<Self> {
         let (index, _) = watch::channel(Arc::new(RouteIndex::default()));
         Arc::new(Self {
+            options,
             index,
             runtimes,
             remote,
@@ -60,7 +95,9 @@ impl DataPlane {
             );
             return false;
         }
-        self.index.send_replace(Arc::new(RouteIndex::build(table)));
+        let previous = self.index.borrow().clone();
+        self.index
+            .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
         true
     }
 
@@ -126,6 +163,7 @@ impl DataPlane {
             .with_detail("function", name)
         };
         let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
+        check_policies(&entry.policies, &req, sub, &grant, name)?;
         let spec = entry.live.clone().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::DeploymentNotReady,
@@ -147,7 +185,18 @@ impl DataPlane {
             (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
         };
 
+        let permit = self.admit(&grant.org, name, &spec).await?;
+        let limit = self.options.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(body_too_large(name, limit));
+        }
         let (mut parts, body) = req.into_parts();
+        let (body, exceeded) = Counted::wrap(body, limit);
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{sub}?{q}"),
             None => sub.to_string(),
@@ -162,6 +211,7 @@ impl DataPlane {
                 )
             })?;
         rewrite_headers(&mut parts.headers, name, &grant, &request_id);
+        let request_id_for_log = request_id.clone();
         let invocation = Invocation {
             spec: spec.clone(),
             request: axum::http::Request::from_parts(parts, body),
@@ -173,12 +223,27 @@ impl DataPlane {
             Target::Remote(remote, urls) => remote.invoke(&urls, invocation).await,
         };
         let (mut response, cold) = match result {
+            _ if exceeded.load(std::sync::atomic::Ordering::Acquire) => {
+                (body_too_large(name, limit).into_response(), false)
+            }
             Ok(outcome) => (outcome.response, outcome.cold_start),
             Err(failure) => {
+                self.log_failure(&spec, &failure.error);
                 let error = failure.error.to_api_error(&spec, started.elapsed());
                 (error.into_response(), failure.cold_start)
             }
         };
+        let entry = LogEntry::invocation(
+            &spec.org,
+            &spec.function,
+            Some(&spec.deployment_id),
+            &request_id_for_log,
+            response.status().as_u16(),
+            started.elapsed(),
+            cold,
+        );
+        let tail = Tail::new(permit, self.options.logs.clone(), entry, started);
+        response = tail.attach(response);
         let h = response.headers_mut();
         h.insert(
             headers::COLD_START,
@@ -187,6 +252,104 @@ impl DataPlane {
         set_duration(h, started);
         Ok(response)
     }
+}
+
+impl DataPlane {
+    /// A permit under the live deployment's `max_concurrency`, if it has one.
+    async fn admit(
+        &self,
+        org: &str,
+        name: &str,
+        spec: &DeploymentSpec,
+    ) -> Result<Option<Permit>, ApiError> {
+        let Some(limit) = spec.max_concurrency else {
+            return Ok(None);
+        };
+        let key = format!("{org}/{name}");
+        match self.options.admission.try_acquire(&key, limit).await {
+            Ok(Some(permit)) => Ok(Some(permit)),
+            Ok(None) => Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "function {name} is at its concurrency cap ({limit} requests at once, concurrency.max_concurrency)"
+                ),
+            )
+            .with_detail("max_concurrency", limit)),
+            Err(e) => {
+                // Fail open: a counter that cannot be reached must not take every
+                // function down; the workers' own bounds still hold.
+                tracing::warn!(error = %e, function = name, "admission unavailable: letting the request through");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Crashes and timeouts are events of the function's log too.
+    fn log_failure(&self, spec: &DeploymentSpec, error: &InvokeError) {
+        let message = match error {
+            InvokeError::Crashed { message } => format!("crashed: {message}"),
+            InvokeError::Timeout { timeout_ms } => {
+                format!("timed out: no response within limits.timeout_ms ({timeout_ms} ms)")
+            }
+            _ => return,
+        };
+        self.options.logs.emit(LogEntry::event(
+            &spec.org,
+            &spec.function,
+            Some(&spec.deployment_id),
+            message,
+        ));
+    }
+}
+
+fn body_too_large(name: &str, limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body for function {name} is larger than {limit} bytes (functions.invoke_max_body_bytes)"),
+    )
+    .with_detail("max_body_bytes", limit)
+}
+
+/// Every policy of the function must allow the request.
+fn check_policies(
+    policies: &[Arc<Policy>],
+    req: &Request,
+    sub: &str,
+    grant: &crate::Grant,
+    name: &str,
+) -> Result<(), ApiError> {
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let path = sub.split('?').next().unwrap_or(sub);
+    let facts = reactor_policy::RequestFacts {
+        method: req.method().as_str(),
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+        caller_org: &grant.org,
+        caller_role: grant.role.as_str(),
+        caller_token_id: &grant.token_id,
+        now: std::time::SystemTime::now(),
+    };
+    for policy in policies {
+        let (rule, reason) = match policy.as_ref() {
+            Policy::Compiled(p) => match p.evaluate(&facts) {
+                reactor_policy::Decision::Allow => continue,
+                reactor_policy::Decision::Deny { rule, reason } => (rule, reason),
+            },
+            Policy::Broken(e) => (
+                "invalid-policy".to_string(),
+                format!("the policy does not compile here: {e}"),
+            ),
+        };
+        return Err(ApiError::new(
+            ErrorCode::PolicyDenied,
+            format!("function {name} refused this request: {reason}"),
+        )
+        .with_detail("rule", rule));
+    }
+    Ok(())
 }
 
 /// Where an invocation runs.

@@ -2,7 +2,7 @@
 //! the routing table from the control plane's gRPC stream; functions run on the worker
 //! services that table lists.
 
-use crate::{ControlPlaneEndpoint, DataPlane, follow_control_plane, invoke_router};
+use crate::{ControlPlaneEndpoint, DataPlane, RouterOptions, follow_control_plane, invoke_router};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
 use reactor_service::Lifecycle;
@@ -53,18 +53,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let remote = RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dp = DataPlane::with_remote_workers(remote);
     let router_id = args
         .router_id
         .unwrap_or_else(|| format!("router-{}", addr.port()));
-    follow_control_plane(
-        dp.clone(),
-        ControlPlaneEndpoint {
-            url: cp_url.clone(),
-            internal_token: token,
-            router_id: router_id.clone(),
+    let endpoint = ControlPlaneEndpoint {
+        url: cp_url.clone(),
+        internal_token: token,
+        router_id: router_id.clone(),
+    };
+    let logs = reactor_worker_link::control::PushLogs::start(endpoint.clone(), router_id.clone())
+        .with_context(|| format!("control plane url {cp_url}"))?;
+    let dp = DataPlane::build(
+        reactor_api::Runtimes::new(),
+        Some(remote),
+        RouterOptions {
+            logs,
+            max_body_bytes: config.functions.invoke_max_body_bytes,
+            ..Default::default()
         },
     );
+    follow_control_plane(dp.clone(), endpoint);
     let life = Lifecycle::new();
     life.stop_on_signal(Duration::from_millis(args.drain_delay_ms));
     {

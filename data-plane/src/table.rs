@@ -3,6 +3,7 @@
 
 use reactor_api::model::Role;
 use reactor_api::{DeploymentSpec, Runtime};
+use reactor_policy::CompiledPolicy;
 use reactor_proto::routing::RoutingTable;
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -16,18 +17,42 @@ pub struct Grant {
     pub role: Role,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FunctionEntry {
     pub runtime: Runtime,
     pub live: Option<Arc<DeploymentSpec>>,
+    /// The function's policy, then the live deployment's: a request must pass both.
+    pub policies: Vec<Arc<Policy>>,
 }
 
-#[derive(Clone, Debug, Default)]
+/// An invoke policy as the router checks it.
+pub enum Policy {
+    Compiled(CompiledPolicy),
+    /// A policy in the table that does not compile here (it was checked when it was set,
+    /// so this means routers and control plane disagree): everything is refused.
+    Broken(String),
+}
+
+impl Policy {
+    fn compile(json: &str) -> Policy {
+        match reactor_policy::Policy::from_json(json).and_then(|p| p.compile()) {
+            Ok(c) => Policy::Compiled(c),
+            Err(e) => {
+                tracing::error!(error = %e, "an invoke policy in the routing table does not compile: refusing its requests");
+                Policy::Broken(e.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
 pub struct RouteIndex {
     pub version: u64,
     tokens: HashMap<String, Grant>,
     functions: HashMap<(String, String), FunctionEntry>,
     workers: HashMap<Runtime, Vec<WorkerRef>>,
+    /// Compiled policies by their JSON, reused by the next version.
+    policies: HashMap<String, Arc<Policy>>,
 }
 
 /// A registered worker service.
@@ -53,6 +78,24 @@ fn mix(mut z: u64) -> u64 {
 
 impl RouteIndex {
     pub fn build(table: &RoutingTable) -> Self {
+        Self::build_from(table, &RouteIndex::default())
+    }
+
+    /// Like [`RouteIndex::build`], reusing the policies `previous` already compiled.
+    pub fn build_from(table: &RoutingTable, previous: &RouteIndex) -> Self {
+        let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
+        let mut policy = |json: &str| -> Arc<Policy> {
+            policies
+                .entry(json.to_string())
+                .or_insert_with(|| {
+                    previous
+                        .policies
+                        .get(json)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Policy::compile(json)))
+                })
+                .clone()
+        };
         let tokens = table
             .tokens
             .iter()
@@ -74,9 +117,21 @@ impl RouteIndex {
             .filter_map(|f| {
                 let runtime = Runtime::from_str(&f.runtime).ok()?;
                 let live = reactor_worker_link::protocol::live_spec(f, runtime).map(Arc::new);
+                let policies = [
+                    f.policy.as_deref(),
+                    f.live.as_ref().and_then(|d| d.policy.as_deref()),
+                ]
+                .into_iter()
+                .flatten()
+                .map(&mut policy)
+                .collect();
                 Some((
                     (f.org.clone(), f.name.clone()),
-                    FunctionEntry { runtime, live },
+                    FunctionEntry {
+                        runtime,
+                        live,
+                        policies,
+                    },
                 ))
             })
             .collect();
@@ -95,6 +150,7 @@ impl RouteIndex {
             tokens,
             functions,
             workers,
+            policies,
         }
     }
 

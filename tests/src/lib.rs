@@ -239,6 +239,54 @@ impl Server {
         }
     }
 
+    /// Runs the `reactor` CLI as the admin with `input` on its stdin (not a terminal).
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> CliOutput {
+        let mut child = Command::new(reactor_bin())
+            .args(args)
+            .env("REACTOR_URL", &self.url)
+            .env("REACTOR_TOKEN", &self.token)
+            .env("REACTOR_ORG", &self.org)
+            .env(
+                "REACTOR_CREDENTIALS",
+                self.dir.path().join("no-credentials.json"),
+            )
+            .current_dir(root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the reactor CLI");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("writing stdin");
+        }
+        let out = child.wait_with_output().expect("reactor CLI output");
+        CliOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the `reactor` CLI as the admin with stdout piped, for commands that run
+    /// until stopped (`logs --follow`).
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new(reactor_bin())
+            .args(args)
+            .env("REACTOR_URL", &self.url)
+            .env("REACTOR_TOKEN", &self.token)
+            .env("REACTOR_ORG", &self.org)
+            .env(
+                "REACTOR_CREDENTIALS",
+                self.dir.path().join("no-credentials.json"),
+            )
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the reactor CLI")
+    }
+
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         self.cli_as(&self.token, &self.org, args)
     }

@@ -6,8 +6,10 @@
 
 use crate::host::{Cgroup, MemoryLimiter};
 use reactor_api::DeploymentSpec;
+use reactor_api::logs::LogSink;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::process::Command;
 
 /// Where things are inside the sandbox.
@@ -77,6 +79,8 @@ pub struct Launcher {
     bwrap: Option<PathBuf>,
     memory: MemoryLimiter,
     run_dir: PathBuf,
+    /// Where the lines processes print go besides the worker's own log.
+    logs: Arc<dyn LogSink>,
 }
 
 impl Launcher {
@@ -87,8 +91,10 @@ impl Launcher {
         bwrap: Option<PathBuf>,
         memory: MemoryLimiter,
         run_dir: PathBuf,
+        logs: Arc<dyn LogSink>,
     ) -> Self {
         Self {
+            logs,
             bun,
             harness,
             bunfig,
@@ -96,6 +102,10 @@ impl Launcher {
             memory,
             run_dir,
         }
+    }
+
+    pub fn logs(&self) -> &Arc<dyn LogSink> {
+        &self.logs
     }
 
     pub fn memory(&self) -> &MemoryLimiter {

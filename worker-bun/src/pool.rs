@@ -43,6 +43,8 @@ pub struct Pool {
     /// What the processes import: the entrypoint, or its prebundled file.
     entry: String,
     limits: PoolLimits,
+    /// The env the deployment pinned (secrets decrypted), for every process it starts.
+    pub env: Arc<BTreeMap<String, String>>,
     state: Mutex<State>,
     /// Woken when a slot frees or a process starts or ends.
     changed: Notify,
@@ -101,8 +103,10 @@ impl Pool {
         bundle: PathBuf,
         entry: String,
         limits: PoolLimits,
+        env: Arc<BTreeMap<String, String>>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            env,
             spec,
             bundle,
             entry,

@@ -97,7 +97,7 @@ impl Process {
         let socket = launch.socket.clone();
         let mut child = launch.spawn().await?;
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        let who = Arc::new(Who::new(spec, id));
+        let who = Arc::new(Who::new(spec, id, launcher.logs().clone()));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, who.clone(), "stdout", None));
         }
@@ -300,6 +300,7 @@ fn link_socket(socket: &Path, private: &Path) -> std::io::Result<()> {
 
 /// Who the output of a process belongs to.
 struct Who {
+    sink: Arc<dyn reactor_api::logs::LogSink>,
     org: String,
     function: String,
     deployment_id: String,
@@ -307,8 +308,9 @@ struct Who {
 }
 
 impl Who {
-    fn new(spec: &DeploymentSpec, process: u64) -> Self {
+    fn new(spec: &DeploymentSpec, process: u64, sink: Arc<dyn reactor_api::logs::LogSink>) -> Self {
         Self {
+            sink,
             org: spec.org.clone(),
             function: spec.function.clone(),
             deployment_id: spec.deployment_id.clone(),
@@ -354,6 +356,18 @@ async fn pump(
             stream,
             "{text}"
         );
+        let kind = if stream == "stderr" {
+            reactor_api::logs::LogKind::Stderr
+        } else {
+            reactor_api::logs::LogKind::Stdout
+        };
+        who.sink.emit(reactor_api::logs::LogEntry::new(
+            &who.org,
+            &who.function,
+            Some(&who.deployment_id),
+            kind,
+            text,
+        ));
     }
 }
 

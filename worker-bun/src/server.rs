@@ -21,8 +21,13 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     run_worker(args.worker, Runtime::Bun, |cx| async move {
-        let options =
-            BunWorkerOptions::from_config(&cx.config.functions, cx.storage, cx.cache_dir)?;
+        let options = BunWorkerOptions::from_config(
+            &cx.config.functions,
+            cx.storage,
+            cx.cache_dir,
+            cx.env,
+            cx.logs,
+        )?;
         let worker: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
         Ok(worker)
     })

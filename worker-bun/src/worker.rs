@@ -10,11 +10,13 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use reactor_api::config::FunctionsConfig;
+use reactor_api::logs::LogSink;
 use reactor_api::{
-    DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime, RuntimeWorker,
+    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
+    RuntimeWorker,
 };
 use reactor_storage::{Storage, StorageError, keys};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -43,6 +45,10 @@ pub struct BunWorkerOptions {
     /// Run each process inside bubblewrap.
     pub sandbox: bool,
     pub limits: PoolLimits,
+    /// Deployment env and secrets, given to each process as its environment.
+    pub env: Arc<dyn EnvSource>,
+    /// Where the lines processes print go besides the worker's own log.
+    pub logs: Arc<dyn LogSink>,
 }
 
 impl BunWorkerOptions {
@@ -52,9 +58,13 @@ impl BunWorkerOptions {
         config: &FunctionsConfig,
         storage: Arc<dyn Storage>,
         cache_dir: PathBuf,
+        env: Arc<dyn EnvSource>,
+        logs: Arc<dyn LogSink>,
     ) -> anyhow::Result<Self> {
         let bun = host::find_bun(config.bun_path.as_deref()).map_err(anyhow::Error::msg)?;
         Ok(Self {
+            env,
+            logs,
             storage,
             cache_dir,
             bun,
@@ -76,6 +86,7 @@ pub struct BunWorker {
     storage: Arc<dyn Storage>,
     bundles_dir: PathBuf,
     launcher: Launcher,
+    env: Arc<dyn EnvSource>,
     limits: PoolLimits,
     /// Pools by deployment id.
     pools: Mutex<HashMap<String, PoolSlot>>,
@@ -138,7 +149,9 @@ impl BunWorker {
                 bwrap.map(|(p, _)| p),
                 memory,
                 run_dir,
+                options.logs,
             ),
+            env: options.env,
             limits: options.limits,
             pools: Mutex::new(HashMap::new()),
         });
@@ -159,11 +172,17 @@ impl BunWorker {
         let pool = slot
             .get_or_try_init(|| async {
                 let (bundle, entry) = self.unpack(spec).await?;
+                let env = self
+                    .env
+                    .deployment_env(spec)
+                    .await
+                    .map_err(|message| InvokeError::NotReady { message })?;
                 Ok::<_, InvokeError>(Pool::new(
                     Arc::new(spec.clone()),
                     bundle,
                     entry,
                     self.limits,
+                    env,
                 ))
             })
             .await?;
@@ -231,6 +250,8 @@ impl BunWorker {
         entry: &str,
         bundle_dir: &Path,
     ) -> Result<tempfile::TempDir, String> {
+        // Module top-level code may read the env, so checks see the deployment's too.
+        let env = self.env.deployment_env(spec).await?;
         let socket_dir = tempfile::Builder::new()
             .prefix(&format!("{mode}-"))
             .tempdir_in(self.launcher.run_dir())
@@ -254,7 +275,7 @@ impl BunWorker {
             bundle_dir,
             socket_dir.path(),
             cgroup.as_ref(),
-            &self.env(spec),
+            &env,
         );
         let mut child = launch.spawn().await?;
         // Output is read with a bound: a bundle printing without end must not fill memory.
@@ -322,11 +343,6 @@ impl BunWorker {
             .put_bytes(&prebundled_key(spec), Bytes::from(built))
             .await
             .map_err(|e| e.to_string())
-    }
-
-    /// The function's environment (the env/secrets issue fills it).
-    fn env(&self, _spec: &DeploymentSpec) -> BTreeMap<String, String> {
-        BTreeMap::new()
     }
 
     /// The pools of a function other than `keep`.
@@ -497,7 +513,7 @@ impl RuntimeWorker for BunWorker {
         let n = (spec.min_instances as usize).max(1);
         pool.ensure(
             &self.launcher,
-            &self.env(spec),
+            &pool.env.clone(),
             n,
             Instant::now() + START_TIMEOUT,
         )
@@ -520,7 +536,7 @@ impl RuntimeWorker for BunWorker {
         let acquired = tokio::time::timeout_at(deadline, async {
             let (pool, created) = self.pool(&spec).await?;
             let (lease, spawned) = pool
-                .acquire(&self.launcher, &self.env(&spec), deadline)
+                .acquire(&self.launcher, &pool.env.clone(), deadline)
                 .await?;
             Ok::<_, InvokeError>((lease, created || spawned))
         })

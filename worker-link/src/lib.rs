@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod control;
 pub mod protocol;
 pub mod register;
 pub mod server;

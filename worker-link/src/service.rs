@@ -43,6 +43,10 @@ pub struct WorkerContext {
     /// This worker's local cache directory (`worker.cache_dir`, else under the workdir).
     pub cache_dir: PathBuf,
     pub worker_id: String,
+    /// Deployment env (and decrypted secrets), asked of the control plane.
+    pub env: Arc<dyn reactor_api::EnvSource>,
+    /// Function logs, pushed to the control plane.
+    pub logs: Arc<dyn reactor_api::logs::LogSink>,
 }
 
 /// How long a draining worker waits, once out of the table, for routers to see it gone.
@@ -83,18 +87,24 @@ where
         .cache_dir
         .clone()
         .unwrap_or_else(|| workdir.join("cache").join(&worker_id));
-    let worker = build(WorkerContext {
-        config,
-        storage,
-        cache_dir: cache_dir.clone(),
-        worker_id: worker_id.clone(),
-    })
-    .await?;
     let endpoint = ControlPlaneEndpoint {
         url: cp_url.clone(),
         internal_token: token.clone(),
         router_id: worker_id.clone(),
     };
+    let env = crate::control::ControlPlaneEnv::new(endpoint.clone(), worker_id.clone())
+        .with_context(|| format!("control plane url {cp_url}"))?;
+    let logs = crate::control::PushLogs::start(endpoint.clone(), worker_id.clone())
+        .with_context(|| format!("control plane url {cp_url}"))?;
+    let worker = build(WorkerContext {
+        config,
+        storage,
+        cache_dir: cache_dir.clone(),
+        worker_id: worker_id.clone(),
+        env,
+        logs,
+    })
+    .await?;
     let life = Lifecycle::new();
     let app = worker_app(worker.clone(), &token).merge(life.routes());
     if w.prewarm {

@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use reactor_api::logs::LogSink;
 use reactor_api::{
-    DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime, RuntimeWorker,
+    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
+    RuntimeWorker,
 };
 use reactor_storage::{Storage, StorageError, keys};
 use std::collections::HashMap;
@@ -42,12 +44,23 @@ pub struct WasmWorkerOptions {
     pub cache_dir: PathBuf,
     /// Instances that may exist at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// Deployment env and secrets, handed to each instance as its WASI environment.
+    pub env: Arc<dyn EnvSource>,
+    /// Where guest stdout/stderr lines go besides the worker's own log.
+    pub logs: Arc<dyn LogSink>,
 }
 
 type Loaded = ProxyPre<Host>;
 
-/// A deployment's pre-instantiated component, loaded once by whoever asks first.
-type LoadSlot = Arc<OnceCell<Loaded>>;
+/// A loaded deployment: its pre-instantiated component and the env it pinned.
+#[derive(Clone)]
+struct Deployment {
+    pre: Loaded,
+    env: Arc<Vec<(String, String)>>,
+}
+
+/// A deployment, loaded once by whoever asks first.
+type LoadSlot = Arc<OnceCell<Deployment>>;
 
 pub struct WasmWorker {
     engine: Engine,
@@ -57,6 +70,8 @@ pub struct WasmWorker {
     engine_hash: String,
     /// Loaded deployments by id, with the `org/function` they belong to.
     loaded: Mutex<HashMap<String, (String, LoadSlot)>>,
+    env: Arc<dyn EnvSource>,
+    logs: Arc<dyn LogSink>,
     _ticker: EpochTicker,
 }
 
@@ -112,6 +127,8 @@ impl WasmWorker {
             cache_dir: options.cache_dir,
             engine_hash,
             loaded: Mutex::new(HashMap::new()),
+            env: options.env,
+            logs: options.logs,
         })
     }
 
@@ -130,7 +147,7 @@ impl WasmWorker {
 
     /// Loads a deployment: local cache, else the stored artifact, else a compile from the
     /// bundle (an artifact of another engine build). Returns whether this call loaded it.
-    async fn load(&self, spec: &DeploymentSpec) -> Result<(Loaded, bool), InvokeError> {
+    async fn load(&self, spec: &DeploymentSpec) -> Result<(Deployment, bool), InvokeError> {
         let cell = {
             let mut map = self.loaded.lock().map_err(|_| InvokeError::Unavailable {
                 message: "worker state poisoned".into(),
@@ -151,7 +168,9 @@ impl WasmWorker {
         Ok((pre.clone(), true))
     }
 
-    async fn load_uncached(&self, spec: &DeploymentSpec) -> Result<Loaded, String> {
+    async fn load_uncached(&self, spec: &DeploymentSpec) -> Result<Deployment, String> {
+        let env = self.env.deployment_env(spec).await?;
+        let env = Arc::new(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let started = std::time::Instant::now();
         let path = self.cache_path(spec);
         let source = if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -189,7 +208,7 @@ impl WasmWorker {
             org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
             source, ms = started.elapsed().as_secs_f64() * 1e3, "deployment loaded"
         );
-        Ok(pre)
+        Ok(Deployment { pre, env })
     }
 
     async fn compile_from_bundle(&self, spec: &DeploymentSpec) -> Result<Vec<u8>, String> {
@@ -336,7 +355,7 @@ impl RuntimeWorker for WasmWorker {
             request_id,
         } = invocation;
         let timeout_ms = spec.timeout_ms;
-        let (pre, cold) = match tokio::time::timeout_at(deadline, self.load(&spec)).await {
+        let (deployment, cold) = match tokio::time::timeout_at(deadline, self.load(&spec)).await {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(error)) => {
                 return Err(InvokeFailure {
@@ -355,8 +374,10 @@ impl RuntimeWorker for WasmWorker {
             error,
             cold_start: cold,
         };
-        let target = Arc::new(LogTarget::new(&spec, &request_id));
+        let Deployment { pre, env } = deployment;
+        let target = Arc::new(LogTarget::new(&spec, &request_id, self.logs.clone()));
         let wasi = WasiCtx::builder()
+            .envs(env.as_slice())
             .stdout(LogStream::new(target.clone(), "stdout"))
             .stderr(LogStream::new(target, "stderr"))
             .allow_tcp(false)

@@ -1,14 +1,16 @@
-//! Guest stdout and stderr, split into lines and logged with the function's identity.
+//! Guest stdout and stderr, split into lines and logged with the function's identity,
+//! both to the worker's own log and to the function's log history (a [`LogSink`]).
 
+use reactor_api::logs::{LogEntry, LogKind, LogSink};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-/// Who a log line belongs to.
-#[derive(Debug)]
+/// Who a log line belongs to, and where function logs go.
 pub struct LogTarget {
+    sink: Arc<dyn LogSink>,
     pub org: String,
     pub function: String,
     pub deployment_id: String,
@@ -17,8 +19,13 @@ pub struct LogTarget {
 }
 
 impl LogTarget {
-    pub fn new(spec: &reactor_api::DeploymentSpec, request_id: &str) -> Self {
+    pub fn new(
+        spec: &reactor_api::DeploymentSpec,
+        request_id: &str,
+        sink: Arc<dyn LogSink>,
+    ) -> Self {
         Self {
+            sink,
             org: spec.org.clone(),
             function: spec.function.clone(),
             deployment_id: spec.deployment_id.clone(),
@@ -96,6 +103,14 @@ impl LineWriter {
             stream = self.stream,
             "{line}"
         );
+        let kind = if self.stream == "stderr" {
+            LogKind::Stderr
+        } else {
+            LogKind::Stdout
+        };
+        let mut entry = LogEntry::new(&t.org, &t.function, Some(&t.deployment_id), kind, line);
+        entry.request_id = Some(t.request_id.clone());
+        t.sink.emit(entry);
     }
 }
 

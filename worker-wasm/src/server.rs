@@ -25,6 +25,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             storage: cx.storage,
             cache_dir: cx.cache_dir,
             max_instances: cx.config.worker.max_instances,
+            env: cx.env,
+            logs: cx.logs,
         })?);
         Ok(worker)
     })

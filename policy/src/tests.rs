@@ -1,0 +1,716 @@
+use super::*;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+use std::time::Duration;
+
+/// 2024-01-01T00:00:00Z, a Monday.
+const MONDAY: u64 = 1_704_067_200;
+const HOUR: u64 = 3_600;
+const DAY: u64 = 86_400;
+
+fn time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// An invocation to evaluate; Monday 10:00 UTC by default.
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    headers: HeaderMap,
+    role: &'static str,
+    now: SystemTime,
+}
+
+impl Req {
+    fn new(method: &'static str, path: &'static str) -> Req {
+        Req {
+            method,
+            path,
+            query: None,
+            headers: HeaderMap::new(),
+            role: "invoker",
+            now: time(MONDAY + 10 * HOUR),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Req {
+        self.headers.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+        self
+    }
+
+    fn query(mut self, query: &'static str) -> Req {
+        self.query = Some(query);
+        self
+    }
+
+    fn role(mut self, role: &'static str) -> Req {
+        self.role = role;
+        self
+    }
+
+    fn at(mut self, now: SystemTime) -> Req {
+        self.now = now;
+        self
+    }
+
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            headers: &self.headers,
+            caller_org: "acme",
+            caller_role: self.role,
+            caller_token_id: "tok_1",
+            now: self.now,
+        }
+    }
+}
+
+fn compile(json: &str) -> CompiledPolicy {
+    Policy::from_json(json)
+        .expect("policy parses")
+        .compile()
+        .expect("policy compiles")
+}
+
+fn refusal(json: &str) -> String {
+    Policy::from_json(json)
+        .expect("policy parses")
+        .compile()
+        .expect_err("policy is refused")
+        .to_string()
+}
+
+/// The refusal of a policy with one rule `r` (deny) that has these extra fields.
+fn refusal_of(fields: serde_json::Value) -> String {
+    let mut rule = json!({"name": "r", "effect": "deny"});
+    if let (Some(object), Some(extra)) = (rule.as_object_mut(), fields.as_object()) {
+        for (key, value) in extra {
+            object.insert(key.clone(), value.clone());
+        }
+    }
+    refusal(&json!({ "rules": [rule] }).to_string())
+}
+
+fn decide(policy: &CompiledPolicy, req: &Req) -> Decision {
+    policy.evaluate(&req.facts())
+}
+
+fn deny(rule: &str, reason: &str) -> Decision {
+    Decision::Deny {
+        rule: rule.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn denied_by(decision: &Decision) -> Option<&str> {
+    match decision {
+        Decision::Allow => None,
+        Decision::Deny { rule, .. } => Some(rule.as_str()),
+    }
+}
+
+const EXAMPLE: &str = r#"{
+  "default": "allow",
+  "rules": [
+    {"name": "no-deletes", "effect": "deny", "methods": ["DELETE"]},
+    {"name": "admin-api", "effect": "deny", "paths": ["/admin/**"], "when": "request.caller.role != 'admin'"},
+    {"name": "office-hours", "effect": "allow", "days": ["mon","tue","wed","thu","fri"], "hours": {"from": 9, "to": 17}},
+    {"name": "beta-header", "effect": "allow", "when": "request.headers['x-beta'] == '1' && request.query['v'] == '2'"}
+  ]
+}"#;
+
+#[test]
+fn methods_allow_and_deny() {
+    let json = r#"{"rules":[{"name":"no-deletes","effect":"deny","methods":["delete"]}]}"#;
+    let policy = Policy::from_json(json).expect("parses");
+    assert_eq!(policy.rules[0].methods, vec!["DELETE".to_owned()]);
+    let p = policy.compile().expect("compiles");
+    assert_eq!(
+        decide(&p, &Req::new("DELETE", "/x")),
+        deny(
+            "no-deletes",
+            r#"denied by rule "no-deletes" (method DELETE)"#
+        )
+    );
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("delete", "/x"))),
+        Some("no-deletes")
+    );
+    assert_eq!(decide(&p, &Req::new("GET", "/x")), Decision::Allow);
+    assert_eq!(decide(&p, &Req::new("POST", "/x")), Decision::Allow);
+
+    // A policy built in code with lower-case methods matches the same way.
+    let built = Policy {
+        default: Effect::Allow,
+        rules: vec![Rule {
+            name: "no-puts".to_owned(),
+            effect: Effect::Deny,
+            methods: vec!["put".to_owned()],
+            paths: vec![],
+            days: vec![],
+            hours: None,
+            when: None,
+        }],
+    };
+    let p = built.compile().expect("compiles");
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("PUT", "/x"))),
+        Some("no-puts")
+    );
+    assert!(decide(&p, &Req::new("GET", "/x")).is_allow());
+}
+
+#[test]
+fn path_globs() {
+    let p = compile(
+        r#"{"rules":[
+            {"name":"admin","effect":"deny","paths":["/admin/**"]},
+            {"name":"abc","effect":"deny","paths":["/a/*/c"]},
+            {"name":"version","effect":"deny","paths":["/v?/x"]},
+            {"name":"deep","effect":"deny","paths":["/d/**/z","/e"]}
+        ]}"#,
+    );
+    let cases = [
+        ("/admin/x", Some("admin")),
+        ("/admin/x/y", Some("admin")),
+        ("/admin/", Some("admin")),
+        ("/admin", None),
+        ("/administrator", None),
+        ("/a/b/c", Some("abc")),
+        ("/a/b/d/c", None),
+        ("/a/b/c/d", None),
+        ("/v1/x", Some("version")),
+        ("/v10/x", None),
+        ("/v/x", None),
+        ("/d/z", Some("deep")),
+        ("/d/q/r/z", Some("deep")),
+        ("/e", Some("deep")),
+        ("/e/f", None),
+    ];
+    for (path, rule) in cases {
+        let decision = decide(&p, &Req::new("GET", path));
+        assert_eq!(denied_by(&decision), rule, "path {path}");
+    }
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/admin/x")),
+        deny("admin", r#"denied by rule "admin" (path /admin/x)"#)
+    );
+}
+
+#[test]
+fn time_windows() {
+    let p = compile(
+        r#"{"default":"deny","rules":[
+            {"name":"office-hours","effect":"allow","days":["mon","TUE","wed","thu","fri"],"hours":{"from":9,"to":17}}
+        ]}"#,
+    );
+    let at = |secs| Req::new("GET", "/x").at(time(secs));
+    assert!(decide(&p, &at(MONDAY + 10 * HOUR)).is_allow());
+    assert!(decide(&p, &at(MONDAY + 9 * HOUR)).is_allow());
+    assert_eq!(
+        decide(&p, &at(MONDAY + 9 * HOUR - 1)),
+        deny("default", "denied by default: no rule allowed GET /x")
+    );
+    assert!(!decide(&p, &at(MONDAY + 17 * HOUR)).is_allow());
+    // Tuesday 16:59.
+    assert!(decide(&p, &at(MONDAY + DAY + 16 * HOUR + 59 * 60)).is_allow());
+    // Saturday and Sunday 10:00.
+    assert!(!decide(&p, &at(MONDAY + 5 * DAY + 10 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + 6 * DAY + 10 * HOUR)).is_allow());
+
+    // A window that wraps midnight.
+    let p = compile(r#"{"rules":[{"name":"night","effect":"deny","hours":{"from":22,"to":6}}]}"#);
+    assert_eq!(
+        decide(&p, &at(MONDAY + 23 * HOUR)),
+        deny("night", r#"denied by rule "night" (hour 23)"#)
+    );
+    assert!(!decide(&p, &at(MONDAY + 22 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + DAY + 3 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + 6 * HOUR - 1)).is_allow());
+    assert!(decide(&p, &at(MONDAY + 6 * HOUR)).is_allow());
+    assert!(decide(&p, &at(MONDAY + 22 * HOUR - 1)).is_allow());
+
+    let p = compile(r#"{"rules":[{"name":"weekend","effect":"deny","days":["sat","sun"]}]}"#);
+    assert_eq!(
+        decide(&p, &at(MONDAY + 5 * DAY + 10 * HOUR)),
+        deny("weekend", r#"denied by rule "weekend" (day sat)"#)
+    );
+    assert!(decide(&p, &at(MONDAY + 4 * DAY + 23 * HOUR)).is_allow());
+}
+
+#[test]
+fn expressions_over_headers_and_query() {
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"beta-header","effect":"allow","when":"request.headers['x-beta'] == '1' && request.query['v'] == '2'"}]}"#,
+    );
+    let beta = || Req::new("GET", "/x").header("x-beta", "1");
+    assert!(decide(&p, &beta().query("v=2")).is_allow());
+    // The first value of a repeated key.
+    assert!(decide(&p, &beta().query("v=2&v=3")).is_allow());
+    assert_eq!(
+        denied_by(&decide(&p, &beta().query("v=3&v=2"))),
+        Some("default")
+    );
+    let off = Req::new("GET", "/x").header("x-beta", "0").query("v=2");
+    assert_eq!(denied_by(&decide(&p, &off)), Some("default"));
+
+    let p = compile(
+        r#"{"default":"deny","rules":[
+            {"name":"name","effect":"allow","when":"'name' in request.query && request.query['name'] == 'a b/c'"},
+            {"name":"tags","effect":"allow","when":"'x-tag' in request.headers && request.headers['x-tag'] == 'a, b'"}
+        ]}"#,
+    );
+    for query in [
+        "name=a%20b%2Fc",
+        "name=a+b%2fc",
+        "other=1&name=a%20b%2Fc&name=zzz",
+        "?name=a%20b/c",
+    ] {
+        let req = Req::new("GET", "/x").query(query);
+        assert!(decide(&p, &req).is_allow(), "query {query}");
+    }
+    // Repeated headers are joined with ", ".
+    let tagged = Req::new("GET", "/x")
+        .header("x-tag", "a")
+        .header("x-tag", "b");
+    assert!(decide(&p, &tagged).is_allow());
+    let once = Req::new("GET", "/x").header("x-tag", "a");
+    assert_eq!(denied_by(&decide(&p, &once)), Some("default"));
+
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"api-posts","effect":"allow","when":"request.method == 'POST' && request.path.startsWith('/api/') && size(request.headers) == 0"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("post", "/api/items")).is_allow());
+    assert!(!decide(&p, &Req::new("POST", "/web")).is_allow());
+}
+
+#[test]
+fn expressions_over_the_caller() {
+    let p = compile(
+        r#"{"rules":[{"name":"admin-api","effect":"deny","paths":["/admin/**"],"when":"request.caller.role != 'admin'"}]}"#,
+    );
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/admin/users").role("developer")),
+        deny(
+            "admin-api",
+            r#"denied by rule "admin-api" (path /admin/users, expression true)"#
+        )
+    );
+    assert!(decide(&p, &Req::new("GET", "/admin/users").role("admin")).is_allow());
+    assert!(decide(&p, &Req::new("GET", "/public").role("developer")).is_allow());
+
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"acme","effect":"allow","when":"request.caller.org == 'acme' && request.caller.token_id == 'tok_1' && request.caller['role'] == 'invoker'"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/x")).is_allow());
+}
+
+#[test]
+fn expressions_over_time() {
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"hours","effect":"allow","when":"request.hour >= 9 && request.hour < 17 && request.weekday == 'mon'"}]}"#,
+    );
+    let at = |secs| Req::new("GET", "/x").at(time(secs));
+    assert!(decide(&p, &at(MONDAY + 10 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + 8 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + DAY + 10 * HOUR)).is_allow());
+
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"stamp","effect":"allow","when":"request.time > timestamp('2023-12-31T00:00:00Z') && request.time.getDayOfWeek() == 1 && request.time.getHours() == 10 && request.time - timestamp('2024-01-01T00:00:00Z') < duration('11h')"}]}"#,
+    );
+    assert!(decide(&p, &at(MONDAY + 10 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + 11 * HOUR)).is_allow());
+    assert!(!decide(&p, &at(MONDAY + DAY + 10 * HOUR)).is_allow());
+}
+
+#[test]
+fn first_matching_rule_decides() {
+    let p = compile(
+        r#"{"rules":[
+            {"name":"allow-a","effect":"allow","paths":["/a/**"]},
+            {"name":"deny-get","effect":"deny","methods":["GET"]}
+        ]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/a/x")).is_allow());
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("GET", "/b"))),
+        Some("deny-get")
+    );
+    assert!(decide(&p, &Req::new("POST", "/b")).is_allow());
+
+    let p = compile(
+        r#"{"rules":[
+            {"name":"deny-get","effect":"deny","methods":["GET"]},
+            {"name":"allow-a","effect":"allow","paths":["/a/**"]}
+        ]}"#,
+    );
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("GET", "/a/x"))),
+        Some("deny-get")
+    );
+
+    // A rule without conditions matches everything.
+    let p =
+        compile(r#"{"rules":[{"name":"all","effect":"deny"},{"name":"never","effect":"allow"}]}"#);
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/x")),
+        deny("all", r#"denied by rule "all" (every request)"#)
+    );
+}
+
+#[test]
+fn default_deny() {
+    let p = compile(r#"{"default":"deny"}"#);
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/x")),
+        deny("default", "denied by default: no rule allowed GET /x")
+    );
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"posts","effect":"allow","methods":["POST"]}]}"#,
+    );
+    assert!(decide(&p, &Req::new("POST", "/x")).is_allow());
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("GET", "/x"))),
+        Some("default")
+    );
+}
+
+#[test]
+fn failing_expressions_deny() {
+    let p = compile(
+        r#"{"rules":[{"name":"beta-header","effect":"allow","when":"request.headers['x-beta'] == '1' && request.query['v'] == '2'"}]}"#,
+    );
+    // Missing header: the allow rule denies (fail closed) instead of falling through.
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/x")),
+        deny(
+            "beta-header",
+            r#"rule "beta-header": expression failed: No such key: x-beta"#
+        )
+    );
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/x").header("x-beta", "1")),
+        deny(
+            "beta-header",
+            r#"rule "beta-header": expression failed: No such key: v"#
+        )
+    );
+
+    // Guarded with `in`, a missing header just does not match.
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"guarded","effect":"allow","when":"'x-beta' in request.headers && request.headers['x-beta'] == '1'"}]}"#,
+    );
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("GET", "/x"))),
+        Some("default")
+    );
+
+    let p = compile(r#"{"rules":[{"name":"not-bool","effect":"allow","when":"request.path"}]}"#);
+    assert_eq!(
+        decide(&p, &Req::new("GET", "/x")),
+        deny(
+            "not-bool",
+            r#"rule "not-bool": expression failed: result is string, not bool"#
+        )
+    );
+
+    let p = compile(
+        r#"{"rules":[{"name":"member","effect":"allow","when":"request.headers.beta == '1'"}]}"#,
+    );
+    let decision = decide(&p, &Req::new("GET", "/x"));
+    assert!(
+        matches!(&decision, Decision::Deny { rule, reason } if rule == "member" && reason.contains("No such key: beta")),
+        "{decision:?}"
+    );
+
+    let p = compile(
+        r#"{"rules":[{"name":"list","effect":"allow","when":"[1, 2][request.hour] == 1"}]}"#,
+    );
+    let decision = decide(&p, &Req::new("GET", "/x"));
+    assert!(
+        matches!(&decision, Decision::Deny { reason, .. } if reason.contains("index out of range")),
+        "{decision:?}"
+    );
+
+    // The interpreter panics on a comprehension over a string: caught, and the rule denies.
+    let p = compile(
+        r#"{"rules":[{"name":"panics","effect":"allow","when":"'x' in request.query && request.query['x'].exists(c, c == 'a')"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/x")).is_allow());
+    let decision = decide(&p, &Req::new("GET", "/x").query("x=abc"));
+    assert!(
+        matches!(&decision, Decision::Deny { rule, reason } if rule == "panics" && reason.starts_with(r#"rule "panics": expression failed: the evaluator failed"#)),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn strict_index_on_literals() {
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"ok","effect":"allow","when":"{'a': 1}['a'] == 1 && [1, 2][1] == 2 && {'a': {'b': true}}['a']['b']"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/x")).is_allow());
+}
+
+#[test]
+fn compile_refuses_bad_expressions() {
+    let cases = [
+        (
+            json!({"when": "request.method =="}),
+            "invalid expression: syntax error",
+        ),
+        (
+            json!({"when": "request.path.lowerAscii() == '/x'"}),
+            "unknown function 'lowerAscii'",
+        ),
+        (json!({"when": "nosuch(1)"}), "unknown function 'nosuch'"),
+        (json!({"when": "foo == 1"}), "undeclared reference to 'foo'"),
+        (
+            json!({"when": "request.nope == 1"}),
+            "request has no field 'nope'",
+        ),
+        (json!({"when": "'yes'"}), "must evaluate to a bool"),
+        (
+            json!({"when": "request.hour + 1"}),
+            "must evaluate to a bool",
+        ),
+        (json!({"when": "  "}), "expression is empty"),
+        (
+            json!({"when": "request.path.exists(c, c == 'x')"}),
+            "the evaluator cannot run it",
+        ),
+    ];
+    for (fields, expected) in cases {
+        let message = refusal_of(fields.clone());
+        assert!(message.starts_with(r#"rule "r": "#), "{fields}: {message}");
+        assert!(message.contains(expected), "{fields}: {message}");
+    }
+
+    let message = refusal_of(json!({"when": "Foo{a: 1}.a == 1"}));
+    assert!(message.contains("invalid expression"), "{message}");
+
+    let long = format!("{}true", "true && ".repeat(600));
+    assert!(refusal_of(json!({ "when": long })).contains("characters long"));
+    let nested = format!("{}true{}", "(".repeat(40), ")".repeat(40));
+    assert!(refusal_of(json!({ "when": nested })).contains("nested too deeply"));
+    let chain = format!("{}1 == 101", "1 + ".repeat(100));
+    assert!(refusal_of(json!({ "when": chain })).contains("nested too deeply"));
+
+    let nested = "request.headers.exists(a, request.headers.exists(b, a != b))";
+    assert!(refusal_of(json!({ "when": nested })).contains("cannot be nested"));
+    let big = format!("request.hour in [{}]", ["1"; 300].join(", "));
+    assert!(refusal_of(json!({ "when": big })).contains("more than 256 elements"));
+    // One macro over another's result is fine (not nested).
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"x","effect":"allow","when":"size(request.headers.filter(k, k.startsWith('x-'))) == 1 && request.headers.all(k, k != 'z')"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/x").header("x-a", "1")).is_allow());
+    assert!(!decide(&p, &Req::new("GET", "/x")).is_allow());
+
+    // `has` on an unknown field is merely false.
+    let p = compile(
+        r#"{"default":"deny","rules":[{"name":"h","effect":"allow","when":"!has(request.nope)"}]}"#,
+    );
+    assert!(decide(&p, &Req::new("GET", "/x")).is_allow());
+}
+
+#[test]
+fn compile_refuses_bad_conditions() {
+    let cases = [
+        (json!({"paths": ["/a/[b"]}), r#"invalid path glob "/a/[b""#),
+        (json!({"paths": ["/a**"]}), "whole path segment"),
+        (json!({"paths": ["a/b"]}), "must start with '/'"),
+        (
+            json!({"hours": {"from": 9, "to": 9}}),
+            "from and to must differ",
+        ),
+        (json!({"hours": {"from": 9, "to": 25}}), "hours are 0 to 24"),
+        (json!({"days": ["funday"]}), r#"unknown day "funday""#),
+        (json!({"methods": ["GE T"]}), r#"invalid method "GE T""#),
+    ];
+    for (fields, expected) in cases {
+        let message = refusal_of(fields.clone());
+        assert!(message.starts_with(r#"rule "r": "#), "{fields}: {message}");
+        assert!(message.contains(expected), "{fields}: {message}");
+    }
+}
+
+#[test]
+fn compile_refuses_bad_names_and_sizes() {
+    assert_eq!(
+        refusal(r#"{"rules":[{"name":"a","effect":"deny"},{"name":"a","effect":"allow"}]}"#),
+        r#"rule "a": duplicate name"#
+    );
+    assert_eq!(
+        refusal(r#"{"rules":[{"name":"has space","effect":"deny"}]}"#),
+        r#"rule #1: invalid name "has space": may contain only letters, digits, '_', '.' and '-'"#
+    );
+    assert!(refusal(r#"{"rules":[{"name":"","effect":"deny"}]}"#).contains("must be 1 to 64"));
+    let long = json!({"rules": [{"name": "a".repeat(65), "effect": "deny"}]});
+    assert!(refusal(&long.to_string()).contains("must be 1 to 64"));
+    assert!(refusal(r#"{"rules":[{"name":"default","effect":"deny"}]}"#).contains("reserved"));
+
+    let rules: Vec<serde_json::Value> = (0..65)
+        .map(|i| json!({"name": format!("r{i}"), "effect": "deny"}))
+        .collect();
+    assert_eq!(
+        refusal(&json!({ "rules": rules }).to_string()),
+        "too many rules: 65 (at most 64)"
+    );
+}
+
+#[test]
+fn json_round_trip() {
+    let policy = Policy::from_json(EXAMPLE).expect("parses");
+    let compiled = policy.compile().expect("compiles");
+    let text = serde_json::to_string(&policy).expect("serializes");
+    assert_eq!(Policy::from_json(&text).expect("parses again"), policy);
+    let value: serde_json::Value = serde_json::from_str(&text).expect("is json");
+    assert_eq!(
+        value["rules"][0],
+        json!({"name": "no-deletes", "effect": "deny", "methods": ["DELETE"]})
+    );
+    assert_eq!(value["rules"][2]["hours"], json!({"from": 9, "to": 17}));
+    assert_eq!(
+        Policy::from_json("{}").expect("empty policy"),
+        Policy::default()
+    );
+
+    // The example policy in action.
+    assert_eq!(
+        denied_by(&decide(&compiled, &Req::new("DELETE", "/x"))),
+        Some("no-deletes")
+    );
+    assert_eq!(
+        denied_by(&decide(&compiled, &Req::new("GET", "/admin/x"))),
+        Some("admin-api")
+    );
+    assert!(decide(&compiled, &Req::new("GET", "/admin/x").role("admin")).is_allow());
+    assert!(decide(&compiled, &Req::new("GET", "/x")).is_allow());
+    // Saturday: office hours do not match and beta-header fails closed on the missing header.
+    let saturday = Req::new("GET", "/x").at(time(MONDAY + 5 * DAY + 10 * HOUR));
+    assert_eq!(
+        denied_by(&decide(&compiled, &saturday)),
+        Some("beta-header")
+    );
+    let beta = saturday.header("x-beta", "1").query("v=2");
+    assert!(decide(&compiled, &beta).is_allow());
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    for text in [
+        r#"{"rules":[],"extra":1}"#,
+        r#"{"rules":[{"name":"a","effect":"deny","path":["/x"]}]}"#,
+        r#"{"rules":[{"name":"a","effect":"deny","hours":{"from":1,"to":2,"tz":"utc"}}]}"#,
+    ] {
+        let err = Policy::from_json(text).expect_err("refused");
+        assert!(
+            matches!(&err, PolicyError::Json(m) if m.contains("unknown field")),
+            "{text}: {err}"
+        );
+        assert!(
+            err.to_string().starts_with("invalid policy json: "),
+            "{err}"
+        );
+    }
+    let err =
+        Policy::from_json(r#"{"rules":[{"name":"a","effect":"maybe"}]}"#).expect_err("refused");
+    assert!(
+        matches!(&err, PolicyError::Json(m) if m.contains("unknown variant")),
+        "{err}"
+    );
+    let err = Policy::from_json(r#"{"rules":[{"effect":"deny"}]}"#).expect_err("refused");
+    assert!(
+        matches!(&err, PolicyError::Json(m) if m.contains("missing field `name`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_policies() {
+    assert!(Policy::default().compile().expect("compiles").is_empty());
+    assert!(compile("{}").is_empty());
+    assert!(!compile(r#"{"default":"deny"}"#).is_empty());
+    assert!(!compile(r#"{"rules":[{"name":"a","effect":"allow"}]}"#).is_empty());
+}
+
+#[test]
+fn shared_across_threads() {
+    let p = Arc::new(compile(EXAMPLE));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || {
+                (0..100).all(|_| {
+                    let req = Req::new("GET", "/x").header("x-beta", "1").query("v=2");
+                    p.evaluate(&req.facts()).is_allow()
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        assert!(worker.join().expect("worker finishes"));
+    }
+}
+
+#[test]
+fn expressions_read_only_the_fields_they_name() {
+    let e = compile_expression("request.caller.role == 'admin'").expect("compiles");
+    assert_eq!(e.needs, Field::Caller.bit());
+    let e = compile_expression("request.headers['x'] == '1' || request.method == 'GET'")
+        .expect("compiles");
+    assert_eq!(e.needs, Field::Headers.bit() | Field::Method.bit());
+    let e = compile_expression("size(request) > 0").expect("compiles");
+    assert_eq!(e.needs, ALL_FIELDS);
+}
+
+#[test]
+fn listed_functions_exist_in_the_interpreter() {
+    let req = Req::new("GET", "/");
+    let scope = request_scope(&req.facts(), &Clock::new(req.now), ALL_FIELDS);
+    for name in FUNCTIONS {
+        let ast = cel_parser::Parser::default()
+            .parse(&format!("{name}()"))
+            .expect("parses");
+        let outcome = run(&ast, &scope);
+        assert!(
+            !matches!(
+                outcome,
+                Outcome::Failed {
+                    undeclared: true,
+                    ..
+                }
+            ),
+            "{name} is not a function of the interpreter"
+        );
+    }
+    let ast = cel_parser::Parser::default()
+        .parse("nosuch()")
+        .expect("parses");
+    assert!(matches!(
+        run(&ast, &scope),
+        Outcome::Failed {
+            undeclared: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn clock_reads_utc() {
+    let monday = Clock::new(time(MONDAY + 10 * HOUR + 59));
+    assert_eq!((monday.weekday, monday.hour), (0, 10));
+    let sunday = Clock::new(time(MONDAY + 6 * DAY + 23 * HOUR));
+    assert_eq!((sunday.weekday, sunday.hour), (6, 23));
+    // Before the epoch: 1969-12-31T23:00:00Z was a Wednesday.
+    let before = Clock::new(UNIX_EPOCH - Duration::from_secs(HOUR));
+    assert_eq!((before.weekday, before.hour), (2, 23));
+}

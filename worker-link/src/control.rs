@@ -1,0 +1,132 @@
+//! What worker services and routers get from (or send to) the control plane besides the
+//! routing table: a deployment's env ([`ControlPlaneEnv`], asked when its first instance
+//! starts) and function logs ([`PushLogs`], batched and sent in the background).
+
+use async_trait::async_trait;
+use reactor_api::logs::{LogEntry, LogSink};
+use reactor_api::{DeploymentSpec, EnvSource};
+use reactor_proto::client::{ClientError, ControlPlaneEndpoint};
+use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
+use reactor_proto::routing::{DeploymentEnvRequest, PushLogsRequest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A deployment's env, asked of the control plane over the internal channel.
+pub struct ControlPlaneEnv {
+    endpoint: ControlPlaneEndpoint,
+    channel: tonic::transport::Channel,
+    worker_id: String,
+}
+
+impl ControlPlaneEnv {
+    pub fn new(
+        endpoint: ControlPlaneEndpoint,
+        worker_id: String,
+    ) -> Result<Arc<Self>, ClientError> {
+        Ok(Arc::new(Self {
+            channel: endpoint.channel()?,
+            endpoint,
+            worker_id,
+        }))
+    }
+}
+
+#[async_trait]
+impl EnvSource for ControlPlaneEnv {
+    async fn deployment_env(
+        &self,
+        spec: &DeploymentSpec,
+    ) -> Result<Arc<BTreeMap<String, String>>, String> {
+        let result = async {
+            let mut client = WorkerRegistryClient::new(self.channel.clone());
+            let req = self.endpoint.request(DeploymentEnvRequest {
+                worker_id: self.worker_id.clone(),
+                org: spec.org.clone(),
+                function: spec.function.clone(),
+                deployment_id: spec.deployment_id.clone(),
+            })?;
+            Ok::<_, ClientError>(client.deployment_env(req).await?.into_inner().env)
+        }
+        .await;
+        result
+            .map(|env| Arc::new(env.into_iter().collect()))
+            .map_err(|e| format!("asking the control plane for the deployment's env: {e}"))
+    }
+}
+
+/// Entries buffered before new ones are dropped (the control plane is away or slow).
+const BUFFER: usize = 4096;
+/// Most entries per push.
+const BATCH: usize = 256;
+/// How long entries wait to fill a batch.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Sends log entries to the control plane in batches; never blocks the caller, drops
+/// (and counts) entries when the buffer is full.
+pub struct PushLogs {
+    tx: mpsc::Sender<LogEntry>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl PushLogs {
+    /// Starts the sender task; `sender_id` names this router or worker.
+    pub fn start(
+        endpoint: ControlPlaneEndpoint,
+        sender_id: String,
+    ) -> Result<Arc<Self>, ClientError> {
+        let channel = endpoint.channel()?;
+        let (tx, mut rx) = mpsc::channel::<LogEntry>(BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        tokio::spawn(async move {
+            let mut batch: Vec<LogEntry> = Vec::with_capacity(BATCH);
+            loop {
+                let Some(first) = rx.recv().await else { return };
+                batch.push(first);
+                let until = tokio::time::Instant::now() + LINGER;
+                while batch.len() < BATCH {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(e)) => batch.push(e),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let entries: Vec<String> = batch
+                    .drain(..)
+                    .filter_map(|e| serde_json::to_string(&e).ok())
+                    .collect();
+                let n = entries.len() as u64;
+                let sent = async {
+                    let mut client = WorkerRegistryClient::new(channel.clone());
+                    let req = endpoint.request(PushLogsRequest {
+                        sender_id: sender_id.clone(),
+                        entries,
+                    })?;
+                    client.push_logs(req).await?;
+                    Ok::<_, ClientError>(())
+                }
+                .await;
+                if let Err(e) = sent {
+                    let total = lost.fetch_add(n, Ordering::Relaxed) + n;
+                    tracing::warn!(error = %e, lost = n, total, "function logs not delivered to the control plane");
+                }
+            }
+        });
+        Ok(Arc::new(Self { tx, dropped }))
+    }
+
+    /// Entries dropped so far (buffer full or the control plane unreachable).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl LogSink for PushLogs {
+    fn emit(&self, entry: LogEntry) {
+        if self.tx.try_send(entry).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
