@@ -950,7 +950,12 @@ fn compile_expression(source: &str) -> Result<Expression, String> {
             .parse(source)
             .map_err(|errors| describe_parse_errors(&errors))
     }))
-    .map_err(|payload| format!("the parser failed ({})", panic_message(payload.as_ref())))?;
+    .map_err(|payload| {
+        format!(
+            "syntax error: the expression is incomplete or malformed (the parser stopped: {})",
+            panic_message(payload.as_ref())
+        )
+    })?;
     let mut ast = parsed?;
     let mut checker = Checker {
         needs: 0,

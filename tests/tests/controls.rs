@@ -73,6 +73,16 @@ async fn call(
     (status, rule)
 }
 
+/// Caller token (None: the admin), method, path, headers, expected status and rule.
+type Case<'a> = (
+    Option<&'a str>,
+    Method,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u16,
+    Option<&'a str>,
+);
+
 fn utc_hour() -> u64 {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -127,14 +137,7 @@ async fn invoke_policies_allow_and_deny_by_method_path_window_and_cel() {
     assert!(shown.contains("admins-only"), "{shown}");
 
     let inv = Some(invoker.as_str());
-    let cases: Vec<(
-        Option<&str>,
-        Method,
-        &str,
-        Vec<(&str, &str)>,
-        u16,
-        Option<&str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (None, Method::GET, "/fn/v1/guarded/x", vec![], 200, None),
         (
             None,
