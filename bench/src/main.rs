@@ -12,10 +12,12 @@
 //!
 //! `reactor-bench hop` compares the router-to-worker protocols (HTTP/2 and gRPC).
 //! `reactor-bench bun` measures the Bun runtime against bare `Bun.serve`.
+//! `reactor-bench controls` measures invoke policies and the concurrency cap.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
 mod bun;
+mod controls;
 mod hop;
 mod load;
 
@@ -45,6 +47,8 @@ enum Cmd {
     Hop(hop::HopArgs),
     /// The Bun runtime against bare `Bun.serve`, and Bun cold starts.
     Bun(bun::BunArgs),
+    /// What invoke policies and the concurrency cap cost per request.
+    Controls(controls::ControlsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Cmd::Hop(args)) => hop::run(args).await,
         Some(Cmd::Bun(args)) => bun::run(args).await,
+        Some(Cmd::Controls(args)) => controls::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

@@ -116,6 +116,14 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     dp.wait_for_version(cp.routing().current().version).await;
 
     let life = Lifecycle::new();
+    {
+        // On shutdown, end log streams so that draining does not wait for them.
+        let (cp, life) = (cp.clone(), life.clone());
+        tokio::spawn(async move {
+            life.stopped().await;
+            cp.close();
+        });
+    }
     let app = reactor_service::public_app(
         Router::new()
             .merge(reactor_control_plane::http::admin_router(cp.clone()))

@@ -21,6 +21,8 @@ pub const DATA_KEY_FILE: &str = "data_key";
 pub const MAX_VALUE_BYTES: usize = 32 * 1024;
 /// Most env keys per function.
 pub const MAX_KEYS: usize = 200;
+/// Most bytes of keys and values per function (what a worker receives in one message).
+pub const MAX_TOTAL_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {

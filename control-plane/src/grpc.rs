@@ -101,6 +101,8 @@ pub fn worker_registry(
         cp,
         internal_token: InternalToken::new(&internal_token),
     })
+    // Log batches are capped at 1 MiB of messages; JSON framing adds to that.
+    .max_decoding_message_size(8 << 20)
 }
 
 #[tonic::async_trait]
@@ -114,6 +116,7 @@ impl WorkerRegistry for Registry {
             worker_id,
             runtime,
             url,
+            worker_secret,
         } = req.into_inner();
         let runtime: reactor_api::Runtime =
             runtime
@@ -138,7 +141,12 @@ impl WorkerRegistry for Registry {
                 "url {url:?} must be http://host:port"
             )));
         }
-        if self.cp.workers().register(&worker_id, runtime, &url) {
+        let changed = self
+            .cp
+            .workers()
+            .register_with_secret(&worker_id, runtime, &url, &worker_secret)
+            .map_err(|e| Status::already_exists(e.to_string()))?;
+        if changed {
             tracing::info!(worker_id, %runtime, url, "worker registered");
             self.cp
                 .routing()
@@ -185,24 +193,25 @@ impl WorkerRegistry for Registry {
     ) -> Result<Response<DeploymentEnvResponse>, Status> {
         check_internal(&req, &self.internal_token)?;
         let r = req.into_inner();
-        if !self
-            .cp
-            .workers()
-            .endpoints()
-            .iter()
-            .any(|w| w.worker_id == r.worker_id)
-        {
+        // Only a registered worker, proven by the secret it registered with (routers
+        // never see it), of the function's runtime.
+        let Some(runtime) = self.cp.workers().authorize(&r.worker_id, &r.worker_secret) else {
+            tracing::warn!(worker_id = %r.worker_id, org = %r.org, function = %r.function, "deployment env refused: not a registered worker with that secret");
             return Err(Status::permission_denied(format!(
-                "worker {:?} is not registered",
+                "worker {:?} is not registered with this secret",
                 r.worker_id
             )));
-        }
+        };
         let env = self
             .cp
-            .deployment_env(&r.org, &r.function, &r.deployment_id)
+            .deployment_env(&r.org, &r.function, &r.deployment_id, runtime)
             .await
-            .map_err(|e| Status::not_found(e.message))?;
-        tracing::debug!(worker_id = %r.worker_id, deployment_id = %r.deployment_id, keys = env.len(), "deployment env sent to a worker");
+            .map_err(|e| match e.code {
+                reactor_api::ErrorCode::Internal => Status::internal(e.message),
+                reactor_api::ErrorCode::Forbidden => Status::permission_denied(e.message),
+                _ => Status::not_found(e.message),
+            })?;
+        tracing::info!(worker_id = %r.worker_id, org = %r.org, function = %r.function, deployment_id = %r.deployment_id, keys = env.len(), "deployment env sent to a worker");
         Ok(Response::new(DeploymentEnvResponse {
             env: env.into_iter().collect(),
         }))

@@ -311,6 +311,6 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let Query(query) = query
         .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("query is not valid: {e}")))?;
-    let f = cp.get_function(&caller, &name).await?;
+    let f = cp.function_for_logs(&caller, &name).await?;
     crate::logs::sse_response(cp.logs(), &f.org, &f.name, &query)
 }

@@ -247,6 +247,8 @@ impl ControlPlane {
     /// heartbeats fail because this process goes away, not because they did).
     pub fn close(&self) {
         self.closing.send_replace(true);
+        // Log followers would otherwise hold the drain for its whole grace period.
+        self.logs.close();
     }
 
     pub fn is_closing(&self) -> bool {
@@ -648,6 +650,9 @@ impl ControlPlane {
         }
         let unpacked_dir = work.path().join(BUNDLE_DIR);
         let resolved = self.check_bundle(&function, &work).await?;
+        // Checked as late as possible before the insert pins the env (not in
+        // check_bundle: a resumed materialization has its env pinned already).
+        self.check_env_keys(&function, &resolved).await?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -747,7 +752,6 @@ impl ControlPlane {
             self.config.timeouts(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
-        self.check_env_keys(function, &resolved).await?;
         Ok(resolved)
     }
 
@@ -948,6 +952,16 @@ fn invalid_env_key(key: &str) -> ApiError {
 }
 
 impl ControlPlane {
+    /// The function, for a caller that may read its logs (not invokers).
+    pub async fn function_for_logs(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<FunctionInfo, ApiError> {
+        need(caller, caller.role.can_deploy(), "read logs")?;
+        Ok(function_info(&self.function(caller, name).await?))
+    }
+
     /// The env `deployment_id` pinned, decrypted: for a worker service that is about to
     /// start the deployment's instances.
     pub async fn deployment_env(
@@ -955,16 +969,29 @@ impl ControlPlane {
         org: &str,
         function: &str,
         deployment_id: &str,
+        runtime: Runtime,
     ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-        let exists = self
+        let f = self.store.get_function(org, function).await?;
+        let d = self
             .store
             .get_deployment(org, function, deployment_id)
-            .await?
-            .is_some();
-        if !exists {
+            .await?;
+        let (Some(f), Some(d)) = (f, d) else {
             return Err(ApiError::new(
                 ErrorCode::DeploymentNotFound,
                 format!("deployment {deployment_id} of {org}/{function} not found"),
+            ));
+        };
+        if f.runtime != runtime {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("function {org}/{function} does not run on {runtime} workers"),
+            ));
+        }
+        if d.status != DeploymentStatus::Ready {
+            return Err(ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!("deployment {deployment_id} is {}", d.status.as_str()),
             ));
         }
         self.env
@@ -998,6 +1025,27 @@ impl ControlPlane {
             ));
         }
         let existing = self.store.list_env(&f.org, &f.name).await?;
+        // Secrets are counted at their sealed size, close enough to the plaintext's.
+        let others: usize = existing
+            .iter()
+            .filter(|e| e.key != key)
+            .map(|e| {
+                e.key.len()
+                    + match &e.value {
+                        EnvValue::Plain(v) => v.len(),
+                        EnvValue::Secret(s) => s.ciphertext.len(),
+                    }
+            })
+            .sum();
+        if others + key.len() + req.value.len() > crate::env::MAX_TOTAL_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "the env of function {name} would exceed {} bytes of keys and values",
+                    crate::env::MAX_TOTAL_BYTES
+                ),
+            ));
+        }
         if existing.len() >= crate::env::MAX_KEYS && !existing.iter().any(|e| e.key == key) {
             return Err(ApiError::new(
                 ErrorCode::InvalidInput,
@@ -1038,6 +1086,7 @@ impl ControlPlane {
 
     /// The function's env keys: plain values shown, secrets never.
     pub async fn list_env(&self, caller: &Caller, name: &str) -> Result<Vec<EnvVarInfo>, ApiError> {
+        need(caller, caller.role.can_deploy(), "read env")?;
         let f = self.function(caller, name).await?;
         Ok(self
             .store
@@ -1127,6 +1176,7 @@ impl ControlPlane {
         caller: &Caller,
         name: &str,
     ) -> Result<reactor_policy::Policy, ApiError> {
+        need(caller, caller.role.can_deploy(), "read policies")?;
         let f = self.function(caller, name).await?;
         match f.policy.as_deref() {
             Some(json) => reactor_policy::Policy::from_json(json)

@@ -27,7 +27,23 @@ struct Registered {
     runtime: Runtime,
     url: String,
     last_seen: Instant,
+    /// SHA-256 of the secret the worker registered with (empty: none).
+    secret: Vec<u8>,
 }
+
+fn secret_hash(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    if secret.is_empty() {
+        Vec::new()
+    } else {
+        sha2::Sha256::digest(secret.as_bytes()).to_vec()
+    }
+}
+
+/// A registration refused: the id belongs to a live worker with another secret.
+#[derive(Debug, thiserror::Error)]
+#[error("worker id {0:?} is registered by another worker (another secret)")]
+pub struct IdTaken(pub String);
 
 pub struct WorkerRegistry {
     timing: WorkerTiming,
@@ -46,16 +62,34 @@ impl WorkerRegistry {
         self.timing
     }
 
-    /// Registers (or re-registers) a worker; true when the table must change.
+    /// Registers (or re-registers) a worker without a secret; true when the table must
+    /// change.
     pub fn register(&self, id: &str, runtime: Runtime, url: &str) -> bool {
+        self.register_with_secret(id, runtime, url, "")
+            .unwrap_or(false)
+    }
+
+    /// Registers (or re-registers) a worker with the secret it chose; true when the
+    /// table must change. A live id registered with another secret is refused.
+    pub fn register_with_secret(
+        &self,
+        id: &str,
+        runtime: Runtime,
+        url: &str,
+        secret: &str,
+    ) -> Result<bool, IdTaken> {
         let Ok(mut workers) = self.workers.lock() else {
-            return false;
+            return Ok(false);
         };
         let now = Instant::now();
+        let hash = secret_hash(secret);
         match workers.get_mut(id) {
+            Some(w) if w.secret != hash && now.duration_since(w.last_seen) < self.timing.ttl => {
+                Err(IdTaken(id.to_string()))
+            }
             Some(w) if w.runtime == runtime && w.url == url => {
                 w.last_seen = now;
-                false
+                Ok(false)
             }
             _ => {
                 workers.insert(
@@ -64,11 +98,21 @@ impl WorkerRegistry {
                         runtime,
                         url: url.to_string(),
                         last_seen: now,
+                        secret: hash,
                     },
                 );
-                true
+                Ok(true)
             }
         }
+    }
+
+    /// The runtime of registered worker `id` when `secret` is the one it registered with.
+    pub fn authorize(&self, id: &str, secret: &str) -> Option<Runtime> {
+        let workers = self.workers.lock().ok()?;
+        let w = workers.get(id)?;
+        let hash = secret_hash(secret);
+        // Hashes are compared, so the time taken says nothing about the secret.
+        (!hash.is_empty() && w.secret == hash).then_some(w.runtime)
     }
 
     /// Records a heartbeat; false when the worker is unknown.

@@ -9,7 +9,7 @@ use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
 use reactor_proto::routing::WatchRequest;
 use reactor_proto::routing::routing_service_client::RoutingServiceClient;
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
-use reactor_proto::routing::{HeartbeatRequest, RegisterRequest};
+use reactor_proto::routing::{DeploymentEnvRequest, HeartbeatRequest, RegisterRequest};
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -122,6 +122,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w1".into(),
             runtime: "wasm".into(),
             url: "http://127.0.0.1:7101".into(),
+            worker_secret: "w1-secret".into(),
         }))
         .await
         .expect("register")
@@ -136,6 +137,36 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             .collect::<Vec<_>>()
     };
     assert_eq!(listed(&cp), ["w1"]);
+    // Its id cannot be taken over with another secret while it lives, and only its own
+    // secret gets a deployment's env (routers hold the token and see ids, not secrets).
+    let takeover = registry
+        .register(authed(RegisterRequest {
+            worker_id: "w1".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:9999".into(),
+            worker_secret: "guessed".into(),
+        }))
+        .await;
+    assert_eq!(
+        takeover.expect_err("taken id").code(),
+        tonic::Code::AlreadyExists
+    );
+    for (secret, code) in [
+        ("guessed", tonic::Code::PermissionDenied),
+        ("", tonic::Code::PermissionDenied),
+        ("w1-secret", tonic::Code::NotFound),
+    ] {
+        let env = registry
+            .deployment_env(authed(DeploymentEnvRequest {
+                worker_id: "w1".into(),
+                org: "acme".into(),
+                function: "hello".into(),
+                deployment_id: "dep_none".into(),
+                worker_secret: secret.into(),
+            }))
+            .await;
+        assert_eq!(env.expect_err("refused").code(), code, "secret {secret:?}");
+    }
     let want = cp.routing().current().version;
     assert!(
         caught_up(want).await.is_some(),
@@ -186,6 +217,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w2".into(),
             runtime: "cobol".into(),
             url: "http://x:1".into(),
+            worker_secret: String::new(),
         }))
         .await;
     assert_eq!(
@@ -197,6 +229,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w2".into(),
             runtime: "wasm".into(),
             url: "not a url".into(),
+            worker_secret: String::new(),
         }))
         .await;
     assert_eq!(
@@ -208,6 +241,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w3".into(),
             runtime: "wasm".into(),
             url: "http://127.0.0.1:1".into(),
+            worker_secret: String::new(),
         })
         .await;
     assert_eq!(

@@ -163,7 +163,6 @@ impl DataPlane {
             .with_detail("function", name)
         };
         let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
-        check_policies(&entry.policies, &req, sub, &grant, name)?;
         let spec = entry.live.clone().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::DeploymentNotReady,
@@ -185,18 +184,7 @@ impl DataPlane {
             (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
         };
 
-        let permit = self.admit(&grant.org, name, &spec).await?;
-        let limit = self.options.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(body_too_large(name, limit));
-        }
         let (mut parts, body) = req.into_parts();
-        let (body, exceeded) = Counted::wrap(body, limit);
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{sub}?{q}"),
             None => sub.to_string(),
@@ -211,6 +199,21 @@ impl DataPlane {
                 )
             })?;
         rewrite_headers(&mut parts.headers, name, &grant, &request_id);
+        // Policies see the request as the function would: no platform credentials.
+        // Refusals from here on are invocations of the function too: they are logged.
+        let refused = |e: ApiError| self.log_refusal(&spec, &request_id, started, e);
+        check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
+        let permit = self.admit(&grant.org, name, &spec).await.map_err(refused)?;
+        let limit = self.options.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(refused(body_too_large(name, limit)));
+        }
+        let (body, exceeded) = Counted::wrap(body, limit);
         let request_id_for_log = request_id.clone();
         let invocation = Invocation {
             spec: spec.clone(),
@@ -284,6 +287,28 @@ impl DataPlane {
         }
     }
 
+    /// Logs a request refused before it reached the function (policy, cap, body limit).
+    fn log_refusal(
+        &self,
+        spec: &DeploymentSpec,
+        request_id: &str,
+        started: Instant,
+        e: ApiError,
+    ) -> ApiError {
+        let mut entry = LogEntry::invocation(
+            &spec.org,
+            &spec.function,
+            Some(&spec.deployment_id),
+            request_id,
+            e.code.status().as_u16(),
+            started.elapsed(),
+            false,
+        );
+        entry.message = format!("refused: {}", e.message);
+        self.options.logs.emit(entry);
+        e
+    }
+
     /// Crashes and timeouts are events of the function's log too.
     fn log_failure(&self, spec: &DeploymentSpec, error: &InvokeError) {
         let message = match error {
@@ -313,20 +338,19 @@ fn body_too_large(name: &str, limit: u64) -> ApiError {
 /// Every policy of the function must allow the request.
 fn check_policies(
     policies: &[Arc<Policy>],
-    req: &Request,
-    sub: &str,
+    req: &axum::http::request::Parts,
     grant: &crate::Grant,
     name: &str,
 ) -> Result<(), ApiError> {
     if policies.is_empty() {
         return Ok(());
     }
-    let path = sub.split('?').next().unwrap_or(sub);
+    let path = policy_path(req.uri.path());
     let facts = reactor_policy::RequestFacts {
-        method: req.method().as_str(),
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
+        method: req.method.as_str(),
+        path: &path,
+        query: req.uri.query(),
+        headers: &req.headers,
         caller_org: &grant.org,
         caller_role: grant.role.as_str(),
         caller_token_id: &grant.token_id,
@@ -350,6 +374,49 @@ fn check_policies(
         .with_detail("rule", rule));
     }
     Ok(())
+}
+
+/// The path policies match: percent-escapes of unreserved characters decoded, empty
+/// and `.` segments dropped, `..` resolved, so that `/%61dmin//./x` is `/admin/x` as most
+/// frameworks would route it. Other escapes (`%2F` among them) stay as they are.
+fn policy_path(raw: &str) -> String {
+    let mut decoded = String::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            decoded.push(b as char);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() || (decoded.ends_with('/') && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
 }
 
 /// Where an invocation runs.
@@ -484,6 +551,19 @@ mod tests {
             Some(("hello", "/a%20b/%2F"))
         );
         assert_eq!(split_path("/fn/v1/"), None);
+    }
+
+    #[test]
+    fn policy_paths_are_normalised() {
+        assert_eq!(policy_path("/admin/x"), "/admin/x");
+        assert_eq!(policy_path("/%61dmin/x"), "/admin/x");
+        assert_eq!(policy_path("//admin/./x"), "/admin/x");
+        assert_eq!(policy_path("/a/../admin/x"), "/admin/x");
+        assert_eq!(policy_path("/../../admin"), "/admin");
+        assert_eq!(policy_path("/"), "/");
+        assert_eq!(policy_path("/admin/"), "/admin/");
+        assert_eq!(policy_path("/a%2Fb"), "/a%2Fb");
+        assert_eq!(policy_path("/%"), "/%");
     }
 
     #[test]

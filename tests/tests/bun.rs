@@ -591,4 +591,53 @@ async fn the_split_topology_runs_bun_on_its_own_worker() {
         panic!("{}\n--- bun worker\n{bun_log}", split.logs())
     });
     assert_eq!(json_of(resp).await, json!({"message": "Hello, Split!"}));
+
+    // Secrets in the split topology: only the control plane holds the data key; the
+    // worker asks it for the deployment's env (registered workers only), and the function
+    // reads it. Function output and invocations reach the control plane's logs.
+    admin.create("envy", "bun").await;
+    let secret = "sk_split_7f3a9c";
+    let set = admin
+        .request(Method::PUT, "/fn/v1/_admin/functions/envy/env/API_KEY")
+        .json(&json!({"value": secret, "secret": true}))
+        .send()
+        .await
+        .expect("set");
+    assert_eq!(set.status(), 200);
+    let source = b"export default { fetch() { console.log('envy: read the key'); return new Response(process.env.API_KEY ?? 'missing'); } };\n";
+    let manifest = br#"{"secret_keys": ["API_KEY"]}"#;
+    let id = admin
+        .deploy_ready(
+            "envy",
+            bundle(&[("index.ts", source), ("manifest.json", manifest)]),
+        )
+        .await;
+    admin.promote("envy", &id).await;
+    let body = wait_until(Duration::from_secs(10), || async {
+        let resp = split.invoke(Method::GET, "/fn/v1/envy").send().await.ok()?;
+        (resp.status() == 200).then_some(resp.text().await.ok()?)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{}", split.logs()));
+    assert_eq!(body, secret);
+    let logged = wait_until(Duration::from_secs(10), || async {
+        let text = admin
+            .request(
+                Method::GET,
+                "/fn/v1/_admin/functions/envy/logs?follow=false",
+            )
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text.contains("envy: read the key") && text.contains(r#""kind":"invocation""#))
+            .then_some(text)
+    })
+    .await;
+    assert!(logged.is_some(), "{}", split.logs());
+    let bun_log =
+        std::fs::read_to_string(split.dir.path().join("bun-worker.log")).unwrap_or_default();
+    assert!(!split.logs().contains(secret) && !bun_log.contains(secret));
 }

@@ -231,6 +231,14 @@ async fn invoke_policies_allow_and_deny_by_method_path_window_and_cel() {
         );
     }
 
+    // Refused requests are invocations in the function's log, with the reason.
+    let logged = wait_until(Duration::from_secs(10), || async {
+        let out = s.cli(&["functions", "logs", "guarded"]).stdout;
+        (out.contains("invocation 403") && out.contains("refused: ")).then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "{}", s.cli(&["functions", "logs", "guarded"]).stdout);
+
     // An invalid rule is refused when it is set, and the policy in force stays.
     for bad in [
         json!({"rules": [{"name": "broken", "effect": "deny", "when": "request.method =="}]}),

@@ -31,7 +31,9 @@ function describe(e) {
 if (config.mode === "build") {
   // Prebundling at deploy: the entrypoint and its imports as one file, which starts
   // faster when the bundle has node_modules (docs/bun.md).
-  const out = await Bun.build({ entrypoints: [config.entry], target: "bun" });
+  // `env: "disable"`: process.env stays a run-time lookup, never inlined into the
+  // artifact (and the build runs with no env at all).
+  const out = await Bun.build({ entrypoints: [config.entry], target: "bun", env: "disable" });
   if (!out.success) {
     for (const log of out.logs) console.error(String(log));
     process.exit(4);

@@ -250,8 +250,13 @@ impl BunWorker {
         entry: &str,
         bundle_dir: &Path,
     ) -> Result<tempfile::TempDir, String> {
-        // Module top-level code may read the env, so checks see the deployment's too.
-        let env = self.env.deployment_env(spec).await?;
+        // Module top-level code may read the env, so checks see the deployment's too; the
+        // build gets none, so that nothing can be inlined into the stored artifact.
+        let env = if mode == "build" {
+            Arc::default()
+        } else {
+            self.env.deployment_env(spec).await?
+        };
         let socket_dir = tempfile::Builder::new()
             .prefix(&format!("{mode}-"))
             .tempdir_in(self.launcher.run_dir())

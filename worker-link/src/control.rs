@@ -19,17 +19,21 @@ pub struct ControlPlaneEnv {
     endpoint: ControlPlaneEndpoint,
     channel: tonic::transport::Channel,
     worker_id: String,
+    /// The secret this worker registers with.
+    secret: String,
 }
 
 impl ControlPlaneEnv {
     pub fn new(
         endpoint: ControlPlaneEndpoint,
         worker_id: String,
+        secret: String,
     ) -> Result<Arc<Self>, ClientError> {
         Ok(Arc::new(Self {
             channel: endpoint.channel()?,
             endpoint,
             worker_id,
+            secret,
         }))
     }
 }
@@ -47,6 +51,7 @@ impl EnvSource for ControlPlaneEnv {
                 org: spec.org.clone(),
                 function: spec.function.clone(),
                 deployment_id: spec.deployment_id.clone(),
+                worker_secret: self.secret.clone(),
             })?;
             Ok::<_, ClientError>(client.deployment_env(req).await?.into_inner().env)
         }
@@ -61,6 +66,8 @@ impl EnvSource for ControlPlaneEnv {
 const BUFFER: usize = 4096;
 /// Most entries per push.
 const BATCH: usize = 256;
+/// Most message bytes per push, well under gRPC's 4 MiB message limit.
+const BATCH_BYTES: usize = 1 << 20;
 /// How long entries wait to fill a batch.
 const LINGER: Duration = Duration::from_millis(100);
 
@@ -85,11 +92,15 @@ impl PushLogs {
             let mut batch: Vec<LogEntry> = Vec::with_capacity(BATCH);
             loop {
                 let Some(first) = rx.recv().await else { return };
+                let mut bytes = first.message.len();
                 batch.push(first);
                 let until = tokio::time::Instant::now() + LINGER;
-                while batch.len() < BATCH {
+                while batch.len() < BATCH && bytes < BATCH_BYTES {
                     match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(e)) => batch.push(e),
+                        Ok(Some(e)) => {
+                            bytes += e.message.len();
+                            batch.push(e)
+                        }
                         Ok(None) | Err(_) => break,
                     }
                 }

@@ -21,6 +21,8 @@ pub struct Registration {
     pub runtime: Runtime,
     /// Where routers reach this worker.
     pub url: String,
+    /// Chosen at start; proves this worker's identity to the control plane.
+    pub secret: String,
 }
 
 /// The running registration: `registered` turns true once the control plane took it.
@@ -114,6 +116,7 @@ async fn register_once(
         worker_id: me.worker_id.clone(),
         runtime: me.runtime.as_str().to_string(),
         url: me.url.clone(),
+        worker_secret: me.secret.clone(),
     })?;
     let r = client.register(req).await?.into_inner();
     Ok(Duration::from_millis(

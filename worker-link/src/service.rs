@@ -92,8 +92,10 @@ where
         internal_token: token.clone(),
         router_id: worker_id.clone(),
     };
-    let env = crate::control::ControlPlaneEnv::new(endpoint.clone(), worker_id.clone())
-        .with_context(|| format!("control plane url {cp_url}"))?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let env =
+        crate::control::ControlPlaneEnv::new(endpoint.clone(), worker_id.clone(), secret.clone())
+            .with_context(|| format!("control plane url {cp_url}"))?;
     let logs = crate::control::PushLogs::start(endpoint.clone(), worker_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
     let worker = build(WorkerContext {
@@ -116,6 +118,7 @@ where
             worker_id: worker_id.clone(),
             runtime,
             url: url.clone(),
+            secret,
         },
     )?;
     {

@@ -20,6 +20,9 @@ pub struct DeploymentEnvRequest {
     pub function: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub deployment_id: ::prost::alloc::string::String,
+    /// The secret the worker registered with.
+    #[prost(string, tag = "5")]
+    pub worker_secret: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DeploymentEnvResponse {
@@ -46,6 +49,11 @@ pub struct RegisterRequest {
     /// Where routers reach the worker, e.g. <http://10.0.0.5:7101>
     #[prost(string, tag = "3")]
     pub url: ::prost::alloc::string::String,
+    /// A random secret the worker chose at start, never in the routing table: it proves
+    /// the worker's identity when it asks for a deployment's env. A registered id cannot be
+    /// taken over with another secret.
+    #[prost(string, tag = "4")]
+    pub worker_secret: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RegisterResponse {
