@@ -237,7 +237,11 @@ async fn invoke_policies_allow_and_deny_by_method_path_window_and_cel() {
         (out.contains("invocation 403") && out.contains("refused: ")).then_some(())
     })
     .await;
-    assert!(logged.is_some(), "{}", s.cli(&["functions", "logs", "guarded"]).stdout);
+    assert!(
+        logged.is_some(),
+        "{}",
+        s.cli(&["functions", "logs", "guarded"]).stdout
+    );
 
     // An invalid rule is refused when it is set, and the policy in force stays.
     for bad in [
