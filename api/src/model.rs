@@ -150,12 +150,22 @@ pub struct TokenCreated {
 }
 
 /// `PUT .../functions/{name}/env/{KEY}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetEnv {
     pub value: String,
     #[serde(default)]
     pub secret: bool,
+}
+
+/// Never prints the value (it may be a secret).
+impl std::fmt::Debug for SetEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetEnv")
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 /// One env key of a function as the admin API shows it: a secret's value never.

@@ -69,22 +69,35 @@ pub async fn check_keys(store: &dyn Store, keyring: &Keyring) -> Result<(), EnvE
 }
 
 /// Re-seals every secret (current env and deployments' pinned copies) under the
-/// keyring's current key. Idempotent: values already under it are left alone.
+/// keyring's current key. Idempotent: values already under it are left alone. Scans
+/// again until one pass finds nothing under an old key, so that a row written during a
+/// pass (a deployment pinning an old-key value) is not missed.
 pub async fn rotate(store: &dyn Store, keyring: &Keyring) -> Result<RotationReport, EnvError> {
     let mut report = RotationReport {
         key_id: keyring.current_id().to_string(),
         resealed: 0,
         current: 0,
     };
-    for (row, sealed) in store.secrets().await? {
-        let (org, function, key) = row.binding();
-        match keyring.reseal(org, function, key, &sealed)? {
-            None => report.current += 1,
-            Some(new) => {
-                if store.replace_secret(&row, &sealed.key_id, &new).await? {
-                    report.resealed += 1;
+    for pass in 0..10 {
+        let mut resealed = 0;
+        let mut current = 0;
+        for (row, sealed) in store.secrets().await? {
+            let (org, function, key) = row.binding();
+            match keyring.reseal(org, function, key, &sealed)? {
+                None => current += 1,
+                Some(new) => {
+                    if store.replace_secret(&row, &sealed.key_id, &new).await? {
+                        resealed += 1;
+                    }
                 }
             }
+        }
+        report.resealed += resealed;
+        if pass == 0 {
+            report.current = current;
+        }
+        if resealed == 0 {
+            return Ok(report);
         }
     }
     Ok(report)

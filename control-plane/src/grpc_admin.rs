@@ -331,4 +331,92 @@ impl AdminService for Admin {
         })
         .await
     }
+
+    async fn set_env(
+        &self,
+        req: Request<pb::SetEnvRequest>,
+    ) -> Result<Response<pb::EnvVar>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            let set = reactor_api::model::SetEnv {
+                value: r.value,
+                secret: r.secret,
+            };
+            cp.set_env(&caller, &r.function, &r.key, set)
+                .await
+                .map(env_var)
+        })
+        .await
+    }
+
+    async fn list_env(
+        &self,
+        req: Request<pb::ListEnvRequest>,
+    ) -> Result<Response<pb::ListEnvResponse>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            let env = cp.list_env(&caller, &r.function).await?;
+            Ok::<_, ApiError>(pb::ListEnvResponse {
+                env: env.into_iter().map(env_var).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn unset_env(
+        &self,
+        req: Request<pb::UnsetEnvRequest>,
+    ) -> Result<Response<pb::UnsetEnvResponse>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            cp.unset_env(&caller, &r.function, &r.key).await?;
+            Ok::<_, ApiError>(pb::UnsetEnvResponse {})
+        })
+        .await
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyJson>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            policy_json(&cp.get_policy(&caller, &r.function).await?)
+        })
+        .await
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyJson>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            let policy = reactor_policy::Policy::from_json(&r.policy_json)
+                .map_err(|e| invalid(format!("policy is not valid: {e}")))?;
+            policy_json(&cp.set_policy(&caller, &r.function, Some(policy)).await?)
+        })
+        .await
+    }
+
+    async fn clear_policy(
+        &self,
+        req: Request<pb::ClearPolicyRequest>,
+    ) -> Result<Response<pb::ClearPolicyResponse>, Status> {
+        self.serve(req, |cp, caller, r| async move {
+            cp.set_policy(&caller, &r.function, None).await?;
+            Ok::<_, ApiError>(pb::ClearPolicyResponse {})
+        })
+        .await
+    }
+}
+
+fn env_var(e: reactor_api::model::EnvVarInfo) -> pb::EnvVar {
+    pb::EnvVar {
+        key: e.key,
+        secret: e.secret,
+        value: e.value,
+        updated_at: e.updated_at,
+    }
+}
+
+fn policy_json(p: &reactor_policy::Policy) -> Result<pb::PolicyJson, ApiError> {
+    Ok(pb::PolicyJson {
+        policy_json: serde_json::to_string(p).map_err(|e| ApiError::internal(e.to_string()))?,
+    })
 }

@@ -7,6 +7,7 @@ use reactor_api::config::FunctionsConfig;
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::grpc_admin::{self, ERROR_CODE};
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions};
+use reactor_proto::admin as pb;
 use reactor_proto::admin::admin_service_client::AdminServiceClient;
 use reactor_proto::admin::{
     CreateFunctionRequest, CreateOrgRequest, CreateTokenRequest, DeleteFunctionRequest,
@@ -401,6 +402,85 @@ async fn admin_operations_over_grpc() {
         Code::NotFound,
         "function_not_found",
     );
+
+    // Env and secrets: the secret is accepted and never returned.
+    let set = admin
+        .set_env(acme(pb::SetEnvRequest {
+            function: "probe".into(),
+            key: "API_KEY".into(),
+            value: "sk_grpc_secret".into(),
+            secret: true,
+        }))
+        .await
+        .expect("set env")
+        .into_inner();
+    assert!(set.secret && set.value.is_none());
+    admin
+        .set_env(acme(pb::SetEnvRequest {
+            function: "probe".into(),
+            key: "REGION".into(),
+            value: "eu".into(),
+            secret: false,
+        }))
+        .await
+        .expect("set env");
+    let env = admin
+        .list_env(acme(pb::ListEnvRequest {
+            function: "probe".into(),
+        }))
+        .await
+        .expect("list env")
+        .into_inner()
+        .env;
+    assert_eq!(env.len(), 2);
+    assert!(!format!("{env:?}").contains("sk_grpc_secret"));
+    assert_eq!(env[1].value.as_deref(), Some("eu"));
+    admin
+        .unset_env(acme(pb::UnsetEnvRequest {
+            function: "probe".into(),
+            key: "REGION".into(),
+        }))
+        .await
+        .expect("unset");
+    // Policies: an invalid one is refused, a valid one reaches the routing table.
+    assert_error(
+        admin
+            .set_policy(acme(pb::SetPolicyRequest {
+                function: "probe".into(),
+                policy_json: r#"{"rules":[{"name":"x","effect":"deny","when":"1 +"}]}"#.into(),
+            }))
+            .await,
+        Code::InvalidArgument,
+        "invalid_input",
+    );
+    admin
+        .set_policy(acme(pb::SetPolicyRequest {
+            function: "probe".into(),
+            policy_json:
+                r#"{"rules":[{"name":"no-deletes","effect":"deny","methods":["DELETE"]}]}"#.into(),
+        }))
+        .await
+        .expect("set policy");
+    let got = admin
+        .get_policy(acme(pb::GetPolicyRequest {
+            function: "probe".into(),
+        }))
+        .await
+        .expect("get policy")
+        .into_inner();
+    assert!(got.policy_json.contains("no-deletes"));
+    assert!(cp.routing().current().functions.iter().any(|f| {
+        f.name == "probe"
+            && f.policy
+                .as_deref()
+                .is_some_and(|p| p.contains("no-deletes"))
+    }));
+    admin
+        .clear_policy(acme(pb::ClearPolicyRequest {
+            function: "probe".into(),
+        }))
+        .await
+        .expect("clear policy");
 
     // Delete: gone from the API and from the routing table.
     admin
