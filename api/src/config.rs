@@ -215,7 +215,7 @@ impl ReactorConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FunctionsConfig {
     pub workdir: PathBuf,
@@ -243,6 +243,22 @@ pub struct FunctionsConfig {
 pub struct StorageConfig {
     pub url: Option<String>,
     pub api_key: Option<String>,
+}
+
+/// Everything but the data keys, which are shown as set or not.
+impl std::fmt::Debug for FunctionsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionsConfig")
+            .field("workdir", &self.workdir)
+            .field("data_key", &self.data_key.as_ref().map(|_| "<set>"))
+            .field("data_keys_previous", &self.data_keys_previous.len())
+            .field("bundle_max_bytes", &self.bundle_max_bytes)
+            .field("invoke_max_body_bytes", &self.invoke_max_body_bytes)
+            .field("invoke_default_timeout_ms", &self.invoke_default_timeout_ms)
+            .field("invoke_max_timeout_ms", &self.invoke_max_timeout_ms)
+            .field("runtimes", &self.runtimes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for FunctionsConfig {
