@@ -218,9 +218,10 @@ impl Server {
         self.cli_in_as(cwd, &self.token, &self.org, args)
     }
 
-    fn cli_in_as(&self, cwd: &Path, token: &str, org: &str, args: &[&str]) -> CliOutput {
-        let out = Command::new(reactor_bin())
-            .args(args)
+    /// The `reactor` CLI pointed at this server as `token`/`org`, run from `cwd`.
+    fn cli_command(&self, cwd: &Path, token: &str, org: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(reactor_bin());
+        cmd.args(args)
             .env("REACTOR_URL", &self.url)
             .env("REACTOR_TOKEN", token)
             .env("REACTOR_ORG", org)
@@ -228,29 +229,23 @@ impl Server {
                 "REACTOR_CREDENTIALS",
                 self.dir.path().join("no-credentials.json"),
             )
-            .current_dir(cwd)
+            .current_dir(cwd);
+        cmd
+    }
+
+    fn cli_in_as(&self, cwd: &Path, token: &str, org: &str, args: &[&str]) -> CliOutput {
+        let out = self
+            .cli_command(cwd, token, org, args)
             .stdin(Stdio::null())
             .output()
             .expect("running the reactor CLI");
-        CliOutput {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        CliOutput::from(out)
     }
 
     /// Runs the `reactor` CLI as the admin with `input` on its stdin (not a terminal).
     pub fn cli_with_input(&self, args: &[&str], input: &str) -> CliOutput {
-        let mut child = Command::new(reactor_bin())
-            .args(args)
-            .env("REACTOR_URL", &self.url)
-            .env("REACTOR_TOKEN", &self.token)
-            .env("REACTOR_ORG", &self.org)
-            .env(
-                "REACTOR_CREDENTIALS",
-                self.dir.path().join("no-credentials.json"),
-            )
-            .current_dir(root())
+        let mut child = self
+            .cli_command(&root(), &self.token, &self.org, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -259,27 +254,13 @@ impl Server {
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(input.as_bytes()).expect("writing stdin");
         }
-        let out = child.wait_with_output().expect("reactor CLI output");
-        CliOutput {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        CliOutput::from(child.wait_with_output().expect("reactor CLI output"))
     }
 
     /// Starts the `reactor` CLI as the admin with stdout piped, for commands that run
     /// until stopped (`logs --follow`).
     pub fn cli_spawn(&self, args: &[&str]) -> Child {
-        Command::new(reactor_bin())
-            .args(args)
-            .env("REACTOR_URL", &self.url)
-            .env("REACTOR_TOKEN", &self.token)
-            .env("REACTOR_ORG", &self.org)
-            .env(
-                "REACTOR_CREDENTIALS",
-                self.dir.path().join("no-credentials.json"),
-            )
-            .current_dir(root())
+        self.cli_command(&root(), &self.token, &self.org, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -461,6 +442,49 @@ pub struct CliOutput {
     pub success: bool,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl From<std::process::Output> for CliOutput {
+    fn from(out: std::process::Output) -> Self {
+        CliOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The WASM probe fixture (`tests/fixtures/probe-wasm`), with `manifest.json` when given.
+pub fn wasm_probe_bundle(manifest: Option<&serde_json::Value>) -> Vec<u8> {
+    let wasm = read(&build_component("tests/fixtures/probe-wasm", true));
+    match manifest.map(|m| m.to_string()) {
+        Some(m) => bundle(&[("probe.wasm", &wasm), ("manifest.json", m.as_bytes())]),
+        None => bundle(&[("probe.wasm", &wasm)]),
+    }
+}
+
+/// The Bun probe fixture (`tests/fixtures/probe-bun`, `__VERSION__` replaced by
+/// `version`) with the `node_modules` package it imports, and `manifest.json` when given.
+pub fn bun_probe_bundle(version: &str, manifest: Option<&serde_json::Value>) -> Vec<u8> {
+    let source = String::from_utf8(read(&root().join("tests/fixtures/probe-bun/index.ts")))
+        .expect("utf-8")
+        .replace("__VERSION__", version);
+    let manifest = manifest.map(|m| m.to_string());
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("index.ts", source.as_bytes()),
+        (
+            "node_modules/tiny-greet/package.json",
+            br#"{"name":"tiny-greet","version":"1.0.0","type":"module","main":"index.js"}"#,
+        ),
+        (
+            "node_modules/tiny-greet/index.js",
+            b"export const greet = (name) => `greetings, ${name}, from node_modules`;\n",
+        ),
+    ];
+    if let Some(m) = &manifest {
+        files.push(("manifest.json", m.as_bytes()));
+    }
+    bundle(&files)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

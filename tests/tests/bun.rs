@@ -6,29 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const PROBE: &str = "tests/fixtures/probe-bun/index.ts";
-
-/// The probe (with `version` substituted) plus a package in `node_modules` it imports.
 fn probe_bundle_with(version: &str, manifest: Option<&Value>) -> Vec<u8> {
-    let source = String::from_utf8(read(&root().join(PROBE)))
-        .expect("utf-8")
-        .replace("__VERSION__", version);
-    let manifest = manifest.map(|m| m.to_string());
-    let mut files: Vec<(&str, &[u8])> = vec![
-        ("index.ts", source.as_bytes()),
-        (
-            "node_modules/tiny-greet/package.json",
-            br#"{"name":"tiny-greet","version":"1.0.0","type":"module","main":"index.js"}"#,
-        ),
-        (
-            "node_modules/tiny-greet/index.js",
-            b"export const greet = (name) => `greetings, ${name}, from node_modules`;\n",
-        ),
-    ];
-    if let Some(m) = &manifest {
-        files.push(("manifest.json", m.as_bytes()));
-    }
-    bundle(&files)
+    bun_probe_bundle(version, manifest)
 }
 
 fn probe_bundle() -> Vec<u8> {

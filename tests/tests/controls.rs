@@ -8,40 +8,12 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-const WASM_PROBE: &str = "tests/fixtures/probe-wasm";
-const BUN_PROBE: &str = "tests/fixtures/probe-bun/index.ts";
-
 fn wasm_bundle(manifest: Option<&Value>) -> Vec<u8> {
-    let wasm = read(&build_component(WASM_PROBE, true));
-    match manifest {
-        Some(m) => {
-            let m = m.to_string();
-            bundle(&[("probe.wasm", &wasm), ("manifest.json", m.as_bytes())])
-        }
-        None => bundle(&[("probe.wasm", &wasm)]),
-    }
+    wasm_probe_bundle(manifest)
 }
 
 fn bun_bundle(manifest: Option<&Value>) -> Vec<u8> {
-    let source = String::from_utf8(read(&root().join(BUN_PROBE)))
-        .expect("utf-8")
-        .replace("__VERSION__", "v1");
-    let m = manifest.map(|m| m.to_string());
-    let mut files: Vec<(&str, &[u8])> = vec![
-        ("index.ts", source.as_bytes()),
-        (
-            "node_modules/tiny-greet/package.json",
-            br#"{"name":"tiny-greet","version":"1.0.0","type":"module","main":"index.js"}"#,
-        ),
-        (
-            "node_modules/tiny-greet/index.js",
-            b"export const greet = (name) => `hi ${name}`;\n",
-        ),
-    ];
-    if let Some(m) = &m {
-        files.push(("manifest.json", m.as_bytes()));
-    }
-    bundle(&files)
+    bun_probe_bundle("v1", manifest)
 }
 
 async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {

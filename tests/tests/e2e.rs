@@ -9,15 +9,11 @@ use std::time::{Duration, Instant};
 const PROBE: &str = "tests/fixtures/probe-wasm";
 
 fn probe_bundle() -> Vec<u8> {
-    bundle(&[("probe.wasm", &read(&build_component(PROBE, true)))])
+    wasm_probe_bundle(None)
 }
 
 fn probe_bundle_with(manifest: &Value) -> Vec<u8> {
-    let m = manifest.to_string();
-    bundle(&[
-        ("probe.wasm", &read(&build_component(PROBE, true))),
-        ("manifest.json", m.as_bytes()),
-    ])
+    wasm_probe_bundle(Some(manifest))
 }
 
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {

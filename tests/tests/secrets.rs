@@ -10,9 +10,6 @@ use sqlx::Row;
 use std::path::Path;
 use std::time::Duration;
 
-const WASM_PROBE: &str = "tests/fixtures/probe-wasm";
-const BUN_PROBE: &str = "tests/fixtures/probe-bun/index.ts";
-
 /// A fresh base64 data key and its raw bytes.
 fn data_key() -> (String, [u8; 32]) {
     let raw: [u8; 32] = rand::random();
@@ -25,30 +22,11 @@ fn secret_value() -> String {
 }
 
 fn wasm_bundle(manifest: &Value) -> Vec<u8> {
-    let m = manifest.to_string();
-    bundle(&[
-        ("probe.wasm", &read(&build_component(WASM_PROBE, true))),
-        ("manifest.json", m.as_bytes()),
-    ])
+    wasm_probe_bundle(Some(manifest))
 }
 
 fn bun_bundle(manifest: &Value) -> Vec<u8> {
-    let source = String::from_utf8(read(&root().join(BUN_PROBE)))
-        .expect("utf-8")
-        .replace("__VERSION__", "v1");
-    let m = manifest.to_string();
-    bundle(&[
-        ("index.ts", source.as_bytes()),
-        (
-            "node_modules/tiny-greet/package.json",
-            br#"{"name":"tiny-greet","version":"1.0.0","type":"module","main":"index.js"}"#,
-        ),
-        (
-            "node_modules/tiny-greet/index.js",
-            b"export const greet = (name) => `hi ${name}`;\n",
-        ),
-        ("manifest.json", m.as_bytes()),
-    ])
+    bun_probe_bundle("v1", Some(manifest))
 }
 
 /// The function's environment as it reports it.

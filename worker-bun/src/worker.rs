@@ -516,13 +516,8 @@ impl RuntimeWorker for BunWorker {
             }
         }
         let n = (spec.min_instances as usize).max(1);
-        pool.ensure(
-            &self.launcher,
-            &pool.env.clone(),
-            n,
-            Instant::now() + START_TIMEOUT,
-        )
-        .await?;
+        pool.ensure(&self.launcher, &pool.env, n, Instant::now() + START_TIMEOUT)
+            .await?;
         for other in self.other_pools(spec) {
             other.retire();
         }
@@ -540,9 +535,7 @@ impl RuntimeWorker for BunWorker {
         let timeout = || InvokeError::Timeout { timeout_ms };
         let acquired = tokio::time::timeout_at(deadline, async {
             let (pool, created) = self.pool(&spec).await?;
-            let (lease, spawned) = pool
-                .acquire(&self.launcher, &pool.env.clone(), deadline)
-                .await?;
+            let (lease, spawned) = pool.acquire(&self.launcher, &pool.env, deadline).await?;
             Ok::<_, InvokeError>((lease, created || spawned))
         })
         .await;
