@@ -3,6 +3,8 @@
 #   - the wasm32-wasip2 target (examples and test components are built for it)
 #   - Bun, pinned in package.json, from npm into node_modules/.bin/bun (the Bun runtime)
 #   - bubblewrap (Debian package), the sandbox Bun functions run in
+#   - for the tests only: moto's S3-compatible server (PyPI `moto[server]`), which the
+#     storage and scale-out tests start (PostgreSQL and Redis must be running: README)
 #   - the `reactor` binary, installed into ~/.cargo/bin (a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,14 @@ if ! command -v bwrap >/dev/null; then
     || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends bubblewrap; }
 fi
 echo "==> $(bwrap --version)"
+
+# Pinned: 5.2.1 answered CompleteMultipartUpload with the wrong XML root (moto #10055).
+MOTO_VERSION=5.2.5
+echo "==> moto $MOTO_VERSION (S3-compatible server for the tests, PyPI)"
+if ! python3 -c "import moto.server, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+echo "==> moto $(python3 -c 'import moto; print(moto.__version__)')"
 
 if [ "${1:-}" != "--no-install" ]; then
   echo "==> building and installing the reactor binary (a cold build takes several minutes)"

@@ -19,8 +19,14 @@
 //! | `bun_concurrency_per_process` | `REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS` | 32 |
 //! | `bun_queue_per_fn` | `REACTOR_FUNCTIONS_BUN_QUEUE_PER_FN` | 64 |
 //! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm", "bun"]` |
-//! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir` |
-//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none |
+//! | `database_url` | `REACTOR_FUNCTIONS_DATABASE_URL` | none: SQLite at `{workdir}/reactor.db`; `postgres://user:pass@host/db` for PostgreSQL |
+//! | `redis_url` | `REACTOR_FUNCTIONS_REDIS_URL` | none: concurrency caps counted per router, logs kept by one control plane |
+//! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir`; else the S3-compatible endpoint |
+//! | `storage.bucket` | `REACTOR_FUNCTIONS_STORAGE_BUCKET` | `reactor-functions` when `url` is set; setting either selects S3 (the bucket is created when missing) |
+//! | `storage.region` | `REACTOR_FUNCTIONS_STORAGE_REGION` | `us-east-1` (or `AWS_REGION`) |
+//! | `storage.path_style` | `REACTOR_FUNCTIONS_STORAGE_PATH_STYLE` | true when `url` is set (MinIO, Ceph, moto), else false |
+//! | `storage.prefix` | `REACTOR_FUNCTIONS_STORAGE_PREFIX` | none: keys at the bucket's root |
+//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none: credentials from the standard AWS chain; else `ACCESS_KEY_ID:SECRET` |
 //!
 //! The split topology adds one section per service and the shared internal token (see
 //! [`ServicesConfig`]); the embedded default needs none of them.
@@ -234,15 +240,87 @@ pub struct FunctionsConfig {
     pub bun_concurrency_per_process: u32,
     pub bun_queue_per_fn: u32,
     pub runtimes: Vec<Runtime>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
     pub storage: StorageConfig,
     pub lambda: Option<toml::Table>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[functions.storage]`: local files unless a bucket is set.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub url: Option<String>,
     pub api_key: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub prefix: Option<String>,
+}
+
+impl StorageConfig {
+    /// The S3 settings when a bucket is configured (`None`: local files).
+    pub fn s3(&self) -> Result<Option<S3Settings>, ConfigError> {
+        let bucket = match (&self.bucket, &self.url) {
+            (Some(b), _) if !b.is_empty() => b.clone(),
+            (_, Some(_)) => DEFAULT_BUCKET.to_string(),
+            _ => return Ok(None),
+        };
+        let access_key = match &self.api_key {
+            None => None,
+            Some(k) => Some(
+                k.split_once(':')
+                    .map(|(id, secret)| (id.to_string(), secret.to_string()))
+                    .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(
+                            "storage.api_key must be ACCESS_KEY_ID:SECRET (or unset for the AWS credential chain)"
+                                .into(),
+                        )
+                    })?,
+            ),
+        };
+        Ok(Some(S3Settings {
+            endpoint: self.url.clone(),
+            bucket,
+            region: self
+                .region
+                .clone()
+                .or_else(|| std::env::var("AWS_REGION").ok())
+                .unwrap_or_else(|| "us-east-1".into()),
+            path_style: self.path_style.unwrap_or(self.url.is_some()),
+            access_key,
+            prefix: self.prefix.clone().unwrap_or_default(),
+        }))
+    }
+}
+
+/// The bucket when `storage.url` is set without `storage.bucket`.
+pub const DEFAULT_BUCKET: &str = "reactor-functions";
+
+/// What an S3 backend needs, resolved from [`StorageConfig`].
+#[derive(Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    /// Static credentials; `None`: the standard AWS chain.
+    pub access_key: Option<(String, String)>,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &self.url)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("prefix", &self.prefix)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Everything but the data keys, which are shown as set or not.
@@ -280,6 +358,8 @@ impl Default for FunctionsConfig {
             bun_concurrency_per_process: 32,
             bun_queue_per_fn: 64,
             runtimes: vec![Runtime::Wasm, Runtime::Bun],
+            database_url: None,
+            redis_url: None,
             storage: StorageConfig::default(),
             lambda: None,
         }
@@ -443,6 +523,24 @@ impl FunctionsConfig {
         if let Some((_, v)) = var("STORAGE_API_KEY") {
             self.storage.api_key = Some(v);
         }
+        if let Some((_, v)) = var("STORAGE_BUCKET") {
+            self.storage.bucket = Some(v);
+        }
+        if let Some((_, v)) = var("STORAGE_REGION") {
+            self.storage.region = Some(v);
+        }
+        if let Some((n, v)) = var("STORAGE_PATH_STYLE") {
+            self.storage.path_style = Some(flag(&n, &v)?);
+        }
+        if let Some((_, v)) = var("STORAGE_PREFIX") {
+            self.storage.prefix = Some(v);
+        }
+        if let Some((_, v)) = var("DATABASE_URL") {
+            self.database_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some((_, v)) = var("REDIS_URL") {
+            self.redis_url = Some(v).filter(|v| !v.is_empty());
+        }
         Ok(())
     }
 
@@ -485,6 +583,7 @@ impl FunctionsConfig {
                 "runtimes must name at least one runtime".into(),
             ));
         }
+        self.storage.s3()?;
         Ok(())
     }
 

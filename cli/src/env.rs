@@ -222,12 +222,12 @@ pub async fn data_key(cmd: DataKeyCommand) -> anyhow::Result<()> {
             let db = config
                 .workdir
                 .join(reactor_control_plane::backends::DATABASE_FILE);
-            if !db.exists() {
+            if config.database_url.is_none() && !db.exists() {
                 bail!("no database at {}: is the workdir right?", db.display());
             }
             let keyring = reactor_control_plane::env::keyring_from_config(&config)
                 .context("functions.data_key")?;
-            let store = reactor_control_plane::store::SqliteStore::open(&db).await?;
+            let store = reactor_control_plane::backends::open_store(&config).await?;
             let report = reactor_control_plane::env::rotate(&store, &keyring)
                 .await
                 .context("re-encrypting secrets")?;

@@ -4,10 +4,10 @@
 
 use crate::env::{self, StoreEnv};
 use crate::logs::{LogHub, LogRetention};
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqlStore, Store};
 use anyhow::Context;
 use reactor_api::config::FunctionsConfig;
-use reactor_storage::LocalStorage;
+use reactor_storage::Storage;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,20 @@ pub const DATABASE_FILE: &str = "reactor.db";
 
 pub struct Backends {
     pub store: Arc<dyn Store>,
-    pub storage: Arc<LocalStorage>,
+    pub storage: Arc<dyn Storage>,
     pub env: Arc<StoreEnv>,
     pub logs: Arc<LogHub>,
+}
+
+/// The metadata store of `config`: PostgreSQL (or SQLite) at `database_url`, else
+/// SQLite in the workdir.
+pub async fn open_store(config: &FunctionsConfig) -> anyhow::Result<SqlStore> {
+    let store = match &config.database_url {
+        Some(url) => SqlStore::open_url(url).await?,
+        None => SqlStore::open(&config.workdir.join(DATABASE_FILE)).await?,
+    };
+    tracing::info!(dialect = ?store.dialect(), "metadata store open");
+    Ok(store)
 }
 
 impl Backends {
@@ -29,9 +40,10 @@ impl Backends {
         tokio::fs::create_dir_all(workdir)
             .await
             .with_context(|| format!("creating workdir {}", workdir.display()))?;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&workdir.join(DATABASE_FILE)).await?);
-        let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+        let store: Arc<dyn Store> = Arc::new(open_store(config).await?);
+        let storage = reactor_storage::open(config)
+            .await
+            .context("opening bundle storage")?;
         let keyring = env::keyring_from_config(config).context("functions.data_key")?;
         env::check_keys(store.as_ref(), &keyring)
             .await

@@ -21,6 +21,8 @@ pub mod secrets;
 pub mod server;
 mod service;
 pub mod store;
+#[doc(hidden)]
+pub mod test_support;
 pub mod workers;
 
 pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions};

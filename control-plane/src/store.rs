@@ -1,15 +1,21 @@
 //! Metadata: orgs, tokens, functions, deployments and the routing version, behind one
-//! [`Store`] interface. SQLite is the embedded default; PostgreSQL will implement the
-//! same trait (and run the same test suite).
+//! [`Store`] interface, implemented once by [`SqlStore`] over sqlx's `Any` driver for
+//! both databases: SQLite (the embedded default, `{workdir}/reactor.db`) and PostgreSQL
+//! (`functions.database_url`). Each has its own migrations (`migrations/sqlite`,
+//! `migrations/postgres`: same tables, native types); queries are written once with `?`
+//! placeholders and rewritten to `$n` for PostgreSQL. Booleans are stored as integers
+//! in both, so that one decoding serves both. The same suite runs against both.
 
 use crate::secrets::Sealed;
 use async_trait::async_trait;
 use reactor_api::Runtime;
 use reactor_api::model::{DeploymentStatus, Role};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -211,33 +217,147 @@ pub trait Store: Send + Sync + 'static {
     >;
 }
 
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// Which SQL database a [`SqlStore`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs the migrations.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(db)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Database(format!("migrating {}: {e}", path.display())))?;
-        Ok(Self { pool })
+impl Dialect {
+    /// The dialect of a database URL (`sqlite:` or `postgres:`/`postgresql:`).
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
     }
 }
 
-fn token_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+/// A query as the dialect wants it: `?` placeholders become `$1, $2, ...` for
+/// PostgreSQL. Our queries hold no `?` inside string literals.
+fn rewrite(dialect: Dialect, query: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => query.to_string(),
+        Dialect::Postgres => {
+            let mut out = String::with_capacity(query.len() + 16);
+            let mut n = 0;
+            for c in query.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Rewritten queries, kept for the life of the process: the set of queries is fixed
+/// (built from constants), so this holds a few dozen strings.
+fn interned(dialect: Dialect, query: &str) -> &'static str {
+    type Cache = Mutex<HashMap<(Dialect, String), &'static str>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut map = match cache.lock() {
+        Ok(map) => map,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(q) = map.get(&(dialect, query.to_string())) {
+        return q;
+    }
+    let q: &'static str = Box::leak(rewrite(dialect, query).into_boxed_str());
+    map.insert((dialect, query.to_string()), q);
+    q
+}
+
+/// The metadata store on SQLite or PostgreSQL.
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl SqlStore {
+    /// Opens `database_url` (`postgres://...`, or `sqlite://...`) and runs the migrations.
+    pub async fn open_url(database_url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(database_url).ok_or_else(|| {
+            StoreError::Database(format!(
+                "database_url must start with postgres://, postgresql:// or sqlite: (got {:?})",
+                redact_url(database_url)
+            ))
+        })?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(match dialect {
+                Dialect::Sqlite => 4,
+                Dialect::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10));
+        if dialect == Dialect::Sqlite {
+            // WAL lets readers run beside the writer; foreign keys and the busy timeout
+            // are on by default in sqlx's SQLite driver.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(database_url).await.map_err(|e| {
+            StoreError::Database(format!("connecting to {}: {e}", redact_url(database_url)))
+        })?;
+        let migrator = match dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await.map_err(|e| {
+            StoreError::Database(format!("migrating {}: {e}", redact_url(database_url)))
+        })?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Opens (creating if needed) the SQLite database file and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_url(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn sql(&self, query: &str) -> &'static str {
+        interned(self.dialect, query)
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn token_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
     let role: String = row.try_get("role").map_err(db)?;
     Ok(TokenRecord {
         id: row.try_get("id").map_err(db)?,
@@ -250,7 +370,7 @@ fn token_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
     })
 }
 
-fn function_row(row: &SqliteRow) -> Result<FunctionRecord, StoreError> {
+fn function_row(row: &AnyRow) -> Result<FunctionRecord, StoreError> {
     let runtime: String = row.try_get("runtime").map_err(db)?;
     Ok(FunctionRecord {
         org: row.try_get("org").map_err(db)?,
@@ -262,7 +382,7 @@ fn function_row(row: &SqliteRow) -> Result<FunctionRecord, StoreError> {
     })
 }
 
-fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
+fn deployment_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
     let status: String = row.try_get("status").map_err(db)?;
     let size: i64 = row.try_get("size_bytes").map_err(db)?;
     let timeout: i64 = row.try_get("timeout_ms").map_err(db)?;
@@ -289,9 +409,9 @@ fn deployment_row(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
     })
 }
 
-fn env_row(row: &SqliteRow) -> Result<EnvRecord, StoreError> {
+fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let key: String = row.try_get("key").map_err(db)?;
-    let secret: bool = row.try_get("secret").map_err(db)?;
+    let secret = row.try_get::<i64, _>("secret").map_err(db)? != 0;
     let value = if secret {
         let corrupt = || StoreError::Corrupt(format!("secret {key} without its ciphertext"));
         EnvValue::Secret(Sealed {
@@ -325,11 +445,11 @@ fn env_row(row: &SqliteRow) -> Result<EnvRecord, StoreError> {
 const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy";
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn create_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO orgs (name, platform, created_at) VALUES (?, ?, ?)")
+        sqlx::query(&self.sql("INSERT INTO orgs (name, platform, created_at) VALUES (?, ?, ?)"))
             .bind(&org.name)
-            .bind(org.platform)
+            .bind(i64::from(org.platform))
             .bind(&org.created_at)
             .execute(&self.pool)
             .await
@@ -338,15 +458,16 @@ impl Store for SqliteStore {
     }
 
     async fn get_org(&self, name: &str) -> Result<Option<OrgRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, platform, created_at FROM orgs WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query(&self.sql("SELECT name, platform, created_at FROM orgs WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         row.map(|r| {
             Ok(OrgRecord {
                 name: r.try_get("name").map_err(db)?,
-                platform: r.try_get("platform").map_err(db)?,
+                platform: r.try_get::<i64, _>("platform").map_err(db)? != 0,
                 created_at: r.try_get("created_at").map_err(db)?,
             })
         })
@@ -354,7 +475,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tokens (id, org, role, name, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query(&self.sql("INSERT INTO tokens (id, org, role, name, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)"))
             .bind(&t.id)
             .bind(&t.org)
             .bind(t.role.as_str())
@@ -368,7 +489,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE sha256 = ? AND revoked_at IS NULL")
+        let row = sqlx::query(&self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE sha256 = ? AND revoked_at IS NULL"))
             .bind(sha256)
             .fetch_optional(&self.pool)
             .await
@@ -377,7 +498,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_tokens(&self, org: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE org = ? AND revoked_at IS NULL ORDER BY created_at, id")
+        let rows = sqlx::query(&self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE org = ? AND revoked_at IS NULL ORDER BY created_at, id"))
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -386,9 +507,9 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, org: &str, id: &str, at: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.sql(
             "UPDATE tokens SET revoked_at = ? WHERE org = ? AND id = ? AND revoked_at IS NULL",
-        )
+        ))
         .bind(at)
         .bind(org)
         .bind(id)
@@ -399,7 +520,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_function(&self, f: &FunctionRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at, policy) VALUES (?, ?, ?, NULL, ?, ?)")
+        sqlx::query(&self.sql("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at, policy) VALUES (?, ?, ?, NULL, ?, ?)"))
             .bind(&f.org)
             .bind(&f.name)
             .bind(f.runtime.as_str())
@@ -416,7 +537,7 @@ impl Store for SqliteStore {
         org: &str,
         name: &str,
     ) -> Result<Option<FunctionRecord>, StoreError> {
-        let row = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? AND name = ?")
+        let row = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? AND name = ?"))
             .bind(org)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -426,7 +547,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_functions(&self, org: &str) -> Result<Vec<FunctionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? ORDER BY name")
+        let rows = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? ORDER BY name"))
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -436,13 +557,13 @@ impl Store for SqliteStore {
 
     async fn delete_function(&self, org: &str, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query("DELETE FROM deployments WHERE org = ? AND function = ?")
+        sqlx::query(&self.sql("DELETE FROM deployments WHERE org = ? AND function = ?"))
             .bind(org)
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        let done = sqlx::query("DELETE FROM functions WHERE org = ? AND name = ?")
+        let done = sqlx::query(&self.sql("DELETE FROM functions WHERE org = ? AND name = ?"))
             .bind(org)
             .bind(name)
             .execute(&mut *tx)
@@ -453,19 +574,21 @@ impl Store for SqliteStore {
     }
 
     async fn set_live(&self, org: &str, name: &str, deployment_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE functions SET live_deployment_id = ? WHERE org = ? AND name = ?")
-            .bind(deployment_id)
-            .bind(org)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            &self.sql("UPDATE functions SET live_deployment_id = ? WHERE org = ? AND name = ?"),
+        )
+        .bind(deployment_id)
+        .bind(org)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(())
     }
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query(&self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -484,7 +607,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(|| format!("deployment {}", d.id)))?;
-        sqlx::query("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?")
+        sqlx::query(&self.sql("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -497,16 +620,16 @@ impl Store for SqliteStore {
 
     async fn set_env(&self, org: &str, function: &str, e: &EnvRecord) -> Result<(), StoreError> {
         let (secret, value, key_id, nonce, ciphertext) = match &e.value {
-            EnvValue::Plain(v) => (false, Some(v.as_str()), None, None, None),
+            EnvValue::Plain(v) => (0_i64, Some(v.as_str()), None, None, None),
             EnvValue::Secret(s) => (
-                true,
+                1_i64,
                 None,
                 Some(s.key_id.as_str()),
                 Some(s.nonce.as_slice()),
                 Some(s.ciphertext.as_slice()),
             ),
         };
-        sqlx::query("INSERT INTO env_vars (org, function, key, secret, value, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, function, key) DO UPDATE SET secret = excluded.secret, value = excluded.value, key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at")
+        sqlx::query(&self.sql("INSERT INTO env_vars (org, function, key, secret, value, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, function, key) DO UPDATE SET secret = excluded.secret, value = excluded.value, key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at"))
             .bind(org)
             .bind(function)
             .bind(&e.key)
@@ -523,7 +646,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_env(&self, org: &str, function: &str) -> Result<Vec<EnvRecord>, StoreError> {
-        let rows = sqlx::query("SELECT key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE org = ? AND function = ? ORDER BY key")
+        let rows = sqlx::query(&self.sql("SELECT key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE org = ? AND function = ? ORDER BY key"))
             .bind(org)
             .bind(function)
             .fetch_all(&self.pool)
@@ -533,18 +656,20 @@ impl Store for SqliteStore {
     }
 
     async fn delete_env(&self, org: &str, function: &str, key: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM env_vars WHERE org = ? AND function = ? AND key = ?")
-            .bind(org)
-            .bind(function)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        let done = sqlx::query(
+            &self.sql("DELETE FROM env_vars WHERE org = ? AND function = ? AND key = ?"),
+        )
+        .bind(org)
+        .bind(function)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn deployment_env(&self, deployment_id: &str) -> Result<Vec<EnvRecord>, StoreError> {
-        let rows = sqlx::query("SELECT e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.deployment_id = ? ORDER BY e.key")
+        let rows = sqlx::query(&self.sql("SELECT e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.deployment_id = ? ORDER BY e.key"))
             .bind(deployment_id)
             .fetch_all(&self.pool)
             .await
@@ -553,7 +678,7 @@ impl Store for SqliteStore {
     }
 
     async fn secrets(&self) -> Result<Vec<(SecretRow, Sealed)>, StoreError> {
-        let sealed = |row: &SqliteRow| -> Result<Sealed, StoreError> {
+        let sealed = |row: &AnyRow| -> Result<Sealed, StoreError> {
             match env_row(row)?.value {
                 EnvValue::Secret(s) => Ok(s),
                 EnvValue::Plain(_) => {
@@ -562,7 +687,7 @@ impl Store for SqliteStore {
             }
         };
         let mut out = Vec::new();
-        let rows = sqlx::query("SELECT org, function, key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE secret = 1")
+        let rows = sqlx::query(&self.sql("SELECT org, function, key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE secret = 1"))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -576,7 +701,7 @@ impl Store for SqliteStore {
                 sealed(row)?,
             ));
         }
-        let rows = sqlx::query("SELECT e.deployment_id, d.org, d.function, e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.secret = 1")
+        let rows = sqlx::query(&self.sql("SELECT e.deployment_id, d.org, d.function, e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.secret = 1"))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -601,14 +726,14 @@ impl Store for SqliteStore {
         sealed: &Sealed,
     ) -> Result<bool, StoreError> {
         let q = match row {
-            SecretRow::Function { org, function, key } => sqlx::query("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?")
+            SecretRow::Function { org, function, key } => sqlx::query(&self.sql("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
                 .bind(org)
                 .bind(function)
                 .bind(key),
-            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?")
+            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query(&self.sql("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
@@ -625,13 +750,14 @@ impl Store for SqliteStore {
         function: &str,
         policy: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE functions SET policy = ? WHERE org = ? AND name = ?")
-            .bind(policy)
-            .bind(org)
-            .bind(function)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        let done =
+            sqlx::query(&self.sql("UPDATE functions SET policy = ? WHERE org = ? AND name = ?"))
+                .bind(policy)
+                .bind(org)
+                .bind(function)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -641,9 +767,9 @@ impl Store for SqliteStore {
         function: &str,
         id: &str,
     ) -> Result<Option<DeploymentRecord>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.sql(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? AND id = ?"
-        ))
+        )))
         .bind(org)
         .bind(function)
         .bind(id)
@@ -658,7 +784,7 @@ impl Store for SqliteStore {
         org: &str,
         function: &str,
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? ORDER BY seq DESC"))
+        let rows = sqlx::query(&self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? ORDER BY seq DESC")))
             .bind(org)
             .bind(function)
             .fetch_all(&self.pool)
@@ -673,7 +799,7 @@ impl Store for SqliteStore {
         status: DeploymentStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deployments SET status = ?, error = ? WHERE id = ?")
+        sqlx::query(&self.sql("UPDATE deployments SET status = ?, error = ? WHERE id = ?"))
             .bind(status.as_str())
             .bind(error)
             .bind(id)
@@ -684,7 +810,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'materializing' ORDER BY seq"))
+        let rows = sqlx::query(&self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'materializing' ORDER BY seq")))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -692,9 +818,9 @@ impl Store for SqliteStore {
     }
 
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(&self.sql(
             "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version",
-        )
+        ))
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;
@@ -712,24 +838,24 @@ impl Store for SqliteStore {
         StoreError,
     > {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let rows = sqlx::query("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions ORDER BY org, name")
+        let rows = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions ORDER BY org, name"))
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
-        let live_rows = sqlx::query(&format!(
+        let live_rows = sqlx::query(&self.sql(&format!(
             "SELECT {} FROM deployments d JOIN functions f ON f.live_deployment_id = d.id",
             DEPLOYMENT_COLUMNS
                 .split(", ")
                 .map(|c| format!("d.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))
+        )))
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let token_rows = sqlx::query(
+        let token_rows = sqlx::query(&self.sql(
             "SELECT id, org, role, name, sha256, created_at FROM tokens WHERE revoked_at IS NULL",
-        )
+        ))
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
@@ -1098,16 +1224,56 @@ pub(crate) mod suite {
     #[tokio::test]
     async fn sqlite_passes_the_store_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("reactor.db"))
+        let store = SqlStore::open(&dir.path().join("reactor.db"))
             .await
             .expect("open");
+        assert_eq!(store.dialect(), Dialect::Sqlite);
         run(&store).await;
         // The version survives a reopen.
         let v = store.next_routing_version().await.expect("version");
         drop(store);
-        let store = SqliteStore::open(&dir.path().join("reactor.db"))
+        let store = SqlStore::open(&dir.path().join("reactor.db"))
             .await
             .expect("reopen");
         assert!(store.next_routing_version().await.expect("version") > v);
+    }
+
+    /// PostgreSQL at `REACTOR_TEST_POSTGRES_URL` (default: the local server, trust auth):
+    /// a database of its own, dropped at the end.
+    #[tokio::test]
+    async fn postgres_passes_the_store_suite() {
+        let admin_url = std::env::var("REACTOR_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let db = crate::test_support::TestDatabase::create(&admin_url).await;
+        let store = SqlStore::open_url(&db.url).await.expect("open");
+        assert_eq!(store.dialect(), Dialect::Postgres);
+        run(&store).await;
+        let v = store.next_routing_version().await.expect("version");
+        store.close().await;
+        let store = SqlStore::open_url(&db.url).await.expect("reopen");
+        assert!(store.next_routing_version().await.expect("version") > v);
+        store.close().await;
+        db.drop_now().await;
+    }
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres_only() {
+        assert_eq!(
+            rewrite(
+                Dialect::Postgres,
+                "UPDATE t SET a = ? WHERE b = ? AND c = 'x'"
+            ),
+            "UPDATE t SET a = $1 WHERE b = $2 AND c = 'x'"
+        );
+        assert_eq!(rewrite(Dialect::Sqlite, "a = ?"), "a = ?");
+        assert!(std::ptr::eq(
+            interned(Dialect::Postgres, "b = ?"),
+            interned(Dialect::Postgres, "b = ?")
+        ));
+        assert_eq!(
+            redact_url("postgres://reactor:hunter2@db:5432/reactor"),
+            "postgres://reactor:***@db:5432/reactor"
+        );
+        assert_eq!(Dialect::of_url("mysql://x"), None);
     }
 }

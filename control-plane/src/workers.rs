@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often workers heartbeat, and how long one may stay silent before it leaves the table.
+/// The defaults (250 ms, 750 ms: three missed heartbeats) take a worker that stopped
+/// answering out of every router's table within a second.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerTiming {
     pub heartbeat_interval: Duration,
@@ -17,8 +19,8 @@ pub struct WorkerTiming {
 impl Default for WorkerTiming {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(1000),
-            ttl: Duration::from_millis(3000),
+            heartbeat_interval: Duration::from_millis(250),
+            ttl: Duration::from_millis(750),
         }
     }
 }

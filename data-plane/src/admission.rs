@@ -29,6 +29,9 @@ pub enum AdmissionError {
     /// The counter cannot be reached; the router says which way it fails.
     #[error("concurrency counter unavailable: {0}")]
     Unavailable(String),
+    /// The counter's address does not parse (a configuration error, found at start).
+    #[error("invalid concurrency counter url: {0}")]
+    InvalidUrl(String),
 }
 
 #[async_trait]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod admission_redis;
 mod body;
 mod follow;
 mod router;

@@ -2,6 +2,8 @@
 //! the routing table from the control plane's gRPC stream; functions run on the worker
 //! services that table lists.
 
+use crate::admission::{Admission, LocalAdmission};
+use crate::admission_redis::{RedisAdmission, RedisAdmissionConfig};
 use crate::{ControlPlaneEndpoint, DataPlane, RouterOptions, follow_control_plane, invoke_router};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
@@ -9,6 +11,7 @@ use reactor_service::Lifecycle;
 use reactor_worker_link::RemoteWorkers;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -63,13 +66,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let logs = reactor_worker_link::control::PushLogs::start(endpoint.clone(), router_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
+    let admission = build_admission(config.functions.redis_url.as_deref(), &router_id).await?;
     let dp = DataPlane::build(
         reactor_api::Runtimes::new(),
         Some(remote),
         RouterOptions {
             logs,
             max_body_bytes: config.functions.invoke_max_body_bytes,
-            ..Default::default()
+            admission,
         },
     );
     follow_control_plane(dp.clone(), endpoint);
@@ -96,4 +100,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(args.grace_secs),
     )
     .await
+}
+
+/// The concurrency cap's counter: across routers in Redis when `functions.redis_url` is
+/// set, else per router.
+async fn build_admission(
+    redis_url: Option<&str>,
+    router_id: &str,
+) -> anyhow::Result<Arc<dyn Admission>> {
+    let Some(url) = redis_url else {
+        tracing::info!(
+            admission = "local",
+            "concurrency caps counted per router (no functions.redis_url)"
+        );
+        return Ok(LocalAdmission::new());
+    };
+    let redis = RedisAdmission::connect(RedisAdmissionConfig::new(url, router_id))
+        .await
+        .context("functions.redis_url")?;
+    tracing::info!(
+        admission = "redis",
+        degraded = redis.degraded(),
+        "concurrency caps counted across routers in redis"
+    );
+    Ok(redis)
 }

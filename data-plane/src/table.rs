@@ -55,6 +55,9 @@ pub struct RouteIndex {
     policies: HashMap<String, Arc<Policy>>,
 }
 
+/// How many workers a request may try, in rendezvous order.
+pub const MAX_CANDIDATES: usize = 4;
+
 /// A registered worker service.
 #[derive(Clone, Debug)]
 pub struct WorkerRef {
@@ -179,25 +182,36 @@ impl RouteIndex {
             .or_else(|| workers.iter().max_by_key(score))
     }
 
-    /// The worker for `deployment_id` (as [`RouteIndex::pick_worker_where`]) and, when
-    /// there is one, the next usable one to fall back to.
+    /// The usable workers of `runtime` in rendezvous order for `deployment_id` (at most
+    /// [`MAX_CANDIDATES`]): the first is its home, the others where it spills under load
+    /// or fails over. None usable: the home worker anyway.
     pub fn pick_workers(
         &self,
         runtime: Runtime,
         deployment_id: &str,
         usable: impl Fn(&WorkerRef) -> bool,
     ) -> Vec<Arc<str>> {
-        let Some(first) = self.pick_worker_where(runtime, deployment_id, &usable) else {
+        let Some(workers) = self.workers.get(&runtime) else {
             return Vec::new();
         };
-        let mut urls = vec![first.url.clone()];
-        if let Some(next) =
-            self.pick_worker_where(runtime, deployment_id, |w| w.id != first.id && usable(w))
-            && next.id != first.id
-        {
-            urls.push(next.url.clone());
+        let key = fnv1a(deployment_id.as_bytes());
+        let mut ranked: Vec<(u64, &WorkerRef)> = workers
+            .iter()
+            .filter(|w| usable(w))
+            .map(|w| (mix(w.seed ^ key), w))
+            .collect();
+        if ranked.is_empty() {
+            return self
+                .pick_worker(runtime, deployment_id)
+                .map(|w| vec![w.url.clone()])
+                .unwrap_or_default();
         }
-        urls
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        ranked
+            .into_iter()
+            .take(MAX_CANDIDATES)
+            .map(|(_, w)| w.url.clone())
+            .collect()
     }
 
     pub fn worker_count(&self, runtime: Runtime) -> usize {
@@ -275,5 +289,25 @@ mod tests {
             .pick_worker_where(Runtime::Wasm, d, |_| false)
             .expect("fallback");
         assert_eq!(any.id, first);
+    }
+
+    #[test]
+    fn candidates_come_in_rendezvous_order_home_first() {
+        let three = RouteIndex::build(&table(&["w1", "w2", "w3"]));
+        for d in ["dep_a", "dep_b", "dep_c", "dep_d"] {
+            let home = three.pick_worker(Runtime::Wasm, d).expect("a worker");
+            let order = three.pick_workers(Runtime::Wasm, d, |_| true);
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[0], home.url, "{d}: the home worker comes first");
+            let skipping = three.pick_workers(Runtime::Wasm, d, |w| w.url != home.url);
+            assert_eq!(
+                skipping,
+                order[1..].to_vec(),
+                "{d}: the rest keep their order"
+            );
+        }
+        // None usable: the home worker alone.
+        let none = three.pick_workers(Runtime::Wasm, "dep_a", |_| false);
+        assert_eq!(none.len(), 1);
     }
 }

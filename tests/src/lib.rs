@@ -431,6 +431,7 @@ impl Api {
 }
 
 pub mod split;
+pub mod topology;
 
 impl Drop for Server {
     fn drop(&mut self) {

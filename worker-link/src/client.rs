@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reactor_api::{DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,9 +42,16 @@ fn new_client() -> HttpClient {
         .build(connector)
 }
 
-/// How long a worker that refused a connection is passed over (the registry's TTL: by
-/// then it is back, or out of the table).
-const DOWN_FOR: Duration = Duration::from_secs(3);
+/// How long a worker that refused a connection is passed over (about the registry's
+/// TTL: by then it is back, or out of the table).
+const DOWN_FOR: Duration = Duration::from_secs(1);
+/// Load bound: a deployment's worker (first in rendezvous order) takes requests while it
+/// has fewer than `max(LOAD_FLOOR, LOAD_FACTOR × the mean in flight)` of this router's
+/// requests in flight; beyond that the next worker in rendezvous order takes them. The
+/// floor keeps a quiet function on its warm worker; the factor (1.25, as in "consistent
+/// hashing with bounded loads") lets a hot one spill instead of melting one worker.
+const LOAD_FLOOR: usize = 32;
+const LOAD_FACTOR: f64 = 1.25;
 
 /// Forwards invocations to worker services, authenticated with the internal token.
 #[derive(Clone)]
@@ -51,6 +59,69 @@ pub struct RemoteWorkers {
     auth: HeaderValue,
     /// Workers whose address refused a connection, and since when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
+    /// This router's requests in flight per worker (until their response body ends).
+    in_flight: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
+}
+
+/// The index in `loads` (workers in rendezvous order) of the worker to send to: the first
+/// under the load bound, else the least loaded.
+pub fn bounded_pick(loads: &[usize]) -> usize {
+    if loads.is_empty() {
+        return 0;
+    }
+    let total: usize = loads.iter().sum();
+    let mean = (total + 1) as f64 / loads.len() as f64;
+    let bound = LOAD_FLOOR.max((LOAD_FACTOR * mean).ceil() as usize);
+    loads.iter().position(|&l| l < bound).unwrap_or_else(|| {
+        loads
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| **l)
+            .map_or(0, |(i, _)| i)
+    })
+}
+
+/// One request counted against a worker while it runs.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request body of one attempt. It takes the real body out of the shared slot on its
+/// first poll, so an attempt that never got to send it (the worker refused the connection)
+/// leaves it there for the next worker: such a request was not sent and is retried.
+struct AttemptBody {
+    slot: Arc<Mutex<Option<Body>>>,
+    taken: Option<Body>,
+    hint: http_body::SizeHint,
+}
+
+impl http_body::Body for AttemptBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.taken.is_none() {
+            this.taken = this.slot.lock().ok().and_then(|mut s| s.take());
+        }
+        match this.taken.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(Some(Err(axum::Error::new(
+                "the request body went to another attempt",
+            )))),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.hint.clone()
+    }
 }
 
 impl RemoteWorkers {
@@ -63,7 +134,40 @@ impl RemoteWorkers {
         Ok(Self {
             auth,
             down: Arc::default(),
+            in_flight: Arc::default(),
         })
+    }
+
+    fn load_of(&self, url: &str) -> Arc<AtomicUsize> {
+        let Ok(mut map) = self.in_flight.lock() else {
+            return Arc::default();
+        };
+        if let Some(c) = map.get(url) {
+            return c.clone();
+        }
+        if map.len() >= 4096 {
+            map.retain(|_, c| c.load(Ordering::Acquire) > 0);
+        }
+        map.entry(url.to_string()).or_default().clone()
+    }
+
+    /// `workers` (rendezvous order) reordered by the load bound: the pick first, then the
+    /// others in their order, to fail over to.
+    fn balance(&self, workers: &[Arc<str>]) -> Vec<(Arc<str>, Arc<AtomicUsize>)> {
+        let mut counted: Vec<(Arc<str>, Arc<AtomicUsize>)> = workers
+            .iter()
+            .map(|w| (w.clone(), self.load_of(w)))
+            .collect();
+        let loads: Vec<usize> = counted
+            .iter()
+            .map(|(_, c)| c.load(Ordering::Acquire))
+            .collect();
+        let pick = bounded_pick(&loads);
+        if pick > 0 && pick < counted.len() {
+            let chosen = counted.remove(pick);
+            counted.insert(0, chosen);
+        }
+        counted
     }
 
     /// The worker at `url` refused a connection less than [`DOWN_FOR`] ago: routers pick
@@ -93,9 +197,11 @@ impl RemoteWorkers {
         }
     }
 
-    /// Runs `invocation` on the first of `workers` (base URLs, e.g. `http://10.0.0.5:7080`)
-    /// that accepts a connection. Only a request without a body moves on to the next one
-    /// (a body, once sent, cannot be sent again); a worker that refused is marked down.
+    /// Runs `invocation` on one of `workers` (base URLs in rendezvous order, e.g.
+    /// `http://10.0.0.5:7080`): the first under the load bound ([`bounded_pick`]), then
+    /// the others in order while a worker refuses the connection. A request moves on only
+    /// while it has not been sent (its body not yet read), so nothing runs twice; a worker
+    /// that refused is marked down for [`DOWN_FOR`].
     pub async fn invoke(
         &self,
         workers: &[Arc<str>],
@@ -127,12 +233,13 @@ impl RemoteWorkers {
             protocol::TIMEOUT_MS,
             HeaderValue::from(left.as_millis() as u64),
         );
-        let retryable = http_body::Body::size_hint(&body).exact() == Some(0);
-        let mut body = Some(body);
+        let hint = http_body::Body::size_hint(&body);
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let order = self.balance(workers);
         let mut refused = None;
-        for (i, base_url) in workers.iter().enumerate() {
+        for (i, (base_url, load)) in order.iter().enumerate() {
             let base_url: &str = base_url;
-            let last = i + 1 == workers.len() || !retryable;
+            let last = i + 1 == order.len();
             let uri: Uri = format!(
                 "{}{}{}",
                 base_url.trim_end_matches('/'),
@@ -143,15 +250,11 @@ impl RemoteWorkers {
             .map_err(|e| InvokeError::Unavailable {
                 message: format!("worker address {base_url} is not valid: {e}"),
             })?;
-            let this_body = if retryable {
-                Body::empty()
-            } else {
-                match body.take() {
-                    Some(b) => b,
-                    None => break,
-                }
-            };
-            let mut req = Request::new(this_body);
+            let mut req = Request::new(Body::new(AttemptBody {
+                slot: slot.clone(),
+                taken: None,
+                hint: hint.clone(),
+            }));
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri;
             *req.version_mut() = parts.version;
@@ -161,12 +264,17 @@ impl RemoteWorkers {
                 parts.headers.clone()
             };
 
+            load.fetch_add(1, Ordering::AcqRel);
+            let guard = LoadGuard(load.clone());
             let client = CLIENT.with(|c| c.clone());
             let sent =
                 tokio::time::timeout_at(deadline + DEADLINE_SLACK, client.request(req)).await;
+            // Not sent when the body is still in the slot: the next worker may take it.
+            let unsent = slot.lock().is_ok_and(|s| s.is_some());
             match sent {
-                Ok(Ok(response)) => return self.answer(base_url, response).await,
-                Ok(Err(e)) if e.is_connect() && !last => {
+                Ok(Ok(response)) => return self.answer(base_url, response, guard).await,
+                Ok(Err(e)) if e.is_connect() && unsent && !last => {
+                    tracing::debug!(worker = base_url, error = %describe(&e), "worker refused the connection: trying the next");
                     refused = Some(self.failed(base_url, &e));
                 }
                 Ok(Err(e)) => return Err(self.failed(base_url, &e).into()),
@@ -193,6 +301,7 @@ impl RemoteWorkers {
         &self,
         base_url: &str,
         response: http::Response<hyper::body::Incoming>,
+        guard: LoadGuard,
     ) -> Result<InvokeOutcome, InvokeFailure> {
         let (mut parts, body) = response.into_parts();
         let cold_start = parts
@@ -224,6 +333,11 @@ impl RemoteWorkers {
         for name in protocol::ALL {
             parts.headers.remove(name);
         }
+        // The worker's load counts until the response body ends or is dropped.
+        let body = body.map_frame(move |frame| {
+            let _counted = &guard;
+            frame
+        });
         Ok(InvokeOutcome {
             response: http::Response::from_parts(parts, Body::new(body)),
             cold_start,
@@ -286,4 +400,24 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_home_worker_keeps_requests_until_the_bound_then_they_spill() {
+        // Quiet: everything stays home, even when the others are idle.
+        assert_eq!(bounded_pick(&[0, 0, 0]), 0);
+        assert_eq!(bounded_pick(&[LOAD_FLOOR - 1, 0, 0]), 0);
+        // At the floor with the others idle: the next in rendezvous order.
+        assert_eq!(bounded_pick(&[LOAD_FLOOR, 0, 0]), 1);
+        assert_eq!(bounded_pick(&[LOAD_FLOOR, LOAD_FLOOR, 0]), 2);
+        // Heavily loaded everywhere: the bound grows with the mean (1.25 ×).
+        assert_eq!(bounded_pick(&[100, 90, 90]), 0);
+        assert_eq!(bounded_pick(&[130, 90, 90]), 1);
+        // All over the bound (cannot happen with the mean, but be total): least loaded.
+        assert_eq!(bounded_pick(&[]), 0);
+    }
 }

@@ -9,7 +9,7 @@ use reactor_api::config::ReactorConfig;
 use reactor_api::{Runtime, RuntimeWorker};
 use reactor_proto::client::ControlPlaneEndpoint;
 use reactor_service::Lifecycle;
-use reactor_storage::LocalStorage;
+use reactor_storage::Storage;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub struct WorkerArgs {
 /// What a runtime is built from.
 pub struct WorkerContext {
     pub config: ReactorConfig,
-    pub storage: Arc<LocalStorage>,
+    pub storage: Arc<dyn Storage>,
     /// This worker's local cache directory (`worker.cache_dir`, else under the workdir).
     pub cache_dir: PathBuf,
     pub worker_id: String,
@@ -67,7 +67,9 @@ where
         .control_plane_url
         .unwrap_or_else(|| w.control_plane_url.clone());
     let workdir = config.functions.workdir.clone();
-    let storage = Arc::new(LocalStorage::open(workdir.join("storage")).await?);
+    let storage = reactor_storage::open(&config.functions)
+        .await
+        .context("opening bundle storage")?;
     let listener =
         reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
