@@ -644,6 +644,40 @@ region = "us-east-1"
     }
 
     #[test]
+    fn storage_database_and_redis_keys_select_the_scale_out_backends() {
+        let mut config = FunctionsConfig::default();
+        assert!(
+            config.storage.s3().expect("valid").is_none(),
+            "local files by default"
+        );
+        assert!(config.database_url.is_none() && config.redis_url.is_none());
+        config
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_STORAGE_URL" => Some("http://minio:9000".into()),
+                "REACTOR_FUNCTIONS_STORAGE_API_KEY" => Some("id:secret".into()),
+                "REACTOR_FUNCTIONS_DATABASE_URL" => Some("postgres://r@db/r".into()),
+                "REACTOR_FUNCTIONS_REDIS_URL" => Some("redis://redis:6379".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        let s3 = config.storage.s3().expect("valid").expect("s3");
+        assert_eq!(s3.bucket, DEFAULT_BUCKET);
+        assert!(
+            s3.path_style,
+            "path-style by default with a custom endpoint"
+        );
+        assert_eq!(s3.access_key, Some(("id".into(), "secret".into())));
+        assert_eq!(config.database_url.as_deref(), Some("postgres://r@db/r"));
+        assert_eq!(config.redis_url.as_deref(), Some("redis://redis:6379"));
+        config.validate().expect("valid");
+        // The seed's placeholder key is not KEYID:SECRET: refused with the key's name.
+        config.storage.api_key = Some("storage-api-key-for-system-bucket".into());
+        let err = config.validate().expect_err("not KEYID:SECRET");
+        assert!(err.to_string().contains("storage.api_key"), "{err}");
+        assert!(!format!("{:?}", config.storage).contains("system-bucket"));
+    }
+
+    #[test]
     fn bun_keys_default_override_and_validate() {
         let mut config = FunctionsConfig::default();
         assert_eq!(config.runtimes, vec![Runtime::Wasm, Runtime::Bun]);

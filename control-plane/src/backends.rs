@@ -58,6 +58,16 @@ impl Backends {
             max_entries_per_function: config.log_retention_entries,
             max_age: Duration::from_secs(config.log_retention_secs),
         });
+        if let Some(url) = &config.redis_url {
+            crate::logs_redis::attach(
+                &logs,
+                url,
+                crate::logs_redis::StreamOptions::default(),
+                logs.closed_token(),
+            )
+            .await?;
+            tracing::info!("function logs: shared through Redis");
+        }
         Ok(Self {
             store,
             storage,

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod grpc_admin;
 pub mod http;
 pub mod logs;
+pub mod logs_redis;
 pub mod materialize;
 pub mod routing;
 pub mod secrets;

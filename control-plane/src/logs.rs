@@ -16,10 +16,11 @@ use reactor_api::{ApiError, ErrorCode};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Entries the live channel holds for its slowest reader before that reader lags.
@@ -77,6 +78,11 @@ pub struct LogHub {
     rings: Mutex<Rings>,
     live: broadcast::Sender<LiveEntry>,
     closed: CancellationToken,
+    /// Where emitted entries go when logs are shared through Redis (`logs_redis.rs`);
+    /// they come back through [`LogHub::record`].
+    publisher: OnceLock<mpsc::Sender<LogEntry>>,
+    /// Redis answers: publish rather than record directly.
+    shared: AtomicBool,
 }
 
 impl LogHub {
@@ -87,7 +93,24 @@ impl LogHub {
             rings: Mutex::new(Rings::default()),
             live,
             closed: CancellationToken::new(),
+            publisher: OnceLock::new(),
+            shared: AtomicBool::new(true),
         })
+    }
+
+    /// Sends emitted entries to `publisher` from now on (logs shared through Redis).
+    pub fn set_publisher(&self, publisher: mpsc::Sender<LogEntry>) {
+        let _ = self.publisher.set(publisher);
+    }
+
+    /// Marks the shared path up or down; true when that changed.
+    pub fn set_shared(&self, up: bool) -> bool {
+        self.shared.swap(up, Ordering::AcqRel) != up
+    }
+
+    /// Cancelled when the hub closes (background tasks stop with it).
+    pub fn closed_token(&self) -> CancellationToken {
+        self.closed.clone()
     }
 
     pub fn retention(&self) -> &LogRetention {
@@ -174,7 +197,24 @@ impl LogHub {
 }
 
 impl LogSink for LogHub {
-    fn emit(&self, mut entry: LogEntry) {
+    /// Records the entry, or publishes it when logs are shared (it is recorded when it
+    /// comes back from the stream, or here when the queue is full).
+    fn emit(&self, entry: LogEntry) {
+        if let Some(publisher) = self.publisher.get()
+            && self.shared.load(Ordering::Acquire)
+        {
+            match publisher.try_send(entry) {
+                Ok(()) => return,
+                Err(e) => return self.record(e.into_inner()),
+            }
+        }
+        self.record(entry);
+    }
+}
+
+impl LogHub {
+    /// Keeps the entry and sends it to live followers.
+    pub fn record(&self, mut entry: LogEntry) {
         entry.message = cap_message(std::mem::take(&mut entry.message));
         let now = SystemTime::now();
         let at = humantime::parse_rfc3339(&entry.ts).unwrap_or(now);

@@ -447,7 +447,7 @@ const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size
 #[async_trait]
 impl Store for SqlStore {
     async fn create_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
-        sqlx::query(&self.sql("INSERT INTO orgs (name, platform, created_at) VALUES (?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO orgs (name, platform, created_at) VALUES (?, ?, ?)"))
             .bind(&org.name)
             .bind(i64::from(org.platform))
             .bind(&org.created_at)
@@ -459,7 +459,7 @@ impl Store for SqlStore {
 
     async fn get_org(&self, name: &str) -> Result<Option<OrgRecord>, StoreError> {
         let row =
-            sqlx::query(&self.sql("SELECT name, platform, created_at FROM orgs WHERE name = ?"))
+            sqlx::query(self.sql("SELECT name, platform, created_at FROM orgs WHERE name = ?"))
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
@@ -475,7 +475,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(&self.sql("INSERT INTO tokens (id, org, role, name, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO tokens (id, org, role, name, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)"))
             .bind(&t.id)
             .bind(&t.org)
             .bind(t.role.as_str())
@@ -489,7 +489,7 @@ impl Store for SqlStore {
     }
 
     async fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE sha256 = ? AND revoked_at IS NULL"))
+        let row = sqlx::query(self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE sha256 = ? AND revoked_at IS NULL"))
             .bind(sha256)
             .fetch_optional(&self.pool)
             .await
@@ -498,7 +498,7 @@ impl Store for SqlStore {
     }
 
     async fn list_tokens(&self, org: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE org = ? AND revoked_at IS NULL ORDER BY created_at, id"))
+        let rows = sqlx::query(self.sql("SELECT id, org, role, name, sha256, created_at FROM tokens WHERE org = ? AND revoked_at IS NULL ORDER BY created_at, id"))
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -507,7 +507,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_token(&self, org: &str, id: &str, at: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.sql(
+        let done = sqlx::query(self.sql(
             "UPDATE tokens SET revoked_at = ? WHERE org = ? AND id = ? AND revoked_at IS NULL",
         ))
         .bind(at)
@@ -520,7 +520,7 @@ impl Store for SqlStore {
     }
 
     async fn create_function(&self, f: &FunctionRecord) -> Result<(), StoreError> {
-        sqlx::query(&self.sql("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at, policy) VALUES (?, ?, ?, NULL, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO functions (org, name, runtime, live_deployment_id, created_at, policy) VALUES (?, ?, ?, NULL, ?, ?)"))
             .bind(&f.org)
             .bind(&f.name)
             .bind(f.runtime.as_str())
@@ -537,7 +537,7 @@ impl Store for SqlStore {
         org: &str,
         name: &str,
     ) -> Result<Option<FunctionRecord>, StoreError> {
-        let row = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? AND name = ?"))
+        let row = sqlx::query(self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? AND name = ?"))
             .bind(org)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -547,7 +547,7 @@ impl Store for SqlStore {
     }
 
     async fn list_functions(&self, org: &str) -> Result<Vec<FunctionRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? ORDER BY name"))
+        let rows = sqlx::query(self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions WHERE org = ? ORDER BY name"))
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -557,13 +557,13 @@ impl Store for SqlStore {
 
     async fn delete_function(&self, org: &str, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(&self.sql("DELETE FROM deployments WHERE org = ? AND function = ?"))
+        sqlx::query(self.sql("DELETE FROM deployments WHERE org = ? AND function = ?"))
             .bind(org)
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        let done = sqlx::query(&self.sql("DELETE FROM functions WHERE org = ? AND name = ?"))
+        let done = sqlx::query(self.sql("DELETE FROM functions WHERE org = ? AND name = ?"))
             .bind(org)
             .bind(name)
             .execute(&mut *tx)
@@ -575,7 +575,7 @@ impl Store for SqlStore {
 
     async fn set_live(&self, org: &str, name: &str, deployment_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            &self.sql("UPDATE functions SET live_deployment_id = ? WHERE org = ? AND name = ?"),
+            self.sql("UPDATE functions SET live_deployment_id = ? WHERE org = ? AND name = ?"),
         )
         .bind(deployment_id)
         .bind(org)
@@ -588,7 +588,7 @@ impl Store for SqlStore {
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(&self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -607,7 +607,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(|| format!("deployment {}", d.id)))?;
-        sqlx::query(&self.sql("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?"))
+        sqlx::query(self.sql("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -629,7 +629,7 @@ impl Store for SqlStore {
                 Some(s.ciphertext.as_slice()),
             ),
         };
-        sqlx::query(&self.sql("INSERT INTO env_vars (org, function, key, secret, value, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, function, key) DO UPDATE SET secret = excluded.secret, value = excluded.value, key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at"))
+        sqlx::query(self.sql("INSERT INTO env_vars (org, function, key, secret, value, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, function, key) DO UPDATE SET secret = excluded.secret, value = excluded.value, key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at"))
             .bind(org)
             .bind(function)
             .bind(&e.key)
@@ -646,7 +646,7 @@ impl Store for SqlStore {
     }
 
     async fn list_env(&self, org: &str, function: &str) -> Result<Vec<EnvRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql("SELECT key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE org = ? AND function = ? ORDER BY key"))
+        let rows = sqlx::query(self.sql("SELECT key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE org = ? AND function = ? ORDER BY key"))
             .bind(org)
             .bind(function)
             .fetch_all(&self.pool)
@@ -657,7 +657,7 @@ impl Store for SqlStore {
 
     async fn delete_env(&self, org: &str, function: &str, key: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            &self.sql("DELETE FROM env_vars WHERE org = ? AND function = ? AND key = ?"),
+            self.sql("DELETE FROM env_vars WHERE org = ? AND function = ? AND key = ?"),
         )
         .bind(org)
         .bind(function)
@@ -669,7 +669,7 @@ impl Store for SqlStore {
     }
 
     async fn deployment_env(&self, deployment_id: &str) -> Result<Vec<EnvRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql("SELECT e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.deployment_id = ? ORDER BY e.key"))
+        let rows = sqlx::query(self.sql("SELECT e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.deployment_id = ? ORDER BY e.key"))
             .bind(deployment_id)
             .fetch_all(&self.pool)
             .await
@@ -687,7 +687,7 @@ impl Store for SqlStore {
             }
         };
         let mut out = Vec::new();
-        let rows = sqlx::query(&self.sql("SELECT org, function, key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE secret = 1"))
+        let rows = sqlx::query(self.sql("SELECT org, function, key, secret, value, key_id, nonce, ciphertext, updated_at FROM env_vars WHERE secret = 1"))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -701,7 +701,7 @@ impl Store for SqlStore {
                 sealed(row)?,
             ));
         }
-        let rows = sqlx::query(&self.sql("SELECT e.deployment_id, d.org, d.function, e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.secret = 1"))
+        let rows = sqlx::query(self.sql("SELECT e.deployment_id, d.org, d.function, e.key, e.secret, e.value, e.key_id, e.nonce, e.ciphertext, d.created_at AS updated_at FROM deployment_env e JOIN deployments d ON d.id = e.deployment_id WHERE e.secret = 1"))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -726,14 +726,14 @@ impl Store for SqlStore {
         sealed: &Sealed,
     ) -> Result<bool, StoreError> {
         let q = match row {
-            SecretRow::Function { org, function, key } => sqlx::query(&self.sql("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?"))
+            SecretRow::Function { org, function, key } => sqlx::query(self.sql("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
                 .bind(org)
                 .bind(function)
                 .bind(key),
-            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query(&self.sql("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?"))
+            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query(self.sql("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
@@ -751,7 +751,7 @@ impl Store for SqlStore {
         policy: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done =
-            sqlx::query(&self.sql("UPDATE functions SET policy = ? WHERE org = ? AND name = ?"))
+            sqlx::query(self.sql("UPDATE functions SET policy = ? WHERE org = ? AND name = ?"))
                 .bind(policy)
                 .bind(org)
                 .bind(function)
@@ -767,7 +767,7 @@ impl Store for SqlStore {
         function: &str,
         id: &str,
     ) -> Result<Option<DeploymentRecord>, StoreError> {
-        let row = sqlx::query(&self.sql(&format!(
+        let row = sqlx::query(self.sql(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? AND id = ?"
         )))
         .bind(org)
@@ -784,7 +784,7 @@ impl Store for SqlStore {
         org: &str,
         function: &str,
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? ORDER BY seq DESC")))
+        let rows = sqlx::query(self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ? AND function = ? ORDER BY seq DESC")))
             .bind(org)
             .bind(function)
             .fetch_all(&self.pool)
@@ -799,7 +799,7 @@ impl Store for SqlStore {
         status: DeploymentStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(&self.sql("UPDATE deployments SET status = ?, error = ? WHERE id = ?"))
+        sqlx::query(self.sql("UPDATE deployments SET status = ?, error = ? WHERE id = ?"))
             .bind(status.as_str())
             .bind(error)
             .bind(id)
@@ -810,7 +810,7 @@ impl Store for SqlStore {
     }
 
     async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows = sqlx::query(&self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'materializing' ORDER BY seq")))
+        let rows = sqlx::query(self.sql(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'materializing' ORDER BY seq")))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -818,7 +818,7 @@ impl Store for SqlStore {
     }
 
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query(&self.sql(
+        let row = sqlx::query(self.sql(
             "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version",
         ))
         .fetch_one(&self.pool)
@@ -838,11 +838,11 @@ impl Store for SqlStore {
         StoreError,
     > {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let rows = sqlx::query(&self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions ORDER BY org, name"))
+        let rows = sqlx::query(self.sql("SELECT org, name, runtime, live_deployment_id, created_at, policy FROM functions ORDER BY org, name"))
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
-        let live_rows = sqlx::query(&self.sql(&format!(
+        let live_rows = sqlx::query(self.sql(&format!(
             "SELECT {} FROM deployments d JOIN functions f ON f.live_deployment_id = d.id",
             DEPLOYMENT_COLUMNS
                 .split(", ")
@@ -853,7 +853,7 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let token_rows = sqlx::query(&self.sql(
+        let token_rows = sqlx::query(self.sql(
             "SELECT id, org, role, name, sha256, created_at FROM tokens WHERE revoked_at IS NULL",
         ))
         .fetch_all(&mut *tx)

@@ -44,6 +44,9 @@ impl Default for RouterOptions {
     }
 }
 
+/// How long a request that reaches a router without a routing table waits for one.
+pub const FIRST_TABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct DataPlane {
     index: watch::Sender<Arc<RouteIndex>>,
     options: RouterOptions,
@@ -140,6 +143,19 @@ impl DataPlane {
         let _ = rx.wait_for(|i| i.version >= version).await;
     }
 
+    /// The first routing table, waited for at most [`FIRST_TABLE_WAIT`]; 503
+    /// `no_worker_available` without one (nothing is known yet, not even tokens).
+    async fn first_table(&self) -> Result<Arc<RouteIndex>, ApiError> {
+        let mut rx = self.index.subscribe();
+        match tokio::time::timeout(FIRST_TABLE_WAIT, rx.wait_for(|i| i.version > 0)).await {
+            Ok(Ok(index)) => Ok(index.clone()),
+            _ => Err(ApiError::new(
+                ErrorCode::NoWorkerAvailable,
+                "this router has no routing table yet (the control plane has not answered): retry",
+            )),
+        }
+    }
+
     async fn route(
         &self,
         name: &str,
@@ -148,7 +164,13 @@ impl DataPlane {
         started: Instant,
     ) -> Result<Response, ApiError> {
         self.catch_up();
-        let index = self.index.borrow().clone();
+        let mut index = self.index.borrow().clone();
+        if index.version == 0 {
+            // A router that just started has no table yet: hold the request briefly for
+            // the first one rather than refuse it as unknown (a balancer may send traffic
+            // before `/readyz` says ready).
+            index = self.first_table().await?;
+        }
         let request_id = req
             .extensions()
             .get::<RequestId>()

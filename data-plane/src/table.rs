@@ -206,7 +206,7 @@ impl RouteIndex {
                 .map(|w| vec![w.url.clone()])
                 .unwrap_or_default();
         }
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
         ranked
             .into_iter()
             .take(MAX_CANDIDATES)

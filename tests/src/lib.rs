@@ -38,24 +38,21 @@ pub fn reactor_bin() -> PathBuf {
 }
 
 /// Path of one of the workspace's binaries (`reactor`, `reactor-control-plane`,
-/// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`), all built once per test run with this
-/// test's profile.
+/// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`), all built once per
+/// test run with this test's profile.
 pub fn service_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let profile = profile_dir();
     BUILT.get_or_init(|| {
         let target = profile.parent().expect("target dir").to_path_buf();
+        // The same targets as `cargo test --workspace` builds, so that features resolve
+        // the same way and this finds everything fresh after it: building only the five
+        // packages resolves some dependencies' features differently (rustls's crypto
+        // providers, for one), and the two builds would keep rebuilding each other's
+        // artifacts.
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(root()).args(["build", "--quiet"]);
-        for (package, bin) in [
-            ("reactor-cli", "reactor"),
-            ("reactor-control-plane", "reactor-control-plane"),
-            ("reactor-data-plane", "reactor-data-plane"),
-            ("reactor-worker-wasm", "reactor-worker-wasm"),
-            ("reactor-worker-bun", "reactor-worker-bun"),
-        ] {
-            cmd.args(["-p", package, "--bin", bin]);
-        }
+        cmd.current_dir(root())
+            .args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         cmd.arg("--target-dir").arg(&target);
         if profile.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");

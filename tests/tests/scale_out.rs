@@ -143,7 +143,10 @@ fn version_of(body: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() {
+    let t0 = Instant::now();
+    let phase = |what: &str| println!("scale-out: {what} at {} ms", t0.elapsed().as_millis());
     let mut topo = Topology::start().await;
+    phase("topology started");
     let admin = &topo.admin;
     let (token, org) = (admin.token.clone(), admin.org.clone());
     let routers = [topo.router_url("router-1"), topo.router_url("router-2")];
@@ -152,6 +155,7 @@ async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() 
     // Four WASM functions (so that both WASM workers are home to some), a Bun function
     // and a Bun function capped at 2 concurrent requests.
     let wasm = wasm_probe_bundle(None);
+    phase("probe component built");
     let wasm_fns: Vec<String> = (0..4).map(|i| format!("wasm-{i}")).collect();
     for f in &wasm_fns {
         admin.deploy_live_runtime(f, "wasm", wasm.clone()).await;
@@ -165,6 +169,7 @@ async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() 
         .deploy_live_runtime(&capped, "bun", bun_probe_bundle("cap", Some(&manifest)))
         .await;
 
+    phase("functions deployed");
     let http = reqwest::Client::new();
     let get = |router: &str, path: &str| {
         http.get(format!("{router}{path}"))
@@ -229,6 +234,7 @@ async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() 
         Duration::from_millis(20),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    phase("load running");
 
     // 1. A WASM worker dies, and comes back.
     let worker_killed = Instant::now();
@@ -282,6 +288,7 @@ async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() 
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (samples, rerouted) = load.finish().await;
+    phase("load finished");
 
     // The cap still holds after every restart.
     let burst: Vec<_> = (0..6)
@@ -385,4 +392,5 @@ async fn the_topology_survives_losing_a_worker_a_router_and_the_control_plane() 
         reached[1].as_millis()
     );
     topo.shutdown().await;
+    phase("topology stopped");
 }

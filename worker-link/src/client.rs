@@ -120,7 +120,7 @@ impl http_body::Body for AttemptBody {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -253,7 +253,7 @@ impl RemoteWorkers {
             let mut req = Request::new(Body::new(AttemptBody {
                 slot: slot.clone(),
                 taken: None,
-                hint: hint.clone(),
+                hint,
             }));
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri;
