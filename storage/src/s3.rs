@@ -352,6 +352,30 @@ impl S3Storage {
     }
 }
 
+impl S3Storage {
+    /// The object at `key`, or `NotFound`.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        let object = self.object_key(key)?;
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                Err(StorageError::NotFound(key.to_string()))
+            }
+            Err(err) => Err(remote("get", key, err)),
+        }
+    }
+}
+
 #[async_trait]
 impl Storage for S3Storage {
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
@@ -397,21 +421,7 @@ impl Storage for S3Storage {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        let object = self.object_key(key)?;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(object)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Err(StorageError::NotFound(key.to_string()));
-            }
-            Err(err) => return Err(remote("get", key, err)),
-        };
+        let out = self.get_object(key).await?;
         let body = out
             .body
             .collect()
@@ -421,21 +431,7 @@ impl Storage for S3Storage {
     }
 
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<(), StorageError> {
-        let object = self.object_key(key)?;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(object)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Err(StorageError::NotFound(key.to_string()));
-            }
-            Err(err) => return Err(remote("get", key, err)),
-        };
+        let out = self.get_object(key).await?;
         let io = |source| StorageError::Io {
             key: key.to_string(),
             source,
