@@ -27,6 +27,7 @@
 //! | `storage.path_style` | `REACTOR_FUNCTIONS_STORAGE_PATH_STYLE` | true when `url` is set (MinIO, Ceph, moto), else false |
 //! | `storage.prefix` | `REACTOR_FUNCTIONS_STORAGE_PREFIX` | none: keys at the bucket's root |
 //! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none: credentials from the standard AWS chain; else `ACCESS_KEY_ID:SECRET` |
+//! | `lambda.*` | `REACTOR_FUNCTIONS_LAMBDA_*` | see [`LambdaConfig`]; needed only when `runtimes` has `lambda` |
 //!
 //! The split topology adds one section per service and the shared internal token (see
 //! [`ServicesConfig`]); the embedded default needs none of them.
@@ -243,7 +244,7 @@ pub struct FunctionsConfig {
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub storage: StorageConfig,
-    pub lambda: Option<toml::Table>,
+    pub lambda: LambdaConfig,
 }
 
 /// `[functions.storage]`: local files unless a bucket is set.
@@ -297,6 +298,138 @@ impl StorageConfig {
 
 /// The bucket when `storage.url` is set without `storage.bucket`.
 pub const DEFAULT_BUCKET: &str = "reactor-functions";
+
+/// `[functions.lambda]`: where functions with `runtime: lambda` run (`docs/lambda.md`).
+/// Credentials come from the standard AWS chain (environment, profile, SSO, instance or
+/// task role), for the control plane (deploys) and the routers (signing invocations).
+///
+/// | key | env (`REACTOR_FUNCTIONS_LAMBDA_`...) | default |
+/// |---|---|---|
+/// | `region` | `REGION` | `AWS_REGION`, else `us-east-1` |
+/// | `role_arn` | `ROLE_ARN` | required: the execution role of the functions |
+/// | `bundle_s3_bucket` | `BUNDLE_S3_BUCKET` | required: where deployment packages are uploaded (created when missing) |
+/// | `lwa_layer_arn` | `LWA_LAYER_ARN` | required: the Lambda Web Adapter layer for `architecture` |
+/// | `bun_layer_arn` | `BUN_LAYER_ARN` | required: a layer with the Bun binary (`/opt/bun` or `/opt/bin/bun`) |
+/// | `architecture` | `ARCHITECTURE` | `x86_64` (or `arm64`; the layers must match) |
+/// | `function_prefix` | `FUNCTION_PREFIX` | `reactor-`: Lambda functions are `{prefix}{org}-{function}` |
+/// | `alias` | `ALIAS` | `live`: the alias that promote moves and the Function URL fronts |
+/// | `endpoint` | `ENDPOINT` | none: AWS; else the Lambda API endpoint (an emulator) |
+/// | `s3_endpoint` | `S3_ENDPOINT` | none: AWS; else the S3 endpoint for `bundle_s3_bucket` (path-style) |
+/// | `function_url_endpoint` | `FUNCTION_URL_ENDPOINT` | none: the Function URL AWS returned; else requests go to this base URL |
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LambdaConfig {
+    pub region: Option<String>,
+    pub role_arn: Option<String>,
+    pub bundle_s3_bucket: Option<String>,
+    pub lwa_layer_arn: Option<String>,
+    pub bun_layer_arn: Option<String>,
+    pub architecture: Option<String>,
+    pub function_prefix: Option<String>,
+    pub alias: Option<String>,
+    pub endpoint: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub function_url_endpoint: Option<String>,
+}
+
+/// What the Lambda runtime needs, resolved from [`LambdaConfig`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LambdaSettings {
+    pub region: String,
+    pub role_arn: String,
+    pub bundle_s3_bucket: String,
+    pub lwa_layer_arn: String,
+    pub bun_layer_arn: String,
+    pub architecture: String,
+    pub function_prefix: String,
+    pub alias: String,
+    pub endpoint: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub function_url_endpoint: Option<String>,
+}
+
+impl LambdaConfig {
+    /// The settings, or why they are incomplete (called when `runtimes` has `lambda`).
+    pub fn settings(&self) -> Result<LambdaSettings, ConfigError> {
+        fn required(value: &Option<String>, key: &str, what: &str) -> Result<String, ConfigError> {
+            match value.as_deref().map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => Err(ConfigError::Invalid(format!(
+                    "the lambda runtime is enabled but functions.lambda.{key} is not set ({what}; env REACTOR_FUNCTIONS_LAMBDA_{})",
+                    key.to_ascii_uppercase()
+                ))),
+            }
+        }
+        let arn = |value: &Option<String>, key: &str, what: &str| -> Result<String, ConfigError> {
+            let v = required(value, key, what)?;
+            if !v.starts_with("arn:") || v.ends_with(":...") || v.contains(":...:") {
+                return Err(ConfigError::Invalid(format!(
+                    "functions.lambda.{key} {v:?} is not a usable ARN ({what}); the example's placeholder must be replaced"
+                )));
+            }
+            Ok(v)
+        };
+        let optional = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let architecture = optional(&self.architecture).unwrap_or_else(|| "x86_64".into());
+        if architecture != "x86_64" && architecture != "arm64" {
+            return Err(ConfigError::Invalid(format!(
+                "functions.lambda.architecture must be x86_64 or arm64, not {architecture:?}"
+            )));
+        }
+        let alias = optional(&self.alias).unwrap_or_else(|| "live".into());
+        if alias.is_empty()
+            || alias.len() > 128
+            || alias.chars().all(|c| c.is_ascii_digit())
+            || !alias
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "functions.lambda.alias {alias:?} is not a Lambda alias name (letters, digits, - and _, not only digits)"
+            )));
+        }
+        let function_prefix = self
+            .function_prefix
+            .clone()
+            .unwrap_or_else(|| "reactor-".into());
+        if function_prefix.len() > 30
+            || !function_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "functions.lambda.function_prefix {function_prefix:?} must be at most 30 letters, digits, - or _"
+            )));
+        }
+        Ok(LambdaSettings {
+            region: optional(&self.region)
+                .or_else(|| std::env::var("AWS_REGION").ok())
+                .unwrap_or_else(|| "us-east-1".into()),
+            role_arn: arn(&self.role_arn, "role_arn", "the functions' execution role")?,
+            bundle_s3_bucket: required(
+                &self.bundle_s3_bucket,
+                "bundle_s3_bucket",
+                "the bucket for deployment packages",
+            )?,
+            lwa_layer_arn: arn(
+                &self.lwa_layer_arn,
+                "lwa_layer_arn",
+                "the Lambda Web Adapter layer",
+            )?,
+            bun_layer_arn: arn(
+                &self.bun_layer_arn,
+                "bun_layer_arn",
+                "a layer with the Bun binary, see docs/lambda.md",
+            )?,
+            architecture,
+            function_prefix,
+            alias,
+            endpoint: optional(&self.endpoint),
+            s3_endpoint: optional(&self.s3_endpoint),
+            function_url_endpoint: optional(&self.function_url_endpoint),
+        })
+    }
+}
 
 /// What an S3 backend needs, resolved from [`StorageConfig`].
 #[derive(Clone)]
@@ -361,7 +494,7 @@ impl Default for FunctionsConfig {
             database_url: None,
             redis_url: None,
             storage: StorageConfig::default(),
-            lambda: None,
+            lambda: LambdaConfig::default(),
         }
     }
 }
@@ -541,6 +674,27 @@ impl FunctionsConfig {
         if let Some((_, v)) = var("REDIS_URL") {
             self.redis_url = Some(v).filter(|v| !v.is_empty());
         }
+        let lambda = &mut self.lambda;
+        for (key, field) in [
+            ("LAMBDA_REGION", &mut lambda.region),
+            ("LAMBDA_ROLE_ARN", &mut lambda.role_arn),
+            ("LAMBDA_BUNDLE_S3_BUCKET", &mut lambda.bundle_s3_bucket),
+            ("LAMBDA_LWA_LAYER_ARN", &mut lambda.lwa_layer_arn),
+            ("LAMBDA_BUN_LAYER_ARN", &mut lambda.bun_layer_arn),
+            ("LAMBDA_ARCHITECTURE", &mut lambda.architecture),
+            ("LAMBDA_FUNCTION_PREFIX", &mut lambda.function_prefix),
+            ("LAMBDA_ALIAS", &mut lambda.alias),
+            ("LAMBDA_ENDPOINT", &mut lambda.endpoint),
+            ("LAMBDA_S3_ENDPOINT", &mut lambda.s3_endpoint),
+            (
+                "LAMBDA_FUNCTION_URL_ENDPOINT",
+                &mut lambda.function_url_endpoint,
+            ),
+        ] {
+            if let Some((_, v)) = var(key) {
+                *field = Some(v);
+            }
+        }
         Ok(())
     }
 
@@ -584,6 +738,9 @@ impl FunctionsConfig {
             ));
         }
         self.storage.s3()?;
+        if self.runtimes.contains(&Runtime::Lambda) {
+            self.lambda.settings()?;
+        }
         Ok(())
     }
 
@@ -748,5 +905,53 @@ prewarm = false
             .apply_services_env(|name| (name == "REACTOR_WORKER_PREWARM").then(|| "maybe".into()))
             .expect_err("not a bool");
         assert!(err.to_string().contains("REACTOR_WORKER_PREWARM"));
+    }
+
+    #[test]
+    fn lambda_settings_need_the_seed_keys_and_refuse_its_placeholder() {
+        let text = r#"
+[functions]
+runtimes = ["wasm", "bun", "lambda"]
+
+[functions.lambda]
+region = "us-east-1"
+role_arn = "arn:aws:iam::123456789012:role/reactor-lambda"
+bundle_s3_bucket = "reactor-function-bundles"
+lwa_layer_arn = "arn:aws:lambda:us-east-1:753240598075:layer:LambdaAdapterLayerX86:..."
+"#;
+        let mut config: ReactorConfig = toml::from_str(text).expect("seed lambda section parses");
+        let err = config
+            .functions
+            .validate()
+            .expect_err("placeholder refused");
+        assert!(err.to_string().contains("lwa_layer_arn"), "{err}");
+        config
+            .functions
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_LAMBDA_LWA_LAYER_ARN" => Some(
+                    "arn:aws:lambda:us-east-1:753240598075:layer:LambdaAdapterLayerX86:26".into(),
+                ),
+                "REACTOR_FUNCTIONS_LAMBDA_ENDPOINT" => Some("http://127.0.0.1:5000".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        let err = config.functions.validate().expect_err("no bun layer");
+        assert!(err.to_string().contains("bun_layer_arn"), "{err}");
+        config.functions.lambda.bun_layer_arn =
+            Some("arn:aws:lambda:us-east-1:123456789012:layer:bun:1".into());
+        config.functions.validate().expect("complete");
+        let s = config.functions.lambda.settings().expect("settings");
+        assert_eq!(s.alias, "live");
+        assert_eq!(s.function_prefix, "reactor-");
+        assert_eq!(s.architecture, "x86_64");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        config.functions.lambda.alias = Some("123".into());
+        assert!(
+            config.functions.lambda.settings().is_err(),
+            "digits-only alias"
+        );
+        // Without the lambda runtime the section is not checked.
+        config.functions.runtimes = vec![Runtime::Wasm];
+        config.functions.validate().expect("lambda not enabled");
     }
 }

@@ -73,6 +73,9 @@ pub enum InvokeError {
     InvalidRequest { message: String },
     #[error("{message}")]
     TooManyRequests { message: String },
+    /// The runtime takes request bodies only up to `limit_bytes` (Lambda: 6 MB).
+    #[error("the request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: u64 },
 }
 
 /// A failed invocation, and whether it had waited for a cold load first.
@@ -133,6 +136,14 @@ impl InvokeError {
                 ErrorCode::TooManyRequests,
                 format!("function {} is at capacity: {message}", spec.function),
             ),
+            InvokeError::PayloadTooLarge { limit_bytes } => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than the {} runtime accepts ({limit_bytes} bytes)",
+                    spec.runtime
+                ),
+            )
+            .with_detail("limit_bytes", *limit_bytes),
         };
         err.with_detail("deployment_id", spec.deployment_id.clone())
             .with_detail("duration_ms", duration_ms)

@@ -13,12 +13,14 @@
 //! `reactor-bench hop` compares the router-to-worker protocols (HTTP/2 and gRPC).
 //! `reactor-bench bun` measures the Bun runtime against bare `Bun.serve`.
 //! `reactor-bench controls` measures invoke policies and the concurrency cap.
+//! `reactor-bench lambda` measures the router's hashing and SigV4 signing per Lambda request.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
 mod bun;
 mod controls;
 mod hop;
+mod lambda;
 mod load;
 
 use anyhow::{Context, bail};
@@ -49,6 +51,8 @@ enum Cmd {
     Bun(bun::BunArgs),
     /// What invoke policies and the concurrency cap cost per request.
     Controls(controls::ControlsArgs),
+    /// What a router adds to a Lambda invocation: body hash and SigV4 signature.
+    Lambda(lambda::LambdaArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Hop(args)) => hop::run(args).await,
         Some(Cmd::Bun(args)) => bun::run(args).await,
         Some(Cmd::Controls(args)) => controls::run(args).await,
+        Some(Cmd::Lambda(args)) => lambda::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

@@ -84,6 +84,13 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         .context("the bun runtime is enabled (functions.runtimes)")?;
         runtimes = runtimes.with(BunWorker::new(options).await?);
     }
+    if config.runtimes.contains(&Runtime::Lambda) {
+        let settings = config.lambda.settings()?;
+        let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
+            .await
+            .context("the lambda runtime is enabled (functions.runtimes)")?;
+        runtimes = runtimes.with(lambda);
+    }
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
         store,

@@ -91,6 +91,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let bun: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
         runtimes = runtimes.with(Arc::new(MaterializeOnly::new(bun)));
     }
+    if config.functions.runtimes.contains(&Runtime::Lambda) {
+        // Deploys to Lambda run here: package, upload, create or update, publish.
+        let settings = config.functions.lambda.settings()?;
+        let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
+            .await
+            .context("the lambda runtime is enabled (functions.runtimes)")?;
+        runtimes = runtimes.with(lambda);
+    }
     let cp = ControlPlane::start(ControlPlaneOptions {
         config: config.functions,
         store,

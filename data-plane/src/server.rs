@@ -68,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("control plane url {cp_url}"))?;
     let admission = build_admission(config.functions.redis_url.as_deref(), &router_id).await?;
     let dp = DataPlane::build(
-        reactor_api::Runtimes::new(),
+        lambda_runtimes(&config.functions).await?,
         Some(remote),
         RouterOptions {
             logs,
@@ -100,6 +100,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(args.grace_secs),
     )
     .await
+}
+
+/// The runtimes this router runs itself: Lambda, when enabled (it signs and sends each
+/// invocation to the Function URL; there is no Lambda worker service).
+pub async fn lambda_runtimes(
+    config: &reactor_api::config::FunctionsConfig,
+) -> anyhow::Result<reactor_api::Runtimes> {
+    let mut runtimes = reactor_api::Runtimes::new();
+    if config.runtimes.contains(&reactor_api::Runtime::Lambda) {
+        let settings = config.lambda.settings()?;
+        let lambda =
+            reactor_lambda::LambdaRuntime::connect(settings, Arc::new(reactor_api::invoke::NoEnv))
+                .await
+                .context("the lambda runtime is enabled (functions.runtimes)")?;
+        runtimes = runtimes.with(lambda);
+    }
+    Ok(runtimes)
 }
 
 /// The concurrency cap's counter: across routers in Redis when `functions.redis_url` is

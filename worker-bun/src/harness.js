@@ -2,14 +2,18 @@
 //
 // Its configuration arrives as one JSON object on stdin, never on the command line
 // (which every process can read in /proc/*/cmdline):
-//   { "mode": "serve" | "check" | "build", "entry": path, "socket": path, "output": path,
-//     "env": { KEY: value } }
+//   { "mode": "serve" | "check" | "build" | "lambda", "entry": path, "socket": path,
+//     "output": path, "port": number, "env": { KEY: value } }
 // "check" imports the entrypoint, checks that the default export has `fetch` and exits
 // (0, or 3 with Bun's own error text on stderr). "build" writes the entrypoint bundled
 // into one file to `output`. "serve" imports and checks, then serves it with Bun.serve on
 // the unix socket, the only way into the process. An exception from the handler becomes a
 // 500 marked with the x-reactor-harness header (the worker turns it into
 // `function_crashed`); functions cannot set that header themselves.
+// "lambda" is "serve" inside AWS Lambda behind the Lambda Web Adapter (docs/lambda.md): it
+// listens on 127.0.0.1:`port`, and marks every answer `x-reactor-harness: ok` (or
+// `crashed`), so that the router tells the function's answers from Lambda's own errors,
+// and the first answer of the process `x-reactor-cold-start: true`.
 const MARK = "x-reactor-harness";
 const config = JSON.parse(await Bun.stdin.text());
 for (const [key, value] of Object.entries(config.env ?? {})) process.env[key] = String(value);
@@ -70,8 +74,21 @@ function crashed(e) {
   return new Response(text.slice(0, 8192), { status: 500, headers: { [MARK]: "crashed" } });
 }
 
+const lambda = config.mode === "lambda";
+const COLD = "x-reactor-cold-start";
+let served = 0;
+// In "lambda" mode: the marks the router reads (a function cannot set them itself).
+function mark(response) {
+  if (!lambda) return response;
+  const headers = new Headers(response.headers);
+  headers.delete(COLD);
+  if (!headers.has(MARK)) headers.set(MARK, "ok");
+  if (served++ === 0) headers.set(COLD, "true");
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
 Bun.serve({
-  unix: config.socket,
+  ...(lambda ? { hostname: "127.0.0.1", port: Number(config.port) } : { unix: config.socket }),
   // The worker bounds every invocation; a quiet stream (SSE) must not be cut here.
   idleTimeout: 0,
   maxRequestBodySize: Number.MAX_SAFE_INTEGER,
@@ -84,12 +101,12 @@ Bun.serve({
       if (response.headers.has(MARK)) {
         const headers = new Headers(response.headers);
         headers.delete(MARK);
-        return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+        return mark(new Response(response.body, { status: response.status, statusText: response.statusText, headers }));
       }
-      return response;
+      return mark(response);
     } catch (e) {
-      return crashed(e);
+      return mark(crashed(e));
     }
   },
-  error: crashed,
+  error: (e) => mark(crashed(e)),
 });

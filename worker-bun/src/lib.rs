@@ -17,4 +17,4 @@ mod worker;
 
 pub use host::{MemoryLimiter, PINNED_BUN, find_bun};
 pub use pool::PoolLimits;
-pub use worker::{BunWorker, BunWorkerOptions};
+pub use worker::{BunWorker, BunWorkerOptions, HARNESS};

@@ -25,8 +25,8 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-/// The harness every process runs (see `harness.js`).
-const HARNESS: &str = include_str!("harness.js");
+/// The harness every process runs (see `harness.js`); the Lambda runtime ships it too.
+pub const HARNESS: &str = include_str!("harness.js");
 /// The response header the harness marks a crashed handler with.
 const HARNESS_MARK: &str = "x-reactor-harness";
 /// Most of a crash report read from the harness.

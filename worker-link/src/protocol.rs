@@ -64,10 +64,13 @@ pub struct Failure {
     pub message: String,
     #[serde(default)]
     pub timeout_ms: u64,
+    #[serde(default)]
+    pub limit_bytes: u64,
 }
 
 impl Failure {
     pub fn from_error(e: &InvokeError) -> Self {
+        let mut limit_bytes = 0;
         let (kind, message, timeout_ms) = match e {
             InvokeError::Timeout { timeout_ms } => ("timeout", e.to_string(), *timeout_ms),
             InvokeError::Crashed { message } => ("crashed", message.clone(), 0),
@@ -75,11 +78,16 @@ impl Failure {
             InvokeError::Unavailable { message } => ("unavailable", message.clone(), 0),
             InvokeError::InvalidRequest { message } => ("invalid_request", message.clone(), 0),
             InvokeError::TooManyRequests { message } => ("too_many_requests", message.clone(), 0),
+            InvokeError::PayloadTooLarge { limit_bytes: n } => {
+                limit_bytes = *n;
+                ("payload_too_large", e.to_string(), 0)
+            }
         };
         Self {
             kind: kind.into(),
             message,
             timeout_ms,
+            limit_bytes,
         }
     }
 
@@ -93,6 +101,9 @@ impl Failure {
             "not_ready" => InvokeError::NotReady { message },
             "invalid_request" => InvokeError::InvalidRequest { message },
             "too_many_requests" => InvokeError::TooManyRequests { message },
+            "payload_too_large" => InvokeError::PayloadTooLarge {
+                limit_bytes: self.limit_bytes,
+            },
             _ => InvokeError::Unavailable { message },
         }
     }

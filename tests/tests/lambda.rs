@@ -1,0 +1,624 @@
+//! The Lambda runtime end to end (issue 7): `reactor dev` with `runtimes` including
+//! `lambda`, against moto's server for the AWS API calls (IAM, layers, S3, create and
+//! update function, publish version, alias, Function URL config, reserved concurrency)
+//! and against `tests/fixtures/lambda/function_url.py` for the Function URL: it checks
+//! each request's SigV4 signature with botocore's signer (refusing wrong ones), then runs
+//! the very package that was uploaded to moto's S3 (its `bootstrap` and Reactor's harness
+//! under Bun, as the Lambda Web Adapter would) with the environment moto holds for the
+//! alias's version, and streams its answer back. See docs/lambda.md for what this shows
+//! and what only real AWS can.
+
+use reactor_tests::topology::Moto;
+use reactor_tests::{Server, bun_bin, bundle, root, sha256_hex};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY_ID: &str = "AKIDREACTORLAMBDATEST";
+const SECRET: &str = "reactor-lambda-test-secret-key";
+const REGION: &str = "us-east-1";
+const BUCKET: &str = "reactor-function-bundles";
+const ROLE: &str = "arn:aws:iam::123456789012:role/reactor-lambda";
+const FUNCTION: &str = "reactor-acme-hello";
+
+/// The function: echoes what it got, streams, crashes and sleeps on demand.
+const SOURCE: &str = r#"
+export default {
+  async fetch(req) {
+    const url = new URL(req.url);
+    const p = url.pathname;
+    if (p.endsWith("/stream")) {
+      const stream = new ReadableStream({
+        async start(c) {
+          for (let i = 0; i < 3; i++) { c.enqueue(`data: ${i}\n\n`); await Bun.sleep(400); }
+          c.close();
+        },
+      });
+      return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+    }
+    if (p.endsWith("/crash")) throw new Error("boom from lambda");
+    if (p.endsWith("/sleep")) {
+      await Bun.sleep(Number(url.searchParams.get("ms") ?? "1000"));
+      return new Response("slept");
+    }
+    const body = new Uint8Array(await req.arrayBuffer());
+    const sha = new Bun.CryptoHasher("sha256").update(body).digest("hex");
+    return Response.json({
+      version: "__VERSION__", path: p, query: url.search, method: req.method,
+      body_len: body.length, body_sha: sha,
+      public: process.env.PUBLIC_KEY ?? null, secret: process.env.SECRET_KEY ?? null,
+      deployment: process.env.REACTOR_DEPLOYMENT_ID ?? null,
+      caller_org: req.headers.get("x-reactor-caller-org"),
+      authorization: req.headers.get("authorization"),
+    }, { headers: { "x-reactor-cold-start": "forged" } });
+  },
+};
+"#;
+
+fn function_bundle(version: &str, memory_mb: u32) -> Vec<u8> {
+    let manifest = json!({
+        "runtime": "lambda",
+        "entrypoint": "index.js",
+        "env_keys": ["PUBLIC_KEY"],
+        "secret_keys": ["SECRET_KEY"],
+        "concurrency": {"max_concurrency": 5},
+        "limits": {"timeout_ms": 2000, "memory_mb": memory_mb},
+    })
+    .to_string();
+    let source = SOURCE.replace("__VERSION__", version);
+    bundle(&[
+        ("index.js", source.as_bytes()),
+        ("manifest.json", manifest.as_bytes()),
+    ])
+}
+
+/// The Function URL emulator, killed (with the function it runs) on drop.
+struct FunctionUrl {
+    child: Child,
+    url: String,
+}
+
+impl FunctionUrl {
+    fn start() -> FunctionUrl {
+        let bun_dir = bun_bin().parent().expect("bun's directory").to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bun_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/fixtures/lambda/function_url.py"))
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", REGION)
+            .env("PATH", path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning function_url.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_string());
+                } else {
+                    println!("[function] {line}");
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("function_url.py started");
+        FunctionUrl { child, url }
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/__emulator/{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("emulator control");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+
+    async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/__emulator/stats", self.url))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+}
+
+impl Drop for FunctionUrl {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a Python snippet with boto3 against moto (set-up the way an operator would have
+/// it: the role and the two layers exist before Reactor deploys).
+fn boto3(moto: &str, script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("MOTO", moto)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const PUBLISH_LAYERS: &str = r##"
+import boto3, io, os, zipfile
+lam = boto3.client("lambda", endpoint_url=os.environ["MOTO"])
+def layer(name, path, text):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(path, text)
+    return lam.publish_layer_version(LayerName=name, Content={"ZipFile": buf.getvalue()},
+        CompatibleRuntimes=["provided.al2023"])["LayerVersionArn"]
+print(layer("LambdaAdapterLayerX86", "extensions/lambda-adapter", "#!/bin/sh\n"))
+print(layer("bun", "bin/bun", "#!/bin/sh\n"))
+"##;
+
+const CREATE_ROLE: &str = r#"
+import boto3, json, os
+iam = boto3.client("iam", endpoint_url=os.environ["MOTO"])
+iam.create_role(RoleName="reactor-lambda", AssumeRolePolicyDocument=json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                   "Action": "sts:AssumeRole"}]}))
+"#;
+
+async fn aws_clients(moto: &str) -> (aws_sdk_lambda::Client, aws_sdk_s3::Client) {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            KEY_ID, SECRET, None, None, "test",
+        ))
+        .endpoint_url(moto)
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_lambda::Client::new(&shared),
+        aws_sdk_s3::Client::from_conf(s3),
+    )
+}
+
+/// What Lambda would run for the alias now: the package from S3 unzipped, and the
+/// environment of the version the alias points at. Loaded into the emulator.
+async fn load_live(
+    lambda: &aws_sdk_lambda::Client,
+    s3: &aws_sdk_s3::Client,
+    emulator: &FunctionUrl,
+    deployment: &str,
+    dir: &std::path::Path,
+) -> String {
+    let alias = lambda
+        .get_alias()
+        .function_name(FUNCTION)
+        .name("live")
+        .send()
+        .await
+        .expect("alias");
+    let version = alias.function_version().expect("version").to_string();
+    let config = lambda
+        .get_function_configuration()
+        .function_name(FUNCTION)
+        .qualifier(&version)
+        .send()
+        .await
+        .expect("configuration");
+    assert_eq!(
+        config.description(),
+        Some(deployment),
+        "the version's description"
+    );
+    let env = config
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default();
+    let key = format!("acme/hello/{deployment}.zip");
+    let object = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .expect("package in the bucket");
+    let bytes = object.body.collect().await.expect("package").into_bytes();
+    let task_root = dir.join(deployment);
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
+    archive.extract(&task_root).expect("unzip");
+    emulator
+        .control(
+            "load",
+            json!({
+                "task_root": task_root,
+                "env": env,
+                "timeout_s": config.timeout().unwrap_or(3),
+                "command": ["sh", "bootstrap"],
+            }),
+        )
+        .await;
+    version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lambda_lifecycle_against_moto_and_a_signing_function_url() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let moto = Moto::start(&work.path().join("moto.log"));
+    let use_docker = reqwest::Client::new()
+        .post(format!("{}/moto-api/config", moto.url))
+        .json(&json!({"lambda": {"use_docker": false}}))
+        .send()
+        .await
+        .expect("moto config");
+    assert!(use_docker.status().is_success());
+    let layers = boto3(&moto.url, PUBLISH_LAYERS);
+    let mut layers = layers.lines();
+    let lwa = layers.next().expect("lwa layer").to_string();
+    let bun = layers.next().expect("bun layer").to_string();
+    let emulator = FunctionUrl::start();
+    let server = Server::start_with(&[
+        ("REACTOR_FUNCTIONS_RUNTIMES", "wasm,bun,lambda"),
+        ("REACTOR_FUNCTIONS_LAMBDA_REGION", REGION),
+        ("REACTOR_FUNCTIONS_LAMBDA_ROLE_ARN", ROLE),
+        ("REACTOR_FUNCTIONS_LAMBDA_BUNDLE_S3_BUCKET", BUCKET),
+        ("REACTOR_FUNCTIONS_LAMBDA_LWA_LAYER_ARN", &lwa),
+        ("REACTOR_FUNCTIONS_LAMBDA_BUN_LAYER_ARN", &bun),
+        ("REACTOR_FUNCTIONS_LAMBDA_ENDPOINT", &moto.url),
+        ("REACTOR_FUNCTIONS_LAMBDA_S3_ENDPOINT", &moto.url),
+        (
+            "REACTOR_FUNCTIONS_LAMBDA_FUNCTION_URL_ENDPOINT",
+            &emulator.url,
+        ),
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_REGION", REGION),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
+    let (lambda, s3) = aws_clients(&moto.url).await;
+    server.create("hello", "lambda").await;
+    for (key, value, secret) in [
+        ("PUBLIC_KEY", "pk_test_123", false),
+        ("SECRET_KEY", "sk_live_lambda_456", true),
+    ] {
+        let put = server
+            .request(
+                Method::PUT,
+                &format!("/fn/v1/_admin/functions/hello/env/{key}"),
+            )
+            .json(&json!({"value": value, "secret": secret}))
+            .send()
+            .await
+            .expect("env");
+        assert_eq!(put.status(), 200);
+    }
+
+    // AWS errors fail the deployment with AWS's message: the role does not exist yet.
+    let up = server.upload("hello", function_bundle("v0", 256)).await;
+    assert_eq!(up.status(), 202);
+    let id: Value = up.json().await.expect("json");
+    let failed = server
+        .wait_deployment("hello", id["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("CreateFunction") && reason.contains("cannot be assumed"),
+        "{failed}"
+    );
+    boto3(&moto.url, CREATE_ROLE);
+
+    // Deploy: created with the manifest's limits, env and secrets, both layers; version 1.
+    let started = Instant::now();
+    let v1 = server
+        .deploy_ready("hello", function_bundle("v1", 256))
+        .await;
+    println!(
+        "deploy v1 (create) ready in {} ms",
+        started.elapsed().as_millis()
+    );
+    let config = lambda
+        .get_function_configuration()
+        .function_name(FUNCTION)
+        .send()
+        .await
+        .expect("function");
+    assert_eq!(
+        config.runtime().map(|r| r.as_str()),
+        Some("provided.al2023")
+    );
+    assert_eq!(config.handler(), Some("bootstrap"));
+    assert_eq!(config.role(), Some(ROLE));
+    assert_eq!(config.memory_size(), Some(256));
+    assert_eq!(config.timeout(), Some(2));
+    let arns: Vec<&str> = config.layers().iter().filter_map(|l| l.arn()).collect();
+    assert_eq!(arns, vec![bun.as_str(), lwa.as_str()]);
+    let vars = config
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        vars.get("PUBLIC_KEY").map(String::as_str),
+        Some("pk_test_123")
+    );
+    assert_eq!(
+        vars.get("SECRET_KEY").map(String::as_str),
+        Some("sk_live_lambda_456")
+    );
+    assert_eq!(
+        vars.get("AWS_LWA_INVOKE_MODE").map(String::as_str),
+        Some("response_stream")
+    );
+    assert_eq!(vars.get("REACTOR_DEPLOYMENT_ID"), Some(&v1));
+
+    // Promote: alias, Function URL (AWS_IAM, RESPONSE_STREAM), reserved concurrency.
+    server.promote("hello", &v1).await;
+    let url = lambda
+        .get_function_url_config()
+        .function_name(FUNCTION)
+        .qualifier("live")
+        .send()
+        .await
+        .expect("function url");
+    assert_eq!(url.auth_type().as_str(), "AWS_IAM");
+    assert_eq!(
+        url.invoke_mode().map(|m| m.as_str()),
+        Some("RESPONSE_STREAM")
+    );
+    let reserved = lambda
+        .get_function_concurrency()
+        .function_name(FUNCTION)
+        .send()
+        .await
+        .expect("concurrency");
+    assert_eq!(reserved.reserved_concurrent_executions(), Some(5));
+    let version = load_live(&lambda, &s3, &emulator, &v1, work.path()).await;
+    assert_eq!(version, "1");
+
+    // Invoke: signed (the emulator verified it), answered by the package that was
+    // deployed, with the env and secret; cold first, then warm.
+    let body = vec![b'x'; 100_000];
+    let first = server
+        .request(Method::POST, "/fn/v1/hello/echo%20me?b=2&a=1")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let h = first.headers().clone();
+    assert_eq!(h["x-reactor-cold-start"], "true");
+    assert_eq!(h["x-reactor-function"], "hello");
+    assert!(h.contains_key("x-reactor-duration-ms"));
+    assert!(!h.contains_key("x-reactor-harness"));
+    let got: Value = first.json().await.expect("json");
+    assert_eq!(got["version"], "v1");
+    assert_eq!(got["path"], "/echo%20me");
+    assert_eq!(got["query"], "?b=2&a=1");
+    assert_eq!(got["method"], "POST");
+    assert_eq!(got["body_len"], 100_000);
+    assert_eq!(got["body_sha"], sha256_hex(&body));
+    assert_eq!(got["public"], "pk_test_123");
+    assert_eq!(got["secret"], "sk_live_lambda_456");
+    assert_eq!(got["deployment"], v1.as_str());
+    assert_eq!(got["caller_org"], "acme");
+    assert_eq!(
+        got["authorization"],
+        Value::Null,
+        "AWS's signature stays out"
+    );
+    let mut warm_ms = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = server
+            .request(Method::GET, "/fn/v1/hello/")
+            .send()
+            .await
+            .expect("invoke");
+        warm_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-reactor-cold-start"], "false");
+    }
+    println!("warm invocations through the emulator: {warm_ms:.1?} ms");
+
+    // The response streams: the first event arrives long before the last is written.
+    let t = Instant::now();
+    let mut stream = server
+        .request(Method::GET, "/fn/v1/hello/stream")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let first_chunk = stream.chunk().await.expect("chunk").expect("a first chunk");
+    let first_at = t.elapsed();
+    assert!(String::from_utf8_lossy(&first_chunk).starts_with("data: 0"));
+    let mut rest = Vec::new();
+    while let Some(c) = stream.chunk().await.expect("chunk") {
+        rest.extend_from_slice(&c);
+    }
+    let total = t.elapsed();
+    assert!(String::from_utf8_lossy(&rest).contains("data: 2"));
+    assert!(
+        first_at + Duration::from_millis(600) < total,
+        "first event at {first_at:?}, end at {total:?}"
+    );
+
+    // A throw in the function: 500 function_crashed, with the function's message.
+    let crash = server
+        .request(Method::GET, "/fn/v1/hello/crash")
+        .send()
+        .await
+        .expect("crash");
+    assert_eq!(crash.status(), 500);
+    let e: Value = crash.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "function_crashed", "{e}");
+    assert!(e.to_string().contains("boom from lambda"), "{e}");
+
+    // Past limits.timeout_ms: 408 function_timeout.
+    let slow = server
+        .request(Method::GET, "/fn/v1/hello/sleep?ms=5000")
+        .send()
+        .await
+        .expect("slow");
+    assert_eq!(slow.status(), 408);
+    let e: Value = slow.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "function_timeout", "{e}");
+    // Lambda resets the sandbox at its own timeout (the emulator does too): let it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Larger than Lambda's 6 MB: 413 before anything is sent.
+    let before = emulator.stats().await;
+    let big = server
+        .request(Method::POST, "/fn/v1/hello/echo")
+        .body(vec![b'y'; 6 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .expect("big");
+    assert_eq!(big.status(), 413);
+    let e: Value = big.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "payload_too_large", "{e}");
+    assert_eq!(emulator.stats().await["invocations"], before["invocations"]);
+
+    // Lambda throttles (account concurrency 1 here): 429 with Retry-After.
+    emulator
+        .control("config", json!({"account_concurrency": 1}))
+        .await;
+    let held = {
+        let req = server.request(Method::GET, "/fn/v1/hello/sleep?ms=1200");
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let throttled = server
+        .request(Method::GET, "/fn/v1/hello/")
+        .send()
+        .await
+        .expect("throttled");
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let e: Value = throttled.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "too_many_requests", "{e}");
+    assert!(e.to_string().contains("Rate Exceeded"), "{e}");
+    assert_eq!(held.await.expect("join").expect("held"), 200);
+    emulator
+        .control("config", json!({"account_concurrency": null}))
+        .await;
+
+    // The endpoint refuses what is not signed right; the router's requests all passed.
+    let stats = emulator.stats().await;
+    assert_eq!(stats["refused"], 0, "{stats}");
+    let unsigned = reqwest::Client::new()
+        .get(format!("{}/", emulator.url))
+        .send()
+        .await
+        .expect("unsigned");
+    assert_eq!(unsigned.status(), 403);
+    let wrong = reactor_lambda::invoke::signed_headers(
+        &http::Method::GET,
+        &format!("{}/", emulator.url),
+        &http::HeaderMap::new(),
+        b"",
+        &aws_credential_types::Credentials::new(KEY_ID, "not-the-secret", None, None, "t"),
+        REGION,
+        std::time::SystemTime::now(),
+    )
+    .expect("signed");
+    let refused = reqwest::Client::new()
+        .get(format!("{}/", emulator.url))
+        .headers(wrong)
+        .send()
+        .await
+        .expect("wrong signature");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.headers()["x-amzn-errortype"],
+        "InvalidSignatureException"
+    );
+    assert_eq!(emulator.stats().await["refused"], 2);
+
+    // Update: a second deployment updates code and configuration, publishes version 2.
+    let started = Instant::now();
+    let v2 = server
+        .deploy_ready("hello", function_bundle("v2", 512))
+        .await;
+    println!(
+        "deploy v2 (update) ready in {} ms",
+        started.elapsed().as_millis()
+    );
+    server.promote("hello", &v2).await;
+    assert_eq!(
+        load_live(&lambda, &s3, &emulator, &v2, work.path()).await,
+        "2"
+    );
+    let latest = lambda
+        .get_function_configuration()
+        .function_name(FUNCTION)
+        .send()
+        .await
+        .expect("function");
+    assert_eq!(latest.memory_size(), Some(512));
+    let r = server
+        .request(Method::GET, "/fn/v1/hello/")
+        .send()
+        .await
+        .expect("invoke v2");
+    assert_eq!(r.headers()["x-reactor-cold-start"], "true");
+    let got: Value = r.json().await.expect("json");
+    assert_eq!(got["version"], "v2");
+
+    // Rollback moves the alias back to version 1.
+    let back = server
+        .request(Method::POST, "/fn/v1/_admin/functions/hello/rollback")
+        .json(&json!({"to_deployment_id": v1}))
+        .send()
+        .await
+        .expect("rollback");
+    assert_eq!(back.status(), 200, "{:?}", back.text().await);
+    assert_eq!(
+        load_live(&lambda, &s3, &emulator, &v1, work.path()).await,
+        "1"
+    );
+    let got: Value = server
+        .request(Method::GET, "/fn/v1/hello/")
+        .send()
+        .await
+        .expect("invoke v1")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(got["version"], "v1");
+    let mut log = String::new();
+    let _ = std::fs::File::open(&server.log).and_then(|mut f| f.read_to_string(&mut log));
+    assert!(
+        !log.contains("sk_live_lambda_456"),
+        "a secret reached the log"
+    );
+}
