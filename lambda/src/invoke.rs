@@ -20,7 +20,6 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use axum::body::Body;
-use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -400,7 +399,6 @@ async fn error_text(response: reqwest::Response) -> String {
     let mut buf: Vec<u8> = Vec::new();
     let read = async {
         while let Some(Ok(chunk)) = stream.next().await {
-            let chunk: Bytes = chunk;
             buf.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_LIMIT - buf.len())]);
             if buf.len() >= ERROR_BODY_LIMIT {
                 break;

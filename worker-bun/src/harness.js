@@ -88,7 +88,9 @@ function mark(response) {
 }
 
 Bun.serve({
-  ...(lambda ? { hostname: "127.0.0.1", port: Number(config.port) } : { unix: config.socket }),
+  ...(lambda
+    ? { hostname: "127.0.0.1", port: Number(config.port ?? process.env.AWS_LWA_PORT ?? process.env.PORT ?? 8080) }
+    : { unix: config.socket }),
   // The worker bounds every invocation; a quiet stream (SSE) must not be cut here.
   idleTimeout: 0,
   maxRequestBodySize: Number.MAX_SAFE_INTEGER,
