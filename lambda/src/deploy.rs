@@ -234,6 +234,7 @@ impl Deployer {
             .deployment_env(spec)
             .await
             .map_err(|e| LambdaError::State(format!("reading the deployment's env: {e}")))?;
+        check_env(pinned.iter())?;
         let mut vars: HashMap<String, String> =
             pinned.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in [
@@ -247,11 +248,17 @@ impl Deployer {
             vars.insert(k.to_string(), v.to_string());
         }
         vars.insert("REACTOR_DEPLOYMENT_ID".into(), spec.deployment_id.clone());
+        let size: usize = vars.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_ENV_BYTES {
+            return Err(LambdaError::State(format!(
+                "the function's environment is {size} bytes with Reactor's own variables; Lambda takes at most {MAX_ENV_BYTES} (4 KB): move large values elsewhere"
+            )));
+        }
         Ok(vars)
     }
 
-    /// Waits until the function is active and no update is in progress; returns its
-    /// revision. A failed state or update is an error with Lambda's reason.
+    /// Waits until the function is no longer pending and no update is in progress;
+    /// returns its revision. A failed state or update is an error with Lambda's reason.
     async fn settle(&self, name: &str) -> Result<Option<String>, LambdaError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(200);
@@ -276,7 +283,11 @@ impl Deployer {
                         c.last_update_status_reason().unwrap_or("no reason given")
                     )));
                 }
-                (Some(State::Active) | None, Some(LastUpdateStatus::Successful) | None) => {
+                // Active, or Inactive (idle for weeks: an update reactivates it).
+                (state, update)
+                    if state != Some(&State::Pending)
+                        && update != Some(&LastUpdateStatus::InProgress) =>
+                {
                     return Ok(c.revision_id().map(str::to_string));
                 }
                 _ => {}
@@ -324,6 +335,10 @@ impl Deployer {
     /// sure the Function URL fronts the alias, and sets the reserved concurrency.
     pub async fn promote(&self, spec: &DeploymentSpec) -> Result<Promoted, LambdaError> {
         let name = self.function_name(spec);
+        // One promote at a time per function (deploys have their own lock: a promote
+        // need not wait for an upload).
+        let lock = self.lock(&format!("{name}#alias"));
+        let _one_at_a_time = lock.lock().await;
         let version = self.version_of(spec).await?;
         let alias = self.settings.alias.as_str();
         let found = self
@@ -333,39 +348,57 @@ impl Deployer {
             .name(alias)
             .send()
             .await;
-        match found {
-            Ok(_) => {
-                self.lambda
-                    .update_alias()
-                    .function_name(&name)
-                    .name(alias)
-                    .function_version(&version)
-                    .send()
-                    .await
-                    .map_err(|e| LambdaError::aws("UpdateAlias", &e))?;
-            }
+        let exists = match found {
+            Ok(_) => true,
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
-                self.lambda
-                    .create_alias()
-                    .function_name(&name)
-                    .name(alias)
-                    .function_version(&version)
-                    .description("Reactor: the live deployment")
-                    .send()
-                    .await
-                    .map_err(|e| LambdaError::aws("CreateAlias", &e))?;
+                false
             }
             Err(e) => return Err(LambdaError::aws("GetAlias", &e)),
+        };
+        if !exists {
+            // The first promote: the alias must exist before a Function URL can front it.
+            self.lambda
+                .create_alias()
+                .function_name(&name)
+                .name(alias)
+                .function_version(&version)
+                .description("Reactor: the live deployment")
+                .send()
+                .await
+                .map_err(|e| LambdaError::aws("CreateAlias", &e))?;
         }
+        // What can fail comes before the alias moves: a refused concurrency leaves the
+        // live version as it was, on AWS and in Reactor alike.
         let function_url = self.function_url(&name).await?;
-        match spec.max_concurrency {
+        self.reserve(&name, spec.max_concurrency).await?;
+        if exists {
+            self.lambda
+                .update_alias()
+                .function_name(&name)
+                .name(alias)
+                .function_version(&version)
+                .send()
+                .await
+                .map_err(|e| LambdaError::aws("UpdateAlias", &e))?;
+        }
+        tracing::info!(function = %name, version, alias, url = %function_url, deployment_id = %spec.deployment_id, "alias moved");
+        Ok(Promoted {
+            function_name: name,
+            version,
+            function_url,
+        })
+    }
+
+    /// Sets the reserved concurrency to `max_concurrency`, or removes it.
+    async fn reserve(&self, name: &str, max_concurrency: Option<u32>) -> Result<(), LambdaError> {
+        match max_concurrency {
             Some(n) => {
                 self.lambda
                     .put_function_concurrency()
-                    .function_name(&name)
+                    .function_name(name)
                     .reserved_concurrent_executions(n.min(i32::MAX as u32) as i32)
                     .send()
                     .await
@@ -374,7 +407,7 @@ impl Deployer {
             None => match self
                 .lambda
                 .delete_function_concurrency()
-                .function_name(&name)
+                .function_name(name)
                 .send()
                 .await
             {
@@ -385,12 +418,7 @@ impl Deployer {
                 Err(e) => return Err(LambdaError::aws("DeleteFunctionConcurrency", &e)),
             },
         }
-        tracing::info!(function = %name, version, alias, url = %function_url, deployment_id = %spec.deployment_id, "alias moved");
-        Ok(Promoted {
-            function_name: name,
-            version,
-            function_url,
-        })
+        Ok(())
     }
 
     /// The alias's Function URL (`AWS_IAM`, `RESPONSE_STREAM`), created or corrected.
@@ -444,6 +472,55 @@ impl Deployer {
     }
 }
 
+/// Lambda's limit on a function's environment, keys and values together.
+const MAX_ENV_BYTES: usize = 4 * 1024;
+
+/// Keys Lambda sets itself and refuses in a function's environment.
+const RESERVED_ENV: [&str; 18] = [
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+];
+
+/// The env keys Lambda would refuse, named before any AWS call: its reserved keys, and
+/// keys that are not a letter followed by at least one letter, digit or `_`.
+pub fn check_env<'a>(
+    vars: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<(), LambdaError> {
+    for (key, _) in vars {
+        if RESERVED_ENV.contains(&key.as_str()) {
+            return Err(LambdaError::State(format!(
+                "env key {key} is reserved by Lambda (it sets it itself): rename it"
+            )));
+        }
+        let mut chars = key.chars();
+        let valid = key.len() >= 2
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(LambdaError::State(format!(
+                "env key {key} is not valid on Lambda (a letter, then at least one letter, digit or _)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Lambda's timeout for a deployment: whole seconds, at least the manifest's limit.
 pub fn timeout_secs(timeout_ms: u64) -> i32 {
     timeout_ms.div_ceil(1000).clamp(1, MAX_TIMEOUT_SECS) as i32
@@ -451,6 +528,19 @@ pub fn timeout_secs(timeout_ms: u64) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn env_keys_lambda_refuses_are_named() {
+        let ok = [("STRIPE_KEY".to_string(), "v".to_string())];
+        assert!(super::check_env(ok.iter().map(|(k, v)| (k, v))).is_ok());
+        for bad in ["AWS_REGION", "_HANDLER", "X", "_X", "1A"] {
+            let vars = [(bad.to_string(), "v".to_string())];
+            let err = super::check_env(vars.iter().map(|(k, v)| (k, v)))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
     #[test]
     fn timeouts_round_up_within_lambda_range() {
         assert_eq!(super::timeout_secs(1), 1);

@@ -105,15 +105,25 @@ impl Invoker {
         if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
             return Ok(c.clone());
         }
-        let c =
-            self.credentials
-                .provide_credentials()
-                .await
-                .map_err(|e| InvokeError::Unavailable {
+        match self.credentials.provide_credentials().await {
+            Ok(c) => {
+                *cached = Some(c.clone());
+                Ok(c)
+            }
+            // Refreshing ahead failed: what is cached still signs until it expires.
+            Err(e) => match cached
+                .as_ref()
+                .filter(|c| c.expiry().is_none_or(|at| at > SystemTime::now()))
+            {
+                Some(c) => {
+                    tracing::warn!(error = %e, "refreshing the AWS credentials failed; using the current ones until they expire");
+                    Ok(c.clone())
+                }
+                None => Err(InvokeError::Unavailable {
                     message: format!("no AWS credentials to sign the Lambda invocation: {e}"),
-                })?;
-        *cached = Some(c.clone());
-        Ok(c)
+                }),
+            },
+        }
     }
 
     /// The Function URL of the alias, looked up once per function and kept.
@@ -188,13 +198,21 @@ impl Invoker {
         })?
         .to_bytes();
 
-        let base = self.base_url(&name).await?;
+        let (base, credentials) = tokio::time::timeout_at(deadline, async {
+            Ok::<_, InvokeError>((self.base_url(&name).await?, self.credentials().await?))
+        })
+        .await
+        .map_err(|_| timeout())??;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let url = format!("{base}{path}");
-        let credentials = self.credentials().await?;
+        // Parsed once: the URL signed is exactly the URL sent.
+        let url = reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
+            InvokeError::InvalidRequest {
+                message: format!("the request path cannot be sent to the Function URL: {e}"),
+            }
+        })?;
         let headers = signed_headers(
             &parts.method,
-            &url,
+            url.as_str(),
             &parts.headers,
             &body,
             &credentials,
@@ -203,7 +221,7 @@ impl Invoker {
         )?;
         let sent = self
             .http
-            .request(parts.method.clone(), &url)
+            .request(parts.method.clone(), url)
             .headers(headers)
             .body(body)
             .send();
@@ -213,6 +231,12 @@ impl Invoker {
             .map_err(|e| InvokeError::Unavailable {
                 message: format!("the Function URL of {name} did not answer: {e}"),
             })?;
+        if !response.headers().contains_key(HARNESS_MARK)
+            && matches!(response.status().as_u16(), 403 | 404)
+        {
+            // The URL may have been deleted or recreated: look it up again next time.
+            self.urls.write().await.remove(&name);
+        }
         answer(response, spec.timeout_ms, deadline).await
     }
 }
@@ -329,10 +353,32 @@ async fn answer(
     for hop in ["connection", "keep-alive", "transfer-encoding"] {
         headers.remove(hop);
     }
-    // After the headers the deadline still holds: the stream is cut there.
-    let stream = response
-        .bytes_stream()
-        .take_until(tokio::time::sleep_until(deadline));
+    // After the headers the deadline still holds: the stream ends there with an error,
+    // so that the client sees a cut answer, not a complete one.
+    let stream = futures::stream::unfold(
+        (
+            Box::pin(response.bytes_stream()),
+            Box::pin(tokio::time::sleep_until(deadline)),
+            false,
+        ),
+        |(mut body, mut sleep, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                item = body.next() => {
+                    item.map(|r| (r.map_err(std::io::Error::other), (body, sleep, false)))
+                }
+                _ = &mut sleep => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the function exceeded limits.timeout_ms while streaming",
+                    )),
+                    (body, sleep, true),
+                )),
+            }
+        },
+    );
     let mut out = http::Response::new(Body::from_stream(stream));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -380,7 +426,7 @@ async fn lambda_error(
         },
         401 | 403 => InvokeError::Unavailable {
             message: format!(
-                "AWS refused the signed request to the Function URL ({status}, {described}); check the router's AWS credentials and its lambda:InvokeFunctionUrl permission"
+                "AWS refused the signed request to the Function URL ({status}, {described}); check the router's AWS credentials and its lambda:InvokeFunctionUrl and lambda:InvokeFunction permissions"
             ),
         },
         500..=599 if timed_out => InvokeError::Timeout { timeout_ms },

@@ -74,16 +74,17 @@ impl LambdaError {
     }
 }
 
-/// The Lambda function that runs `function` of `org`: `{prefix}{org}-{function}`, or,
-/// past Lambda's 64 characters, a shortened name with a hash that keeps it unique.
+/// The Lambda function that runs `function` of `org`: `{prefix}{org}_{function}` (org and
+/// function names have no `_`, so two pairs never meet), or, past Lambda's 64
+/// characters, a shortened name with a hash of both that keeps it unique.
 pub fn lambda_function_name(prefix: &str, org: &str, function: &str) -> String {
-    let full = format!("{prefix}{org}-{function}");
+    let full = format!("{prefix}{org}_{function}");
     if full.len() <= MAX_NAME {
         return full;
     }
     let hash = hex::encode(&Sha256::digest(format!("{org}/{function}").as_bytes())[..4]);
     let keep = MAX_NAME - hash.len() - 1;
-    format!("{}-{hash}", &full[..keep])
+    format!("{}_{hash}", &full[..keep])
 }
 
 /// The S3 key of a deployment's package in `bundle_s3_bucket`.
@@ -182,7 +183,12 @@ mod tests {
     fn names_fit_lambda() {
         assert_eq!(
             lambda_function_name("reactor-", "acme", "hello"),
-            "reactor-acme-hello"
+            "reactor-acme_hello"
+        );
+        // Dashes in org and function names cannot make two pairs meet.
+        assert_ne!(
+            lambda_function_name("reactor-", "acme-x", "api"),
+            lambda_function_name("reactor-", "acme", "x-api")
         );
         let long = "f".repeat(63);
         let a = lambda_function_name("reactor-", "acme", &long);

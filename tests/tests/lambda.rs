@@ -21,7 +21,7 @@ const SECRET: &str = "reactor-lambda-test-secret-key";
 const REGION: &str = "us-east-1";
 const BUCKET: &str = "reactor-function-bundles";
 const ROLE: &str = "arn:aws:iam::123456789012:role/reactor-lambda";
-const FUNCTION: &str = "reactor-acme-hello";
+const FUNCTION: &str = "reactor-acme_hello";
 
 /// The function: echoes what it got, streams, crashes and sleeps on demand.
 const SOURCE: &str = r#"
