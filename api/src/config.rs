@@ -3,7 +3,7 @@
 //!
 //! | key | env | default |
 //! |---|---|---|
-//! | `workdir` | `REACTOR_FUNCTIONS_WORKDIR` | `./.reactor/functions` |
+//! | `workdir` | `REACTOR_FUNCTIONS_WORKDIR` | `$XDG_DATA_HOME/reactor/functions`, else `~/.local/share/reactor/functions` (one place per user, wherever a command starts) |
 //! | `data_key` | `REACTOR_FUNCTIONS_DATA_KEY` | none: the control plane keeps a generated key in `{workdir}/data_key` (0600) |
 //! | `data_keys_previous` | `REACTOR_FUNCTIONS_DATA_KEYS_PREVIOUS` (comma-separated) | none: older keys that still decrypt until `reactor data-key rotate` has run |
 //! | `invoke_max_body_bytes` | `REACTOR_FUNCTIONS_INVOKE_MAX_BODY_BYTES` | 16777216 (16 MiB): larger request bodies get 413 `payload_too_large` |
@@ -14,7 +14,7 @@
 //! | `invoke_max_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS` | 300000 |
 //! | `bun_idle_ttl_secs` | `REACTOR_FUNCTIONS_BUN_IDLE_TTL_SECS` | 300 |
 //! | `bun_max_instances_per_fn` | `REACTOR_FUNCTIONS_BUN_MAX_INSTANCES_PER_FN` | 8 |
-//! | `bun_path` | `REACTOR_FUNCTIONS_BUN_PATH` | none: `node_modules/.bin/bun` here or in a parent directory, else `bun` on `PATH` |
+//! | `bun_path` | `REACTOR_FUNCTIONS_BUN_PATH` | none: `node_modules/.bin/bun` here or in a parent directory, then in the repository `reactor` was built from, else `bun` on `PATH` |
 //! | `bun_sandbox` | `REACTOR_FUNCTIONS_BUN_SANDBOX` (`true`/`false`/`1`/`0`) | true: Bun runs under bubblewrap |
 //! | `bun_concurrency_per_process` | `REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS` | 32 |
 //! | `bun_queue_per_fn` | `REACTOR_FUNCTIONS_BUN_QUEUE_PER_FN` | 64 |
@@ -26,8 +26,13 @@
 //! | `storage.region` | `REACTOR_FUNCTIONS_STORAGE_REGION` | `us-east-1` (or `AWS_REGION`) |
 //! | `storage.path_style` | `REACTOR_FUNCTIONS_STORAGE_PATH_STYLE` | true when `url` is set (MinIO, Ceph, moto), else false |
 //! | `storage.prefix` | `REACTOR_FUNCTIONS_STORAGE_PREFIX` | none: keys at the bucket's root |
-//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none: credentials from the standard AWS chain; else `ACCESS_KEY_ID:SECRET` |
+//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none: credentials from the standard AWS chain; else the secret key (the seed's single `api_key`), or `ACCESS_KEY_ID:SECRET` |
+//! | `storage.key_id` | `REACTOR_FUNCTIONS_STORAGE_KEY_ID` | with a single `api_key`: `AWS_ACCESS_KEY_ID` if set, else `reactor` |
 //! | `lambda.*` | `REACTOR_FUNCTIONS_LAMBDA_*` | see [`LambdaConfig`]; needed only when `runtimes` has `lambda` |
+//!
+//! Paths: a relative path in the file is relative to the file's directory, one from the
+//! environment or a flag to the current directory; [`ReactorConfig::load`] makes them
+//! absolute once, so nothing later depends on where a process was started.
 //!
 //! The split topology adds one section per service and the shared internal token (see
 //! [`ServicesConfig`]); the embedded default needs none of them.
@@ -195,7 +200,7 @@ impl ReactorConfig {
             self.worker.id = Some(v);
         }
         if let Some((_, v)) = var("REACTOR_WORKER_CACHE_DIR") {
-            self.worker.cache_dir = Some(PathBuf::from(v));
+            self.worker.cache_dir = Some(absolute(Path::new(&v)));
         }
         if let Some((n, v)) = var("REACTOR_WORKER_MAX_INSTANCES") {
             self.worker.max_instances = parsed(n, v)?;
@@ -253,6 +258,7 @@ pub struct FunctionsConfig {
 pub struct StorageConfig {
     pub url: Option<String>,
     pub api_key: Option<String>,
+    pub key_id: Option<String>,
     pub bucket: Option<String>,
     pub region: Option<String>,
     pub path_style: Option<bool>,
@@ -267,19 +273,36 @@ impl StorageConfig {
             (_, Some(_)) => DEFAULT_BUCKET.to_string(),
             _ => return Ok(None),
         };
-        let access_key = match &self.api_key {
+        let access_key = match self.api_key.as_deref().map(str::trim) {
             None => None,
-            Some(k) => Some(
+            Some("") => {
+                return Err(ConfigError::Invalid(
+                    "storage.api_key is empty: set the storage secret key (or ACCESS_KEY_ID:SECRET), or remove it for the AWS credential chain"
+                        .into(),
+                ));
+            }
+            // `KEYID:SECRET`, as S3-compatible servers issue them in pairs.
+            Some(k) if k.contains(':') => Some(
                 k.split_once(':')
                     .map(|(id, secret)| (id.to_string(), secret.to_string()))
                     .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
                     .ok_or_else(|| {
                         ConfigError::Invalid(
-                            "storage.api_key must be ACCESS_KEY_ID:SECRET (or unset for the AWS credential chain)"
+                            "storage.api_key must be the secret key, or ACCESS_KEY_ID:SECRET with both parts"
                                 .into(),
                         )
                     })?,
             ),
+            // The seed's single key: the secret, under `key_id`.
+            Some(secret) => {
+                let id = self
+                    .key_id
+                    .clone()
+                    .filter(|s| !s.trim().is_empty())
+                    .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()))
+                    .unwrap_or_else(|| DEFAULT_KEY_ID.to_string());
+                Some((id, secret.to_string()))
+            }
         };
         Ok(Some(S3Settings {
             endpoint: self.url.clone(),
@@ -296,6 +319,9 @@ impl StorageConfig {
     }
 }
 
+/// The access key id that goes with a single `storage.api_key` when nothing else names one.
+pub const DEFAULT_KEY_ID: &str = "reactor";
+
 /// The bucket when `storage.url` is set without `storage.bucket`.
 pub const DEFAULT_BUCKET: &str = "reactor-functions";
 
@@ -309,7 +335,7 @@ pub const DEFAULT_BUCKET: &str = "reactor-functions";
 /// | `role_arn` | `ROLE_ARN` | required: the execution role of the functions |
 /// | `bundle_s3_bucket` | `BUNDLE_S3_BUCKET` | required: where deployment packages are uploaded (created when missing) |
 /// | `lwa_layer_arn` | `LWA_LAYER_ARN` | required: the Lambda Web Adapter layer for `architecture` |
-/// | `bun_layer_arn` | `BUN_LAYER_ARN` | required: a layer with the Bun binary (`/opt/bun` or `/opt/bin/bun`) |
+/// | `bun_layer_arn` | `BUN_LAYER_ARN` | none: the control plane's own Bun binary (`functions.bun_path`, for `architecture`) is packed with each function; else a layer with Bun at `/opt/bun` or `/opt/bin/bun` |
 /// | `architecture` | `ARCHITECTURE` | `x86_64` (or `arm64`; the layers must match) |
 /// | `function_prefix` | `FUNCTION_PREFIX` | `reactor-`: Lambda functions are `{prefix}{org}-{function}` |
 /// | `alias` | `ALIAS` | `live`: the alias that promote moves and the Function URL fronts |
@@ -339,7 +365,11 @@ pub struct LambdaSettings {
     pub role_arn: String,
     pub bundle_s3_bucket: String,
     pub lwa_layer_arn: String,
-    pub bun_layer_arn: String,
+    /// `None`: Bun is packed into every deployment package ([`LambdaSettings::bun_path`]).
+    pub bun_layer_arn: Option<String>,
+    /// The Bun binary to pack when there is no Bun layer: `functions.bun_path`, set by the
+    /// service that deploys (`None`: found as worker-bun finds it).
+    pub bun_path: Option<PathBuf>,
     pub architecture: String,
     pub function_prefix: String,
     pub alias: String,
@@ -416,11 +446,15 @@ impl LambdaConfig {
                 "lwa_layer_arn",
                 "the Lambda Web Adapter layer",
             )?,
-            bun_layer_arn: arn(
-                &self.bun_layer_arn,
-                "bun_layer_arn",
-                "a layer with the Bun binary, see docs/lambda.md",
-            )?,
+            bun_layer_arn: match optional(&self.bun_layer_arn) {
+                Some(_) => Some(arn(
+                    &self.bun_layer_arn,
+                    "bun_layer_arn",
+                    "a layer with the Bun binary, see docs/lambda.md",
+                )?),
+                None => None,
+            },
+            bun_path: None,
             architecture,
             function_prefix,
             alias,
@@ -475,7 +509,7 @@ impl std::fmt::Debug for FunctionsConfig {
 impl Default for FunctionsConfig {
     fn default() -> Self {
         Self {
-            workdir: PathBuf::from("./.reactor/functions"),
+            workdir: default_workdir(),
             data_key: None,
             data_keys_previous: Vec::new(),
             bundle_max_bytes: 50 * 1024 * 1024,
@@ -498,6 +532,32 @@ impl Default for FunctionsConfig {
         }
     }
 }
+
+/// Where state lives when nothing says: one place per user, `$XDG_DATA_HOME/reactor/functions`
+/// (else `~/.local/share/reactor/functions`; without a home, `./.reactor/functions`).
+pub fn default_workdir() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local").join("share"))
+        });
+    match data {
+        Some(d) => d.join("reactor").join("functions"),
+        None => absolute(Path::new("./.reactor/functions")),
+    }
+}
+
+/// `path` made absolute against the current directory (lexically; it need not exist).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The seed's placeholder for `data_key`: a key everybody has read is no key.
+const DATA_KEY_PLACEHOLDER: &str = "base64-32-byte-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -538,10 +598,16 @@ impl ReactorConfig {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path,
-                    source: Box::new(source),
-                })?
+                let mut config: ReactorConfig =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    })?;
+                // Relative paths in the file are relative to the file.
+                let base = absolute(&path);
+                let base = base.parent().unwrap_or(Path::new("/"));
+                config.resolve_paths(base);
+                config
             }
             None => ReactorConfig::default(),
         };
@@ -550,6 +616,18 @@ impl ReactorConfig {
             .apply_env(|name| std::env::var(name).ok())?;
         config.functions.validate()?;
         Ok(config)
+    }
+
+    /// Makes the configured paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let f = &mut self.functions;
+        f.workdir = base.join(&f.workdir);
+        if let Some(p) = &mut f.bun_path {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = &mut self.worker.cache_dir {
+            *p = base.join(&*p);
+        }
     }
 
     /// [`ReactorConfig::load`] plus the split services' environment overrides (the
@@ -587,7 +665,7 @@ impl FunctionsConfig {
             get(&name).map(|v| (name, v))
         };
         if let Some((_, v)) = var("WORKDIR") {
-            self.workdir = PathBuf::from(v);
+            self.workdir = absolute(Path::new(&v));
         }
         if let Some((_, v)) = var("DATA_KEY") {
             self.data_key = Some(v);
@@ -625,7 +703,7 @@ impl FunctionsConfig {
             self.bun_max_instances_per_fn = num(&n, &v)?;
         }
         if let Some((_, v)) = var("BUN_PATH") {
-            self.bun_path = Some(PathBuf::from(v));
+            self.bun_path = Some(absolute(Path::new(&v)));
         }
         if let Some((n, v)) = var("BUN_SANDBOX") {
             self.bun_sandbox = flag(&n, &v)?;
@@ -655,6 +733,9 @@ impl FunctionsConfig {
         }
         if let Some((_, v)) = var("STORAGE_API_KEY") {
             self.storage.api_key = Some(v);
+        }
+        if let Some((_, v)) = var("STORAGE_KEY_ID") {
+            self.storage.key_id = Some(v);
         }
         if let Some((_, v)) = var("STORAGE_BUCKET") {
             self.storage.bucket = Some(v);
@@ -736,6 +817,13 @@ impl FunctionsConfig {
             return Err(ConfigError::Invalid(
                 "runtimes must name at least one runtime".into(),
             ));
+        }
+        if self.data_key.as_deref().map(str::trim) == Some(DATA_KEY_PLACEHOLDER) {
+            return Err(ConfigError::Invalid(format!(
+                "functions.data_key is the example's placeholder {DATA_KEY_PLACEHOLDER:?}: \
+                 generate a key with `reactor data-key generate` and put it there (or in \
+                 REACTOR_FUNCTIONS_DATA_KEY), or remove data_key to let the server keep one in its workdir"
+            )));
         }
         self.storage.s3()?;
         if self.runtimes.contains(&Runtime::Lambda) {
@@ -827,11 +915,74 @@ region = "us-east-1"
         assert_eq!(config.database_url.as_deref(), Some("postgres://r@db/r"));
         assert_eq!(config.redis_url.as_deref(), Some("redis://redis:6379"));
         config.validate().expect("valid");
-        // The seed's placeholder key is not KEYID:SECRET: refused with the key's name.
+        // The seed's single api_key is the secret, under `key_id` (else AWS_ACCESS_KEY_ID,
+        // else `reactor`).
         config.storage.api_key = Some("storage-api-key-for-system-bucket".into());
-        let err = config.validate().expect_err("not KEYID:SECRET");
-        assert!(err.to_string().contains("storage.api_key"), "{err}");
+        config.storage.key_id = Some("minio-user".into());
+        let s3 = config.storage.s3().expect("a single key").expect("s3");
+        assert_eq!(
+            s3.access_key,
+            Some(("minio-user".into(), "storage-api-key-for-system-bucket".into()))
+        );
+        config.storage.key_id = None;
+        let (id, _) = config.storage.s3().expect("valid").expect("s3").access_key.expect("key");
+        let from_env = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty());
+        assert_eq!(id, from_env.unwrap_or_else(|| DEFAULT_KEY_ID.into()));
         assert!(!format!("{:?}", config.storage).contains("system-bucket"));
+        // Half a pair, or nothing, is refused with the key's name.
+        for bad in [":secret", "id:", "  "] {
+            config.storage.api_key = Some(bad.into());
+            let err = config.validate().expect_err("refused");
+            assert!(err.to_string().contains("storage.api_key"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_seed_example_verbatim_is_accepted_but_its_placeholder_data_key() {
+        let text = include_str!("../../tests/fixtures/seed-reactor.toml");
+        let mut config: ReactorConfig = toml::from_str(text).expect("the seed's example parses");
+        config.resolve_paths(Path::new("/etc/reactor"));
+        let f = &mut config.functions;
+        assert_eq!(f.workdir, Path::new("/etc/reactor/./.reactor/functions"));
+        let err = f.validate().expect_err("the placeholder data key");
+        assert!(
+            err.to_string().contains("functions.data_key")
+                && err.to_string().contains("reactor data-key generate"),
+            "{err}"
+        );
+        f.data_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
+        f.validate().expect("the rest of the example is accepted");
+        let s3 = f.storage.s3().expect("valid").expect("s3");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://localhost:8003"));
+        assert_eq!(s3.bucket, DEFAULT_BUCKET);
+        assert_eq!(
+            s3.access_key.map(|(_, secret)| secret).as_deref(),
+            Some("storage-api-key-for-system-bucket")
+        );
+        // With lambda enabled, its four keys are enough but for the `...` placeholder.
+        f.runtimes.push(Runtime::Lambda);
+        let err = f.validate().expect_err("the placeholder layer version");
+        assert!(err.to_string().contains("lwa_layer_arn"), "{err}");
+        f.lambda.lwa_layer_arn =
+            Some("arn:aws:lambda:us-east-1:753240598075:layer:LambdaAdapterLayerX86:26".into());
+        let lambda = f.lambda.settings().expect("the seed's four keys");
+        assert_eq!(lambda.bun_layer_arn, None, "Bun is packed");
+    }
+
+    #[test]
+    fn relative_paths_from_the_environment_are_made_absolute() {
+        let mut config = FunctionsConfig::default();
+        assert!(config.workdir.is_absolute(), "{:?}", config.workdir);
+        config
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_WORKDIR" => Some("state".into()),
+                "REACTOR_FUNCTIONS_BUN_PATH" => Some("bin/bun".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(config.workdir, cwd.join("state"));
+        assert_eq!(config.bun_path, Some(cwd.join("bin/bun")));
     }
 
     #[test]
@@ -935,7 +1086,15 @@ lwa_layer_arn = "arn:aws:lambda:us-east-1:753240598075:layer:LambdaAdapterLayerX
                 _ => None,
             })
             .expect("valid env");
-        let err = config.functions.validate().expect_err("no bun layer");
+        // The seed's four keys are enough: without a Bun layer, Bun is packed.
+        let s = config.functions.lambda.settings().expect("the seed's keys");
+        assert_eq!(s.bun_layer_arn, None);
+        config.functions.lambda.bun_layer_arn =
+            Some("arn:aws:lambda:us-east-1:1:layer:bun:...".into());
+        let err = config
+            .functions
+            .validate()
+            .expect_err("placeholder bun layer");
         assert!(err.to_string().contains("bun_layer_arn"), "{err}");
         config.functions.lambda.bun_layer_arn =
             Some("arn:aws:lambda:us-east-1:123456789012:layer:bun:1".into());

@@ -12,6 +12,8 @@ pub struct Client {
     pub url: String,
     token: String,
     pub org: String,
+    /// Where the URL came from, for the message when the server cannot be reached.
+    pub url_from: String,
 }
 
 impl Client {
@@ -23,14 +25,26 @@ impl Client {
                 .filter(|v| !v.is_empty())
                 .or(from_file)
         };
-        let url = pick("REACTOR_URL", saved.as_ref().map(|c| c.url.clone())).context(
-            "REACTOR_URL is not set and no credentials file was found (start `reactor dev` first)",
-        )?;
+        let url_from = if std::env::var("REACTOR_URL").is_ok_and(|v| !v.is_empty()) {
+            "REACTOR_URL".to_string()
+        } else {
+            credentials::path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the credentials file".into())
+        };
+        let url = pick("REACTOR_URL", saved.as_ref().map(|c| c.url.clone())).with_context(|| {
+            format!(
+                "REACTOR_URL is not set and there is no credentials file ({}): start `reactor dev`, which writes one, or export the line it printed",
+                credentials::path().map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        })?;
         let token = pick("REACTOR_TOKEN", saved.as_ref().map(|c| c.token.clone()))
             .context("REACTOR_TOKEN is not set and no credentials file was found")?;
         let org = pick("REACTOR_ORG", saved.as_ref().map(|c| c.org.clone()))
             .unwrap_or_else(|| "default".into());
-        Ok(Self::new(url, token, org))
+        let mut client = Self::new(url, token, org);
+        client.url_from = url_from;
+        Ok(client)
     }
 
     pub fn new(url: String, token: String, org: String) -> Self {
@@ -39,7 +53,27 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             token,
             org,
+            url_from: "the command line".into(),
         }
+    }
+
+    /// Sends `req`; a server that cannot be reached is named with where its URL came from.
+    pub async fn execute(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                let cause = std::error::Error::source(&e)
+                    .and_then(std::error::Error::source)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                anyhow::anyhow!(
+                    "cannot reach the Reactor server at {} ({cause}): is `reactor dev` running? (the URL is from {})",
+                    self.url,
+                    self.url_from
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("calling {}", self.url))
+            }
+        })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -53,19 +87,13 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.url))?;
+        let resp = self.execute(req).await?;
         let resp = check(resp).await?;
         resp.json().await.context("reading the response")
     }
 
     pub async fn send_empty(&self, req: reqwest::RequestBuilder) -> anyhow::Result<()> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.url))?;
+        let resp = self.execute(req).await?;
         check(resp).await?;
         Ok(())
     }
@@ -90,8 +118,19 @@ pub async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response>
         return Ok(resp);
     }
     let status = resp.status();
+    let request_id = resp
+        .headers()
+        .get(headers::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = resp.text().await.unwrap_or_default();
-    Err(api_error(status, &text).into())
+    let mut err = api_error(status, &text);
+    if let Some(id) = request_id {
+        err.details
+            .entry("request_id".to_string())
+            .or_insert(serde_json::Value::String(id));
+    }
+    Err(err.into())
 }
 
 /// The platform error in `text`, or one that describes the raw response.

@@ -61,12 +61,16 @@ pub enum FunctionsCommand {
         #[arg(long)]
         deployment: Option<String>,
     },
-    /// Make an earlier deployment live again.
+    /// Make an earlier deployment live again (by default the newest ready one older than
+    /// the live one).
     Rollback {
         name: String,
         #[arg(long = "to-deployment")]
-        to_deployment: String,
+        to_deployment: Option<String>,
     },
+    /// Watch a function directory: on every save rebuild, deploy and promote it to the
+    /// server, printing the invoke URL or the first error in full.
+    Dev(crate::watch::WatchArgs),
     /// Call a function and stream its response to stdout.
     Invoke {
         name: String,
@@ -159,28 +163,26 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn print_deployments(list: &[DeploymentInfo]) {
-    println!(
-        "{:<31} {:<13} {:<25} {:<13} {:>10}  LIVE  ERROR",
-        "ID", "STATUS", "CREATED", "SHA256", "SIZE"
+    crate::table::print(
+        ["ID", "STATUS", "CREATED", "SHA256", "SIZE", "LIVE", "ERROR"],
+        list.iter().map(|d| {
+            [
+                d.id.clone(),
+                d.status.as_str().to_string(),
+                d.created_at.clone(),
+                short(&d.sha256).to_string(),
+                human_bytes(d.size_bytes),
+                if d.live { "*" } else { "" }.to_string(),
+                d.error.as_deref().unwrap_or("").replace('\n', " "),
+            ]
+        }),
     );
-    for d in list {
-        println!(
-            "{:<31} {:<13} {:<25} {:<13} {:>10}  {:<4}  {}",
-            d.id,
-            d.status.as_str(),
-            d.created_at,
-            short(&d.sha256),
-            human_bytes(d.size_bytes),
-            if d.live { "*" } else { "" },
-            d.error.as_deref().unwrap_or("")
-        );
-    }
 }
 
 pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<()> {
     let cmd = match cmd {
         FunctionsCommand::Env(cmd) => return crate::env::env(cmd, output).await,
-        FunctionsCommand::Policy(cmd) => return crate::env::policy(cmd).await,
+        FunctionsCommand::Policy(cmd) => return crate::env::policy(cmd, output).await,
         other => other,
     };
     let client = Client::from_env()?;
@@ -208,16 +210,17 @@ pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<
             if json {
                 return print_json(&list);
             }
-            println!("{:<24} {:<8} {:<31} CREATED", "NAME", "RUNTIME", "LIVE");
-            for f in list {
-                println!(
-                    "{:<24} {:<8} {:<31} {}",
-                    f.name,
-                    f.runtime,
-                    f.live_deployment_id.as_deref().unwrap_or("-"),
-                    f.created_at
-                );
-            }
+            crate::table::print(
+                ["NAME", "RUNTIME", "LIVE", "CREATED"],
+                list.into_iter().map(|f| {
+                    [
+                        f.name,
+                        f.runtime.to_string(),
+                        f.live_deployment_id.unwrap_or_else(|| "-".into()),
+                        f.created_at,
+                    ]
+                }),
+            );
         }
         FunctionsCommand::Get { name } => {
             let f: FunctionInfo = client.get(&admin(&format!("/functions/{name}"))).await?;
@@ -273,11 +276,17 @@ pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<
                 return print_json(&d);
             }
             println!("Promoted {} to live for {name}", d.id);
+            println!("Invoke: {}", invoke_url(&client, &name));
         }
+        FunctionsCommand::Dev(args) => crate::watch::run(&client, &args, json).await?,
         FunctionsCommand::Rollback {
             name,
             to_deployment,
         } => {
+            let to_deployment = match to_deployment {
+                Some(id) => id,
+                None => previous_deployment(&client, &name).await?,
+            };
             let d: DeploymentInfo = client
                 .post(
                     &admin(&format!("/functions/{name}/rollback")),
@@ -317,6 +326,68 @@ async fn deploy(
     no_wait: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    let d = upload(client, name, dir, no_build, !no_wait, true).await?;
+    if json {
+        print_json(&d)?;
+    } else {
+        match d.status {
+            DeploymentStatus::Ready => {
+                println!("Deployed {name}: {} is ready (promote it to go live)", d.id)
+            }
+            DeploymentStatus::Materializing => {
+                println!("Uploaded {name}: {} is materializing", d.id)
+            }
+            DeploymentStatus::Failed => {}
+        }
+    }
+    if d.status == DeploymentStatus::Failed {
+        bail!(
+            "deployment {} failed: {}",
+            d.id,
+            d.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(())
+}
+
+/// The newest ready deployment older than the live one: what a rollback with no
+/// `--to-deployment` goes back to.
+async fn previous_deployment(client: &Client, name: &str) -> anyhow::Result<String> {
+    let list: Vec<DeploymentInfo> = client
+        .get(&admin(&format!("/functions/{name}/deployments")))
+        .await?;
+    let live = list
+        .iter()
+        .position(|d| d.live)
+        .with_context(|| format!("{name} has no live deployment to roll back from"))?;
+    list[live + 1..]
+        .iter()
+        .find(|d| d.status == DeploymentStatus::Ready)
+        .map(|d| d.id.clone())
+        .with_context(|| {
+            format!(
+                "{name} has no ready deployment older than the live one {}",
+                list[live].id
+            )
+        })
+}
+
+/// The URL that invokes `name` on the client's server.
+pub(crate) fn invoke_url(client: &Client, name: &str) -> String {
+    format!("{}/fn/v1/{name}", client.url)
+}
+
+/// Builds (when the manifest says how, unless `no_build`), packs and uploads `dir`;
+/// with `wait`, until the deployment is ready or failed. `progress` shows the upload bar
+/// and the spinner.
+pub(crate) async fn upload(
+    client: &Client,
+    name: &str,
+    dir: &std::path::Path,
+    no_build: bool,
+    wait: bool,
+    progress: bool,
+) -> anyhow::Result<DeploymentInfo> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -340,7 +411,11 @@ async fn deploy(
         short(&packed.sha256)
     );
 
-    let bar = ProgressBar::new(packed.size_bytes);
+    let bar = if progress {
+        ProgressBar::new(packed.size_bytes)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -348,10 +423,10 @@ async fn deploy(
     let file = tokio::fs::File::open(packed.file.path())
         .await
         .context("opening the bundle")?;
-    let progress = bar.clone();
+    let counter = bar.clone();
     let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
         if let Ok(c) = chunk {
-            progress.inc(c.len() as u64);
+            counter.inc(c.len() as u64);
         }
     });
     let req = client
@@ -366,8 +441,12 @@ async fn deploy(
     let uploaded: anyhow::Result<DeploymentInfo> = client.send(req).await;
     bar.finish_and_clear();
     let mut d = uploaded?;
-    if !no_wait {
-        let spinner = ProgressBar::new_spinner();
+    if wait {
+        let spinner = if progress {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
         spinner.set_message(format!("materializing {}", d.id));
         spinner.enable_steady_tick(Duration::from_millis(100));
         let deadline = std::time::Instant::now() + Duration::from_secs(600);
@@ -386,27 +465,7 @@ async fn deploy(
         }
         spinner.finish_and_clear();
     }
-    if json {
-        print_json(&d)?;
-    } else {
-        match d.status {
-            DeploymentStatus::Ready => {
-                println!("Deployed {name}: {} is ready (promote it to go live)", d.id)
-            }
-            DeploymentStatus::Materializing => {
-                println!("Uploaded {name}: {} is materializing", d.id)
-            }
-            DeploymentStatus::Failed => {}
-        }
-    }
-    if d.status == DeploymentStatus::Failed {
-        bail!(
-            "deployment {} failed: {}",
-            d.id,
-            d.error.as_deref().unwrap_or("no reason given")
-        );
-    }
-    Ok(())
+    Ok(d)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -456,10 +515,7 @@ async fn invoke(
     if let Some(b) = body {
         req = req.body(b);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("connecting to {}", client.url))?;
+    let resp = client.execute(req).await?;
     let status = resp.status();
     if include {
         eprintln!("HTTP {status}");
@@ -538,16 +594,17 @@ pub async fn tokens(cmd: TokensCommand, output: Output) -> anyhow::Result<()> {
             if json {
                 return print_json(&list);
             }
-            println!("{:<31} {:<10} {:<16} CREATED", "ID", "ROLE", "NAME");
-            for t in list {
-                println!(
-                    "{:<31} {:<10} {:<16} {}",
-                    t.id,
-                    t.role.as_str(),
-                    t.name.as_deref().unwrap_or("-"),
-                    t.created_at
-                );
-            }
+            crate::table::print(
+                ["ID", "ROLE", "NAME", "CREATED"],
+                list.into_iter().map(|t| {
+                    [
+                        t.id,
+                        t.role.as_str().to_string(),
+                        t.name.unwrap_or_else(|| "-".into()),
+                        t.created_at,
+                    ]
+                }),
+            );
         }
         TokensCommand::Revoke { id } => {
             client

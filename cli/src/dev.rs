@@ -22,7 +22,8 @@ pub struct DevArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "REACTOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where metadata, bundles and caches live (overrides `functions.workdir`).
+    /// Where metadata, bundles and caches live (overrides `functions.workdir`; default
+    /// `~/.local/share/reactor/functions`, or under `$XDG_DATA_HOME`).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
@@ -45,6 +46,10 @@ pub struct DevArgs {
 /// A started embedded server.
 pub struct DevServer {
     pub addr: SocketAddr,
+    /// Where the state is (absolute).
+    pub workdir: PathBuf,
+    /// What is off and why (a runtime that could not start), for the person at the terminal.
+    pub notes: Vec<String>,
     pub bootstrap: Bootstrap,
     pub app: Router,
     pub listener: tokio::net::TcpListener,
@@ -55,9 +60,10 @@ pub struct DevServer {
 pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     let mut config = ReactorConfig::load(args.config.as_deref())?.functions;
     if let Some(w) = &args.workdir {
-        config.workdir = w.clone();
+        config.workdir = reactor_api::config::absolute(w);
     }
     let workdir = config.workdir.clone();
+    let mut notes = Vec::new();
     let max_body_bytes = config.invoke_max_body_bytes;
     let Backends {
         store,
@@ -74,18 +80,30 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     })?;
     let mut runtimes = Runtimes::new().with(Arc::new(wasm));
     if config.runtimes.contains(&Runtime::Bun) {
-        let options = BunWorkerOptions::from_config(
-            &config,
-            storage.clone(),
-            workdir.join("cache").join("bun"),
-            env.clone(),
-            logs.clone(),
-        )
-        .context("the bun runtime is enabled (functions.runtimes)")?;
-        runtimes = runtimes.with(BunWorker::new(options).await?);
+        // Bun missing, or a host where its sandbox cannot start, turns Bun functions off,
+        // not the server: WASM functions still run, and the note says how to fix it.
+        let bun = async {
+            let options = BunWorkerOptions::from_config(
+                &config,
+                storage.clone(),
+                workdir.join("cache").join("bun"),
+                env.clone(),
+                logs.clone(),
+            )?;
+            BunWorker::new(options).await
+        };
+        match bun.await {
+            Ok(bun) => runtimes = runtimes.with(bun),
+            Err(e) => {
+                tracing::warn!(error = %e, "bun functions are off");
+                notes.push(bun_off_note(&e.to_string()));
+                config.runtimes.retain(|r| *r != Runtime::Bun);
+            }
+        }
     }
     if config.runtimes.contains(&Runtime::Lambda) {
-        let settings = config.lambda.settings()?;
+        let mut settings = config.lambda.settings()?;
+        settings.bun_path = config.bun_path.clone();
         let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
             .await
             .context("the lambda runtime is enabled (functions.runtimes)")?;
@@ -142,11 +160,24 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     let addr = listener.local_addr()?;
     Ok(DevServer {
         addr,
+        workdir,
+        notes,
         bootstrap,
         app,
         listener,
         life,
     })
+}
+
+/// What a person reads when Bun functions are off: why, and how to turn them on.
+fn bun_off_note(reason: &str) -> String {
+    let how = if reason.contains("bubblewrap") {
+        "to run them without the sandbox (functions can then read your files): \
+         REACTOR_FUNCTIONS_BUN_SANDBOX=false reactor dev"
+    } else {
+        "install Bun with ./scripts/setup.sh in the repository, or set REACTOR_FUNCTIONS_BUN_PATH"
+    };
+    format!("Bun functions are OFF: {reason}\n  WASM functions run; {how}")
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -161,6 +192,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     });
     tracing::info!(%url, org = %b.org, "reactor dev listening: admin API and invoke on one port");
     println!("Reactor is running at {url} (embedded: SQLite and local files)");
+    println!("State: {}", server.workdir.display());
+    for note in &server.notes {
+        println!("{note}");
+    }
     println!(
         "export REACTOR_URL={url} REACTOR_TOKEN={} REACTOR_ORG={}",
         b.token, b.org

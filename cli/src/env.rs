@@ -15,13 +15,19 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand, Debug)]
 pub enum EnvCommand {
     /// Set an env value; with --secret it is encrypted at rest and never shown again.
-    /// Without VALUE it is read from a hidden prompt, or from stdin when piped.
+    /// Without VALUE it is read from a hidden prompt, or from stdin when piped. With
+    /// --env-file, every `KEY=VALUE` line of a dotenv file at once.
     Set {
         name: String,
-        key: String,
+        #[arg(required_unless_present = "env_file")]
+        key: Option<String>,
+        #[arg(conflicts_with = "env_file")]
         value: Option<String>,
         #[arg(long)]
         secret: bool,
+        /// A dotenv file (`KEY=VALUE` lines, `#` comments, optional `export` and quotes).
+        #[arg(long, conflicts_with = "key")]
+        env_file: Option<PathBuf>,
     },
     /// List a function's env keys (secret values are never shown).
     List { name: String },
@@ -93,10 +99,53 @@ pub async fn env(cmd: EnvCommand, output: Output) -> anyhow::Result<()> {
     match cmd {
         EnvCommand::Set {
             name,
+            env_file: Some(file),
+            secret,
+            ..
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let pairs = parse_dotenv(&text).with_context(|| format!("{}", file.display()))?;
+            if pairs.is_empty() {
+                bail!("{} has no KEY=VALUE lines", file.display());
+            }
+            let mut set = Vec::new();
+            for (key, value) in pairs {
+                let info: EnvVarInfo = client
+                    .send(
+                        client
+                            .request(
+                                reqwest::Method::PUT,
+                                &admin(&format!("/functions/{name}/env/{key}")),
+                            )
+                            .json(&SetEnv { value, secret }),
+                    )
+                    .await
+                    .with_context(|| format!("setting {key}"))?;
+                set.push(info);
+            }
+            if json {
+                return print_json(&set);
+            }
+            println!(
+                "Set {} {} for {name} from {} (deploy to use them): {}",
+                set.len(),
+                if secret { "secrets" } else { "values" },
+                file.display(),
+                set.iter()
+                    .map(|i| i.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        EnvCommand::Set {
+            name,
             key,
             value,
             secret,
+            env_file: None,
         } => {
+            let key = key.context("KEY is required without --env-file")?;
             let value = match value {
                 Some(_) if secret => bail!(
                     "a secret's value is not taken from the command line (it would stay in shell history and process lists): omit VALUE and type it at the prompt, or pipe it on stdin"
@@ -130,20 +179,22 @@ pub async fn env(cmd: EnvCommand, output: Output) -> anyhow::Result<()> {
             if json {
                 return print_json(&list);
             }
-            println!("{:<32} {:<7} {:<25} VALUE", "KEY", "SECRET", "UPDATED");
-            for e in list {
-                println!(
-                    "{:<32} {:<7} {:<25} {}",
-                    e.key,
-                    if e.secret { "yes" } else { "no" },
-                    e.updated_at,
-                    if e.secret {
-                        "(hidden)"
+            crate::table::print(
+                ["KEY", "SECRET", "UPDATED", "VALUE"],
+                list.into_iter().map(|e| {
+                    let value = if e.secret {
+                        "(hidden)".to_string()
                     } else {
-                        e.value.as_deref().unwrap_or("")
-                    }
-                );
-            }
+                        e.value.unwrap_or_default()
+                    };
+                    [
+                        e.key,
+                        if e.secret { "yes" } else { "no" }.to_string(),
+                        e.updated_at,
+                        value,
+                    ]
+                }),
+            );
         }
         EnvCommand::Unset { name, key } => {
             client
@@ -161,7 +212,64 @@ pub async fn env(cmd: EnvCommand, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+/// The `KEY=VALUE` pairs of a dotenv file, in order: blank lines and `#` comments are
+/// skipped, `export ` is allowed, values may be quoted ('...' as is, "..." with `\n`,
+/// `\"` and `\\` escapes); an unquoted value ends at ` #`.
+pub fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let (key, raw) = line
+            .split_once('=')
+            .with_context(|| format!("line {}: expected KEY=VALUE", n + 1))?;
+        let key = key.trim();
+        if key.is_empty()
+            || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || key.starts_with(|c: char| c.is_ascii_digit())
+        {
+            bail!(
+                "line {}: {key:?} is not an env key (letters, digits and _)",
+                n + 1
+            );
+        }
+        let raw = raw.trim();
+        let value = if let Some(rest) = raw.strip_prefix('"') {
+            let end = rest
+                .rfind('"')
+                .with_context(|| format!("line {}: unterminated \" quote", n + 1))?;
+            let mut value = String::new();
+            let mut chars = rest[..end].chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some('t') => value.push('\t'),
+                        Some(other) => value.push(other),
+                        None => value.push('\\'),
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+            value
+        } else if let Some(rest) = raw.strip_prefix('\'') {
+            let end = rest
+                .rfind('\'')
+                .with_context(|| format!("line {}: unterminated ' quote", n + 1))?;
+            rest[..end].to_string()
+        } else {
+            raw.split(" #").next().unwrap_or("").trim_end().to_string()
+        };
+        out.push((key.to_string(), value));
+    }
+    Ok(out)
+}
+
+pub async fn policy(cmd: PolicyCommand, output: crate::Output) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let policy: serde_json::Value = match cmd {
         PolicyCommand::Get { name } => {
@@ -200,6 +308,9 @@ pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                     &admin(&format!("/functions/{name}/policy")),
                 ))
                 .await?;
+            if output == crate::Output::Json {
+                return print_json(&serde_json::json!({"cleared": name}));
+            }
             println!("Cleared the invoke policy of {name}");
             return Ok(());
         }
@@ -207,17 +318,21 @@ pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     print_json(&policy)
 }
 
-pub async fn data_key(cmd: DataKeyCommand) -> anyhow::Result<()> {
+pub async fn data_key(cmd: DataKeyCommand, output: crate::Output) -> anyhow::Result<()> {
+    let json = output == crate::Output::Json;
     match cmd {
         DataKeyCommand::Generate => {
             let (key, b64) = reactor_control_plane::secrets::DataKey::generate();
+            if json {
+                return print_json(&serde_json::json!({"id": key.id(), "data_key": b64}));
+            }
             eprintln!("new data key {} (keep it secret):", key.id());
             println!("{b64}");
         }
         DataKeyCommand::Rotate { config, workdir } => {
             let mut config = ReactorConfig::load(config.as_deref())?.functions;
             if let Some(w) = workdir {
-                config.workdir = w;
+                config.workdir = reactor_api::config::absolute(&w);
             }
             let db = config
                 .workdir
@@ -231,6 +346,13 @@ pub async fn data_key(cmd: DataKeyCommand) -> anyhow::Result<()> {
             let report = reactor_control_plane::env::rotate(&store, &keyring)
                 .await
                 .context("re-encrypting secrets")?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "key_id": report.key_id,
+                    "resealed": report.resealed,
+                    "current": report.current,
+                }));
+            }
             println!(
                 "Re-encrypted {} secret values under data key {} ({} already were).",
                 report.resealed, report.key_id, report.current

@@ -1,6 +1,8 @@
 //! The `reactor` command. `reactor dev` wires the control plane, the data plane and the
-//! WASM worker in one process on one port ([`dev`]); every other command is a client of
-//! the admin and invoke APIs ([`client`]).
+//! WASM and Bun workers in one process on one port ([`dev`]); `reactor init` writes a new
+//! function from a template ([`init`]); `reactor functions dev` redeploys a directory on
+//! every save ([`watch`]); every other command is a client of the admin and invoke APIs
+//! ([`client`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -8,8 +10,11 @@ mod commands;
 pub mod credentials;
 pub mod dev;
 mod env;
+pub mod init;
 pub mod logs;
 pub mod pack;
+mod table;
+pub mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -35,9 +40,12 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run everything in one process: control plane, router and WASM worker, with SQLite
-    /// and local files under the workdir.
+    /// Run everything in one process: control plane, router, WASM and Bun workers, with
+    /// SQLite and local files under the workdir.
     Dev(dev::DevArgs),
+    /// Write a new function directory from a template: manifest, handler, .reactorignore
+    /// and a test.
+    Init(init::InitArgs),
     /// Create, deploy, promote and invoke functions.
     #[command(subcommand)]
     Functions(commands::FunctionsCommand),
@@ -50,16 +58,81 @@ pub enum Command {
     /// The key that encrypts secrets at rest: generate one, rotate to a new one.
     #[command(subcommand, name = "data-key")]
     DataKey(env::DataKeyCommand),
+    /// Print a shell completion script: `reactor completion bash > /etc/bash_completion.d/reactor`,
+    /// `reactor completion zsh > "${fpath[1]}/_reactor"`, `reactor completion fish >
+    /// ~/.config/fish/completions/reactor.fish`.
+    Completion { shell: clap_complete::Shell },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Init(args) => init::run(&args, cli.output),
         Command::Functions(cmd) => commands::functions(cmd, cli.output).await,
         Command::Orgs(cmd) => commands::orgs(cmd, cli.output).await,
         Command::Tokens(cmd) => commands::tokens(cmd, cli.output).await,
-        Command::DataKey(cmd) => env::data_key(cmd).await,
+        Command::DataKey(cmd) => env::data_key(cmd, cli.output).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "reactor", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// An error as a person reads it: `code: message`, then the details the server sent
+/// (request id, deployment id, ...) and a hint on what to do, one per line.
+pub fn describe(e: &anyhow::Error) -> String {
+    let Some(api) = e.downcast_ref::<reactor_api::ApiError>() else {
+        return one_line(e);
+    };
+    let mut out = api.to_string();
+    let mut details: Vec<_> = api.details.iter().collect();
+    // The request id last: it is what to quote when asking for help.
+    details.sort_by_key(|(k, _)| (k.as_str() == "request_id", k.as_str()));
+    for (key, value) in details {
+        let value = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("\n  {key}: {value}"));
+    }
+    if let Some(hint) = hint(api.code) {
+        out.push_str(&format!("\n  hint: {hint}"));
+    }
+    out
+}
+
+/// What to try next, for the errors a person can act on.
+fn hint(code: reactor_api::ErrorCode) -> Option<&'static str> {
+    use reactor_api::ErrorCode as C;
+    Some(match code {
+        C::Unauthorized => {
+            "the token is not valid on this server: use the export line `reactor dev` printed, \
+             or unset REACTOR_TOKEN to use the credentials file it wrote"
+        }
+        C::Forbidden => "your token's role cannot do this (see `reactor tokens list`)",
+        C::FunctionNotFound => {
+            "create it first: `reactor functions create NAME --runtime bun|wasm` (or check REACTOR_ORG)"
+        }
+        C::DeploymentNotReady => {
+            "deploy and promote it: `reactor functions deploy NAME --dir DIR`, then `reactor functions promote NAME`"
+        }
+        C::ManifestInvalid => {
+            "fix manifest.json (every env_keys/secret_keys entry must be set with `reactor functions env set`)"
+        }
+        C::FunctionCrashed => "see what it printed: `reactor functions logs NAME`",
+        C::FunctionTimeout => {
+            "raise limits.timeout_ms in manifest.json, or make the handler answer sooner"
+        }
+        C::RuntimeDisabled => {
+            "that runtime is off on this server: see what `reactor dev` printed when it started"
+        }
+        C::TooManyRequests => {
+            "the concurrency cap was hit: retry, or raise concurrency.max_concurrency"
+        }
+        _ => return None,
+    })
 }
 
 /// An error on one line: the API's `code: message` when it is one, else the context chain.

@@ -38,10 +38,7 @@ pub async fn run(client: &Client, args: &LogsArgs) -> anyhow::Result<()> {
         )
         .header(reqwest::header::ACCEPT, "text/event-stream")
         .query(&query);
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("connecting to {}", client.url))?;
+    let resp = client.execute(req).await?;
     let resp = client::check(resp).await?;
 
     let mut parser = SseParser::default();

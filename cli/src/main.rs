@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", reactor_cli::one_line(&e));
+            eprintln!("error: {}", reactor_cli::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -26,4 +26,4 @@ pub mod store;
 pub mod test_support;
 pub mod workers;
 
-pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions};
+pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions, valid_function_name};

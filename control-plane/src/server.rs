@@ -93,7 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if config.functions.runtimes.contains(&Runtime::Lambda) {
         // Deploys to Lambda run here: package, upload, create or update, publish.
-        let settings = config.functions.lambda.settings()?;
+        let mut settings = config.functions.lambda.settings()?;
+        settings.bun_path = config.functions.bun_path.clone();
         let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
             .await
             .context("the lambda runtime is enabled (functions.runtimes)")?;

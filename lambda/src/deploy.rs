@@ -113,9 +113,19 @@ impl Deployer {
                 spec.function.clone(),
                 zip.clone(),
             );
-            tokio::task::spawn_blocking(move || package::build(&dir, &entry, &function, &zip))
-                .await
-                .map_err(|e| LambdaError::Package(format!("packaging stopped: {e}")))??
+            let settings = self.settings.clone();
+            tokio::task::spawn_blocking(move || {
+                let bun = match settings.bun_layer_arn {
+                    Some(_) => None,
+                    None => Some(package::bun_to_pack(
+                        settings.bun_path.as_deref(),
+                        &settings.architecture,
+                    )?),
+                };
+                package::build(&dir, &entry, &function, bun.as_deref(), &zip)
+            })
+            .await
+            .map_err(|e| LambdaError::Package(format!("packaging stopped: {e}")))??
         };
         let key = package_key(&spec.org, &spec.function, &spec.deployment_id);
         self.bucket().await?.put_file(&key, &zip).await?;
@@ -138,10 +148,13 @@ impl Deployer {
         let env = Environment::builder()
             .set_variables(Some(variables))
             .build();
-        let layers = vec![
-            self.settings.bun_layer_arn.clone(),
-            self.settings.lwa_layer_arn.clone(),
-        ];
+        let layers: Vec<String> = self
+            .settings
+            .bun_layer_arn
+            .iter()
+            .chain([&self.settings.lwa_layer_arn])
+            .cloned()
+            .collect();
         let description = format!("Reactor function {}/{}", spec.org, spec.function);
         if !exists {
             self.lambda

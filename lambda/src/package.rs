@@ -6,6 +6,8 @@
 //! reactor-harness.js    worker-bun's harness, in its "lambda" mode
 //! reactor-lambda.json   the harness's configuration: the entrypoint, the function's name
 //! bundle/...            the bundle as uploaded
+//! bin/bun               Bun itself, when no Bun layer is configured (the seed's four
+//!                       `[functions.lambda]` keys name none)
 //! ```
 //!
 //! The Lambda Web Adapter (a layer) starts with the function, waits until the harness
@@ -22,11 +24,11 @@ pub const BOOTSTRAP: &str = r#"#!/bin/sh
 set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)
 BUN=""
-for candidate in "${REACTOR_BUN:-}" /opt/bun /opt/bin/bun "$(command -v bun 2>/dev/null || true)"; do
+for candidate in "${REACTOR_BUN:-}" "$ROOT/bin/bun" /opt/bun /opt/bin/bun "$(command -v bun 2>/dev/null || true)"; do
   if [ -n "$candidate" ] && [ -x "$candidate" ]; then BUN=$candidate; break; fi
 done
 if [ -z "$BUN" ]; then
-  echo "reactor: no Bun binary: the layer functions.lambda.bun_layer_arn must provide /opt/bun or /opt/bin/bun" >&2
+  echo "reactor: no Bun binary: neither packed (bin/bun) nor in the layer functions.lambda.bun_layer_arn (/opt/bun or /opt/bin/bun)" >&2
   exit 127
 fi
 export HOME="${HOME:-/tmp}"
@@ -35,12 +37,14 @@ cd "$ROOT"
 exec "$BUN" "$ROOT/reactor-harness.js" < "$ROOT/reactor-lambda.json"
 "#;
 
-/// Zips `bundle_dir` under `bundle/` with the bootstrap and the harness into `dest`.
-/// Returns the package's size in bytes. Blocking: run it off the async threads.
+/// Zips `bundle_dir` under `bundle/` with the bootstrap and the harness into `dest`, and
+/// `bun` as `bin/bun` when given. Returns the package's size in bytes. Blocking: run it
+/// off the async threads.
 pub fn build(
     bundle_dir: &Path,
     entrypoint: &str,
     function: &str,
+    bun: Option<&Path>,
     dest: &Path,
 ) -> Result<u64, LambdaError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
@@ -73,6 +77,12 @@ pub fn build(
             .map_err(|e| failed(name, &e))?;
     }
     add_dir(&mut zip, bundle_dir, "bundle", deflated).map_err(|e| failed("the bundle", &e))?;
+    if let Some(bun) = bun {
+        zip.start_file("bin/bun", executable)
+            .map_err(|e| failed("bin/bun", &e))?;
+        let mut f = std::fs::File::open(bun).map_err(|e| failed("reading Bun", &e))?;
+        std::io::copy(&mut f, &mut zip).map_err(|e| failed("bin/bun", &e))?;
+    }
     let out = zip.finish().map_err(|e| failed("finishing the zip", &e))?;
     let file = out
         .into_inner()
@@ -126,6 +136,49 @@ fn file_mode(_meta: &std::fs::Metadata) -> u32 {
     0o644
 }
 
+/// The Lambda architecture an ELF binary is built for (`x86_64` or `arm64`).
+pub fn elf_architecture(header: &[u8]) -> Option<&'static str> {
+    if header.len() < 20 || &header[..4] != b"\x7fELF" {
+        return None;
+    }
+    match u16::from_le_bytes([header[18], header[19]]) {
+        0x3e => Some("x86_64"),
+        0xb7 => Some("arm64"),
+        _ => None,
+    }
+}
+
+/// The Bun binary to pack for `architecture`, checked to be one (a Bun built for another
+/// machine would only fail at the first invocation, in AWS).
+pub fn bun_to_pack(
+    configured: Option<&Path>,
+    architecture: &str,
+) -> Result<std::path::PathBuf, LambdaError> {
+    let bun = reactor_worker_bun::find_bun(configured).map_err(|e| {
+        LambdaError::Package(format!(
+            "no functions.lambda.bun_layer_arn, so Bun is packed with the function, but {e}"
+        ))
+    })?;
+    let mut header = [0u8; 20];
+    let read =
+        std::fs::File::open(&bun).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
+    let found = read.ok().and_then(|()| elf_architecture(&header));
+    if found != Some(architecture) {
+        return Err(LambdaError::Package(format!(
+            "{} is not a Linux {architecture} binary (found {}): set functions.lambda.bun_layer_arn to a Bun layer, \
+             or functions.bun_path to Bun for {architecture} (npm package @oven/bun-linux-{})",
+            bun.display(),
+            found.unwrap_or("another format"),
+            if architecture == "arm64" {
+                "aarch64"
+            } else {
+                "x64"
+            }
+        )));
+    }
+    Ok(bun)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +191,7 @@ mod tests {
         std::fs::write(bundle.join("code/index.ts"), "export default {}").expect("write");
         std::fs::write(bundle.join("reactor.json"), "{}").expect("write");
         let dest = dir.path().join("p.zip");
-        let size = build(&bundle, "code/index.ts", "hello", &dest).expect("package");
+        let size = build(&bundle, "code/index.ts", "hello", None, &dest).expect("package");
         assert!(size > 0);
         let mut archive =
             zip::ZipArchive::new(std::fs::File::open(&dest).expect("open")).expect("zip");
@@ -165,5 +218,30 @@ mod tests {
         )
         .expect("read");
         assert!(config.contains("./bundle/code/index.ts"), "{config}");
+        assert!(
+            !names.iter().any(|n| n == "bin/bun"),
+            "no Bun without asking"
+        );
+
+        // Without a Bun layer, Bun itself is packed, executable, where bootstrap looks.
+        let fake_bun = dir.path().join("bun");
+        std::fs::write(&fake_bun, b"\x7fELF fake bun").expect("write");
+        build(&bundle, "code/index.ts", "hello", Some(&fake_bun), &dest).expect("package");
+        let mut archive =
+            zip::ZipArchive::new(std::fs::File::open(&dest).expect("open")).expect("zip");
+        let bun = archive.by_name("bin/bun").expect("bin/bun packed");
+        assert_eq!(bun.unix_mode().map(|m| m & 0o777), Some(0o755));
+        assert!(BOOTSTRAP.contains("$ROOT/bin/bun"));
+    }
+
+    #[test]
+    fn architecture_of_an_elf_binary() {
+        let mut header = vec![0u8; 20];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[18] = 0x3e;
+        assert_eq!(elf_architecture(&header), Some("x86_64"));
+        header[18] = 0xb7;
+        assert_eq!(elf_architecture(&header), Some("arm64"));
+        assert_eq!(elf_architecture(b"#!/bin/sh"), None);
     }
 }

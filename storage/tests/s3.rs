@@ -1,4 +1,4 @@
-//! The S3 backend against a real S3-compatible server: moto's (`pip install 'moto[server]'`,
+//! The S3 backend against a real S3-compatible server: moto's (`./scripts/setup.sh`,
 //! which CI does). Each test starts its own server on a free loopback port and a bucket
 //! that does not exist yet, and stops the server when it ends, failed or not.
 
@@ -30,7 +30,7 @@ impl Moto {
         let stdout = std::fs::File::create(&log).expect("creating the moto log");
         let stderr = stdout.try_clone().expect("sharing the moto log");
         let port = free_port();
-        let child = Command::new("python3")
+        let child = Command::new(python())
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
             .arg(port.to_string())
             .stdin(Stdio::null())
@@ -94,21 +94,32 @@ impl Drop for Moto {
     }
 }
 
+/// The Python that has moto: the repository's `.venv` (where `scripts/setup.sh` installs
+/// it), else `python3`.
+fn python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
 /// Fails (rather than skips) when moto is missing, saying how to install it.
 fn require_moto() {
-    let probe = Command::new("python3")
+    let probe = Command::new(python())
         .args(["-c", "import moto.server"])
         .stdin(Stdio::null())
         .output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "the S3 tests need moto's server: run `pip install 'moto[server]'` \
+            "the S3 tests need moto's server: run `./scripts/setup.sh` \
              (python3 -c 'import moto.server' failed: {})",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => panic!(
-            "the S3 tests need python3 and moto's server (`pip install 'moto[server]'`): \
+            "the S3 tests need python3 and moto's server (`./scripts/setup.sh`): \
              running python3 failed: {e}"
         ),
     }

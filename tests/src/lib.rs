@@ -27,6 +27,17 @@ fn profile_dir() -> PathBuf {
     }
 }
 
+/// The Python that has the test tools (moto, boto3): the repository's `.venv`, where
+/// `scripts/setup.sh` installs them, else `python3`.
+pub fn python() -> PathBuf {
+    let venv = root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// Bun as the set-up command installs it (`npm install` in the repo).
 pub fn bun_bin() -> PathBuf {
     root().join("node_modules/.bin/bun")
@@ -37,19 +48,40 @@ pub fn reactor_bin() -> PathBuf {
     service_bin("reactor")
 }
 
+/// The workspace's service binaries; `cargo test --workspace` builds them all (each of
+/// their packages has an integration test, so Cargo builds its binary for it).
+const SERVICE_BINS: [&str; 5] = [
+    "reactor",
+    "reactor-control-plane",
+    "reactor-data-plane",
+    "reactor-worker-wasm",
+    "reactor-worker-bun",
+];
+
 /// Path of one of the workspace's binaries (`reactor`, `reactor-control-plane`,
-/// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`), all built once per
-/// test run with this test's profile.
+/// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`).
+///
+/// `cargo test --workspace` has built them next to this test before running it, with the
+/// same features, so they are used as they are. Only when one is missing or older than
+/// a source file (a test run on its own, `cargo test -p reactor-tests`) are they built,
+/// once per run, with this test's profile.
 pub fn service_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let profile = profile_dir();
     BUILT.get_or_init(|| {
+        let stale = stale_bins(&profile);
+        if stale.is_empty() {
+            return;
+        }
+        eprintln!(
+            "reactor-tests: building the binaries ({} missing or older than the sources)",
+            stale.join(", ")
+        );
         let target = profile.parent().expect("target dir").to_path_buf();
         // The same targets as `cargo test --workspace` builds, so that features resolve
-        // the same way and this finds everything fresh after it: building only the five
-        // packages resolves some dependencies' features differently (rustls's crypto
-        // providers, for one), and the two builds would keep rebuilding each other's
-        // artifacts.
+        // the same way: building only the five packages resolves some dependencies'
+        // features differently (rustls's crypto providers, for one), and the two builds
+        // would keep rebuilding each other's artifacts.
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(root())
             .args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
@@ -61,6 +93,67 @@ pub fn service_bin(name: &str) -> PathBuf {
         assert!(status.success(), "building the binaries failed");
     });
     profile.join(name)
+}
+
+/// The service binaries missing from `profile`, or older than a source of the workspace.
+fn stale_bins(profile: &Path) -> Vec<String> {
+    let newest = newest_source(&root());
+    SERVICE_BINS
+        .iter()
+        .filter(|bin| {
+            let built = std::fs::metadata(profile.join(bin)).and_then(|m| m.modified());
+            match (built, newest) {
+                (Ok(built), Some(newest)) => built < newest,
+                (Ok(_), None) => false,
+                (Err(_), _) => true,
+            }
+        })
+        .map(|b| b.to_string())
+        .collect()
+}
+
+/// The newest modification time of the workspace's Rust sources and manifests (and the
+/// files compiled into the binaries, such as the Bun harness), outside build outputs.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    // Tests and benchmarks are not compiled into the binaries.
+    const SKIP: [&str; 6] = [
+        "target",
+        "node_modules",
+        "examples",
+        "tests",
+        "bench",
+        "benches",
+    ];
+    let mut newest = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if !SKIP.contains(&name.as_ref()) && !name.starts_with('.') {
+                    stack.push(path);
+                }
+            } else if [".rs", ".js", ".mjs", ".ts", ".json", ".wit", ".tmpl", ".sql", ".proto"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+                || name == "Cargo.toml"
+                || name == "Cargo.lock"
+                || name.starts_with(".reactorignore")
+            {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                newest = newest.max(modified);
+            }
+        }
+    }
+    newest
 }
 
 /// Builds a guest crate for wasm32-wasip2 (once per run and profile) and returns the
@@ -135,6 +228,13 @@ impl Server {
 
     /// Starts `reactor dev` with the workdir and credentials under `dir`.
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let workdir = dir.path().join("work").to_string_lossy().into_owned();
+        Self::start_args(dir, &["--workdir", &workdir], env)
+    }
+
+    /// Starts `reactor dev --listen 127.0.0.1:0` with `args` added, run from `dir` (which
+    /// holds its log and credentials).
+    pub fn start_args(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
         let log = dir.path().join("reactor.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -142,8 +242,8 @@ impl Server {
             .open(&log)
             .expect("log file");
         let mut cmd = Command::new(reactor_bin());
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--workdir"])
-            .arg(dir.path().join("work"))
+        cmd.args(["dev", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("REACTOR_ORG", "acme")
             .env("REACTOR_CREDENTIALS", dir.path().join("credentials.json"))
             .env("RUST_LOG", "info,sqlx=warn")

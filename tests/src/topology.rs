@@ -132,19 +132,24 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// Starts moto on a free port.
     pub fn start(log: &std::path::Path) -> Moto {
-        let probe = Command::new("python3")
+        Self::start_on(log, free_port())
+    }
+
+    /// Starts moto on `port` (a configuration's own, such as the seed's 8003).
+    pub fn start_on(log: &std::path::Path, port: u16) -> Moto {
+        let probe = Command::new(crate::python())
             .args(["-c", "import moto, flask"])
             .output()
             .expect("python3");
         assert!(
             probe.status.success(),
-            "moto's server is needed: pip install 'moto[server]' ({})",
+            "moto's server is needed: run ./scripts/setup.sh, which installs it into .venv ({})",
             String::from_utf8_lossy(&probe.stderr)
         );
-        let port = free_port();
         let file = std::fs::File::create(log).expect("moto log");
-        let child = Command::new("python3")
+        let child = Command::new(crate::python())
             .args([
                 "-m",
                 "moto.server",

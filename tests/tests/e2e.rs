@@ -44,20 +44,20 @@ async fn quickstart_then_v2_then_rollback() {
     let s = Server::start();
     assert_eq!(s.org, "acme");
     // The seed's CLI lines, on the example with a build step.
-    s.cli_ok(&["functions", "create", "hello", "--runtime", "wasm"]);
+    s.cli_ok(&["functions", "create", "hello-wasm", "--runtime", "wasm"]);
     let deployed = s.cli_ok(&[
         "functions",
         "deploy",
-        "hello",
+        "hello-wasm",
         "--dir",
         "./examples/hello-wasm",
     ]);
     assert!(deployed.contains("is ready"), "{deployed}");
-    s.cli_ok(&["functions", "promote", "hello"]);
+    s.cli_ok(&["functions", "promote", "hello-wasm"]);
     let out = s.cli_ok(&[
         "functions",
         "invoke",
-        "hello",
+        "hello-wasm",
         "--json",
         r#"{"name":"Reactor"}"#,
     ]);
@@ -66,7 +66,7 @@ async fn quickstart_then_v2_then_rollback() {
     // The seed's curl line.
     let resp = s
         .http
-        .post(format!("{}/fn/v1/hello", s.url))
+        .post(format!("{}/fn/v1/hello-wasm", s.url))
         .header("Authorization", format!("Bearer {}", s.token))
         .header("X-Reactor-Org", "acme")
         .header("Content-Type", "application/json")
@@ -76,7 +76,7 @@ async fn quickstart_then_v2_then_rollback() {
         .expect("invoke");
     assert_eq!(resp.status(), 200);
     let h = resp.headers().clone();
-    assert_eq!(h["x-reactor-function"], "hello");
+    assert_eq!(h["x-reactor-function"], "hello-wasm");
     // Promote loaded the deployment: the first request is warm.
     assert_eq!(h["x-reactor-cold-start"], "false");
     let ms: f64 = h["x-reactor-duration-ms"]
@@ -96,20 +96,20 @@ async fn quickstart_then_v2_then_rollback() {
         json!({"message": "Hello, Reactor!"})
     );
     // No body, or not JSON: World.
-    let out = s.cli_ok(&["functions", "invoke", "hello", "--data", "not json"]);
+    let out = s.cli_ok(&["functions", "invoke", "hello-wasm", "--data", "not json"]);
     assert_eq!(out.trim(), r#"{"message":"Hello, World!"}"#);
 
     // v2: a bundle without a manifest (the one .wasm file is the entrypoint).
     let dir = dir_with("probe.wasm", &read(&build_component(PROBE, true))).expect("dir");
     let dir_arg = dir.path().to_string_lossy().into_owned();
-    s.cli_ok(&["functions", "deploy", "hello", "--dir", &dir_arg]);
+    s.cli_ok(&["functions", "deploy", "hello-wasm", "--dir", &dir_arg]);
     let list: Value = serde_json::from_str(&s.cli_ok(&[
         "--output",
         "json",
         "functions",
         "deployments",
         "list",
-        "hello",
+        "hello-wasm",
     ]))
     .expect("json");
     let list = list.as_array().expect("array");
@@ -124,38 +124,42 @@ async fn quickstart_then_v2_then_rollback() {
     assert_eq!(list[0]["live"], false);
     assert!(v2.starts_with("dep_") && list[0]["sha256"].as_str().is_some_and(|s| s.len() == 64));
 
-    s.cli_ok(&["functions", "promote", "hello"]);
+    s.cli_ok(&["functions", "promote", "hello-wasm"]);
     let out: Value =
-        serde_json::from_str(&s.cli_ok(&["functions", "invoke", "hello", "--json", "{}"]))
+        serde_json::from_str(&s.cli_ok(&["functions", "invoke", "hello-wasm", "--json", "{}"]))
             .expect("probe answers JSON");
     assert_eq!(out["probe"], true);
 
-    let rolled = s.cli_ok(&["functions", "rollback", "hello", "--to-deployment", v1]);
+    let rolled = s.cli_ok(&["functions", "rollback", "hello-wasm", "--to-deployment", v1]);
     assert!(rolled.contains(v1), "{rolled}");
     let out = s.cli_ok(&[
         "functions",
         "invoke",
-        "hello",
+        "hello-wasm",
         "--json",
         r#"{"name":"again"}"#,
     ]);
     assert_eq!(out.trim(), r#"{"message":"Hello, again!"}"#);
-    let text = s.cli_ok(&["functions", "deployments", "list", "hello"]);
+    let text = s.cli_ok(&["functions", "deployments", "list", "hello-wasm"]);
     let live_line = text.lines().find(|l| l.contains(v1)).expect("v1 listed");
     assert!(live_line.contains(" * "), "{text}");
 
-    // Errors from the CLI are one line with the code, and a non-zero exit.
+    // Errors from the CLI: the code and message first, then the details (the request id
+    // to quote), and a non-zero exit.
     let out = s.cli(&[
         "functions",
         "rollback",
-        "hello",
+        "hello-wasm",
         "--to-deployment",
         "dep_nope",
     ]);
     assert!(!out.success);
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("deployment_not_found"), "{}", out.stderr);
     assert!(
-        out.stderr.contains("deployment_not_found"),
+        out.stderr
+            .lines()
+            .any(|l| l.trim().starts_with("request_id: req_")),
         "{}",
         out.stderr
     );

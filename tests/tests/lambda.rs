@@ -88,7 +88,7 @@ impl FunctionUrl {
             bun_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut child = Command::new("python3")
+        let mut child = Command::new(reactor_tests::python())
             .arg(root().join("tests/fixtures/lambda/function_url.py"))
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -154,7 +154,7 @@ impl Drop for FunctionUrl {
 /// Runs a Python snippet with boto3 against moto (set-up the way an operator would have
 /// it: the role and the two layers exist before Reactor deploys).
 fn boto3(moto: &str, script: &str) -> String {
-    let out = Command::new("python3")
+    let out = Command::new(reactor_tests::python())
         .args(["-c", script])
         .env("MOTO", moto)
         .env("AWS_ACCESS_KEY_ID", KEY_ID)

@@ -9,8 +9,10 @@ use std::process::Command;
 pub const PINNED_BUN: &str = "1.4.5";
 
 /// Finds the Bun binary: the configured path, else `node_modules/.bin/bun` in the current
-/// directory or one of its parents (where `npm install` in the repo puts it), else `bun`
-/// on `PATH`. Returns the canonical path of the binary itself (not the npm shim link).
+/// directory or one of its parents (where `npm install` in the repo puts it), then in the
+/// repository this binary was built from (so that `reactor dev` installed by the set-up
+/// finds it from any directory), else `bun` on `PATH`. Returns the canonical path of the
+/// binary itself (not the npm shim link).
 pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
     let mut tried = Vec::new();
     let mut candidates = Vec::new();
@@ -21,6 +23,9 @@ pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
             for dir in cwd.ancestors() {
                 candidates.push(dir.join("node_modules/.bin/bun"));
             }
+        }
+        if let Some(repo) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+            candidates.push(repo.join("node_modules/.bin/bun"));
         }
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
@@ -44,7 +49,11 @@ pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
             p.display()
         ),
         None => format!(
-            "Bun was not found (looked for node_modules/.bin/bun in the current directory and its parents, and bun on PATH): {hint}"
+            "Bun was not found (looked for node_modules/.bin/bun in the current directory and its parents, in {}, and bun on PATH): {hint}",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display()
         ),
     })
 }
