@@ -922,18 +922,32 @@ region = "us-east-1"
         let s3 = config.storage.s3().expect("a single key").expect("s3");
         assert_eq!(
             s3.access_key,
-            Some(("minio-user".into(), "storage-api-key-for-system-bucket".into()))
+            Some((
+                "minio-user".into(),
+                "storage-api-key-for-system-bucket".into()
+            ))
         );
         config.storage.key_id = None;
-        let (id, _) = config.storage.s3().expect("valid").expect("s3").access_key.expect("key");
-        let from_env = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty());
+        let (id, _) = config
+            .storage
+            .s3()
+            .expect("valid")
+            .expect("s3")
+            .access_key
+            .expect("key");
+        let from_env = std::env::var("AWS_ACCESS_KEY_ID")
+            .ok()
+            .filter(|s| !s.is_empty());
         assert_eq!(id, from_env.unwrap_or_else(|| DEFAULT_KEY_ID.into()));
         assert!(!format!("{:?}", config.storage).contains("system-bucket"));
         // Half a pair, or nothing, is refused with the key's name.
         for bad in [":secret", "id:", "  "] {
             config.storage.api_key = Some(bad.into());
             let err = config.validate().expect_err("refused");
-            assert!(err.to_string().contains("storage.api_key"), "{bad:?}: {err}");
+            assert!(
+                err.to_string().contains("storage.api_key"),
+                "{bad:?}: {err}"
+            );
         }
     }
 

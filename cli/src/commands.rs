@@ -61,8 +61,8 @@ pub enum FunctionsCommand {
         #[arg(long)]
         deployment: Option<String>,
     },
-    /// Make an earlier deployment live again (by default the newest ready one older than
-    /// the live one).
+    /// Make an earlier deployment live again: the one named, else the newest ready
+    /// deployment older than the live one (whether or not it was ever promoted).
     Rollback {
         name: String,
         #[arg(long = "to-deployment")]

@@ -231,42 +231,89 @@ pub fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, String)>> {
             || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || key.starts_with(|c: char| c.is_ascii_digit())
         {
+            // The text is not echoed: a pasted secret may be what is on this line.
             bail!(
-                "line {}: {key:?} is not an env key (letters, digits and _)",
+                "line {}: the text before '=' is not an env key (letters, digits and _)",
                 n + 1
             );
         }
         let raw = raw.trim();
-        let value = if let Some(rest) = raw.strip_prefix('"') {
-            let end = rest
-                .rfind('"')
-                .with_context(|| format!("line {}: unterminated \" quote", n + 1))?;
+        let (value, rest) = if let Some(quoted) = raw.strip_prefix('"') {
+            // Up to the first quote not escaped, with \n, \t, \" and \\ understood.
             let mut value = String::new();
-            let mut chars = rest[..end].chars();
-            while let Some(c) = chars.next() {
-                if c == '\\' {
-                    match chars.next() {
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    '\\' => match chars.next().map(|(_, c)| c) {
                         Some('n') => value.push('\n'),
                         Some('t') => value.push('\t'),
                         Some(other) => value.push(other),
                         None => value.push('\\'),
-                    }
-                } else {
-                    value.push(c);
+                    },
+                    c => value.push(c),
                 }
             }
-            value
-        } else if let Some(rest) = raw.strip_prefix('\'') {
-            let end = rest
-                .rfind('\'')
+            let end = end.with_context(|| format!("line {}: unterminated \" quote", n + 1))?;
+            (value, &quoted[end..])
+        } else if let Some(quoted) = raw.strip_prefix('\'') {
+            let end = quoted
+                .find('\'')
                 .with_context(|| format!("line {}: unterminated ' quote", n + 1))?;
-            rest[..end].to_string()
+            (quoted[..end].to_string(), &quoted[end + 1..])
         } else {
-            raw.split(" #").next().unwrap_or("").trim_end().to_string()
+            // Unquoted: up to a `#` that follows whitespace (a comment).
+            let end = raw
+                .char_indices()
+                .find(|&(i, c)| c == '#' && i > 0 && raw[..i].ends_with(char::is_whitespace))
+                .map_or(raw.len(), |(i, _)| i);
+            (raw[..end].trim_end().to_string(), "")
         };
+        let rest = rest.trim_start();
+        if !rest.is_empty() && !rest.starts_with('#') {
+            bail!("line {}: unexpected text after the closing quote", n + 1);
+        }
         out.push((key.to_string(), value));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dotenv;
+
+    #[test]
+    fn dotenv_lines_quotes_and_comments() {
+        let text = "# c\n\nA=1\nexport B = two words # note\nC=\"x \\\"y\\\" \\n\" # say \"hi\"\nD='a # b' # c\nE=\nF=x#y\n";
+        let got = parse_dotenv(text).expect("parses");
+        let want = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "x \"y\" \n"),
+            ("D", "a # b"),
+            ("E", ""),
+            ("F", "x#y"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((k, v), (wk, wv)) in got.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+        for (bad, why) in [
+            ("K=\"abc\\\"", "unterminated"),
+            ("K='abc", "unterminated"),
+            ("K=\"a\" b", "after the closing quote"),
+            ("sk_live_123", "expected KEY=VALUE"),
+            ("my-key=1", "not an env key"),
+        ] {
+            let err = parse_dotenv(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("sk_live") && !err.contains("my-key"), "{err}");
+        }
+    }
 }
 
 pub async fn policy(cmd: PolicyCommand, output: crate::Output) -> anyhow::Result<()> {

@@ -18,7 +18,8 @@ pub struct InitArgs {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Template {
     /// TypeScript on Bun, with a `bun test`.
     Bun,
@@ -53,6 +54,10 @@ impl Template {
             Template::WasmRust => &[
                 ("manifest.json", t!("wasm-rust", "manifest.json")),
                 ("Cargo.toml", t!("wasm-rust", "Cargo.toml.tmpl")),
+                (
+                    "rust-toolchain.toml",
+                    t!("wasm-rust", "rust-toolchain.toml"),
+                ),
                 ("src/lib.rs", t!("wasm-rust", "src/lib.rs")),
                 (".reactorignore", t!("wasm-rust", ".reactorignore")),
                 (".gitignore", t!("wasm-rust", "gitignore.tmpl")),
@@ -76,7 +81,11 @@ impl Template {
         let mut steps = Vec::new();
         match self {
             Template::Bun => {
-                steps.push("bun test                      # the handler's test".into())
+                // The Bun the server runs (the set-up's is not on PATH).
+                let bun = reactor_worker_bun::find_bun(None)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "bun".into());
+                steps.push(format!("{bun} test   # the handler's test"))
             }
             Template::WasmRust => {
                 steps.push("cargo test                    # the handler's test".into())
@@ -108,7 +117,8 @@ pub fn run(args: &InitArgs, output: Output) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "name": args.name,
-                "template": args.template.runtime(),
+                "template": args.template,
+                "runtime": args.template.runtime(),
                 "dir": dir,
                 "files": written,
             }))?

@@ -66,6 +66,7 @@ pub fn select(dir: &Path, manifest: Option<&Manifest>) -> anyhow::Result<Vec<(Pa
         .add_custom_ignore_filename(".reactorignore")
         .filter_entry(|e| e.file_name() != ".git")
         .build();
+    let mut left_out = Vec::new();
     for entry in walker {
         let entry = entry.context("walking the function directory")?;
         let ft = match entry.file_type() {
@@ -84,7 +85,20 @@ pub fn select(dir: &Path, manifest: Option<&Manifest>) -> anyhow::Result<Vec<(Pa
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
+        // Env files hold secrets: they go to `reactor functions env set --env-file`,
+        // never into a bundle that the function (and anyone with the bundle) can read.
+        let file = entry.file_name().to_string_lossy();
+        if file == ".env" || file.starts_with(".env.") {
+            left_out.push(name);
+            continue;
+        }
         files.push((entry.path().to_path_buf(), name));
+    }
+    if !left_out.is_empty() {
+        eprintln!(
+            "left out of the bundle: {} (set secrets with `reactor functions env set NAME --env-file FILE --secret`)",
+            left_out.join(", ")
+        );
     }
     files.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(files)

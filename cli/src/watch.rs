@@ -51,8 +51,11 @@ pub async fn run(client: &Client, args: &WatchArgs, json: bool) -> anyhow::Resul
         &args.name,
         &[("dir", &dir.display().to_string())],
     );
-    cycle(client, &args.name, dir, json).await;
+    let live = cycle(client, &args.name, dir, json).await;
     if args.once {
+        if !live {
+            bail!("{} is not live: the deployment failed", args.name);
+        }
         return Ok(());
     }
     loop {
@@ -123,32 +126,28 @@ async fn ensure_function(
     Ok(())
 }
 
-/// One build, deploy and promote; what happened is printed, never returned: the loop goes on.
-async fn cycle(client: &Client, name: &str, dir: &Path, json: bool) {
+/// One build, deploy and promote; what happened is printed (the loop goes on either way),
+/// and whether it went live returned.
+async fn cycle(client: &Client, name: &str, dir: &Path, json: bool) -> bool {
     let started = Instant::now();
     match deploy_and_promote(client, name, dir).await {
         Ok(Outcome::Live(d)) => {
             let url = commands::invoke_url(client, name);
             let ms = started.elapsed().as_millis().to_string();
-            say(
-                json,
-                "live",
-                name,
-                &[("deployment_id", &d.id), ("ms", &ms), ("url", &url)],
-            );
+            let fields = [("deployment_id", d.id.as_str()), ("ms", &ms), ("url", &url)];
+            say(json, "live", name, &fields);
+            true
         }
         Ok(Outcome::Failed(d)) => {
             let error = d.error.unwrap_or_else(|| "no reason given".into());
-            say(
-                json,
-                "failed",
-                name,
-                &[("deployment_id", &d.id), ("error", &error)],
-            );
+            let fields = [("deployment_id", d.id.as_str()), ("error", &error)];
+            say(json, "failed", name, &fields);
+            false
         }
         Err(e) => {
             let error = crate::describe(&e);
             say(json, "failed", name, &[("error", &error)]);
+            false
         }
     }
 }

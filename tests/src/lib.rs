@@ -48,112 +48,67 @@ pub fn reactor_bin() -> PathBuf {
     service_bin("reactor")
 }
 
-/// The workspace's service binaries; `cargo test --workspace` builds them all (each of
-/// their packages has an integration test, so Cargo builds its binary for it).
-const SERVICE_BINS: [&str; 5] = [
-    "reactor",
-    "reactor-control-plane",
-    "reactor-data-plane",
-    "reactor-worker-wasm",
-    "reactor-worker-bun",
-];
-
 /// Path of one of the workspace's binaries (`reactor`, `reactor-control-plane`,
 /// `reactor-data-plane`, `reactor-worker-wasm`, `reactor-worker-bun`).
 ///
-/// `cargo test --workspace` has built them next to this test before running it, with the
-/// same features, so they are used as they are. Only when one is missing or older than
-/// a source file (a test run on its own, `cargo test -p reactor-tests`) are they built,
-/// once per run, with this test's profile.
+/// `cargo test --workspace` builds them all before running any test (each of their
+/// packages has an integration test, so Cargo builds its binary for it). Once per test
+/// process this asks Cargo, with that same command (`cargo test --workspace --no-run`,
+/// this test's profile), to bring them up to date: after the README's test command it
+/// finds everything fresh and builds nothing; a test run on its own
+/// (`cargo test -p reactor-tests --test e2e`) gets binaries built from the current
+/// sources. Any other command would resolve some dependencies' features differently
+/// (rustls's crypto providers, for one) and rebuild them.
 pub fn service_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let profile = profile_dir();
     BUILT.get_or_init(|| {
-        let stale = stale_bins(&profile);
-        if stale.is_empty() {
-            return;
-        }
-        eprintln!(
-            "reactor-tests: building the binaries ({} missing or older than the sources)",
-            stale.join(", ")
-        );
         let target = profile.parent().expect("target dir").to_path_buf();
-        // The same targets as `cargo test --workspace` builds, so that features resolve
-        // the same way: building only the five packages resolves some dependencies'
-        // features differently (rustls's crypto providers, for one), and the two builds
-        // would keep rebuilding each other's artifacts.
-        let mut cmd = Command::new(env!("CARGO"));
+        let started = Instant::now();
+        let mut cmd = cargo();
         cmd.current_dir(root())
-            .args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
+            .args(["test", "--quiet", "--workspace", "--no-run"]);
         cmd.arg("--target-dir").arg(&target);
         if profile.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the binaries");
+        let status = cmd
+            .status()
+            .expect("running cargo test --no-run for the binaries");
         assert!(status.success(), "building the binaries failed");
+        let took = started.elapsed();
+        if took > Duration::from_secs(10) {
+            eprintln!("reactor-tests: the binaries were out of date: built in {took:.0?}");
+        }
     });
     profile.join(name)
 }
 
-/// The service binaries missing from `profile`, or older than a source of the workspace.
-fn stale_bins(profile: &Path) -> Vec<String> {
-    let newest = newest_source(&root());
-    SERVICE_BINS
+/// Cargo, without the variables Cargo sets for a test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...). Build scripts such as ring's rerun when those
+/// change (`rerun-if-env-changed`), so a cargo started with them would rebuild ring and
+/// everything above it, and the next `cargo test` would rebuild it all back.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_by_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_CFG_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
         .iter()
-        .filter(|bin| {
-            let built = std::fs::metadata(profile.join(bin)).and_then(|m| m.modified());
-            match (built, newest) {
-                (Ok(built), Some(newest)) => built < newest,
-                (Ok(_), None) => false,
-                (Err(_), _) => true,
-            }
-        })
-        .map(|b| b.to_string())
-        .collect()
-}
-
-/// The newest modification time of the workspace's Rust sources and manifests (and the
-/// files compiled into the binaries, such as the Bun harness), outside build outputs.
-fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
-    // Tests and benchmarks are not compiled into the binaries.
-    const SKIP: [&str; 6] = [
-        "target",
-        "node_modules",
-        "examples",
-        "tests",
-        "bench",
-        "benches",
-    ];
-    let mut newest = None;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                if !SKIP.contains(&name.as_ref()) && !name.starts_with('.') {
-                    stack.push(path);
-                }
-            } else if [".rs", ".js", ".mjs", ".ts", ".json", ".wit", ".tmpl", ".sql", ".proto"]
-                .iter()
-                .any(|ext| name.ends_with(ext))
-                || name == "Cargo.toml"
-                || name == "Cargo.lock"
-                || name.starts_with(".reactorignore")
-            {
-                let modified = entry.metadata().and_then(|m| m.modified()).ok();
-                newest = newest.max(modified);
-            }
+        .any(|p| key.starts_with(p));
+        if set_by_cargo || key == "OUT_DIR" {
+            cmd.env_remove(key.as_ref());
         }
     }
-    newest
+    cmd
 }
 
 /// Builds a guest crate for wasm32-wasip2 (once per run and profile) and returns the
@@ -167,7 +122,7 @@ pub fn build_component(dir: &str, release: bool) -> PathBuf {
         return p.clone();
     }
     let crate_dir = root().join(dir);
-    let mut cmd = Command::new(env!("CARGO"));
+    let mut cmd = cargo();
     cmd.current_dir(&crate_dir)
         .args(["build", "--quiet", "--target", "wasm32-wasip2"]);
     if release {

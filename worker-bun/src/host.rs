@@ -8,10 +8,10 @@ use std::process::Command;
 /// The Bun version the project pins (package.json); another version works but is warned.
 pub const PINNED_BUN: &str = "1.4.5";
 
-/// Finds the Bun binary: the configured path, else `node_modules/.bin/bun` in the current
-/// directory or one of its parents (where `npm install` in the repo puts it), then in the
+/// Finds the Bun binary: the configured path, else `node_modules/.bin/bun` in the
 /// repository this binary was built from (so that `reactor dev` installed by the set-up
-/// finds it from any directory), else `bun` on `PATH`. Returns the canonical path of the
+/// finds it from any directory), then in the current directory or one of its parents,
+/// else `bun` on `PATH`. Returns the canonical path of the
 /// binary itself (not the npm shim link).
 pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
     let mut tried = Vec::new();
@@ -19,13 +19,15 @@ pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = configured {
         candidates.push(p.to_path_buf());
     } else {
+        // The repository this binary was built from first: a `node_modules` in whatever
+        // directory the server happens to start in is not trusted before it.
+        if let Some(repo) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+            candidates.push(repo.join("node_modules/.bin/bun"));
+        }
         if let Ok(cwd) = std::env::current_dir() {
             for dir in cwd.ancestors() {
                 candidates.push(dir.join("node_modules/.bin/bun"));
             }
-        }
-        if let Some(repo) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
-            candidates.push(repo.join("node_modules/.bin/bun"));
         }
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
@@ -109,7 +111,9 @@ pub fn find_bwrap() -> Result<(PathBuf, String), String> {
     if !probe.status.success() {
         return Err(format!(
             "bubblewrap cannot create namespaces here ({}); allow unprivileged user namespaces \
-             (kernel.unprivileged_userns_clone=1) or switch the sandbox off with functions.bun_sandbox = false",
+             (Debian: sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: \
+             sysctl kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile for bwrap), \
+             or, last, switch the sandbox off with functions.bun_sandbox = false",
             String::from_utf8_lossy(&probe.stderr).trim()
         ));
     }
