@@ -282,40 +282,6 @@ pub fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_dotenv;
-
-    #[test]
-    fn dotenv_lines_quotes_and_comments() {
-        let text = "# c\n\nA=1\nexport B = two words # note\nC=\"x \\\"y\\\" \\n\" # say \"hi\"\nD='a # b' # c\nE=\nF=x#y\n";
-        let got = parse_dotenv(text).expect("parses");
-        let want = [
-            ("A", "1"),
-            ("B", "two words"),
-            ("C", "x \"y\" \n"),
-            ("D", "a # b"),
-            ("E", ""),
-            ("F", "x#y"),
-        ];
-        assert_eq!(got.len(), want.len(), "{got:?}");
-        for ((k, v), (wk, wv)) in got.iter().zip(want) {
-            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
-        }
-        for (bad, why) in [
-            ("K=\"abc\\\"", "unterminated"),
-            ("K='abc", "unterminated"),
-            ("K=\"a\" b", "after the closing quote"),
-            ("sk_live_123", "expected KEY=VALUE"),
-            ("my-key=1", "not an env key"),
-        ] {
-            let err = parse_dotenv(bad).expect_err(bad).to_string();
-            assert!(err.contains(why), "{bad}: {err}");
-            assert!(!err.contains("sk_live") && !err.contains("my-key"), "{err}");
-        }
-    }
-}
-
 pub async fn policy(cmd: PolicyCommand, output: crate::Output) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let policy: serde_json::Value = match cmd {
@@ -418,4 +384,38 @@ pub async fn data_key(cmd: DataKeyCommand, output: crate::Output) -> anyhow::Res
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dotenv;
+
+    #[test]
+    fn dotenv_lines_quotes_and_comments() {
+        let text = "# c\n\nA=1\nexport B = two words # note\nC=\"x \\\"y\\\" \\n\" # say \"hi\"\nD='a # b' # c\nE=\nF=x#y\n";
+        let got = parse_dotenv(text).expect("parses");
+        let want = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "x \"y\" \n"),
+            ("D", "a # b"),
+            ("E", ""),
+            ("F", "x#y"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((k, v), (wk, wv)) in got.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+        for (bad, why) in [
+            ("K=\"abc\\\"", "unterminated"),
+            ("K='abc", "unterminated"),
+            ("K=\"a\" b", "after the closing quote"),
+            ("sk_live_123", "expected KEY=VALUE"),
+            ("my-key=1", "not an env key"),
+        ] {
+            let err = parse_dotenv(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("sk_live") && !err.contains("my-key"), "{err}");
+        }
+    }
 }
