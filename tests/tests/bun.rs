@@ -317,24 +317,26 @@ async fn idle_processes_are_reaped_down_to_min_instances() {
     assert_eq!(header(&warm, "x-reactor-cold-start"), "false");
 }
 
-#[test]
-fn reactor_dev_refuses_to_start_without_bun() {
+#[tokio::test(flavor = "multi_thread")]
+async fn reactor_dev_without_bun_serves_wasm_and_says_why_bun_is_off() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(reactor_bin())
-        .args(["dev", "--listen", "127.0.0.1:0", "--workdir"])
-        .arg(dir.path().join("work"))
-        .env("REACTOR_FUNCTIONS_BUN_PATH", dir.path().join("no-bun-here"))
-        .env("REACTOR_CREDENTIALS", dir.path().join("credentials.json"))
-        .env_remove("REACTOR_CONFIG")
-        .current_dir(dir.path())
-        .output()
-        .expect("running reactor dev");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let missing = dir.path().join("no-bun-here").to_string_lossy().into_owned();
+    let s = Server::start_with(&[("REACTOR_FUNCTIONS_BUN_PATH", &missing)]);
     assert!(
-        stderr.contains("Bun was not found") && stderr.contains("setup.sh"),
-        "{stderr}"
+        s.logs().contains("bun functions are off") && s.logs().contains("Bun was not found"),
+        "{}",
+        s.logs()
     );
+    let resp = s
+        .request(reqwest::Method::POST, "/fn/v1/_admin/functions")
+        .json(&serde_json::json!({"name": "tsfn", "runtime": "bun"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "runtime_disabled", "{body}");
+    s.create("wasmfn", "wasm").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
