@@ -320,7 +320,11 @@ async fn idle_processes_are_reaped_down_to_min_instances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reactor_dev_without_bun_serves_wasm_and_says_why_bun_is_off() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let missing = dir.path().join("no-bun-here").to_string_lossy().into_owned();
+    let missing = dir
+        .path()
+        .join("no-bun-here")
+        .to_string_lossy()
+        .into_owned();
     let s = Server::start_with(&[("REACTOR_FUNCTIONS_BUN_PATH", &missing)]);
     assert!(
         s.logs().contains("bun functions are off") && s.logs().contains("Bun was not found"),
