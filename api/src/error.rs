@@ -1,5 +1,5 @@
-//! One error-code enum for the platform, each code mapped once to an HTTP status, and the
-//! JSON body `{"error": {"code", "message", "details"}}` every service answers with.
+//! One error-code enum for the platform, each code mapped once to its HTTP status and its
+//! gRPC code ([`ErrorCode`]'s table), and the JSON body `{"error": {"code", "message", "details"}}` every service answers with.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,55 +35,110 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// gRPC status codes, numbered as in the gRPC specification (`tonic::Code` has the same
+/// numbers), for the services that answer over gRPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
 impl ErrorCode {
-    pub fn status(self) -> StatusCode {
+    /// The contract of each code, side by side: its JSON name, its HTTP status and its
+    /// gRPC code. Every API maps errors through this table and nowhere else.
+    fn contract(self) -> (&'static str, StatusCode, GrpcCode) {
         use ErrorCode::*;
+        use GrpcCode as G;
         match self {
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden | PolicyDenied => StatusCode::FORBIDDEN,
-            FunctionNotFound | DeploymentNotFound | OrgNotFound | TokenNotFound | NotFound => {
-                StatusCode::NOT_FOUND
-            }
-            FunctionExists | OrgExists => StatusCode::CONFLICT,
-            InvalidInput => StatusCode::BAD_REQUEST,
-            ManifestInvalid | RuntimeDisabled => StatusCode::UNPROCESSABLE_ENTITY,
-            BundleTooLarge | PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            DeploymentNotReady | NoWorkerAvailable => StatusCode::SERVICE_UNAVAILABLE,
-            FunctionTimeout => StatusCode::REQUEST_TIMEOUT,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            FunctionCrashed | Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            WorkerUnavailable => StatusCode::BAD_GATEWAY,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED, G::Unauthenticated),
+            Forbidden => ("forbidden", StatusCode::FORBIDDEN, G::PermissionDenied),
+            PolicyDenied => ("policy_denied", StatusCode::FORBIDDEN, G::PermissionDenied),
+            FunctionNotFound => ("function_not_found", StatusCode::NOT_FOUND, G::NotFound),
+            DeploymentNotFound => ("deployment_not_found", StatusCode::NOT_FOUND, G::NotFound),
+            OrgNotFound => ("org_not_found", StatusCode::NOT_FOUND, G::NotFound),
+            TokenNotFound => ("token_not_found", StatusCode::NOT_FOUND, G::NotFound),
+            NotFound => ("not_found", StatusCode::NOT_FOUND, G::NotFound),
+            FunctionExists => ("function_exists", StatusCode::CONFLICT, G::AlreadyExists),
+            OrgExists => ("org_exists", StatusCode::CONFLICT, G::AlreadyExists),
+            InvalidInput => ("invalid_input", StatusCode::BAD_REQUEST, G::InvalidArgument),
+            ManifestInvalid => (
+                "manifest_invalid",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                G::InvalidArgument,
+            ),
+            RuntimeDisabled => (
+                "runtime_disabled",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                G::InvalidArgument,
+            ),
+            BundleTooLarge => (
+                "bundle_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                G::InvalidArgument,
+            ),
+            PayloadTooLarge => (
+                "payload_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                G::InvalidArgument,
+            ),
+            DeploymentNotReady => (
+                "deployment_not_ready",
+                StatusCode::SERVICE_UNAVAILABLE,
+                G::Unavailable,
+            ),
+            NoWorkerAvailable => (
+                "no_worker_available",
+                StatusCode::SERVICE_UNAVAILABLE,
+                G::Unavailable,
+            ),
+            FunctionTimeout => (
+                "function_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                G::DeadlineExceeded,
+            ),
+            TooManyRequests => (
+                "too_many_requests",
+                StatusCode::TOO_MANY_REQUESTS,
+                G::ResourceExhausted,
+            ),
+            FunctionCrashed => (
+                "function_crashed",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                G::Internal,
+            ),
+            Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, G::Internal),
+            WorkerUnavailable => (
+                "worker_unavailable",
+                StatusCode::BAD_GATEWAY,
+                G::Unavailable,
+            ),
+            MethodNotAllowed => (
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                G::Unimplemented,
+            ),
         }
     }
 
+    pub fn status(self) -> StatusCode {
+        self.contract().1
+    }
+
+    pub fn grpc_code(self) -> GrpcCode {
+        self.contract().2
+    }
+
     pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            Unauthorized => "unauthorized",
-            Forbidden => "forbidden",
-            FunctionNotFound => "function_not_found",
-            DeploymentNotFound => "deployment_not_found",
-            OrgNotFound => "org_not_found",
-            TokenNotFound => "token_not_found",
-            FunctionExists => "function_exists",
-            OrgExists => "org_exists",
-            InvalidInput => "invalid_input",
-            ManifestInvalid => "manifest_invalid",
-            BundleTooLarge => "bundle_too_large",
-            PayloadTooLarge => "payload_too_large",
-            DeploymentNotReady => "deployment_not_ready",
-            FunctionTimeout => "function_timeout",
-            TooManyRequests => "too_many_requests",
-            FunctionCrashed => "function_crashed",
-            PolicyDenied => "policy_denied",
-            WorkerUnavailable => "worker_unavailable",
-            NoWorkerAvailable => "no_worker_available",
-            RuntimeDisabled => "runtime_disabled",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            Internal => "internal",
-        }
+        self.contract().0
     }
 }
 

@@ -1,15 +1,11 @@
-//! The interface between a router (and the control plane) and a runtime worker.
-//!
-//! In the embedded default the worker is a library called in-process; a remote worker
-//! implements the same trait over the network. A worker materializes bundles of its
-//! runtime (checks and precompiles them), prepares live deployments (loads them so the
-//! first request is warm), and serves invocations, reporting whether each was cold.
+//! What an invocation is, as it crosses from a router to a runtime worker: the
+//! deployment to run ([`DeploymentSpec`]), the request ([`Invocation`]), its outcome and
+//! its failures ([`InvokeError`], which crosses the worker link as tagged JSON).
 
 use crate::{ApiError, ErrorCode, Runtime};
 use async_trait::async_trait;
 use axum::body::Body;
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +55,11 @@ pub struct InvokeOutcome {
     pub cold_start: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why an invocation failed before its response headers. It crosses the worker link as
+/// JSON tagged by `kind` (`{"kind":"timeout","timeout_ms":1000}`); a kind this build does
+/// not know is an error to decode, never a silent `Unavailable`.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InvokeError {
     #[error("the handler did not respond within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
@@ -150,20 +150,6 @@ impl InvokeError {
     }
 }
 
-#[async_trait]
-pub trait RuntimeWorker: Send + Sync + 'static {
-    fn runtime(&self) -> Runtime;
-
-    /// Checks an unpacked bundle and builds what the runtime needs (for WASM, the
-    /// precompiled artifact in storage). `Err` is the reason the deployment failed.
-    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String>;
-
-    /// Loads a deployment that is about to go live so that its first request is warm.
-    async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
-
-    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
-}
-
 /// Where workers get a deployment's environment: the env values and decrypted secrets it
 /// pinned when it was uploaded. In-process it reads the store; a worker service asks the
 /// control plane. Workers cache it per deployment and hand it only to the instance.
@@ -185,34 +171,5 @@ impl EnvSource for NoEnv {
         _spec: &DeploymentSpec,
     ) -> Result<Arc<BTreeMap<String, String>>, String> {
         Ok(Arc::default())
-    }
-}
-
-/// The workers available, one per runtime.
-#[derive(Clone, Default)]
-pub struct Runtimes {
-    workers: HashMap<Runtime, Arc<dyn RuntimeWorker>>,
-}
-
-impl Runtimes {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn with(mut self, worker: Arc<dyn RuntimeWorker>) -> Self {
-        self.workers.insert(worker.runtime(), worker);
-        self
-    }
-
-    pub fn get(&self, runtime: Runtime) -> Option<&Arc<dyn RuntimeWorker>> {
-        self.workers.get(&runtime)
-    }
-
-    pub fn no_worker(runtime: Runtime) -> ApiError {
-        ApiError::new(
-            ErrorCode::NoWorkerAvailable,
-            format!("no worker is available for runtime {runtime}"),
-        )
-        .with_detail("runtime", runtime.as_str())
     }
 }

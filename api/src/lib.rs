@@ -2,7 +2,7 @@
 //!
 //! It owns the error codes and their JSON body, the admin API's JSON shapes, the bundle
 //! manifest and its validation, the per-runtime limits, the configuration file, and the
-//! interface between a router and a runtime worker ([`RuntimeWorker`]). It does no I/O of
+//! roles a runtime plays ([`roles`]: build, release, run). It does no I/O of
 //! its own beyond reading the configuration file.
 #![forbid(unsafe_code)]
 
@@ -13,13 +13,14 @@ pub mod invoke;
 pub mod logs;
 pub mod manifest;
 pub mod model;
+pub mod roles;
 pub mod runtime;
 pub mod token;
 
 pub use error::{ApiError, ErrorCode};
 pub use invoke::{
     DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
-    RuntimeWorker, Runtimes,
 };
 pub use manifest::Manifest;
+pub use roles::{Builder, Builders, Release, Releases, RuntimeRole, RuntimeWorker, Runtimes};
 pub use runtime::Runtime;

@@ -5,9 +5,9 @@ use crate::credentials::{self, Credentials};
 use anyhow::Context;
 use axum::Router;
 use reactor_api::config::ReactorConfig;
-use reactor_api::{Runtime, Runtimes};
+use reactor_api::{Builders, Releases, Runtime, Runtimes};
 use reactor_control_plane::backends::Backends;
-use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions};
+use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions, RuntimeRoles};
 use reactor_data_plane::{DataPlane, RouterOptions};
 use reactor_service::Lifecycle;
 use reactor_worker_bun::{BunWorker, BunWorkerOptions};
@@ -71,14 +71,20 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         env,
         logs,
     } = Backends::open(&config).await?;
-    let wasm = WasmWorker::new(WasmWorkerOptions {
+    // Every role of every runtime in this process: each builds, runs (and for Lambda,
+    // releases) its own deployments.
+    let wasm = Arc::new(WasmWorker::new(WasmWorkerOptions {
         storage: storage.clone(),
         cache_dir: workdir.join("cache").join("wasm"),
         max_instances: 1000,
         env: env.clone(),
         logs: logs.clone(),
-    })?;
-    let mut runtimes = Runtimes::new().with(Arc::new(wasm));
+    })?);
+    let mut roles = RuntimeRoles {
+        builders: Builders::new().with(wasm.clone()),
+        releases: Releases::new(),
+        workers: Runtimes::new().with(wasm),
+    };
     if config.runtimes.contains(&Runtime::Bun) {
         // Bun missing, or a host where its sandbox cannot start, turns Bun functions off,
         // not the server: WASM functions still run, and the note says how to fix it.
@@ -93,7 +99,10 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             BunWorker::new(options).await
         };
         match bun.await {
-            Ok(bun) => runtimes = runtimes.with(bun),
+            Ok(bun) => {
+                roles.builders = roles.builders.with(bun.clone());
+                roles.workers = roles.workers.with(bun);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "bun functions are off");
                 notes.push(bun_off_note(&e.to_string()));
@@ -101,19 +110,20 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             }
         }
     }
-    if config.runtimes.contains(&Runtime::Lambda) {
-        let mut settings = config.lambda.settings()?;
-        settings.bun_path = config.bun_path.clone();
-        let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
-            .await
-            .context("the lambda runtime is enabled (functions.runtimes)")?;
-        runtimes = runtimes.with(lambda);
+    if let Some(lambda) = reactor_lambda::from_config(&config, env.clone())
+        .await
+        .context("the lambda runtime is enabled (functions.runtimes)")?
+    {
+        roles.builders = roles.builders.with(lambda.clone());
+        roles.releases = roles.releases.with(lambda.clone());
+        roles.workers = roles.workers.with(lambda);
     }
+    let runtimes = roles.workers.clone();
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
         store,
         storage,
-        runtimes: runtimes.clone(),
+        runtimes: roles,
         worker_timing: Default::default(),
         remote_workers: None,
         env,

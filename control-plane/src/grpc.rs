@@ -206,11 +206,7 @@ impl WorkerRegistry for Registry {
             .cp
             .deployment_env(&r.org, &r.function, &r.deployment_id, runtime)
             .await
-            .map_err(|e| match e.code {
-                reactor_api::ErrorCode::Internal => Status::internal(e.message),
-                reactor_api::ErrorCode::Forbidden => Status::permission_denied(e.message),
-                _ => Status::not_found(e.message),
-            })?;
+            .map_err(|e| crate::grpc_admin::status(&e, ""))?;
         tracing::info!(worker_id = %r.worker_id, org = %r.org, function = %r.function, deployment_id = %r.deployment_id, keys = env.len(), "deployment env sent to a worker");
         Ok(Response::new(DeploymentEnvResponse {
             env: env.into_iter().collect(),

@@ -5,10 +5,11 @@
 
 use crate::ControlPlane;
 use crate::auth::Caller;
+use crate::convert::{deployment, function, org_created, token, token_created};
 use bytes::Bytes;
 use futures::StreamExt;
 use reactor_api::error::request_id;
-use reactor_api::model::{DeploymentInfo, FunctionInfo, OrgCreated, Role, TokenCreated, TokenInfo};
+use reactor_api::model::Role;
 use reactor_api::runtime::UnknownRuntime;
 use reactor_api::{ApiError, ErrorCode, Runtime, headers};
 use reactor_proto::admin as pb;
@@ -29,20 +30,11 @@ pub fn admin_service(cp: Arc<ControlPlane>) -> AdminServiceServer<Admin> {
     AdminServiceServer::new(Admin { cp })
 }
 
-/// The gRPC status of a platform error: the code follows its HTTP status, the message is
-/// its message, and the metadata carries its JSON code and the request id.
+/// The gRPC status of a platform error, for every gRPC service: the code is the one
+/// `reactor_api::ErrorCode` gives it, the message is its message, and the metadata carries
+/// its JSON code and (when known) the request id.
 pub fn status(e: &ApiError, id: &str) -> Status {
-    let code = match e.status().as_u16() {
-        400 | 413 | 422 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        408 => Code::DeadlineExceeded,
-        409 => Code::AlreadyExists,
-        429 => Code::ResourceExhausted,
-        502 | 503 => Code::Unavailable,
-        _ => Code::Internal,
-    };
+    let code = Code::from_i32(e.code.grpc_code() as i32);
     let mut status = Status::new(code, e.message.clone());
     status
         .metadata_mut()
@@ -52,7 +44,9 @@ pub fn status(e: &ApiError, id: &str) -> Status {
 }
 
 fn echo_request_id(meta: &mut MetadataMap, id: &str) {
-    if let Ok(v) = id.parse::<MetadataValue<Ascii>>() {
+    if let Ok(v) = id.parse::<MetadataValue<Ascii>>()
+        && !id.is_empty()
+    {
         meta.insert(headers::REQUEST_ID, v);
     }
 }
@@ -72,60 +66,6 @@ fn role(s: &str) -> Result<Role, ApiError> {
             "unknown role {s:?} (expected admin, developer or invoker)"
         ))
     })
-}
-
-fn function(f: FunctionInfo) -> pb::Function {
-    pb::Function {
-        name: f.name,
-        org: f.org,
-        runtime: f.runtime.as_str().to_string(),
-        live_deployment_id: f.live_deployment_id,
-        created_at: f.created_at,
-    }
-}
-
-fn deployment(d: DeploymentInfo) -> pb::Deployment {
-    pb::Deployment {
-        id: d.id,
-        function: d.function,
-        status: d.status.as_str().to_string(),
-        sha256: d.sha256,
-        size_bytes: d.size_bytes,
-        created_at: d.created_at,
-        live: d.live,
-        error: d.error,
-        entrypoint: d.entrypoint,
-        timeout_ms: d.timeout_ms,
-        memory_mb: d.memory_mb,
-    }
-}
-
-fn token(t: TokenInfo) -> pb::Token {
-    pb::Token {
-        id: t.id,
-        org: t.org,
-        role: t.role.as_str().to_string(),
-        name: t.name,
-        created_at: t.created_at,
-    }
-}
-
-fn token_created(t: TokenCreated) -> pb::TokenCreated {
-    pb::TokenCreated {
-        id: t.id,
-        org: t.org,
-        role: t.role.as_str().to_string(),
-        name: t.name,
-        token: t.token,
-    }
-}
-
-fn org_created(o: OrgCreated) -> pb::OrgCreated {
-    pb::OrgCreated {
-        name: o.name,
-        created_at: o.created_at,
-        admin_token: Some(token_created(o.admin_token)),
-    }
 }
 
 impl Admin {

@@ -1,5 +1,6 @@
-//! The control plane: owns orgs, tokens, functions and deployments, receives and
-//! materializes bundles, and publishes the routing table to routers.
+//! The control plane: owns orgs, tokens, functions and deployments, receives bundles and
+//! has them built ([`build`]: in process, or on a worker of their runtime), and publishes
+//! the routing table to routers.
 //!
 //! Operations live on [`ControlPlane`] and take the authenticated [`auth::Caller`]; the
 //! admin HTTP API ([`http::admin_router`]) is a thin layer over them, so that the gRPC
@@ -9,14 +10,15 @@
 
 pub mod auth;
 pub mod backends;
-pub mod bundle;
+pub mod build;
+mod convert;
+pub use reactor_storage::bundle;
 pub mod env;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod http;
 pub mod logs;
 pub mod logs_redis;
-pub mod materialize;
 pub mod routing;
 pub mod secrets;
 pub mod server;
@@ -26,4 +28,5 @@ pub mod store;
 pub mod test_support;
 pub mod workers;
 
+pub use build::RuntimeRoles;
 pub use service::{Bootstrap, ControlPlane, ControlPlaneOptions, valid_function_name};

@@ -3,7 +3,7 @@
 
 use crate::store::Store;
 use crate::workers::WorkerRegistry;
-use reactor_proto::routing::{FunctionRoute, LiveDeployment, RoutingTable, TokenGrant};
+use reactor_proto::routing::RoutingTable;
 use std::sync::Arc;
 use tokio::sync::{Mutex, watch};
 
@@ -43,33 +43,9 @@ impl RoutingPublisher {
             version,
             functions: functions
                 .into_iter()
-                .map(|(f, live)| FunctionRoute {
-                    org: f.org,
-                    name: f.name,
-                    runtime: f.runtime.as_str().to_string(),
-                    policy: f.policy,
-                    live: live.map(|d| LiveDeployment {
-                        deployment_id: d.id,
-                        entrypoint: d.entrypoint,
-                        bundle_key: d.bundle_key,
-                        sha256: d.sha256,
-                        timeout_ms: d.timeout_ms,
-                        memory_mb: d.memory_mb,
-                        min_instances: d.min_instances,
-                        max_concurrency: d.max_concurrency,
-                        policy: d.policy,
-                    }),
-                })
+                .map(|(f, live)| crate::convert::route(f, live))
                 .collect(),
-            tokens: tokens
-                .into_iter()
-                .map(|t| TokenGrant {
-                    token_id: t.id,
-                    sha256: t.sha256,
-                    org: t.org,
-                    role: t.role.as_str().to_string(),
-                })
-                .collect(),
+            tokens: tokens.into_iter().map(crate::convert::grant).collect(),
             workers: self.workers.endpoints(),
         };
         tracing::debug!(

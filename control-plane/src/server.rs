@@ -1,19 +1,19 @@
 //! `reactor-control-plane`: the control plane as its own service. Admin HTTP and health
 //! on `listen`; gRPC (admin, routing stream, worker registry) on `grpc_listen`.
 //!
-//! It materializes bundles itself (for WASM: compiles and stores the artifact) but runs no
-//! function: workers load live deployments from storage as the routing table announces
-//! them (see `reactor_worker_link::prewarm`).
+//! It links no runtime and runs no function code: deployments are built by the worker
+//! services of their runtime (see [`crate::build`]), which also load live deployments
+//! from storage as the routing table announces them (`reactor_worker_link::prewarm`).
+//! Lambda is the exception: with the `lambda` feature it packages, publishes and moves
+//! the alias itself (AWS calls, no tenant code), as Lambda has no worker service.
 
 use crate::backends::Backends;
-use crate::materialize::MaterializeOnly;
+use crate::build::RuntimeRoles;
+use crate::env::StoreEnv;
 use crate::{ControlPlane, ControlPlaneOptions, grpc};
 use anyhow::Context;
-use reactor_api::config::ReactorConfig;
-use reactor_api::{Runtime, RuntimeWorker, Runtimes};
+use reactor_api::config::{FunctionsConfig, ReactorConfig};
 use reactor_service::Lifecycle;
-use reactor_worker_bun::{BunWorker, BunWorkerOptions};
-use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,37 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         env,
         logs,
     } = Backends::open(&config.functions).await?;
-    let wasm = WasmWorker::new(WasmWorkerOptions {
-        storage: storage.clone(),
-        cache_dir: workdir.join("cache").join("materialize"),
-        max_instances: 16,
-        env: env.clone(),
-        logs: logs.clone(),
-    })?;
-    let mut runtimes = Runtimes::new().with(Arc::new(MaterializeOnly::new(Arc::new(wasm))));
-    if config.functions.runtimes.contains(&Runtime::Bun) {
-        // Bun bundles are checked here (the entrypoint loads and exports fetch), in the
-        // same sandbox as on the workers: the control plane host needs Bun too.
-        let options = BunWorkerOptions::from_config(
-            &config.functions,
-            storage.clone(),
-            workdir.join("cache").join("materialize-bun"),
-            env.clone(),
-            logs.clone(),
-        )
-        .context("the bun runtime is enabled (functions.runtimes)")?;
-        let bun: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
-        runtimes = runtimes.with(Arc::new(MaterializeOnly::new(bun)));
-    }
-    if config.functions.runtimes.contains(&Runtime::Lambda) {
-        // Deploys to Lambda run here: package, upload, create or update, publish.
-        let mut settings = config.functions.lambda.settings()?;
-        settings.bun_path = config.functions.bun_path.clone();
-        let lambda = reactor_lambda::LambdaRuntime::connect(settings, env.clone())
-            .await
-            .context("the lambda runtime is enabled (functions.runtimes)")?;
-        runtimes = runtimes.with(lambda);
-    }
+    let runtimes = roles(&config.functions, &env).await?;
     let cp = ControlPlane::start(ControlPlaneOptions {
         config: config.functions,
         store,
@@ -163,4 +133,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// What this service does per runtime: Lambda's build and release when it is enabled;
+/// every other runtime is built by its worker services.
+async fn roles(config: &FunctionsConfig, env: &Arc<StoreEnv>) -> anyhow::Result<RuntimeRoles> {
+    let roles = RuntimeRoles::default();
+    #[cfg(feature = "lambda")]
+    if let Some(lambda) = reactor_lambda::from_config(config, env.clone())
+        .await
+        .context("the lambda runtime is enabled (functions.runtimes)")?
+    {
+        return Ok(RuntimeRoles {
+            builders: roles.builders.with(lambda.clone()),
+            releases: roles.releases.with(lambda),
+            workers: roles.workers,
+        });
+    }
+    #[cfg(not(feature = "lambda"))]
+    if config.runtimes.contains(&reactor_api::Runtime::Lambda) {
+        let _ = env;
+        anyhow::bail!(
+            "functions.runtimes enables lambda, but this reactor-control-plane was built without the `lambda` feature"
+        );
+    }
+    Ok(roles)
 }

@@ -1,12 +1,14 @@
 //! The control plane's operations, shared by every API that exposes them.
 
 use crate::auth::{self, Caller};
+use crate::build::{Build, RuntimeRoles};
 use crate::bundle::{self, BundleError};
+use crate::convert::{deployment_info, function_info, spec};
 use crate::env::StoreEnv;
 use crate::logs::LogHub;
 use crate::routing::RoutingPublisher;
 use crate::store::{
-    DeploymentRecord, EnvRecord, EnvValue, FunctionRecord, OrgRecord, Store, StoreError,
+    DeploymentRecord, Entity, EnvRecord, EnvValue, FunctionRecord, OrgRecord, Store, StoreError,
     TokenRecord,
 };
 use crate::workers::{WorkerRegistry, WorkerTiming};
@@ -28,10 +30,12 @@ pub struct ControlPlaneOptions {
     pub config: FunctionsConfig,
     pub store: Arc<dyn Store>,
     pub storage: Arc<dyn Storage>,
-    pub runtimes: Runtimes,
+    /// Builders, release steps and workers in this process.
+    pub runtimes: RuntimeRoles,
     pub worker_timing: WorkerTiming,
-    /// Worker services (the split topology): promote has every registered worker of the
-    /// runtime load the deployment before the routing table changes.
+    /// Worker services (the split topology): they build the deployments of their runtime
+    /// that no builder here builds, and on promote every registered worker of the runtime
+    /// loads the deployment before the routing table changes.
     pub remote_workers: Option<reactor_worker_link::RemoteWorkers>,
     /// Env and secrets: the keyring and the deployment env workers receive.
     pub env: Arc<StoreEnv>,
@@ -43,7 +47,9 @@ pub struct ControlPlane {
     config: FunctionsConfig,
     store: Arc<dyn Store>,
     storage: Arc<dyn Storage>,
-    runtimes: Runtimes,
+    build: Build,
+    releases: reactor_api::Releases,
+    local_workers: Runtimes,
     routing: RoutingPublisher,
     workers: Arc<WorkerRegistry>,
     tmp_dir: PathBuf,
@@ -80,41 +86,18 @@ fn now() -> String {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists(what) => {
-                let code = if what.starts_with("org") {
-                    ErrorCode::OrgExists
-                } else if what.starts_with("function") {
-                    ErrorCode::FunctionExists
-                } else {
-                    ErrorCode::InvalidInput
+            StoreError::AlreadyExists { entity, .. } => {
+                let code = match entity {
+                    Entity::Org => ErrorCode::OrgExists,
+                    Entity::Function => ErrorCode::FunctionExists,
+                    Entity::Token | Entity::Deployment => ErrorCode::InvalidInput,
                 };
-                ApiError::new(code, format!("{what} already exists"))
+                ApiError::new(code, e.to_string())
             }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::internal(other.to_string())
             }
-        }
-    }
-}
-
-impl From<BundleError> for ApiError {
-    fn from(e: BundleError) -> Self {
-        match &e {
-            BundleError::TooLarge { limit } => {
-                ApiError::new(ErrorCode::BundleTooLarge, e.to_string())
-                    .with_detail("bundle_max_bytes", *limit)
-            }
-            BundleError::Upload(_) => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
-            BundleError::Io(_) => {
-                tracing::error!(error = %e, "bundle i/o");
-                ApiError::internal(e.to_string())
-            }
-            BundleError::Unsafe { entry, .. } => {
-                ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
-                    .with_detail("entry", entry.clone())
-            }
-            _ => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
         }
     }
 }
@@ -130,48 +113,6 @@ pub fn valid_function_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-fn function_info(f: &FunctionRecord) -> FunctionInfo {
-    FunctionInfo {
-        name: f.name.clone(),
-        org: f.org.clone(),
-        runtime: f.runtime,
-        live_deployment_id: f.live_deployment_id.clone(),
-        created_at: f.created_at.clone(),
-    }
-}
-
-fn deployment_info(d: &DeploymentRecord, live: Option<&str>) -> DeploymentInfo {
-    DeploymentInfo {
-        id: d.id.clone(),
-        function: d.function.clone(),
-        status: d.status,
-        sha256: d.sha256.clone(),
-        size_bytes: d.size_bytes,
-        created_at: d.created_at.clone(),
-        live: live == Some(d.id.as_str()),
-        error: d.error.clone(),
-        entrypoint: d.entrypoint.clone(),
-        timeout_ms: d.timeout_ms,
-        memory_mb: d.memory_mb,
-    }
-}
-
-fn spec(f: &FunctionRecord, d: &DeploymentRecord) -> DeploymentSpec {
-    DeploymentSpec {
-        org: f.org.clone(),
-        function: f.name.clone(),
-        deployment_id: d.id.clone(),
-        runtime: f.runtime,
-        entrypoint: d.entrypoint.clone(),
-        bundle_key: d.bundle_key.clone(),
-        sha256: d.sha256.clone(),
-        timeout_ms: d.timeout_ms,
-        memory_mb: d.memory_mb,
-        min_instances: d.min_instances,
-        max_concurrency: d.max_concurrency,
-    }
 }
 
 fn need(caller: &Caller, allowed: bool, what: &str) -> Result<(), ApiError> {
@@ -194,13 +135,20 @@ impl ControlPlane {
         let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
         tokio::fs::create_dir_all(&tmp_dir).await?;
         let workers = Arc::new(WorkerRegistry::new(options.worker_timing));
+        let build = Build::new(
+            options.runtimes.builders,
+            options.remote_workers.clone(),
+            workers.clone(),
+        );
         let cp = Arc::new(Self {
             routing: RoutingPublisher::new(options.store.clone(), workers.clone()),
             workers,
             config: options.config,
             store: options.store,
             storage: options.storage,
-            runtimes: options.runtimes,
+            build,
+            releases: options.runtimes.releases,
+            local_workers: options.runtimes.workers,
             remote_workers: options.remote_workers,
             tmp_dir,
             unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
@@ -555,7 +503,7 @@ impl ControlPlane {
             .create_function(&record)
             .await
             .map_err(|e| match e {
-                StoreError::AlreadyExists(_) => ApiError::new(
+                StoreError::AlreadyExists { .. } => ApiError::new(
                     ErrorCode::FunctionExists,
                     format!("function {name} already exists"),
                 )
@@ -687,11 +635,11 @@ impl ControlPlane {
         );
         let info = deployment_info(&record, function.live_deployment_id.as_deref());
         let spec = spec(&function, &record);
-        let worker = self.runtimes.get(function.runtime).cloned();
+        let build = self.build.clone();
         let store = self.store.clone();
         let logs = self.logs.clone();
         tokio::spawn(async move {
-            materialize(store, logs, worker, spec, unpacked_dir).await;
+            materialize(store, logs, build, spec, unpacked_dir).await;
             drop(work);
         });
         Ok(info)
@@ -774,11 +722,10 @@ impl ControlPlane {
         .await;
         match result {
             Ok(work) => {
-                let worker = self.runtimes.get(function.runtime).cloned();
                 materialize(
                     self.store.clone(),
                     self.logs.clone(),
-                    worker,
+                    self.build.clone(),
                     spec(&function, &d),
                     work.path().join(BUNDLE_DIR),
                 )
@@ -884,17 +831,25 @@ impl ControlPlane {
             .with_detail("status", d.status.as_str()));
         }
         let spec = spec(&f, &d);
-        let worker = self
-            .runtimes
-            .get(f.runtime)
-            .ok_or_else(|| Runtimes::no_worker(f.runtime))?;
-        worker.prepare(&spec).await.map_err(|e| {
+        if !self.build.can_build(f.runtime) {
+            return Err(Runtimes::no_worker(f.runtime));
+        }
+        let not_loaded = |e: String| {
             ApiError::new(
                 ErrorCode::DeploymentNotReady,
                 format!("deployment {} could not be loaded: {e}", d.id),
             )
             .with_detail("deployment_id", d.id.clone())
-        })?;
+        };
+        if let Some(release) = self.releases.get(f.runtime) {
+            release.go_live(&spec).await.map_err(not_loaded)?;
+        }
+        if let Some(worker) = self.local_workers.get(f.runtime) {
+            worker
+                .prepare(&spec)
+                .await
+                .map_err(|e| not_loaded(e.to_string()))?;
+        }
         self.prepare_on_workers(&spec).await;
         self.store.set_live(&f.org, &f.name, &d.id).await?;
         let version = self.routing.publish().await?;
@@ -988,7 +943,12 @@ impl ControlPlane {
                 format!("function {org}/{function} does not run on {runtime} workers"),
             ));
         }
-        if d.status != DeploymentStatus::Ready {
+        // Materializing: a worker of the runtime is building it, and the build's check
+        // loads the module with its env (top-level code may read it), as in process.
+        if !matches!(
+            d.status,
+            DeploymentStatus::Ready | DeploymentStatus::Materializing
+        ) {
             return Err(ApiError::new(
                 ErrorCode::DeploymentNotReady,
                 format!("deployment {deployment_id} is {}", d.status.as_str()),
@@ -1265,22 +1225,16 @@ impl ControlPlane {
     }
 }
 
-/// Runs the runtime's materialization and records the outcome.
+/// Builds the deployment (here or on a worker of its runtime) and records the outcome.
 async fn materialize(
     store: Arc<dyn Store>,
     logs: Arc<LogHub>,
-    worker: Option<Arc<dyn reactor_api::RuntimeWorker>>,
+    build: Build,
     spec: DeploymentSpec,
     dir: PathBuf,
 ) {
     let started = std::time::Instant::now();
-    let outcome = match worker {
-        Some(w) => w.materialize(&spec, &dir).await,
-        None => Err(format!(
-            "no worker is available for runtime {}",
-            spec.runtime
-        )),
-    };
+    let outcome = build.run(&spec, &dir).await;
     let ms = started.elapsed().as_millis() as u64;
     let (status, error) = match &outcome {
         Ok(()) => {

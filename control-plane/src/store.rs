@@ -18,10 +18,30 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// What a unique key protects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    Org,
+    Token,
+    Function,
+    Deployment,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Org => "org",
+            Entity::Token => "token",
+            Entity::Function => "function",
+            Entity::Deployment => "deployment",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0} already exists")]
-    AlreadyExists(String),
+    #[error("{} {name} already exists", entity.as_str())]
+    AlreadyExists { entity: Entity, name: String },
     #[error("database: {0}")]
     Database(String),
     #[error("corrupt row: {0}")]
@@ -29,9 +49,12 @@ pub enum StoreError {
 }
 
 /// The one place where database errors become store errors.
-fn map_db_error(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> StoreError {
+fn map_db_error(entity: Entity, name: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     move |e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(what()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists {
+            entity,
+            name: name.to_string(),
+        },
         _ => StoreError::Database(e.to_string()),
     }
 }
@@ -453,7 +476,7 @@ impl Store for SqlStore {
             .bind(&org.created_at)
             .execute(&self.pool)
             .await
-            .map_err(map_db_error(|| format!("org {}", org.name)))?;
+            .map_err(map_db_error(Entity::Org, &org.name))?;
         Ok(())
     }
 
@@ -484,7 +507,7 @@ impl Store for SqlStore {
             .bind(&t.created_at)
             .execute(&self.pool)
             .await
-            .map_err(map_db_error(|| format!("token {}", t.id)))?;
+            .map_err(map_db_error(Entity::Token, &t.id))?;
         Ok(())
     }
 
@@ -528,7 +551,7 @@ impl Store for SqlStore {
             .bind(&f.policy)
             .execute(&self.pool)
             .await
-            .map_err(map_db_error(|| format!("function {}", f.name)))?;
+            .map_err(map_db_error(Entity::Function, &f.name))?;
         Ok(())
     }
 
@@ -606,7 +629,7 @@ impl Store for SqlStore {
             .bind(&d.policy)
             .execute(&mut *tx)
             .await
-            .map_err(map_db_error(|| format!("deployment {}", d.id)))?;
+            .map_err(map_db_error(Entity::Deployment, &d.id))?;
         sqlx::query(self.sql("INSERT INTO deployment_env (deployment_id, key, secret, value, key_id, nonce, ciphertext) SELECT ?, key, secret, value, key_id, nonce, ciphertext FROM env_vars WHERE org = ? AND function = ?"))
             .bind(&d.id)
             .bind(&d.org)
@@ -1055,7 +1078,7 @@ pub(crate) mod suite {
         store.create_org(&org("beta")).await.expect("create org");
         assert!(matches!(
             store.create_org(&org("acme")).await,
-            Err(StoreError::AlreadyExists(_))
+            Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(
             store.get_org("acme").await.expect("get").map(|o| o.name),
@@ -1074,7 +1097,7 @@ pub(crate) mod suite {
             .expect("token");
         assert!(matches!(
             store.insert_token(&token("tok_c", "acme", "h1")).await,
-            Err(StoreError::AlreadyExists(_))
+            Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(
             store
@@ -1117,7 +1140,7 @@ pub(crate) mod suite {
             .expect("same name, other org");
         assert!(matches!(
             store.create_function(&function("acme", "hello")).await,
-            Err(StoreError::AlreadyExists(_))
+            Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(store.list_functions("acme").await.expect("list").len(), 1);
         assert_eq!(store.get_function("beta", "nope").await.expect("get"), None);

@@ -156,6 +156,25 @@ impl WorkerRegistry {
         workers.len() != before
     }
 
+    /// The addresses of the healthy workers of `runtime`, starting at the one `spread`
+    /// picks (so that work spreads over them) and going round.
+    pub fn urls_of(&self, runtime: Runtime, spread: usize) -> Vec<String> {
+        let Ok(workers) = self.workers.lock() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<(&String, &Registered)> = workers
+            .iter()
+            .filter(|(_, w)| w.runtime == runtime)
+            .collect();
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let start = spread % ids.len();
+        ids.rotate_left(start);
+        ids.into_iter().map(|(_, w)| w.url.clone()).collect()
+    }
+
     /// The healthy workers, in a stable order.
     pub fn endpoints(&self) -> Vec<WorkerEndpoint> {
         let Ok(workers) = self.workers.lock() else {

@@ -2,11 +2,11 @@
 //! wasmtime worker materializing the bundle) behind a tonic server on a loopback port,
 //! driven by the generated client as an operator's script would.
 
-use reactor_api::Runtimes;
 use reactor_api::config::FunctionsConfig;
+use reactor_api::{Builders, Runtimes};
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::grpc_admin::{self, ERROR_CODE};
-use reactor_control_plane::{ControlPlane, ControlPlaneOptions};
+use reactor_control_plane::{ControlPlane, ControlPlaneOptions, RuntimeRoles};
 use reactor_proto::admin as pb;
 use reactor_proto::admin::admin_service_client::AdminServiceClient;
 use reactor_proto::admin::{
@@ -94,19 +94,25 @@ async fn admin_operations_over_grpc() {
         ..Default::default()
     };
     let b = Backends::open(&config).await.expect("backends");
-    let wasm = WasmWorker::new(WasmWorkerOptions {
-        storage: b.storage.clone(),
-        cache_dir: dir.path().join("cache"),
-        max_instances: 16,
-        env: b.env.clone(),
-        logs: b.logs.clone(),
-    })
-    .expect("wasm worker");
+    let wasm = Arc::new(
+        WasmWorker::new(WasmWorkerOptions {
+            storage: b.storage.clone(),
+            cache_dir: dir.path().join("cache"),
+            max_instances: 16,
+            env: b.env.clone(),
+            logs: b.logs.clone(),
+        })
+        .expect("wasm worker"),
+    );
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
         store: b.store,
         storage: b.storage,
-        runtimes: Runtimes::new().with(Arc::new(wasm)),
+        runtimes: RuntimeRoles {
+            builders: Builders::new().with(wasm.clone()),
+            releases: Default::default(),
+            workers: Runtimes::new().with(wasm),
+        },
         worker_timing: Default::default(),
         remote_workers: None,
         env: b.env,

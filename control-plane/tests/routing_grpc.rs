@@ -43,7 +43,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         config,
         store: b.store,
         storage: b.storage,
-        runtimes: Runtimes::new(),
+        runtimes: Default::default(),
         worker_timing: timing(),
         remote_workers: None,
         env: b.env,

@@ -103,18 +103,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The runtimes this router runs itself: Lambda, when enabled (it signs and sends each
-/// invocation to the Function URL; there is no Lambda worker service).
+/// invocation to the Function URL; there is no Lambda worker service). Every other
+/// runtime runs on the worker services the routing table lists.
 pub async fn lambda_runtimes(
     config: &reactor_api::config::FunctionsConfig,
 ) -> anyhow::Result<reactor_api::Runtimes> {
-    let mut runtimes = reactor_api::Runtimes::new();
+    let runtimes = reactor_api::Runtimes::new();
+    #[cfg(feature = "lambda")]
+    if let Some(lambda) = reactor_lambda::from_config(config, Arc::new(reactor_api::invoke::NoEnv))
+        .await
+        .context("the lambda runtime is enabled (functions.runtimes)")?
+    {
+        return Ok(runtimes.with(lambda));
+    }
+    #[cfg(not(feature = "lambda"))]
     if config.runtimes.contains(&reactor_api::Runtime::Lambda) {
-        let settings = config.lambda.settings()?;
-        let lambda =
-            reactor_lambda::LambdaRuntime::connect(settings, Arc::new(reactor_api::invoke::NoEnv))
-                .await
-                .context("the lambda runtime is enabled (functions.runtimes)")?;
-        runtimes = runtimes.with(lambda);
+        anyhow::bail!(
+            "functions.runtimes enables lambda, but this reactor-data-plane was built without the `lambda` feature"
+        );
     }
     Ok(runtimes)
 }

@@ -31,10 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::RwLock;
 
-/// The harness's mark on the function's own answers (`worker-bun/src/harness.js`).
-pub const HARNESS_MARK: &str = "x-reactor-harness";
-/// The harness's mark on the first answer of a process.
-pub const COLD_MARK: &str = "x-reactor-cold-start";
+pub use reactor_bun_dist::{COLD_MARK, HARNESS_MARK};
 /// Credentials are fetched again this long before they expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// How much of an error answer from Lambda is read for its message.

@@ -12,8 +12,9 @@
 //!   function's own answers, so Lambda's errors (throttling, timeouts, crashes) are told
 //!   apart and mapped to Reactor's error codes.
 //!
-//! [`LambdaRuntime`] is one [`RuntimeWorker`]: the control plane uses it to materialize
-//! and prepare, the routers to invoke. See `docs/lambda.md`.
+//! [`LambdaRuntime`] plays three roles: the control plane builds ([`Builder`]) and
+//! releases ([`Release`]) with it, routers invoke with it ([`RuntimeWorker`]); each role
+//! gets it from [`from_config`]. See `docs/lambda.md`.
 #![forbid(unsafe_code)]
 
 pub mod deploy;
@@ -24,10 +25,10 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use reactor_api::config::LambdaSettings;
+use reactor_api::config::{FunctionsConfig, LambdaSettings};
 use reactor_api::{
-    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
-    RuntimeWorker,
+    Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
+    Release, Runtime, RuntimeRole, RuntimeWorker,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -53,6 +54,8 @@ pub enum LambdaError {
     Upload(#[from] reactor_storage::StorageError),
     #[error("{0}")]
     State(String),
+    #[error(transparent)]
+    Config(#[from] reactor_api::config::ConfigError),
 }
 
 impl LambdaError {
@@ -146,33 +149,62 @@ impl LambdaRuntime {
     }
 }
 
-#[async_trait]
-impl RuntimeWorker for LambdaRuntime {
+impl RuntimeRole for LambdaRuntime {
     fn runtime(&self) -> Runtime {
         Runtime::Lambda
     }
+}
 
-    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+/// The Lambda build runs on the control plane (Lambda has no worker service, and packing
+/// runs no tenant code): package, upload, create or update, publish a version.
+#[async_trait]
+impl Builder for LambdaRuntime {
+    async fn build(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
         self.deployer
             .materialize(spec, bundle_dir)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
 
-    async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
+/// The control plane's release step: the alias moves to the deployment's version.
+#[async_trait]
+impl Release for LambdaRuntime {
+    async fn go_live(&self, spec: &DeploymentSpec) -> Result<(), String> {
         self.deployer
             .promote(spec)
             .await
             .map(|_| ())
-            .map_err(|e| InvokeError::NotReady {
-                message: e.to_string(),
-            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Routers invoke through the Function URL; there is nothing to load ahead.
+#[async_trait]
+impl RuntimeWorker for LambdaRuntime {
+    async fn prepare(&self, _spec: &DeploymentSpec) -> Result<(), InvokeError> {
+        Ok(())
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
         self.invoker.invoke(invocation).await
     }
+}
+
+/// The Lambda runtime when `config.runtimes` enables it: every role builds it here, with
+/// `env` giving deployments their env and secrets (routers pass
+/// [`reactor_api::invoke::NoEnv`]).
+pub async fn from_config(
+    config: &FunctionsConfig,
+    env: Arc<dyn EnvSource>,
+) -> Result<Option<Arc<LambdaRuntime>>, LambdaError> {
+    if !config.runtimes.contains(&Runtime::Lambda) {
+        return Ok(None);
+    }
+    let mut settings = config.lambda.settings()?;
+    settings.bun_path = config.bun_path.clone();
+    LambdaRuntime::connect(settings, env).await.map(Some)
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub fn build(
         ("bootstrap", BOOTSTRAP.as_bytes(), executable),
         (
             "reactor-harness.js",
-            reactor_worker_bun::HARNESS.as_bytes(),
+            reactor_bun_dist::HARNESS.as_bytes(),
             deflated,
         ),
         ("reactor-lambda.json", config.as_bytes(), deflated),
@@ -154,7 +154,7 @@ pub fn bun_to_pack(
     configured: Option<&Path>,
     architecture: &str,
 ) -> Result<std::path::PathBuf, LambdaError> {
-    let bun = reactor_worker_bun::find_bun(configured).map_err(|e| {
+    let bun = reactor_bun_dist::find_bun(configured).map_err(|e| {
         LambdaError::Package(format!(
             "no functions.lambda.bun_layer_arn, so Bun is packed with the function, but {e}"
         ))

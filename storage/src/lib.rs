@@ -5,9 +5,11 @@
 //! server such as MinIO or Ceph). Keys are `/`-separated relative paths built by [`keys`]
 //! and checked alike by both backends. Writes are atomic (a reader never sees half an
 //! object). The hidden `contract` module is the behaviour every backend must show, run by
-//! each backend's tests. This crate knows nothing of what the objects mean.
+//! each backend's tests. Bundle archives are received and unpacked safely by
+//! [`bundle`]; beyond that, this crate knows nothing of what the objects mean.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod s3;
 pub use s3::{S3Config, S3Storage};
 

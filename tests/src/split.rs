@@ -10,6 +10,8 @@ use std::time::Duration;
 
 pub const INTERNAL_TOKEN: &str = "internal-token-for-the-split-tests";
 pub const ADMIN_TOKEN: &str = "rct_split_admin_token_for_tests_0000000000";
+/// The control plane's `functions.bun_path`: nowhere.
+pub const NO_BUN: &str = "/nonexistent/reactor-tests/bun";
 
 /// One running service process; stopped (SIGTERM) on drop.
 pub struct Service {
@@ -160,6 +162,9 @@ impl Split {
             &[
                 ("REACTOR_ORG", "acme".into()),
                 ("REACTOR_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+                // The control plane runs no function code: Bun deployments are built
+                // on Bun workers, so it never needs Bun on its host.
+                ("REACTOR_FUNCTIONS_BUN_PATH", NO_BUN.into()),
             ],
             &dir.join("control-plane.log"),
         )

@@ -533,8 +533,11 @@ async fn bundles_that_do_not_load_fail_with_buns_own_error() {
     assert!(listed.contains("no fetch method"), "{listed}");
 }
 
+/// The split topology: Bun deployments are built and run on the Bun worker; the control
+/// plane runs no function code, and its `functions.bun_path` points nowhere
+/// ([`split::NO_BUN`]).
 #[tokio::test(flavor = "multi_thread")]
-async fn the_split_topology_runs_bun_on_its_own_worker() {
+async fn the_split_topology_builds_and_runs_bun_on_its_own_worker() {
     let mut split = split::Split::start();
     let _bun = split.start_bun_worker("bun-worker", &[]);
     let admin = &split.admin;
@@ -548,6 +551,31 @@ async fn the_split_topology_runs_bun_on_its_own_worker() {
             )]),
         )
         .await;
+    let bun_log =
+        || std::fs::read_to_string(split.dir.path().join("bun-worker.log")).unwrap_or_default();
+    assert!(
+        bun_log().contains(&format!("deployment_id={id}")) && bun_log().contains("built"),
+        "the Bun worker built it:\n{}",
+        bun_log()
+    );
+    // A bundle that does not load fails with Bun's own words, from the worker.
+    admin.create("broken", "bun").await;
+    let up = admin
+        .upload(
+            "broken",
+            bundle(&[("index.ts", b"export default { hello() {} };")]),
+        )
+        .await;
+    assert_eq!(up.status(), 202);
+    let broken = json_of(up).await["id"].as_str().expect("id").to_string();
+    let d = admin.wait_deployment("broken", &broken).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no fetch method")),
+        "{d}"
+    );
     // The bun worker registers within a heartbeat or two.
     let promoted = wait_until(Duration::from_secs(10), || async {
         let resp = admin

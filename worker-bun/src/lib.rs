@@ -15,6 +15,7 @@ mod process;
 pub mod server;
 mod worker;
 
-pub use host::{MemoryLimiter, PINNED_BUN, find_bun};
+pub use host::MemoryLimiter;
 pub use pool::PoolLimits;
-pub use worker::{BunWorker, BunWorkerOptions, HARNESS};
+pub use reactor_bun_dist::{HARNESS, PINNED_BUN, bun_version, find_bun};
+pub use worker::{BunWorker, BunWorkerOptions};

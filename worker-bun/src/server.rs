@@ -4,9 +4,8 @@
 //! parent, else on `PATH`; the worker refuses to start without it.
 
 use crate::{BunWorker, BunWorkerOptions};
-use reactor_api::{Runtime, RuntimeWorker};
+use reactor_api::Runtime;
 use reactor_worker_link::service::{WorkerArgs, run_worker};
-use std::sync::Arc;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -28,8 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cx.env,
             cx.logs,
         )?;
-        let worker: Arc<dyn RuntimeWorker> = BunWorker::new(options).await?;
-        Ok(worker)
+        BunWorker::new(options).await
     })
     .await
 }

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use reactor_api::config::FunctionsConfig;
 use reactor_api::logs::LogSink;
 use reactor_api::{
-    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
-    RuntimeWorker,
+    Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
+    Runtime, RuntimeRole, RuntimeWorker,
 };
 use reactor_storage::{Storage, StorageError, keys};
 use std::collections::HashMap;
@@ -25,10 +25,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-/// The harness every process runs (see `harness.js`); the Lambda runtime ships it too.
-pub const HARNESS: &str = include_str!("harness.js");
-/// The response header the harness marks a crashed handler with.
-const HARNESS_MARK: &str = "x-reactor-harness";
+use reactor_bun_dist::{HARNESS, HARNESS_MARK};
 /// Most of a crash report read from the harness.
 const MAX_CRASH_REPORT: usize = 8192;
 /// How long materialization's check and `prepare` may take to start a process.
@@ -40,7 +37,7 @@ pub struct BunWorkerOptions {
     pub storage: Arc<dyn Storage>,
     /// Where bundles are unpacked and process directories live.
     pub cache_dir: PathBuf,
-    /// The Bun binary (see [`host::find_bun`]).
+    /// The Bun binary (see [`reactor_bun_dist::find_bun`]).
     pub bun: PathBuf,
     /// Run each process inside bubblewrap.
     pub sandbox: bool,
@@ -61,7 +58,8 @@ impl BunWorkerOptions {
         env: Arc<dyn EnvSource>,
         logs: Arc<dyn LogSink>,
     ) -> anyhow::Result<Self> {
-        let bun = host::find_bun(config.bun_path.as_deref()).map_err(anyhow::Error::msg)?;
+        let bun =
+            reactor_bun_dist::find_bun(config.bun_path.as_deref()).map_err(anyhow::Error::msg)?;
         Ok(Self {
             env,
             logs,
@@ -109,7 +107,7 @@ impl BunWorker {
         tokio::fs::write(&bunfig, "").await?;
         let bun_path = options.bun.clone();
         let (version, bwrap, memory) = tokio::task::spawn_blocking(move || {
-            let version = host::bun_version(&bun_path)?;
+            let version = reactor_bun_dist::bun_version(&bun_path)?;
             let bwrap = if options.sandbox {
                 Some(host::find_bwrap()?)
             } else {
@@ -119,8 +117,8 @@ impl BunWorker {
         })
         .await?
         .map_err(anyhow::Error::msg)?;
-        if version != host::PINNED_BUN {
-            tracing::warn!(found = %version, pinned = host::PINNED_BUN, "this Bun is not the version the project pins");
+        if version != reactor_bun_dist::PINNED_BUN {
+            tracing::warn!(found = %version, pinned = reactor_bun_dist::PINNED_BUN, "this Bun is not the version the project pins");
         }
         match &bwrap {
             Some((path, v)) => {
@@ -484,15 +482,17 @@ async fn reap(worker: Weak<BunWorker>) {
     }
 }
 
-#[async_trait]
-impl RuntimeWorker for BunWorker {
+impl RuntimeRole for BunWorker {
     fn runtime(&self) -> Runtime {
         Runtime::Bun
     }
+}
 
+#[async_trait]
+impl Builder for BunWorker {
     /// Imports the entrypoint in Bun (sandboxed, within the memory limit) and checks that
     /// its default export has `fetch`; the error is Bun's own text. Then prebundles it.
-    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+    async fn build(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
         self.run_once("check", spec, &spec.entrypoint, bundle_dir)
             .await?;
         if let Err(e) = self.prebundle(spec, bundle_dir).await {
@@ -501,7 +501,10 @@ impl RuntimeWorker for BunWorker {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl RuntimeWorker for BunWorker {
     /// Starts the deployment's processes (`min_instances`, at least one) and retires
     /// the other deployments of the function: their processes exit once idle.
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {

@@ -1,7 +1,7 @@
 //! The router side: forwards an invocation to a worker over HTTP/2 and turns the answer
 //! back into an outcome or a failure.
 
-use crate::protocol::{self, Failure};
+use crate::protocol;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri};
@@ -310,11 +310,13 @@ impl RemoteWorkers {
             .is_some_and(|v| v.as_bytes() == b"true");
         if parts.headers.contains_key(protocol::ERROR) {
             let bytes = read_limited(body).await;
-            let error = serde_json::from_slice::<Failure>(&bytes)
-                .map(Failure::into_error)
-                .unwrap_or_else(|_| InvokeError::Unavailable {
+            let error = if bytes.is_empty() {
+                InvokeError::Unavailable {
                     message: format!("the worker answered {} without a reason", parts.status),
-                });
+                }
+            } else {
+                protocol::decode_error(&bytes)
+            };
             return Err(InvokeFailure { error, cold_start });
         }
         // A worker marks every answer; one without the mark came from something else (a
@@ -370,14 +372,65 @@ impl RemoteWorkers {
         let (parts, body) = response.into_parts();
         if parts.headers.contains_key(protocol::ERROR) {
             let bytes = read_limited(body).await;
-            return Err(serde_json::from_slice::<Failure>(&bytes)
-                .map(Failure::into_error)
-                .unwrap_or_else(|_| unavailable(format!("the worker answered {}", parts.status))));
+            return Err(if bytes.is_empty() {
+                unavailable(format!("the worker answered {}", parts.status))
+            } else {
+                protocol::decode_error(&bytes)
+            });
         }
         if !parts.status.is_success() {
             return Err(unavailable(format!("the worker answered {}", parts.status)));
         }
         Ok(())
+    }
+}
+
+/// Why a build on a worker did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The worker built and the bundle failed: the deployment fails with this reason.
+    #[error("{0}")]
+    Failed(String),
+    /// The worker could not be asked, or answered as no worker would: try another.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl RemoteWorkers {
+    /// Has the worker at `base_url` build `spec` from its stored bundle.
+    pub async fn build(&self, base_url: &str, spec: &DeploymentSpec) -> Result<(), BuildError> {
+        let mut req = Request::post(format!(
+            "{}{}",
+            base_url.trim_end_matches('/'),
+            protocol::BUILD_PATH
+        ))
+        .version(http::Version::HTTP_2)
+        .header(protocol::AUTH, self.auth.clone());
+        if let Ok(v) = HeaderValue::from_str(&protocol::encode_spec(spec)) {
+            req = req.header(protocol::SPEC, v);
+        }
+        let req = req.body(Body::empty()).map_err(|e| {
+            BuildError::Unreachable(format!("worker address {base_url} is not valid: {e}"))
+        })?;
+        let client = CLIENT.with(|c| c.clone());
+        let response = client
+            .request(req)
+            .await
+            .map_err(|e| BuildError::Unreachable(describe(&e)))?;
+        let (parts, body) = response.into_parts();
+        if parts.status.is_success() {
+            return Ok(());
+        }
+        let bytes = read_limited(body).await;
+        if parts.headers.contains_key(protocol::ERROR)
+            && let Ok(failed) = serde_json::from_slice::<protocol::BuildFailed>(&bytes)
+        {
+            return Err(BuildError::Failed(failed.message));
+        }
+        Err(BuildError::Unreachable(format!(
+            "{base_url} answered the build with {}",
+            parts.status
+        )))
     }
 }
 

@@ -26,4 +26,4 @@ pub mod service;
 
 pub use client::RemoteWorkers;
 pub use register::{Registration, prewarm, register};
-pub use server::worker_app;
+pub use server::{BuildHost, worker_app};

@@ -12,6 +12,10 @@ pub const INVOKE_PREFIX: &str = "/invoke";
 /// Path of "load this deployment now" on a worker.
 pub const PREPARE_PATH: &str = "/prepare";
 
+/// Path of "build this deployment" on a worker: it reads the bundle from storage, checks
+/// its hash against the spec's, unpacks it and runs its runtime's builder.
+pub const BUILD_PATH: &str = "/build";
+
 /// Request: the internal token.
 pub const AUTH: &str = "x-reactor-internal-auth";
 /// Request: the deployment, base64url JSON of a `DeploymentSpec`.
@@ -22,7 +26,8 @@ pub const TIMEOUT_MS: &str = "x-reactor-internal-timeout-ms";
 pub const COLD_START: &str = "x-reactor-internal-cold-start";
 /// Response: milliseconds the worker took to the response headers.
 pub const WORKER_MS: &str = "x-reactor-internal-worker-ms";
-/// Response: the invocation failed before the headers; the body is a [`Failure`].
+/// Response: the call failed before the headers; the body is the [`InvokeError`] as
+/// tagged JSON ([`encode_error`]), or for a build a [`BuildFailed`].
 pub const ERROR: &str = "x-reactor-internal-error";
 
 /// Every internal header, removed from what crosses to or from a function.
@@ -57,56 +62,27 @@ pub fn live_spec(f: &FunctionRoute, runtime: Runtime) -> Option<DeploymentSpec> 
     })
 }
 
-/// A failure before the response headers, as the worker reports it.
+/// The body of a [`BUILD_PATH`] answer that failed: why, as the user reads it.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Failure {
-    pub kind: String,
+pub struct BuildFailed {
     pub message: String,
-    #[serde(default)]
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub limit_bytes: u64,
 }
 
-impl Failure {
-    pub fn from_error(e: &InvokeError) -> Self {
-        let mut limit_bytes = 0;
-        let (kind, message, timeout_ms) = match e {
-            InvokeError::Timeout { timeout_ms } => ("timeout", e.to_string(), *timeout_ms),
-            InvokeError::Crashed { message } => ("crashed", message.clone(), 0),
-            InvokeError::NotReady { message } => ("not_ready", message.clone(), 0),
-            InvokeError::Unavailable { message } => ("unavailable", message.clone(), 0),
-            InvokeError::InvalidRequest { message } => ("invalid_request", message.clone(), 0),
-            InvokeError::TooManyRequests { message } => ("too_many_requests", message.clone(), 0),
-            InvokeError::PayloadTooLarge { limit_bytes: n } => {
-                limit_bytes = *n;
-                ("payload_too_large", e.to_string(), 0)
-            }
-        };
-        Self {
-            kind: kind.into(),
-            message,
-            timeout_ms,
-            limit_bytes,
-        }
-    }
+/// An [`InvokeError`] as it crosses the link (the worker sends it with [`ERROR`]).
+pub fn encode_error(e: &InvokeError) -> Vec<u8> {
+    // A tagged enum of strings and numbers always serializes.
+    serde_json::to_vec(e).unwrap_or_default()
+}
 
-    pub fn into_error(self) -> InvokeError {
-        let message = self.message;
-        match self.kind.as_str() {
-            "timeout" => InvokeError::Timeout {
-                timeout_ms: self.timeout_ms,
-            },
-            "crashed" => InvokeError::Crashed { message },
-            "not_ready" => InvokeError::NotReady { message },
-            "invalid_request" => InvokeError::InvalidRequest { message },
-            "too_many_requests" => InvokeError::TooManyRequests { message },
-            "payload_too_large" => InvokeError::PayloadTooLarge {
-                limit_bytes: self.limit_bytes,
-            },
-            _ => InvokeError::Unavailable { message },
-        }
-    }
+/// The [`InvokeError`] a worker sent; one this build cannot read (another version's kind)
+/// says so instead of passing for another error.
+pub fn decode_error(body: &[u8]) -> InvokeError {
+    serde_json::from_slice(body).unwrap_or_else(|e| InvokeError::Unavailable {
+        message: format!(
+            "the worker reported a failure this router cannot read ({e}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -133,18 +109,24 @@ mod tests {
         assert!(http::HeaderValue::from_str(&header).is_ok());
         assert_eq!(decode_spec(&header), Some(spec));
         assert_eq!(decode_spec("not base64!"), None);
-        let f = Failure::from_error(&InvokeError::Timeout { timeout_ms: 7 });
+        let f = encode_error(&InvokeError::Timeout { timeout_ms: 7 });
+        assert_eq!(f, br#"{"kind":"timeout","timeout_ms":7}"#);
         assert!(matches!(
-            f.into_error(),
+            decode_error(&f),
             InvokeError::Timeout { timeout_ms: 7 }
         ));
-        let f = Failure::from_error(&InvokeError::TooManyRequests {
+        let f = encode_error(&InvokeError::TooManyRequests {
             message: "queue full".into(),
         });
-        assert_eq!(f.kind, "too_many_requests");
         assert!(matches!(
-            f.into_error(),
+            decode_error(&f),
             InvokeError::TooManyRequests { message } if message == "queue full"
         ));
+        // A kind from another version is reported as unreadable, with what was sent.
+        let unknown = decode_error(br#"{"kind":"melted","message":"x"}"#);
+        assert!(
+            matches!(&unknown, InvokeError::Unavailable { message } if message.contains("melted")),
+            "{unknown:?}"
+        );
     }
 }

@@ -1,26 +1,104 @@
 //! The worker side: invocations under `/invoke`, checked, decoded and handed to the
-//! runtime worker; its outcome goes back with the internal headers.
+//! runtime worker, its outcome going back with the internal headers; `/prepare` loads a
+//! deployment about to go live; `/build` builds one for the control plane.
 
-use crate::protocol::{self, Failure};
+use crate::protocol;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use reactor_api::token::InternalToken;
-use reactor_api::{DeploymentSpec, Invocation, InvokeError, InvokeFailure, RuntimeWorker, headers};
+use reactor_api::{
+    Builder, DeploymentSpec, Invocation, InvokeError, InvokeFailure, RuntimeWorker, headers,
+};
+use reactor_storage::Storage;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 struct Link {
     worker: Arc<dyn RuntimeWorker>,
+    build: BuildHost,
     token: InternalToken,
 }
 
-/// The invocation routes of a worker service (add `/healthz` and `/readyz` beside them).
-pub fn worker_app(worker: Arc<dyn RuntimeWorker>, internal_token: &str) -> Router {
+/// Builds run one at a time per worker: a build is CPU-bound (compiling, bundling) and
+/// must not starve the invocations this worker serves.
+const BUILDS_AT_ONCE: usize = 1;
+
+/// What `/build` stands on: the runtime's builder, the storage the bundle is read from,
+/// and a scratch directory to unpack it in (emptied after each build).
+pub struct BuildHost {
+    builder: Arc<dyn Builder>,
+    storage: Arc<dyn Storage>,
+    scratch: PathBuf,
+    slots: tokio::sync::Semaphore,
+}
+
+impl BuildHost {
+    pub fn new(builder: Arc<dyn Builder>, storage: Arc<dyn Storage>, scratch: PathBuf) -> Self {
+        Self {
+            builder,
+            storage,
+            scratch,
+            slots: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
+        }
+    }
+
+    /// Reads the bundle of `spec`, checks it is the one the control plane received
+    /// (its SHA-256), unpacks it safely and builds it. `Err` is the reason to report.
+    pub async fn build(&self, spec: &DeploymentSpec) -> Result<(), String> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the worker is shutting down".to_string())?;
+        tokio::fs::create_dir_all(&self.scratch)
+            .await
+            .map_err(|e| format!("creating {}: {e}", self.scratch.display()))?;
+        let work = tempfile::Builder::new()
+            .prefix(&format!("{}-", spec.deployment_id))
+            .tempdir_in(&self.scratch)
+            .map_err(|e| format!("creating a build directory: {e}"))?;
+        let archive = work.path().join("bundle.tar.gz");
+        self.storage
+            .get_to_file(&spec.bundle_key, &archive)
+            .await
+            .map_err(|e| format!("reading the bundle: {e}"))?;
+        let dir = work.path().join("bundle");
+        let expected = spec.sha256.clone();
+        let unpacked = {
+            let (archive, dir) = (archive.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || {
+                let found = reactor_storage::bundle::sha256_file(&archive)
+                    .map_err(|e| format!("reading the bundle: {e}"))?;
+                if !found.eq_ignore_ascii_case(&expected) {
+                    return Err(format!(
+                        "the stored bundle is not the one received (sha256 {found}, expected {expected})"
+                    ));
+                }
+                std::fs::create_dir_all(&dir).map_err(|e| format!("unpacking: {e}"))?;
+                reactor_storage::bundle::unpack(&archive, &dir)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        };
+        unpacked.map_err(|e| format!("unpacking stopped: {e}"))??;
+        self.builder.build(spec, &dir).await
+    }
+}
+
+/// The routes of a worker service (add `/healthz` and `/readyz` beside them).
+pub fn worker_app(
+    worker: Arc<dyn RuntimeWorker>,
+    builds: BuildHost,
+    internal_token: &str,
+) -> Router {
     let link = Arc::new(Link {
         worker,
+        build: builds,
         token: InternalToken::new(internal_token),
     });
     Router::new()
@@ -34,12 +112,13 @@ pub fn worker_app(worker: Arc<dyn RuntimeWorker>, internal_token: &str) -> Route
             axum::routing::any(invoke),
         )
         .route(protocol::PREPARE_PATH, axum::routing::post(prepare))
+        .route(protocol::BUILD_PATH, axum::routing::post(build))
         .with_state(link)
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 fn failure(status: StatusCode, error: &InvokeError, cold_start: bool) -> Response {
-    let body = serde_json::to_vec(&Failure::from_error(error)).unwrap_or_default();
+    let body = protocol::encode_error(error);
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(protocol::ERROR, HeaderValue::from_static("1"));
@@ -103,6 +182,30 @@ async fn prepare(State(link): State<Arc<Link>>, h: http::HeaderMap) -> Response 
     match link.worker.prepare(&spec).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failure(StatusCode::OK, &e, false),
+    }
+}
+
+/// Builds a deployment for the control plane: 204 when its artifacts are stored, else
+/// [`protocol::ERROR`] with the reason.
+async fn build(State(link): State<Arc<Link>>, h: http::HeaderMap) -> Response {
+    let spec = match authorize(&link, &h) {
+        Ok(spec) => spec,
+        Err(answer) => return *answer,
+    };
+    let started = Instant::now();
+    match link.build.build(&spec).await {
+        Ok(()) => {
+            tracing::info!(deployment_id = %spec.deployment_id, function = %spec.function, ms = started.elapsed().as_millis() as u64, "built");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => {
+            tracing::info!(deployment_id = %spec.deployment_id, function = %spec.function, reason = %message, "build failed");
+            let body = serde_json::to_vec(&protocol::BuildFailed { message }).unwrap_or_default();
+            let mut r = (StatusCode::UNPROCESSABLE_ENTITY, body).into_response();
+            r.headers_mut()
+                .insert(protocol::ERROR, HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 

@@ -3,10 +3,11 @@
 //! table, wait for routers to see it, then drain. `reactor-worker-wasm` and
 //! `reactor-worker-bun` are this plus the runtime they build.
 
+use crate::server::BuildHost;
 use crate::{Registration, prewarm, register, worker_app};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
-use reactor_api::{Runtime, RuntimeWorker};
+use reactor_api::{Builder, Runtime, RuntimeWorker};
 use reactor_proto::client::ControlPlaneEndpoint;
 use reactor_service::Lifecycle;
 use reactor_storage::Storage;
@@ -52,11 +53,17 @@ pub struct WorkerContext {
 /// How long a draining worker waits, once out of the table, for routers to see it gone.
 const LEAVE_DELAY: Duration = Duration::from_millis(300);
 
-/// Runs a worker service for `runtime` until SIGTERM, with the worker `build` returns.
-pub async fn run_worker<F, Fut>(args: WorkerArgs, runtime: Runtime, build: F) -> anyhow::Result<()>
+/// Runs a worker service for `runtime` until SIGTERM, with the runtime `build` returns:
+/// it runs the functions and builds the deployments of its runtime.
+pub async fn run_worker<F, Fut, W>(
+    args: WorkerArgs,
+    runtime: Runtime,
+    build: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(WorkerContext) -> Fut,
-    Fut: Future<Output = anyhow::Result<Arc<dyn RuntimeWorker>>>,
+    Fut: Future<Output = anyhow::Result<Arc<W>>>,
+    W: RuntimeWorker + Builder,
 {
     let name = format!("reactor-worker-{runtime}");
     let config = ReactorConfig::load_service(args.config.as_deref())?;
@@ -100,17 +107,19 @@ where
             .with_context(|| format!("control plane url {cp_url}"))?;
     let logs = crate::control::PushLogs::start(endpoint.clone(), worker_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
-    let worker = build(WorkerContext {
+    let runtime_impl = build(WorkerContext {
         config,
-        storage,
+        storage: storage.clone(),
         cache_dir: cache_dir.clone(),
         worker_id: worker_id.clone(),
         env,
         logs,
     })
     .await?;
+    let worker: Arc<dyn RuntimeWorker> = runtime_impl.clone();
+    let builds = BuildHost::new(runtime_impl, storage, cache_dir.join("build"));
     let life = Lifecycle::new();
-    let app = worker_app(worker.clone(), &token).merge(life.routes());
+    let app = worker_app(worker.clone(), builds, &token).merge(life.routes());
     if w.prewarm {
         prewarm(endpoint.clone(), worker.clone());
     }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use reactor_api::logs::LogSink;
 use reactor_api::{
-    DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
-    RuntimeWorker,
+    Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
+    Runtime, RuntimeRole, RuntimeWorker,
 };
 use reactor_storage::{Storage, StorageError, keys};
 use std::collections::HashMap;
@@ -312,13 +312,17 @@ fn extract_entry(archive: &[u8], entry: &str) -> Result<Vec<u8>, String> {
     Err(format!("entrypoint {entry} is not in the bundle"))
 }
 
-#[async_trait]
-impl RuntimeWorker for WasmWorker {
+impl RuntimeRole for WasmWorker {
     fn runtime(&self) -> Runtime {
         Runtime::Wasm
     }
+}
 
-    async fn materialize(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+#[async_trait]
+impl Builder for WasmWorker {
+    /// Compiles the entrypoint (checking that it is a `wasi:http/proxy` component this
+    /// host can run) and stores the artifact for every worker of this engine build.
+    async fn build(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
         let wasm = tokio::fs::read(bundle_dir.join(&spec.entrypoint))
             .await
             .map_err(|e| format!("reading entrypoint {}: {e}", spec.entrypoint))?;
@@ -335,7 +339,10 @@ impl RuntimeWorker for WasmWorker {
             .map_err(err)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl RuntimeWorker for WasmWorker {
     /// Loads the deployment going live and forgets the other loaded deployments of the
     /// same function (their artifacts stay in the disk cache for a rollback).
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {

@@ -4,9 +4,8 @@
 //! (artifacts, or the bundle when its engine differs), never from the control plane.
 
 use crate::{WasmWorker, WasmWorkerOptions};
-use reactor_api::{Runtime, RuntimeWorker};
+use reactor_api::Runtime;
 use reactor_worker_link::service::{WorkerArgs, run_worker};
-use std::sync::Arc;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -21,14 +20,13 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     run_worker(args.worker, Runtime::Wasm, |cx| async move {
-        let worker: Arc<dyn RuntimeWorker> = Arc::new(WasmWorker::new(WasmWorkerOptions {
+        Ok(std::sync::Arc::new(WasmWorker::new(WasmWorkerOptions {
             storage: cx.storage,
             cache_dir: cx.cache_dir,
             max_instances: cx.config.worker.max_instances,
             env: cx.env,
             logs: cx.logs,
-        })?);
-        Ok(worker)
+        })?))
     })
     .await
 }

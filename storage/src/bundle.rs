@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use reactor_api::{ApiError, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -29,6 +30,28 @@ pub enum BundleError {
     TooLargeExpanded,
     #[error("bundle i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The public error of a refused bundle (mapped here, once, for every service).
+impl From<BundleError> for ApiError {
+    fn from(e: BundleError) -> Self {
+        match &e {
+            BundleError::TooLarge { limit } => {
+                ApiError::new(ErrorCode::BundleTooLarge, e.to_string())
+                    .with_detail("bundle_max_bytes", *limit)
+            }
+            BundleError::Upload(_) => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
+            BundleError::Io(_) => {
+                tracing::error!(error = %e, "bundle i/o");
+                ApiError::internal(e.to_string())
+            }
+            BundleError::Unsafe { entry, .. } => {
+                ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
+                    .with_detail("entry", entry.clone())
+            }
+            _ => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
+        }
+    }
 }
 
 /// A received upload: where it was written, its SHA-256 and size.
@@ -60,6 +83,21 @@ where
         sha256: hex::encode(hasher.finalize()),
         size_bytes: size,
     })
+}
+
+/// The SHA-256 (hex) of the file at `path`, read in chunks. Blocking.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// What an unpacked bundle holds.

@@ -1,0 +1,98 @@
+//! The three things a runtime does, as separate roles, so that each service links and
+//! runs only its own:
+//!
+//! - [`Builder`]: turns a checked bundle into what the runtime runs and stores it (WASM:
+//!   the precompiled component; Bun: the import check and the prebundle; Lambda: the
+//!   package, published as a version). It runs on a worker of the runtime (in the
+//!   embedded default, in process; Lambda's on the control plane, which runs no tenant
+//!   code for it): a deployment is ready once its builder has stored its artifacts.
+//! - [`Release`]: what the control plane does on promote before the routing table
+//!   changes (Lambda: moves the alias). Runtimes whose workers read the table need none.
+//! - [`RuntimeWorker`]: loads live deployments (`prepare`) and serves invocations.
+//!
+//! [`ByRuntime`] holds one implementation of a role per runtime.
+
+use crate::invoke::{DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome};
+use crate::{ApiError, ErrorCode, Runtime};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The runtime a role implementation serves.
+pub trait RuntimeRole: Send + Sync + 'static {
+    fn runtime(&self) -> Runtime;
+}
+
+#[async_trait]
+pub trait Builder: RuntimeRole {
+    /// Checks the unpacked bundle of `spec` and builds and stores what the runtime needs.
+    /// `Err` is the reason the deployment failed, as the user reads it.
+    async fn build(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String>;
+}
+
+#[async_trait]
+pub trait Release: RuntimeRole {
+    /// Makes `spec` the version that serves, before the routing table says so.
+    async fn go_live(&self, spec: &DeploymentSpec) -> Result<(), String>;
+}
+
+#[async_trait]
+pub trait RuntimeWorker: RuntimeRole {
+    /// Loads a deployment that is about to go live so that its first request is warm.
+    async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
+}
+
+/// One implementation of a role per runtime.
+pub struct ByRuntime<T: ?Sized> {
+    by_runtime: HashMap<Runtime, Arc<T>>,
+}
+
+/// The in-process workers that run functions.
+pub type Runtimes = ByRuntime<dyn RuntimeWorker>;
+/// The in-process builders.
+pub type Builders = ByRuntime<dyn Builder>;
+/// The release steps the control plane runs on promote.
+pub type Releases = ByRuntime<dyn Release>;
+
+impl<T: ?Sized> Default for ByRuntime<T> {
+    fn default() -> Self {
+        Self {
+            by_runtime: HashMap::new(),
+        }
+    }
+}
+
+impl<T: ?Sized> Clone for ByRuntime<T> {
+    fn clone(&self) -> Self {
+        Self {
+            by_runtime: self.by_runtime.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized + RuntimeRole> ByRuntime<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, role: Arc<T>) -> Self {
+        self.by_runtime.insert(role.runtime(), role);
+        self
+    }
+
+    pub fn get(&self, runtime: Runtime) -> Option<&Arc<T>> {
+        self.by_runtime.get(&runtime)
+    }
+
+    /// The error for a runtime with nothing to run, build or release it.
+    pub fn no_worker(runtime: Runtime) -> ApiError {
+        ApiError::new(
+            ErrorCode::NoWorkerAvailable,
+            format!("no worker is available for runtime {runtime}"),
+        )
+        .with_detail("runtime", runtime.as_str())
+    }
+}
