@@ -1,4 +1,4 @@
-//! JSON shapes of the admin API (DESIGN.md "API shapes"), shared by server and clients.
+//! JSON shapes of the admin API (see `docs/functions.md`), shared by server and clients.
 
 use crate::Runtime;
 use serde::{Deserialize, Serialize};

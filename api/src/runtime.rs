@@ -1,4 +1,4 @@
-//! The runtimes and their limits (DESIGN.md "Limits per runtime").
+//! The runtimes and their limits (memory range, default memory, longest timeout).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

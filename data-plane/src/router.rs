@@ -1,7 +1,9 @@
 //! The invoke path, in this order: authenticate (token hashes of the table) → look up →
-//! invoke policies (refused requests cost nothing further) → admission (the concurrency
-//! cap, a permit held until the response body ends) → body limit → rewrite → forward with
-//! the deadline → stream back, then log the invocation.
+//! pick the worker → rewrite (path relative to the mount, platform credentials out,
+//! caller headers in) → invoke policies, on the rewritten request as the function would
+//! see it (refused requests cost nothing further) → admission (the concurrency cap, a
+//! permit held until the response body ends) → body limit → forward with the deadline →
+//! stream back, then log the invocation.
 
 use crate::admission::{Admission, LocalAdmission, Permit};
 use crate::body::{Counted, Tail};

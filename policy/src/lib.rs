@@ -20,8 +20,9 @@
 //!   the query). `*` matches within one path segment, `?` one character of a segment, `**` (a
 //!   whole segment) any number of segments, `[ab]` and `{a,b}` as usual. `/admin/**` matches
 //!   `/admin/` and `/admin/x/y` but not `/admin` itself: list both to cover both. Globs must
-//!   start with `/`. Paths are matched as given (no normalisation of `//`, `.` or
-//!   percent-escapes): the router passes the path the function will see.
+//!   start with `/`. This crate matches the path it is given; the router gives it the
+//!   function's path normalised (escapes of unreserved characters decoded, empty and `.`
+//!   segments dropped, `..` resolved), so `/%61dmin//./x` is matched as `/admin/x`.
 //! - `days` (`mon`..`sun`) and `hours` (`{from, to}`, `from <= hour < to`, wrapping midnight
 //!   when `from > to`), both in UTC and checked independently against the current time.
 //! - `when`: a [CEL](https://github.com/google/cel-spec) expression, see below.
