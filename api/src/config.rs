@@ -465,16 +465,36 @@ impl LambdaConfig {
     }
 }
 
-/// What an S3 backend needs, resolved from [`StorageConfig`].
+/// What an S3 backend needs, resolved from [`StorageConfig`] (also the Lambda runtime's
+/// package bucket): the one description of an S3 bucket, used by `reactor_storage`.
 #[derive(Clone)]
 pub struct S3Settings {
+    /// A custom endpoint (`http://127.0.0.1:9000` for MinIO); `None` is AWS.
     pub endpoint: Option<String>,
     pub bucket: String,
     pub region: String,
+    /// Path-style addressing, which MinIO, moto and Ceph need.
     pub path_style: bool,
-    /// Static credentials; `None`: the standard AWS chain.
+    /// A static key id and secret; `None` uses the standard AWS credential chain.
     pub access_key: Option<(String, String)>,
+    /// A key prefix inside the bucket, `""` for none; a `/` is added when it lacks one.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field(
+                "access_key",
+                &self.access_key.as_ref().map(|(id, _)| (id, "<redacted>")),
+            )
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for StorageConfig {

@@ -19,6 +19,7 @@ pub mod grpc_admin;
 pub mod http;
 pub mod logs;
 pub mod logs_redis;
+mod ops;
 pub mod routing;
 pub mod secrets;
 pub mod server;

@@ -1,6 +1,7 @@
 //! For tests of this crate and the end-to-end suite: a PostgreSQL database of one's own,
 //! created on a server the test names and dropped afterwards.
 
+use crate::store::redact_url;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
@@ -14,8 +15,8 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     /// Creates `reactor_test_<random>` through `admin_url` (a database that exists, such as
-    /// `postgres://postgres@127.0.0.1:5432/postgres`). Panics with a clear message when
-    /// the server does not answer: the test needs it.
+    /// `postgres://postgres@127.0.0.1:5432/postgres`). Panics, naming the server and how to
+    /// point the tests elsewhere, when it does not answer: the test needs it.
     pub async fn create(admin_url: &str) -> Self {
         let name = format!(
             "reactor_test_{}_{}",
@@ -24,13 +25,20 @@ impl TestDatabase {
         );
         let mut conn = PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
             panic!(
-                "PostgreSQL at {admin_url} is needed by this test (set REACTOR_TEST_POSTGRES_URL): {e}"
+                "PostgreSQL is not reachable at {}, and this test needs it: start it (README, \
+                 \"Test\") or set REACTOR_TEST_POSTGRES_URL to a server that answers: {e}",
+                redact_url(admin_url)
             )
         });
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "creating database {name} on PostgreSQL at {}: {e}",
+                    redact_url(admin_url)
+                )
+            });
         let _ = conn.close().await;
         let base = admin_url
             .rsplit_once('/')

@@ -24,18 +24,7 @@ pub async fn open(
         message: e.to_string(),
     })?;
     Ok(match settings {
-        Some(s) => {
-            let storage = S3Storage::connect(S3Config {
-                endpoint: s.endpoint,
-                bucket: s.bucket,
-                region: s.region,
-                path_style: s.path_style,
-                access_key: s.access_key,
-                prefix: s.prefix,
-            })
-            .await?;
-            std::sync::Arc::new(storage)
-        }
+        Some(s) => std::sync::Arc::new(S3Storage::connect(s).await?),
         None => std::sync::Arc::new(LocalStorage::open(config.workdir.join("storage")).await?),
     })
 }

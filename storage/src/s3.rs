@@ -52,36 +52,9 @@ const READ_BUFFER: usize = 64 * 1024;
 /// S3's default region, the one where CreateBucket takes no location constraint.
 const DEFAULT_REGION: &str = "us-east-1";
 
-/// Where the bucket is and how to reach it.
-#[derive(Clone)]
-pub struct S3Config {
-    /// A custom endpoint (`http://127.0.0.1:9000` for MinIO); `None` is AWS.
-    pub endpoint: Option<String>,
-    pub bucket: String,
-    pub region: String,
-    /// Path-style addressing, which MinIO, moto and Ceph need.
-    pub path_style: bool,
-    /// A static key id and secret; `None` uses the standard AWS credential chain.
-    pub access_key: Option<(String, String)>,
-    /// A key prefix inside the bucket, `""` for none; a `/` is added when it lacks one.
-    pub prefix: String,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field(
-                "access_key",
-                &self.access_key.as_ref().map(|(id, _)| (id, "<redacted>")),
-            )
-            .field("prefix", &self.prefix)
-            .finish()
-    }
-}
+/// Where the bucket is and how to reach it: the settings `[functions.storage]` resolves
+/// to, declared once in `reactor_api::config`.
+pub use reactor_api::config::S3Settings as S3Config;
 
 /// Objects in an S3 bucket, under an optional key prefix.
 #[derive(Clone)]

@@ -1,0 +1,299 @@
+//! Deployments: receiving and checking bundles, materializing them (built here or on a
+//! worker of their runtime), and reading them back.
+
+use crate::auth::Caller;
+use crate::build::Build;
+use crate::bundle::{self, BundleError};
+use crate::convert::{deployment_info, spec};
+use crate::logs::LogHub;
+use crate::service::{ControlPlane, need, now, storage_error};
+use crate::store::{DeploymentRecord, FunctionRecord, Store};
+use bytes::Bytes;
+use futures::Stream;
+use reactor_api::logs::{LogEntry, LogSink};
+use reactor_api::manifest::{MANIFEST_FILE, Manifest};
+use reactor_api::model::{DeploymentInfo, DeploymentStatus};
+use reactor_api::{ApiError, DeploymentSpec, ErrorCode};
+use reactor_storage::keys;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Names inside an upload's work directory.
+const ARCHIVE_FILE: &str = "bundle.tar.gz";
+const BUNDLE_DIR: &str = "bundle";
+/// Largest manifest.json read.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+impl ControlPlane {
+    /// Receives a bundle, checks it and records a deployment that materializes in the
+    /// background. Bad input (size, hash, archive, manifest) is refused and leaves nothing.
+    pub async fn upload<S, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        claimed_sha256: Option<&str>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<DeploymentInfo, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        need(caller, caller.role.can_deploy(), "deploy")?;
+        let function = self.function(caller, name).await?;
+        let limit = self.config.bundle_max_bytes;
+        if content_length.is_some_and(|n| n > limit) {
+            return Err(BundleError::TooLarge { limit }.into());
+        }
+        let id = format!("dep_{}", ulid::Ulid::new());
+        let work = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&id)
+                .tempdir_in(&self.tmp_dir)
+                .map_err(|e| ApiError::internal(format!("creating a work directory: {e}")))?,
+        );
+        let archive = work.path().join(ARCHIVE_FILE);
+        let received = bundle::receive(body, &archive, limit).await?;
+        if let Some(claimed) = claimed_sha256
+            && !claimed.trim().eq_ignore_ascii_case(&received.sha256)
+        {
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "bundle sha256 mismatch: the client sent {claimed}, the server computed {}",
+                    received.sha256
+                ),
+            )
+            .with_detail("expected", claimed.to_string())
+            .with_detail("computed", received.sha256.clone()));
+        }
+        let unpacked_dir = work.path().join(BUNDLE_DIR);
+        let resolved = self.check_bundle(&function, &work).await?;
+        // Checked as late as possible before the insert pins the env (not in
+        // check_bundle: a resumed materialization has its env pinned already).
+        self.check_env_keys(&function, &resolved).await?;
+        let record = DeploymentRecord {
+            id: id.clone(),
+            org: function.org.clone(),
+            function: function.name.clone(),
+            status: DeploymentStatus::Materializing,
+            error: None,
+            sha256: received.sha256,
+            size_bytes: received.size_bytes,
+            entrypoint: resolved.entrypoint,
+            bundle_key: keys::bundle(&function.org, &function.name, &id),
+            timeout_ms: resolved.timeout_ms,
+            memory_mb: resolved.memory_mb,
+            min_instances: resolved.min_instances,
+            max_concurrency: resolved.max_concurrency,
+            created_at: now(),
+            policy: resolved.policy,
+        };
+        self.storage
+            .put_file(&record.bundle_key, &archive)
+            .await
+            .map_err(storage_error)?;
+        self.store.insert_deployment(&record).await?;
+        tracing::info!(org = %function.org, function = %function.name, deployment_id = %id, size_bytes = record.size_bytes, "deployment received");
+        self.event(
+            &function.org,
+            &function.name,
+            Some(&id),
+            format!(
+                "deployment received ({} bytes, sha256 {}), materializing",
+                record.size_bytes, record.sha256
+            ),
+        );
+        let info = deployment_info(&record, function.live_deployment_id.as_deref());
+        let spec = spec(&function, &record);
+        let build = self.build.clone();
+        let store = self.store.clone();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            materialize(store, logs, build, spec, unpacked_dir).await;
+            drop(work);
+        });
+        Ok(info)
+    }
+
+    /// Unpacks into `dest` and validates the manifest against the function.
+    async fn check_bundle(
+        &self,
+        function: &FunctionRecord,
+        work: &Arc<tempfile::TempDir>,
+    ) -> Result<reactor_api::manifest::Resolved, ApiError> {
+        let dest = work.path().join(BUNDLE_DIR);
+        // Bounds the disk and memory that unpacking uploads may hold at once.
+        let _slot = self
+            .unpack_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("shutting down"))?;
+        // The closure owns the work directory too: a client that goes away mid-unpack
+        // must not have it removed under the unpacking thread.
+        let held = work.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let dest = held.path().join(BUNDLE_DIR);
+            std::fs::create_dir_all(&dest)?;
+            bundle::unpack(&held.path().join(ARCHIVE_FILE), &dest)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("unpacking task: {e}")))??;
+        let manifest = if unpacked.files.iter().any(|f| f == MANIFEST_FILE) {
+            let path = dest.join(MANIFEST_FILE);
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if len > MAX_MANIFEST_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "manifest.json is {len} bytes; at most {MAX_MANIFEST_BYTES} are allowed"
+                    ),
+                ));
+            }
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| ApiError::internal(format!("reading manifest.json: {e}")))?;
+            Some(
+                Manifest::parse(&bytes)
+                    .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?,
+            )
+        } else {
+            None
+        };
+        let resolved = Manifest::resolve(
+            manifest.as_ref(),
+            &function.name,
+            function.runtime,
+            &unpacked.files,
+            self.config.timeouts(),
+        )
+        .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+        Ok(resolved)
+    }
+
+    /// Finishes a materialization that a previous run left, from the stored bundle.
+    pub(crate) async fn rematerialize(self: Arc<Self>, d: DeploymentRecord) {
+        let Ok(Some(function)) = self.store.get_function(&d.org, &d.function).await else {
+            return;
+        };
+        let result: Result<Arc<tempfile::TempDir>, String> = async {
+            let work = Arc::new(tempfile::tempdir_in(&self.tmp_dir).map_err(|e| e.to_string())?);
+            self.storage
+                .get_to_file(&d.bundle_key, &work.path().join(ARCHIVE_FILE))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.check_bundle(&function, &work)
+                .await
+                .map_err(|e: ApiError| e.message)?;
+            Ok(work)
+        }
+        .await;
+        match result {
+            Ok(work) => {
+                materialize(
+                    self.store.clone(),
+                    self.logs.clone(),
+                    self.build.clone(),
+                    spec(&function, &d),
+                    work.path().join(BUNDLE_DIR),
+                )
+                .await;
+            }
+            Err(reason) => {
+                let _ = self
+                    .store
+                    .set_deployment_status(&d.id, DeploymentStatus::Failed, Some(&reason))
+                    .await;
+            }
+        }
+    }
+
+    pub async fn list_deployments(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Vec<DeploymentInfo>, ApiError> {
+        let f = self.function(caller, name).await?;
+        let live = f.live_deployment_id.as_deref();
+        Ok(self
+            .store
+            .list_deployments(&f.org, &f.name)
+            .await?
+            .iter()
+            .map(|d| deployment_info(d, live))
+            .collect())
+    }
+
+    pub async fn get_deployment(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: &str,
+    ) -> Result<DeploymentInfo, ApiError> {
+        let f = self.function(caller, name).await?;
+        let d = self.deployment(&f, id).await?;
+        Ok(deployment_info(&d, f.live_deployment_id.as_deref()))
+    }
+
+    /// Deployment `id` of `f`, or DeploymentNotFound.
+    pub(super) async fn deployment(
+        &self,
+        f: &FunctionRecord,
+        id: &str,
+    ) -> Result<DeploymentRecord, ApiError> {
+        self.store
+            .get_deployment(&f.org, &f.name, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::DeploymentNotFound,
+                    format!("deployment {id} of function {} not found", f.name),
+                )
+                .with_detail("deployment_id", id)
+            })
+    }
+}
+
+/// Builds the deployment (here or on a worker of its runtime) and records the outcome.
+async fn materialize(
+    store: Arc<dyn Store>,
+    logs: Arc<LogHub>,
+    build: Build,
+    spec: DeploymentSpec,
+    dir: PathBuf,
+) {
+    let started = std::time::Instant::now();
+    let outcome = build.run(&spec, &dir).await;
+    let ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match &outcome {
+        Ok(()) => {
+            tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, "materialized");
+            logs.emit(LogEntry::event(
+                &spec.org,
+                &spec.function,
+                Some(&spec.deployment_id),
+                format!("materialized in {ms} ms: ready to promote"),
+            ));
+            (DeploymentStatus::Ready, None)
+        }
+        Err(reason) => {
+            tracing::warn!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, ms, reason, "materialization failed");
+            logs.emit(LogEntry::event(
+                &spec.org,
+                &spec.function,
+                Some(&spec.deployment_id),
+                format!("materialization failed: {reason}"),
+            ));
+            (DeploymentStatus::Failed, Some(reason.as_str()))
+        }
+    };
+    if let Err(e) = store
+        .set_deployment_status(&spec.deployment_id, status, error)
+        .await
+    {
+        tracing::error!(error = %e, deployment_id = %spec.deployment_id, "recording the materialization outcome");
+    }
+}

@@ -1,0 +1,224 @@
+//! Identity: the bootstrap org and its admin token, authenticating admin requests, orgs
+//! and tokens.
+
+use crate::auth::{self, Caller};
+use crate::service::{Bootstrap, ControlPlane, need, now, valid_function_name};
+use crate::store::{OrgRecord, TokenRecord};
+use reactor_api::model::{OrgCreated, Role, TokenCreated, TokenInfo};
+use reactor_api::{ApiError, ErrorCode};
+
+impl ControlPlane {
+    /// Ensures the bootstrap org exists and has an admin token: `token` when the operator
+    /// gave one, else `reuse` when it is still valid there, else a new one.
+    pub async fn bootstrap(
+        &self,
+        org: &str,
+        token: Option<&str>,
+        reuse: Option<&str>,
+    ) -> Result<Bootstrap, ApiError> {
+        if self.store.get_org(org).await?.is_none() {
+            self.store
+                .create_org(&OrgRecord {
+                    name: org.to_string(),
+                    platform: true,
+                    created_at: now(),
+                })
+                .await?;
+        }
+        let valid_here =
+            |t: Option<TokenRecord>| t.is_some_and(|t| t.org == org && t.role == Role::Admin);
+        if let Some(token) = token {
+            let existing = self.store.token_by_hash(&auth::token_hash(token)).await?;
+            if existing.is_some() && !valid_here(existing.clone()) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "REACTOR_ADMIN_TOKEN belongs to another org or role, not to the admin of {org}"
+                    ),
+                ));
+            }
+            if existing.is_none() {
+                self.insert_token(org, Role::Admin, Some("bootstrap"), token)
+                    .await
+                    .map_err(|e| {
+                        if e.code == ErrorCode::InvalidInput {
+                            ApiError::new(
+                                ErrorCode::InvalidInput,
+                                "REACTOR_ADMIN_TOKEN was revoked; set another one",
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
+                self.routing.publish().await?;
+            }
+            return Ok(Bootstrap {
+                org: org.to_string(),
+                token: token.to_string(),
+                generated: false,
+            });
+        }
+        if let Some(reuse) = reuse
+            && valid_here(self.store.token_by_hash(&auth::token_hash(reuse)).await?)
+        {
+            return Ok(Bootstrap {
+                org: org.to_string(),
+                token: reuse.to_string(),
+                generated: false,
+            });
+        }
+        let token = auth::generate_token();
+        self.insert_token(org, Role::Admin, Some("bootstrap"), &token)
+            .await?;
+        self.routing.publish().await?;
+        Ok(Bootstrap {
+            org: org.to_string(),
+            token,
+            generated: true,
+        })
+    }
+
+    async fn insert_token(
+        &self,
+        org: &str,
+        role: Role,
+        name: Option<&str>,
+        secret: &str,
+    ) -> Result<TokenRecord, ApiError> {
+        let record = TokenRecord {
+            id: format!("tok_{}", ulid::Ulid::new()),
+            org: org.to_string(),
+            role,
+            name: name.map(str::to_string),
+            sha256: auth::token_hash(secret),
+            created_at: now(),
+        };
+        self.store.insert_token(&record).await?;
+        Ok(record)
+    }
+
+    /// Authenticates an admin request from its bearer token and `X-Reactor-Org`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        org_header: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        let unauthorized =
+            || ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
+        let token = authorization
+            .and_then(auth::bearer)
+            .ok_or_else(unauthorized)?;
+        let record = self
+            .store
+            .token_by_hash(&auth::token_hash(token))
+            .await?
+            .ok_or_else(unauthorized)?;
+        if let Some(org) = org_header
+            && org != record.org
+        {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this token belongs to another org than {org:?}"),
+            ));
+        }
+        let platform = self
+            .store
+            .get_org(&record.org)
+            .await?
+            .is_some_and(|o| o.platform);
+        Ok(Caller {
+            org: record.org,
+            role: record.role,
+            token_id: record.id,
+            platform,
+        })
+    }
+
+    pub async fn create_org(&self, caller: &Caller, name: &str) -> Result<OrgCreated, ApiError> {
+        need(
+            caller,
+            caller.role.is_admin() && caller.platform,
+            "create orgs (only admins of the platform org can)",
+        )?;
+        if !valid_function_name(name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "org name {name:?} is not valid (lowercase letters, digits and '-', starting with a letter, at most 63)"
+                ),
+            ));
+        }
+        let created_at = now();
+        self.store
+            .create_org(&OrgRecord {
+                name: name.to_string(),
+                platform: false,
+                created_at: created_at.clone(),
+            })
+            .await?;
+        let secret = auth::generate_token();
+        let token = self
+            .insert_token(name, Role::Admin, Some("org admin"), &secret)
+            .await?;
+        self.routing.publish().await?;
+        Ok(OrgCreated {
+            name: name.to_string(),
+            created_at,
+            admin_token: TokenCreated {
+                id: token.id,
+                org: token.org,
+                role: token.role,
+                name: token.name,
+                token: secret,
+            },
+        })
+    }
+
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        role: Role,
+        name: Option<&str>,
+    ) -> Result<TokenCreated, ApiError> {
+        need(caller, caller.role.is_admin(), "create tokens")?;
+        let secret = auth::generate_token();
+        let t = self.insert_token(&caller.org, role, name, &secret).await?;
+        self.routing.publish().await?;
+        Ok(TokenCreated {
+            id: t.id,
+            org: t.org,
+            role: t.role,
+            name: t.name,
+            token: secret,
+        })
+    }
+
+    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenInfo>, ApiError> {
+        need(caller, caller.role.is_admin(), "list tokens")?;
+        Ok(self
+            .store
+            .list_tokens(&caller.org)
+            .await?
+            .into_iter()
+            .map(|t| TokenInfo {
+                id: t.id,
+                org: t.org,
+                role: t.role,
+                name: t.name,
+                created_at: t.created_at,
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        need(caller, caller.role.is_admin(), "revoke tokens")?;
+        if !self.store.revoke_token(&caller.org, id, &now()).await? {
+            return Err(ApiError::new(
+                ErrorCode::TokenNotFound,
+                format!("token {id} not found"),
+            ));
+        }
+        self.routing.publish().await?;
+        Ok(())
+    }
+}

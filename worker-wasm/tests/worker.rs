@@ -1,0 +1,396 @@
+//! The WASM worker as a library, driven through its roles (`Builder`, `RuntimeWorker`)
+//! with local storage and the probe component (`tests/fixtures/probe-wasm`):
+//!
+//! - `build` compiles a bundle's entrypoint and stores the artifact, and `prepare` loads
+//!   it from storage, so the first request is warm; a deployment that was never prepared
+//!   compiles from its stored bundle on its first request, which is cold;
+//! - a handler still running at the deadline, sleeping or spinning, gives `Timeout`;
+//! - a trap (the guest panics) gives `Crashed`, and the guest's stderr reaches the log sink;
+//! - an allocation past `limits.memory_mb` is refused, which the guest turns into a trap
+//!   (`Crashed`), while a small allocation succeeds;
+//! - `build` of a file that is not a component fails with the reason the user reads.
+//!
+//! Every request gets a fresh instance, so after each failure the same deployment serves.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use reactor_api::logs::{LogEntry, LogKind, LogSink};
+use reactor_api::{
+    Builder, DeploymentSpec, Invocation, InvokeError, InvokeFailure, Runtime, RuntimeWorker,
+};
+use reactor_storage::{LocalStorage, Storage, keys};
+use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ORG: &str = "acme";
+const FUNCTION: &str = "probe";
+const ENTRYPOINT: &str = "probe.wasm";
+/// Deadline of requests that are expected to succeed: generous, the machine may be busy.
+const GENEROUS: Duration = Duration::from_secs(30);
+
+/// A log sink that keeps every entry, to look at what the guest printed.
+#[derive(Default)]
+struct Collected(Mutex<Vec<LogEntry>>);
+
+impl LogSink for Collected {
+    fn emit(&self, entry: LogEntry) {
+        if let Ok(mut entries) = self.0.lock() {
+            entries.push(entry);
+        }
+    }
+}
+
+impl Collected {
+    /// Waits (a bounded time) for a stderr line of request `request_id` containing `text`.
+    async fn stderr_line(&self, request_id: &str, text: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.0.lock().ok().and_then(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e.kind == LogKind::Stderr)
+                    .filter(|e| e.request_id.as_deref() == Some(request_id))
+                    .find(|e| e.message.contains(text))
+                    .map(|e| e.message.clone())
+            });
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn dump(&self) -> String {
+        self.0
+            .lock()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(LogEntry::line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A worker over its own local storage and cache.
+struct Harness {
+    worker: WasmWorker,
+    storage: Arc<LocalStorage>,
+    logs: Arc<Collected>,
+    dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = Arc::new(
+        LocalStorage::open(dir.path().join("storage"))
+            .await
+            .expect("local storage"),
+    );
+    let logs = Arc::new(Collected::default());
+    let worker = WasmWorker::new(WasmWorkerOptions {
+        storage: storage.clone(),
+        cache_dir: dir.path().join("cache"),
+        max_instances: 8,
+        env: Arc::new(reactor_api::invoke::NoEnv),
+        logs: logs.clone(),
+    })
+    .expect("wasm worker");
+    Harness {
+        worker,
+        storage,
+        logs,
+        dir,
+    }
+}
+
+/// The probe component, built once per test run (release, as the end-to-end tests use).
+async fn probe_wasm() -> Vec<u8> {
+    let path: PathBuf = tokio::task::spawn_blocking(|| {
+        reactor_tests::build_component("tests/fixtures/probe-wasm", true)
+    })
+    .await
+    .expect("building the probe component");
+    std::fs::read(&path).expect("reading the probe component")
+}
+
+fn spec(deployment_id: &str, timeout_ms: u64, memory_mb: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        org: ORG.into(),
+        function: FUNCTION.into(),
+        deployment_id: deployment_id.into(),
+        runtime: Runtime::Wasm,
+        entrypoint: ENTRYPOINT.into(),
+        bundle_key: keys::bundle(ORG, FUNCTION, deployment_id),
+        sha256: String::new(),
+        timeout_ms,
+        memory_mb,
+        min_instances: 0,
+        max_concurrency: None,
+    }
+}
+
+impl Harness {
+    /// Writes `wasm` as the entrypoint of an unpacked bundle and runs `build` on it.
+    async fn build(&self, spec: &DeploymentSpec, wasm: &[u8]) -> Result<(), String> {
+        let bundle_dir = self
+            .dir
+            .path()
+            .join(format!("bundle-{}", spec.deployment_id));
+        std::fs::create_dir_all(&bundle_dir).expect("bundle dir");
+        std::fs::write(bundle_dir.join(&spec.entrypoint), wasm).expect("writing the entrypoint");
+        self.worker.build(spec, &bundle_dir).await
+    }
+
+    /// Stores `wasm` as the deployment's bundle (a tar.gz with the entrypoint) and sets
+    /// its sha256, as the control plane does on upload.
+    async fn store_bundle(&self, spec: &mut DeploymentSpec, wasm: &[u8]) {
+        let archive = reactor_tests::bundle(&[(ENTRYPOINT, wasm)]);
+        spec.sha256 = reactor_tests::sha256_hex(&archive);
+        self.storage
+            .put_bytes(&spec.bundle_key, Bytes::from(archive))
+            .await
+            .expect("storing the bundle");
+    }
+
+    /// Builds and prepares a deployment of the probe: it is live and loaded.
+    async fn deploy(&self, spec: DeploymentSpec) -> Arc<DeploymentSpec> {
+        let wasm = probe_wasm().await;
+        self.build(&spec, &wasm).await.expect("build");
+        self.worker.prepare(&spec).await.expect("prepare");
+        Arc::new(spec)
+    }
+
+    async fn call(
+        &self,
+        spec: &Arc<DeploymentSpec>,
+        request_id: &str,
+        path: &str,
+        within: Duration,
+    ) -> Result<Answer, InvokeFailure> {
+        let invocation = Invocation {
+            spec: spec.clone(),
+            request: http::Request::get(path)
+                .body(Body::empty())
+                .expect("request"),
+            deadline: tokio::time::Instant::now() + within,
+            request_id: request_id.to_string(),
+        };
+        let outcome = self.worker.invoke(invocation).await?;
+        let status = outcome.response.status().as_u16();
+        let body = outcome
+            .response
+            .into_body()
+            .collect()
+            .await
+            .expect("reading the response body")
+            .to_bytes();
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            cold: outcome.cold_start,
+        })
+    }
+
+    /// A request that must succeed with 200.
+    async fn ok(&self, spec: &Arc<DeploymentSpec>, request_id: &str, path: &str) -> Answer {
+        let answer = self
+            .call(spec, request_id, path, GENEROUS)
+            .await
+            .unwrap_or_else(|f| panic!("{path} failed: {f:?}\nlogs:\n{}", self.logs.dump()));
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        answer
+    }
+
+    /// A request that must fail before its response headers.
+    async fn fails(
+        &self,
+        spec: &Arc<DeploymentSpec>,
+        request_id: &str,
+        path: &str,
+        within: Duration,
+    ) -> InvokeFailure {
+        match self.call(spec, request_id, path, within).await {
+            Ok(answer) => panic!("{path} was expected to fail, it answered {answer:?}"),
+            Err(failure) => failure,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
+    cold: bool,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_then_prepare_serves_the_first_request_warm() {
+    let h = harness().await;
+    // No bundle in storage: what `prepare` loads can only be the artifact `build` stored.
+    let spec = h.deploy(spec("dep_warm", 30_000, 128)).await;
+
+    let first = h.ok(&spec, "req-1", "/hello?x=1").await;
+    assert!(!first.cold, "the first request after prepare was cold");
+    assert!(
+        first.body.contains(r#""probe":true"#) && first.body.contains("/hello?x=1"),
+        "the probe echoes the request: {}",
+        first.body
+    );
+    let second = h.ok(&spec, "req-2", "/again").await;
+    assert!(!second.cold, "a later request was cold");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_never_prepared_loads_from_its_bundle_on_its_first_request() {
+    let h = harness().await;
+    let wasm = probe_wasm().await;
+    let mut spec = spec("dep_cold", 30_000, 128);
+    // Only the bundle is stored (no build): the worker compiles it on first use.
+    h.store_bundle(&mut spec, &wasm).await;
+    let spec = Arc::new(spec);
+
+    let first = h.ok(&spec, "req-1", "/").await;
+    assert!(
+        first.cold,
+        "the first request loaded the deployment: it was cold"
+    );
+    let second = h.ok(&spec, "req-2", "/").await;
+    assert!(
+        !second.cold,
+        "the deployment stays loaded: the second request is warm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_running_past_its_deadline_times_out() {
+    let h = harness().await;
+    let spec = h.deploy(spec("dep_timeout", 500, 128)).await;
+    let within = Duration::from_millis(spec.timeout_ms);
+
+    // `/slow` waits 3 s in a host call (a clock subscription).
+    let slow = h.fails(&spec, "req-slow", "/slow", within).await;
+    assert!(
+        matches!(slow.error, InvokeError::Timeout { timeout_ms: 500 }),
+        "a sleeping handler: {slow:?}"
+    );
+    assert!(!slow.cold_start, "the deployment was prepared: {slow:?}");
+
+    // `/spin` loops in wasm code: epoch interruption stops it.
+    let spin = h.fails(&spec, "req-spin", "/spin", within).await;
+    assert!(
+        matches!(spin.error, InvokeError::Timeout { timeout_ms: 500 }),
+        "a spinning handler: {spin:?}"
+    );
+
+    // The next request gets a fresh instance and answers.
+    h.ok(&spec, "req-after", "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_is_a_crash_and_the_guest_stderr_is_logged() {
+    let h = harness().await;
+    let spec = h.deploy(spec("dep_trap", 30_000, 128)).await;
+
+    // `/crash` panics; the probe is built with panic = "abort": the instance traps.
+    let crash = h.fails(&spec, "req-crash", "/crash", GENEROUS).await;
+    match &crash.error {
+        InvokeError::Crashed { message } => {
+            assert!(!message.is_empty(), "the crash says something: {crash:?}")
+        }
+        other => panic!("a trap must be Crashed, got {other:?}"),
+    }
+    assert!(
+        h.logs
+            .stderr_line("req-crash", "probe crashed on purpose")
+            .await
+            .is_some(),
+        "the panic message reaches the function's log as a stderr line:\n{}",
+        h.logs.dump()
+    );
+
+    h.ok(&spec, "req-after", "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allocating_past_memory_mb_is_refused_and_crashes_the_instance() {
+    let h = harness().await;
+    // 32 MiB over all the instance's memories.
+    let spec = h.deploy(spec("dep_memory", 30_000, 32)).await;
+
+    let small = h.ok(&spec, "req-small", "/grow?mb=4").await;
+    assert_eq!(small.body, "grew 4 MiB");
+
+    // The limiter refuses `memory.grow`; Rust's allocator then reports the failure on
+    // stderr and aborts, which is a trap: the invocation crashed.
+    let big = h.fails(&spec, "req-big", "/grow?mb=64", GENEROUS).await;
+    assert!(
+        matches!(big.error, InvokeError::Crashed { .. }),
+        "an allocation past memory_mb: {big:?}"
+    );
+    assert!(
+        h.logs
+            .stderr_line("req-big", "memory allocation of")
+            .await
+            .is_some(),
+        "the guest says on stderr which allocation failed:\n{}",
+        h.logs.dump()
+    );
+
+    // Each request has its own instance and its own budget.
+    let again = h.ok(&spec, "req-again", "/grow?mb=4").await;
+    assert_eq!(again.body, "grew 4 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_of_a_file_that_is_not_a_component_fails_with_the_reason() {
+    let h = harness().await;
+
+    let garbage = h
+        .build(
+            &spec("dep_garbage", 30_000, 128),
+            b"this is not webassembly",
+        )
+        .await
+        .expect_err("building garbage");
+    assert!(
+        garbage.contains("not a valid WebAssembly component"),
+        "{garbage}"
+    );
+
+    // A core module (the 8-byte header of an empty one) is WebAssembly, not a component.
+    let core = h
+        .build(&spec("dep_core", 30_000, 128), b"\0asm\x01\0\0\0")
+        .await
+        .expect_err("building a core module");
+    assert!(core.contains("not a valid WebAssembly component"), "{core}");
+
+    // An entrypoint missing from the bundle directory.
+    let missing_dir = h.dir.path().join("empty-bundle");
+    std::fs::create_dir_all(&missing_dir).expect("dir");
+    let missing = h
+        .worker
+        .build(&spec("dep_missing", 30_000, 128), &missing_dir)
+        .await
+        .expect_err("building without the entrypoint");
+    assert!(
+        missing.contains("reading entrypoint") && missing.contains(ENTRYPOINT),
+        "{missing}"
+    );
+
+    // Nothing was stored for the failed build: the deployment cannot be loaded.
+    let not_ready = h
+        .worker
+        .prepare(&spec("dep_garbage", 30_000, 128))
+        .await
+        .expect_err("preparing a deployment whose build failed");
+    assert!(
+        matches!(not_ready, InvokeError::NotReady { .. }),
+        "{not_ready:?}"
+    );
+}
