@@ -79,13 +79,20 @@ impl Build {
                 match tokio::time::timeout(BUILD_TIMEOUT, client.build(&url, spec)).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(BuildError::Failed(reason))) => return Err(reason),
+                    Ok(Err(BuildError::Lost(e))) => {
+                        tracing::warn!(worker = %url, deployment_id = %spec.deployment_id, error = %e, "worker went away during a build");
+                        return Err(format!(
+                            "the {runtime} worker stopped while building it (out of memory on this bundle?); deploy again to retry"
+                        ));
+                    }
                     Ok(Err(BuildError::Unreachable(e))) => {
                         tracing::warn!(worker = %url, deployment_id = %spec.deployment_id, error = %e, "worker could not take the build; trying another");
                         last_error = Some(e);
                     }
                     Err(_) => {
+                        tracing::warn!(worker = %url, deployment_id = %spec.deployment_id, "build timed out");
                         return Err(format!(
-                            "the {runtime} worker at {url} did not finish the build within {} s",
+                            "the {runtime} worker did not finish the build within {} s (builds wait their turn on a worker)",
                             BUILD_TIMEOUT.as_secs()
                         ));
                     }
@@ -93,7 +100,10 @@ impl Build {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(match last_error {
-                    Some(e) => format!("no {runtime} worker could build it: {e}"),
+                    Some(_) => format!(
+                        "no {runtime} worker could take the build within {} s",
+                        WAIT_FOR_WORKER.as_secs()
+                    ),
                     None => format!(
                         "no worker is available for runtime {runtime} (none registered within {} s): start a reactor-worker-{runtime}",
                         WAIT_FOR_WORKER.as_secs()

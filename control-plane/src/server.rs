@@ -24,7 +24,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[command(
     name = "reactor-control-plane",
     version,
-    about = "Reactor control plane: admin API, materialization, routing tables"
+    about = "Reactor control plane: admin API, deployments, routing tables"
 )]
 pub struct Args {
     /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).

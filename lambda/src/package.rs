@@ -116,7 +116,8 @@ fn add_dir<W: Write + std::io::Seek>(
             let mut f = std::fs::File::open(entry.path())?;
             std::io::copy(&mut f, zip)?;
         }
-        // Symbolic links are not unpacked from bundles (control-plane/src/bundle.rs).
+        // Symbolic links (the unpacker keeps those that stay inside the bundle,
+        // storage/src/bundle.rs) are not packed: a function that needs one breaks on Lambda.
     }
     Ok(())
 }

@@ -8,6 +8,9 @@
 //! switched off) in a memory cgroup of the deployment's limit; their stdout and stderr are
 //! the function's log. See `docs/bun.md` for the pool, the sandbox and the limits.
 
+mod body;
+mod build;
+mod bundles;
 mod host;
 mod launcher;
 mod pool;

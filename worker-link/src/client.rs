@@ -391,7 +391,11 @@ pub enum BuildError {
     /// The worker built and the bundle failed: the deployment fails with this reason.
     #[error("{0}")]
     Failed(String),
-    /// The worker could not be asked, or answered as no worker would: try another.
+    /// The worker went away after taking the build (it may have run out of memory on this
+    /// bundle): not retried elsewhere, so that one bundle cannot take down every worker.
+    #[error("{0}")]
+    Lost(String),
+    /// The worker could not be reached, or answered as no worker would: try another.
     #[error("{0}")]
     Unreachable(String),
 }
@@ -413,19 +417,26 @@ impl RemoteWorkers {
             BuildError::Unreachable(format!("worker address {base_url} is not valid: {e}"))
         })?;
         let client = CLIENT.with(|c| c.clone());
-        let response = client
-            .request(req)
-            .await
-            .map_err(|e| BuildError::Unreachable(describe(&e)))?;
+        let response = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                BuildError::Unreachable(describe(&e))
+            } else {
+                BuildError::Lost(describe(&e))
+            }
+        })?;
         let (parts, body) = response.into_parts();
         if parts.status.is_success() {
             return Ok(());
         }
         let bytes = read_limited(body).await;
-        if parts.headers.contains_key(protocol::ERROR)
-            && let Ok(failed) = serde_json::from_slice::<protocol::BuildFailed>(&bytes)
+        if parts.status == http::StatusCode::UNPROCESSABLE_ENTITY
+            && parts.headers.contains_key(protocol::ERROR)
         {
-            return Err(BuildError::Failed(failed.message));
+            return Err(BuildError::Failed(
+                serde_json::from_slice::<protocol::BuildFailed>(&bytes)
+                    .map(|f| f.message)
+                    .unwrap_or_else(|_| "the build failed (its reason could not be read)".into()),
+            ));
         }
         Err(BuildError::Unreachable(format!(
             "{base_url} answered the build with {}",

@@ -64,6 +64,7 @@ pub fn live_spec(f: &FunctionRoute, runtime: Runtime) -> Option<DeploymentSpec> 
 
 /// The body of a [`BUILD_PATH`] answer that failed: why, as the user reads it.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildFailed {
     pub message: String,
 }

@@ -49,6 +49,12 @@ impl BuildHost {
     /// Reads the bundle of `spec`, checks it is the one the control plane received
     /// (its SHA-256), unpacks it safely and builds it. `Err` is the reason to report.
     pub async fn build(&self, spec: &DeploymentSpec) -> Result<(), String> {
+        if !safe_id(&spec.deployment_id) {
+            return Err(format!(
+                "deployment id {:?} is not valid",
+                spec.deployment_id
+            ));
+        }
         let _slot = self
             .slots
             .acquire()
@@ -56,38 +62,74 @@ impl BuildHost {
             .map_err(|_| "the worker is shutting down".to_string())?;
         tokio::fs::create_dir_all(&self.scratch)
             .await
-            .map_err(|e| format!("creating {}: {e}", self.scratch.display()))?;
-        let work = tempfile::Builder::new()
-            .prefix(&format!("{}-", spec.deployment_id))
-            .tempdir_in(&self.scratch)
-            .map_err(|e| format!("creating a build directory: {e}"))?;
+            .map_err(|e| format!("creating the build directory: {e}"))?;
+        // Shared with the unpacking thread, so that a build the control plane gives up on
+        // (which drops this future) cannot remove the directory under it.
+        let work = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", spec.deployment_id))
+                .tempdir_in(&self.scratch)
+                .map_err(|e| format!("creating a build directory: {e}"))?,
+        );
         let archive = work.path().join("bundle.tar.gz");
         self.storage
             .get_to_file(&spec.bundle_key, &archive)
             .await
-            .map_err(|e| format!("reading the bundle: {e}"))?;
-        let dir = work.path().join("bundle");
+            .map_err(|e| {
+                tracing::warn!(key = %spec.bundle_key, error = %e, "reading a bundle to build");
+                "the bundle could not be read from storage".to_string()
+            })?;
         let expected = spec.sha256.clone();
-        let unpacked = {
-            let (archive, dir) = (archive.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || {
-                let found = reactor_storage::bundle::sha256_file(&archive)
-                    .map_err(|e| format!("reading the bundle: {e}"))?;
-                if !found.eq_ignore_ascii_case(&expected) {
-                    return Err(format!(
-                        "the stored bundle is not the one received (sha256 {found}, expected {expected})"
-                    ));
-                }
-                std::fs::create_dir_all(&dir).map_err(|e| format!("unpacking: {e}"))?;
-                reactor_storage::bundle::unpack(&archive, &dir)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-            .await
-        };
+        let held = work.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let archive = held.path().join("bundle.tar.gz");
+            let found = reactor_storage::bundle::sha256_file(&archive)
+                .map_err(|e| format!("reading the bundle: {e}"))?;
+            if !found.eq_ignore_ascii_case(&expected) {
+                return Err(format!(
+                    "the stored bundle is not the one received (sha256 {found}, expected {expected})"
+                ));
+            }
+            let dir = held.path().join("bundle");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("unpacking: {e}"))?;
+            reactor_storage::bundle::unpack(&archive, &dir)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
         unpacked.map_err(|e| format!("unpacking stopped: {e}"))??;
-        self.builder.build(spec, &dir).await
+        self.builder
+            .build(spec, &work.path().join("bundle"))
+            .await
+            .map_err(|reason| cap(reason, MAX_REASON_BYTES))
     }
+}
+
+/// The most of a build's failure reason sent back (Bun's own text can be long): enough to
+/// read, and far below what the control plane reads of an answer.
+const MAX_REASON_BYTES: usize = 16 * 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary, saying so.
+fn cap(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(" [...]");
+    text
+}
+
+/// Deployment ids name directories: letters, digits, `_` and `-` only.
+fn safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The routes of a worker service (add `/healthz` and `/readyz` beside them).
@@ -277,5 +319,34 @@ fn set_ms(h: &mut http::HeaderMap, started: Instant) {
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
         h.insert(protocol::WORKER_MS, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_reasons_are_capped_on_a_character_boundary() {
+        assert_eq!(cap("short".into(), 16), "short");
+        let long = "é".repeat(10); // 20 bytes
+        let capped = cap(long, 5);
+        assert_eq!(capped, "éé [...]");
+    }
+
+    #[test]
+    fn only_plain_ids_name_build_directories() {
+        assert!(safe_id("dep_01KBX6W4S0M8YQF3D5V2N7P9RT"));
+        for bad in ["", "../x", "/abs", "a/b", "dep 1", &"d".repeat(65)] {
+            assert!(!safe_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_build_failure_is_only_its_own_shape() {
+        let ok = serde_json::from_slice::<protocol::BuildFailed>(br#"{"message":"no fetch"}"#);
+        assert!(ok.is_ok());
+        let invoke_error = br#"{"kind":"unavailable","message":"this is a bun worker, not wasm"}"#;
+        assert!(serde_json::from_slice::<protocol::BuildFailed>(invoke_error).is_err());
     }
 }

@@ -58,12 +58,10 @@ impl ControlPlane {
                 format!("function {org}/{function} does not run on {runtime} workers"),
             ));
         }
-        // Materializing: a worker of the runtime is building it, and the build's check
-        // loads the module with its env (top-level code may read it), as in process.
-        if !matches!(
-            d.status,
-            DeploymentStatus::Ready | DeploymentStatus::Materializing
-        ) {
+        // A Bun deployment being built: its check loads the module with its env (top-level
+        // code may read it), as in process. No other runtime's build reads env.
+        let building = d.status == DeploymentStatus::Materializing && runtime == Runtime::Bun;
+        if d.status != DeploymentStatus::Ready && !building {
             return Err(ApiError::new(
                 ErrorCode::DeploymentNotReady,
                 format!("deployment {deployment_id} is {}", d.status.as_str()),
