@@ -1,41 +1,20 @@
 //! `reactor.toml`: the seed's `[functions]` section, every field overridable from the
 //! environment, with defaults that make the file optional.
 //!
-//! | key | env | default |
-//! |---|---|---|
-//! | `workdir` | `REACTOR_FUNCTIONS_WORKDIR` | `$XDG_DATA_HOME/reactor/functions`, else `~/.local/share/reactor/functions` (one place per user, wherever a command starts) |
-//! | `data_key` | `REACTOR_FUNCTIONS_DATA_KEY` | none: the control plane keeps a generated key in `{workdir}/data_key` (0600) |
-//! | `data_keys_previous` | `REACTOR_FUNCTIONS_DATA_KEYS_PREVIOUS` (comma-separated) | none: older keys that still decrypt until `reactor data-key rotate` has run |
-//! | `invoke_max_body_bytes` | `REACTOR_FUNCTIONS_INVOKE_MAX_BODY_BYTES` | 16777216 (16 MiB): larger request bodies get 413 `payload_too_large` |
-//! | `log_retention_entries` | `REACTOR_FUNCTIONS_LOG_RETENTION_ENTRIES` | 1000 per function |
-//! | `log_retention_secs` | `REACTOR_FUNCTIONS_LOG_RETENTION_SECS` | 86400 |
-//! | `bundle_max_bytes` | `REACTOR_FUNCTIONS_BUNDLE_MAX_BYTES` | 52428800 (50 MiB) |
-//! | `invoke_default_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_DEFAULT_TIMEOUT_MS` | 30000 |
-//! | `invoke_max_timeout_ms` | `REACTOR_FUNCTIONS_INVOKE_MAX_TIMEOUT_MS` | 300000 |
-//! | `bun_idle_ttl_secs` | `REACTOR_FUNCTIONS_BUN_IDLE_TTL_SECS` | 300 |
-//! | `bun_max_instances_per_fn` | `REACTOR_FUNCTIONS_BUN_MAX_INSTANCES_PER_FN` | 8 |
-//! | `bun_path` | `REACTOR_FUNCTIONS_BUN_PATH` | none: `node_modules/.bin/bun` here or in a parent directory, then in the repository `reactor` was built from, else `bun` on `PATH` |
-//! | `bun_sandbox` | `REACTOR_FUNCTIONS_BUN_SANDBOX` (`true`/`false`/`1`/`0`) | true: Bun runs under bubblewrap |
-//! | `bun_concurrency_per_process` | `REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS` | 32 |
-//! | `bun_queue_per_fn` | `REACTOR_FUNCTIONS_BUN_QUEUE_PER_FN` | 64 |
-//! | `runtimes` | `REACTOR_FUNCTIONS_RUNTIMES` (comma-separated) | `["wasm", "bun"]` |
-//! | `database_url` | `REACTOR_FUNCTIONS_DATABASE_URL` | none: SQLite at `{workdir}/reactor.db`; `postgres://user:pass@host/db` for PostgreSQL |
-//! | `redis_url` | `REACTOR_FUNCTIONS_REDIS_URL` | none: concurrency caps counted per router, logs kept by one control plane |
-//! | `storage.url` | `REACTOR_FUNCTIONS_STORAGE_URL` | none: local files under `workdir`; else the S3-compatible endpoint |
-//! | `storage.bucket` | `REACTOR_FUNCTIONS_STORAGE_BUCKET` | `reactor-functions` when `url` is set; setting either selects S3 (the bucket is created when missing) |
-//! | `storage.region` | `REACTOR_FUNCTIONS_STORAGE_REGION` | `us-east-1` (or `AWS_REGION`) |
-//! | `storage.path_style` | `REACTOR_FUNCTIONS_STORAGE_PATH_STYLE` | true when `url` is set (MinIO, Ceph, moto), else false |
-//! | `storage.prefix` | `REACTOR_FUNCTIONS_STORAGE_PREFIX` | none: keys at the bucket's root |
-//! | `storage.api_key` | `REACTOR_FUNCTIONS_STORAGE_API_KEY` | none: credentials from the standard AWS chain; else the secret key (the seed's single `api_key`), or `ACCESS_KEY_ID:SECRET` |
-//! | `storage.key_id` | `REACTOR_FUNCTIONS_STORAGE_KEY_ID` | with a single `api_key`: `AWS_ACCESS_KEY_ID` if set, else `reactor` |
-//! | `lambda.*` | `REACTOR_FUNCTIONS_LAMBDA_*` | see [`LambdaConfig`]; needed only when `runtimes` has `lambda` |
+//! Every key is declared once, in a [`keys::section!`] table below: its field, type,
+//! default, environment variable and documented default. The full list is generated from
+//! those tables into `docs/configuration.md` (a test fails when it is out of date; run it
+//! with `REACTOR_BLESS=1` to rewrite it).
 //!
 //! Paths: a relative path in the file is relative to the file's directory, one from the
 //! environment or a flag to the current directory; [`ReactorConfig::load`] makes them
 //! absolute once, so nothing later depends on where a process was started.
 //!
 //! The split topology adds one section per service and the shared internal token (see
-//! [`ServicesConfig`]); the embedded default needs none of them.
+//! `[internal]`, `[control_plane]`, `[data_plane]`, `[worker]`); the embedded default needs
+//! none of them.
+
+pub mod keys;
 
 use crate::Runtime;
 use serde::Deserialize;
@@ -43,7 +22,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub const ENV_CONFIG: &str = "REACTOR_CONFIG";
-const ENV_PREFIX: &str = "REACTOR_FUNCTIONS_";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,97 +38,56 @@ pub struct ReactorConfig {
     pub worker: WorkerConfig,
 }
 
-/// `[internal]`: what services use to trust each other.
-///
-/// | key | env | default |
-/// |---|---|---|
-/// | `token` | `REACTOR_INTERNAL_TOKEN` | none: the split services refuse to start without it |
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InternalConfig {
-    /// Shared secret: routers and workers present it to the control plane, routers to
-    /// workers. Never passed to a function.
-    pub token: Option<String>,
-}
-
-/// `[control_plane]` of `reactor-control-plane`.
-///
-/// | key | env | default |
-/// |---|---|---|
-/// | `listen` | `REACTOR_CONTROL_PLANE_LISTEN` | `127.0.0.1:7070` (admin HTTP, health) |
-/// | `grpc_listen` | `REACTOR_CONTROL_PLANE_GRPC_LISTEN` | `127.0.0.1:7071` (admin, routing, workers) |
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlPlaneConfig {
-    pub listen: SocketAddr,
-    pub grpc_listen: SocketAddr,
-}
-
-impl Default for ControlPlaneConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
-        }
+keys::section! {
+    /// `[internal]`: what services use to trust each other.
+    #[derive(Debug)]
+    pub struct InternalConfig ("internal", env "REACTOR_INTERNAL_") {
+        /// Shared secret: routers and workers present it to the control plane, routers to
+        /// workers. Never passed to a function.
+        token: Option<String> = None, env "TOKEN",
+            doc "none: the split services refuse to start without it";
     }
 }
 
-/// `[data_plane]` of `reactor-data-plane`.
-///
-/// | key | env | default |
-/// |---|---|---|
-/// | `listen` | `REACTOR_DATA_PLANE_LISTEN` | `127.0.0.1:8080` (invoke, health) |
-/// | `control_plane_url` | `REACTOR_DATA_PLANE_CONTROL_PLANE_URL` | `http://127.0.0.1:7071` |
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataPlaneConfig {
-    pub listen: SocketAddr,
-    pub control_plane_url: String,
-}
-
-impl Default for DataPlaneConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            control_plane_url: "http://127.0.0.1:7071".into(),
-        }
+keys::section! {
+    /// `[control_plane]` of `reactor-control-plane`.
+    #[derive(Debug)]
+    pub struct ControlPlaneConfig ("control_plane", env "REACTOR_CONTROL_PLANE_") {
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7070)), env "LISTEN",
+            doc "`127.0.0.1:7070` (admin HTTP, health)";
+        grpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7071)), env "GRPC_LISTEN",
+            doc "`127.0.0.1:7071` (admin, routing, workers)";
     }
 }
 
-/// `[worker]` of `reactor-worker-wasm` (and later the other runtimes' workers).
-///
-/// | key | env | default |
-/// |---|---|---|
-/// | `listen` | `REACTOR_WORKER_LISTEN` | `127.0.0.1:7080` |
-/// | `advertise_url` | `REACTOR_WORKER_ADVERTISE_URL` | `http://` + the bound address (required when listening on 0.0.0.0 or ::) |
-/// | `control_plane_url` | `REACTOR_WORKER_CONTROL_PLANE_URL` | `http://127.0.0.1:7071` |
-/// | `id` | `REACTOR_WORKER_ID` | `{runtime}-{host}-{port}` of the advertised URL |
-/// | `cache_dir` | `REACTOR_WORKER_CACHE_DIR` | `{functions.workdir}/cache/{id}` |
-/// | `max_instances` | `REACTOR_WORKER_MAX_INSTANCES` | 1000 |
-/// | `prewarm` | `REACTOR_WORKER_PREWARM` | true: load every live deployment of its runtime |
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerConfig {
-    pub listen: SocketAddr,
-    pub advertise_url: Option<String>,
-    pub control_plane_url: String,
-    pub id: Option<String>,
-    pub cache_dir: Option<PathBuf>,
-    pub max_instances: u32,
-    pub prewarm: bool,
+keys::section! {
+    /// `[data_plane]` of `reactor-data-plane`.
+    #[derive(Debug)]
+    pub struct DataPlaneConfig ("data_plane", env "REACTOR_DATA_PLANE_") {
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env "LISTEN",
+            doc "`127.0.0.1:8080` (invoke, health)";
+        control_plane_url: String = "http://127.0.0.1:7071".into(), env "CONTROL_PLANE_URL",
+            doc "`http://127.0.0.1:7071`";
+    }
 }
 
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
-            advertise_url: None,
-            control_plane_url: "http://127.0.0.1:7071".into(),
-            id: None,
-            cache_dir: None,
-            max_instances: 1000,
-            prewarm: true,
-        }
+keys::section! {
+    /// `[worker]` of the worker services (`reactor-worker-wasm`, `reactor-worker-bun`).
+    #[derive(Debug)]
+    pub struct WorkerConfig ("worker", env "REACTOR_WORKER_") {
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7080)), env "LISTEN",
+            doc "`127.0.0.1:7080`";
+        advertise_url: Option<String> = None, env "ADVERTISE_URL",
+            doc "`http://` + the bound address (required when listening on 0.0.0.0 or ::)";
+        control_plane_url: String = "http://127.0.0.1:7071".into(), env "CONTROL_PLANE_URL",
+            doc "`http://127.0.0.1:7071`";
+        id: Option<String> = None, env "ID",
+            doc "`{runtime}-{host}-{port}` of the advertised URL";
+        cache_dir: Option<PathBuf> = None, env "CACHE_DIR",
+            doc "`{functions.workdir}/cache/{id}`";
+        max_instances: u32 = 1000, env "MAX_INSTANCES", doc "1000";
+        prewarm: bool = true, env "PREWARM",
+            doc "true: load every live deployment of its runtime";
     }
 }
 
@@ -161,54 +98,20 @@ impl ReactorConfig {
         &mut self,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(name: &str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-                name: name.to_string(),
-                value: value.clone(),
-                reason: e.to_string(),
-            })
-        }
-        let var = |name: &'static str| get(name).map(|v| (name, v));
-        if let Some((_, v)) = var("REACTOR_INTERNAL_TOKEN") {
-            self.internal.token = Some(v);
-        }
-        if let Some((n, v)) = var("REACTOR_CONTROL_PLANE_LISTEN") {
-            self.control_plane.listen = parsed(n, v)?;
-        }
-        if let Some((n, v)) = var("REACTOR_CONTROL_PLANE_GRPC_LISTEN") {
-            self.control_plane.grpc_listen = parsed(n, v)?;
-        }
-        if let Some((n, v)) = var("REACTOR_DATA_PLANE_LISTEN") {
-            self.data_plane.listen = parsed(n, v)?;
-        }
-        if let Some((_, v)) = var("REACTOR_DATA_PLANE_CONTROL_PLANE_URL") {
-            self.data_plane.control_plane_url = v;
-        }
-        if let Some((n, v)) = var("REACTOR_WORKER_LISTEN") {
-            self.worker.listen = parsed(n, v)?;
-        }
-        if let Some((_, v)) = var("REACTOR_WORKER_ADVERTISE_URL") {
-            self.worker.advertise_url = Some(v);
-        }
-        if let Some((_, v)) = var("REACTOR_WORKER_CONTROL_PLANE_URL") {
-            self.worker.control_plane_url = v;
-        }
-        if let Some((_, v)) = var("REACTOR_WORKER_ID") {
-            self.worker.id = Some(v);
-        }
-        if let Some((_, v)) = var("REACTOR_WORKER_CACHE_DIR") {
-            self.worker.cache_dir = Some(absolute(Path::new(&v)));
-        }
-        if let Some((n, v)) = var("REACTOR_WORKER_MAX_INSTANCES") {
-            self.worker.max_instances = parsed(n, v)?;
-        }
-        if let Some((n, v)) = var("REACTOR_WORKER_PREWARM") {
-            self.worker.prewarm = parsed(n, v)?;
-        }
-        Ok(())
+        self.internal.apply_env_with(&get)?;
+        self.control_plane.apply_env_with(&get)?;
+        self.data_plane.apply_env_with(&get)?;
+        self.worker.apply_env_with(&get)
+    }
+
+    /// Every key of every section, in the order of `docs/configuration.md`.
+    pub fn keys() -> Vec<keys::Key> {
+        let mut all = FunctionsConfig::keys();
+        all.extend(InternalConfig::keys());
+        all.extend(ControlPlaneConfig::keys());
+        all.extend(DataPlaneConfig::keys());
+        all.extend(WorkerConfig::keys());
+        all
     }
 
     /// The internal token, required by every split service.
@@ -227,42 +130,56 @@ impl ReactorConfig {
     }
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FunctionsConfig {
-    pub workdir: PathBuf,
-    pub data_key: Option<String>,
-    pub data_keys_previous: Vec<String>,
-    pub bundle_max_bytes: u64,
-    pub invoke_max_body_bytes: u64,
-    pub log_retention_entries: usize,
-    pub log_retention_secs: u64,
-    pub invoke_default_timeout_ms: u64,
-    pub invoke_max_timeout_ms: u64,
-    pub bun_idle_ttl_secs: u64,
-    pub bun_max_instances_per_fn: u32,
-    pub bun_path: Option<PathBuf>,
-    pub bun_sandbox: bool,
-    pub bun_concurrency_per_process: u32,
-    pub bun_queue_per_fn: u32,
-    pub runtimes: Vec<Runtime>,
-    pub database_url: Option<String>,
-    pub redis_url: Option<String>,
-    pub storage: StorageConfig,
-    pub lambda: LambdaConfig,
+keys::section! {
+    /// `[functions]`: the seed's section, for every service.
+    pub struct FunctionsConfig ("functions", env "REACTOR_FUNCTIONS_") {
+        workdir: PathBuf = default_workdir(), env "WORKDIR",
+            doc "`$XDG_DATA_HOME/reactor/functions`, else `~/.local/share/reactor/functions` (one place per user, wherever a command starts)";
+        data_key: Option<String> = None, env "DATA_KEY",
+            doc "none: the control plane keeps a generated key in `{workdir}/data_key` (0600)";
+        data_keys_previous: Vec<String> = Vec::new(), env "DATA_KEYS_PREVIOUS",
+            doc "none: older keys (comma-separated) that still decrypt until `reactor data-key rotate` has run";
+        invoke_max_body_bytes: u64 = 16 * 1024 * 1024, env "INVOKE_MAX_BODY_BYTES",
+            doc "16777216 (16 MiB): larger request bodies get 413 `payload_too_large`";
+        log_retention_entries: usize = 1000, env "LOG_RETENTION_ENTRIES", doc "1000 per function";
+        log_retention_secs: u64 = 86_400, env "LOG_RETENTION_SECS", doc "86400";
+        bundle_max_bytes: u64 = 50 * 1024 * 1024, env "BUNDLE_MAX_BYTES", doc "52428800 (50 MiB)";
+        invoke_default_timeout_ms: u64 = 30_000, env "INVOKE_DEFAULT_TIMEOUT_MS", doc "30000";
+        invoke_max_timeout_ms: u64 = 300_000, env "INVOKE_MAX_TIMEOUT_MS", doc "300000";
+        bun_idle_ttl_secs: u64 = 300, env "BUN_IDLE_TTL_SECS", doc "300";
+        bun_max_instances_per_fn: u32 = 8, env "BUN_MAX_INSTANCES_PER_FN", doc "8";
+        bun_path: Option<PathBuf> = None, env "BUN_PATH",
+            doc "none: `node_modules/.bin/bun` in the repository `reactor` was built from, then here or in a parent directory, else `bun` on `PATH`";
+        bun_sandbox: bool = true, env "BUN_SANDBOX",
+            doc "true (`true`/`false`/`1`/`0`): Bun runs under bubblewrap";
+        bun_concurrency_per_process: u32 = 32, env "BUN_CONCURRENCY_PER_PROCESS", doc "32";
+        bun_queue_per_fn: u32 = 64, env "BUN_QUEUE_PER_FN", doc "64";
+        runtimes: Vec<Runtime> = vec![Runtime::Wasm, Runtime::Bun], env "RUNTIMES",
+            doc "`wasm,bun` (comma-separated in the environment)";
+        database_url: Option<String> = None, env "DATABASE_URL" with keys::non_empty,
+            doc "none: SQLite at `{workdir}/reactor.db`; `postgres://user:pass@host/db` for PostgreSQL";
+        redis_url: Option<String> = None, env "REDIS_URL" with keys::non_empty,
+            doc "none: concurrency caps counted per router, logs kept by one control plane";
+    }
+    sections { storage: StorageConfig, lambda: LambdaConfig }
 }
 
-/// `[functions.storage]`: local files unless a bucket is set.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    pub url: Option<String>,
-    pub api_key: Option<String>,
-    pub key_id: Option<String>,
-    pub bucket: Option<String>,
-    pub region: Option<String>,
-    pub path_style: Option<bool>,
-    pub prefix: Option<String>,
+keys::section! {
+    /// `[functions.storage]`: local files unless a bucket is set.
+    pub struct StorageConfig ("functions.storage", env "REACTOR_FUNCTIONS_STORAGE_") {
+        url: Option<String> = None, env "URL",
+            doc "none: local files under `workdir`; else the S3-compatible endpoint";
+        api_key: Option<String> = None, env "API_KEY",
+            doc "none: credentials from the standard AWS chain; else the secret key (the seed's single `api_key`), or `ACCESS_KEY_ID:SECRET`";
+        key_id: Option<String> = None, env "KEY_ID",
+            doc "with a single `api_key`: `AWS_ACCESS_KEY_ID` if set, else `reactor`";
+        bucket: Option<String> = None, env "BUCKET",
+            doc "`reactor-functions` when `url` is set; setting either selects S3 (the bucket is created when missing)";
+        region: Option<String> = None, env "REGION", doc "`us-east-1` (or `AWS_REGION`)";
+        path_style: Option<bool> = None, env "PATH_STYLE",
+            doc "true when `url` is set (MinIO, Ceph, moto), else false";
+        prefix: Option<String> = None, env "PREFIX", doc "none: keys at the bucket's root";
+    }
 }
 
 impl StorageConfig {
@@ -325,37 +242,35 @@ pub const DEFAULT_KEY_ID: &str = "reactor";
 /// The bucket when `storage.url` is set without `storage.bucket`.
 pub const DEFAULT_BUCKET: &str = "reactor-functions";
 
-/// `[functions.lambda]`: where functions with `runtime: lambda` run (`docs/lambda.md`).
-/// Credentials come from the standard AWS chain (environment, profile, SSO, instance or
-/// task role), for the control plane (deploys) and the routers (signing invocations).
-///
-/// | key | env (`REACTOR_FUNCTIONS_LAMBDA_`...) | default |
-/// |---|---|---|
-/// | `region` | `REGION` | `AWS_REGION`, else `us-east-1` |
-/// | `role_arn` | `ROLE_ARN` | required: the execution role of the functions |
-/// | `bundle_s3_bucket` | `BUNDLE_S3_BUCKET` | required: where deployment packages are uploaded (created when missing) |
-/// | `lwa_layer_arn` | `LWA_LAYER_ARN` | required: the Lambda Web Adapter layer for `architecture` |
-/// | `bun_layer_arn` | `BUN_LAYER_ARN` | none: the control plane's own Bun binary (`functions.bun_path`, for `architecture`) is packed with each function; else a layer with Bun at `/opt/bun` or `/opt/bin/bun` |
-/// | `architecture` | `ARCHITECTURE` | `x86_64` (or `arm64`; the layers must match) |
-/// | `function_prefix` | `FUNCTION_PREFIX` | `reactor-`: Lambda functions are `{prefix}{org}-{function}` |
-/// | `alias` | `ALIAS` | `live`: the alias that promote moves and the Function URL fronts |
-/// | `endpoint` | `ENDPOINT` | none: AWS; else the Lambda API endpoint (an emulator) |
-/// | `s3_endpoint` | `S3_ENDPOINT` | none: AWS; else the S3 endpoint for `bundle_s3_bucket` (path-style) |
-/// | `function_url_endpoint` | `FUNCTION_URL_ENDPOINT` | none: the Function URL AWS returned; else requests go to this base URL |
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LambdaConfig {
-    pub region: Option<String>,
-    pub role_arn: Option<String>,
-    pub bundle_s3_bucket: Option<String>,
-    pub lwa_layer_arn: Option<String>,
-    pub bun_layer_arn: Option<String>,
-    pub architecture: Option<String>,
-    pub function_prefix: Option<String>,
-    pub alias: Option<String>,
-    pub endpoint: Option<String>,
-    pub s3_endpoint: Option<String>,
-    pub function_url_endpoint: Option<String>,
+keys::section! {
+    /// `[functions.lambda]`: where functions with `runtime: lambda` run (`docs/lambda.md`),
+    /// needed only when `runtimes` has `lambda`. Credentials come from the standard AWS
+    /// chain (environment, profile, SSO, instance or task role), for the control plane
+    /// (deploys) and the routers (signing invocations).
+    #[derive(Debug)]
+    pub struct LambdaConfig ("functions.lambda", env "REACTOR_FUNCTIONS_LAMBDA_") {
+        region: Option<String> = None, env "REGION", doc "`AWS_REGION`, else `us-east-1`";
+        role_arn: Option<String> = None, env "ROLE_ARN",
+            doc "required: the execution role of the functions";
+        bundle_s3_bucket: Option<String> = None, env "BUNDLE_S3_BUCKET",
+            doc "required: where deployment packages are uploaded (created when missing)";
+        lwa_layer_arn: Option<String> = None, env "LWA_LAYER_ARN",
+            doc "required: the Lambda Web Adapter layer for `architecture`";
+        bun_layer_arn: Option<String> = None, env "BUN_LAYER_ARN",
+            doc "none: a Bun binary on the control plane's host (`functions.bun_path`, for `architecture`) is packed with each function; else a layer with Bun at `/opt/bun` or `/opt/bin/bun`";
+        architecture: Option<String> = None, env "ARCHITECTURE",
+            doc "`x86_64` (or `arm64`; the layers must match)";
+        function_prefix: Option<String> = None, env "FUNCTION_PREFIX",
+            doc "`reactor-`: Lambda functions are `{prefix}{org}_{function}`";
+        alias: Option<String> = None, env "ALIAS",
+            doc "`live`: the alias that promote moves and the Function URL fronts";
+        endpoint: Option<String> = None, env "ENDPOINT",
+            doc "none: AWS; else the Lambda API endpoint (an emulator)";
+        s3_endpoint: Option<String> = None, env "S3_ENDPOINT",
+            doc "none: AWS; else the S3 endpoint for `bundle_s3_bucket` (path-style)";
+        function_url_endpoint: Option<String> = None, env "FUNCTION_URL_ENDPOINT",
+            doc "none: the Function URL AWS returned; else requests go to this base URL";
+    }
 }
 
 /// What the Lambda runtime needs, resolved from [`LambdaConfig`].
@@ -526,33 +441,6 @@ impl std::fmt::Debug for FunctionsConfig {
     }
 }
 
-impl Default for FunctionsConfig {
-    fn default() -> Self {
-        Self {
-            workdir: default_workdir(),
-            data_key: None,
-            data_keys_previous: Vec::new(),
-            bundle_max_bytes: 50 * 1024 * 1024,
-            invoke_max_body_bytes: 16 * 1024 * 1024,
-            log_retention_entries: 1000,
-            log_retention_secs: 86_400,
-            invoke_default_timeout_ms: 30_000,
-            invoke_max_timeout_ms: 300_000,
-            bun_idle_ttl_secs: 300,
-            bun_max_instances_per_fn: 8,
-            bun_path: None,
-            bun_sandbox: true,
-            bun_concurrency_per_process: 32,
-            bun_queue_per_fn: 64,
-            runtimes: vec![Runtime::Wasm, Runtime::Bun],
-            database_url: None,
-            redis_url: None,
-            storage: StorageConfig::default(),
-            lambda: LambdaConfig::default(),
-        }
-    }
-}
-
 /// Where state lives when nothing says: one place per user, `$XDG_DATA_HOME/reactor/functions`
 /// (else `~/.local/share/reactor/functions`; without a home, `./.reactor/functions`).
 pub fn default_workdir() -> PathBuf {
@@ -662,141 +550,7 @@ impl ReactorConfig {
 impl FunctionsConfig {
     /// Applies `REACTOR_FUNCTIONS_*` overrides read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
-            value.trim().parse().map_err(|_| ConfigError::Env {
-                name: name.to_string(),
-                value: value.to_string(),
-                reason: "expected a non-negative integer".to_string(),
-            })
-        }
-        fn flag(name: &str, value: &str) -> Result<bool, ConfigError> {
-            match value.trim() {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(ConfigError::Env {
-                    name: name.to_string(),
-                    value: value.to_string(),
-                    reason: "expected true, false, 1 or 0".to_string(),
-                }),
-            }
-        }
-        let var = |key: &str| {
-            let name = format!("{ENV_PREFIX}{key}");
-            get(&name).map(|v| (name, v))
-        };
-        if let Some((_, v)) = var("WORKDIR") {
-            self.workdir = absolute(Path::new(&v));
-        }
-        if let Some((_, v)) = var("DATA_KEY") {
-            self.data_key = Some(v);
-        }
-        if let Some((_, v)) = var("DATA_KEYS_PREVIOUS") {
-            self.data_keys_previous = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-        }
-        if let Some((n, v)) = var("INVOKE_MAX_BODY_BYTES") {
-            self.invoke_max_body_bytes = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("LOG_RETENTION_ENTRIES") {
-            self.log_retention_entries = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("LOG_RETENTION_SECS") {
-            self.log_retention_secs = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("BUNDLE_MAX_BYTES") {
-            self.bundle_max_bytes = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("INVOKE_DEFAULT_TIMEOUT_MS") {
-            self.invoke_default_timeout_ms = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("INVOKE_MAX_TIMEOUT_MS") {
-            self.invoke_max_timeout_ms = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("BUN_IDLE_TTL_SECS") {
-            self.bun_idle_ttl_secs = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("BUN_MAX_INSTANCES_PER_FN") {
-            self.bun_max_instances_per_fn = num(&n, &v)?;
-        }
-        if let Some((_, v)) = var("BUN_PATH") {
-            self.bun_path = Some(absolute(Path::new(&v)));
-        }
-        if let Some((n, v)) = var("BUN_SANDBOX") {
-            self.bun_sandbox = flag(&n, &v)?;
-        }
-        if let Some((n, v)) = var("BUN_CONCURRENCY_PER_PROCESS") {
-            self.bun_concurrency_per_process = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("BUN_QUEUE_PER_FN") {
-            self.bun_queue_per_fn = num(&n, &v)?;
-        }
-        if let Some((n, v)) = var("RUNTIMES") {
-            let mut runtimes = Vec::new();
-            for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let rt =
-                    part.parse()
-                        .map_err(|e: crate::runtime::UnknownRuntime| ConfigError::Env {
-                            name: n.clone(),
-                            value: v.clone(),
-                            reason: e.to_string(),
-                        })?;
-                runtimes.push(rt);
-            }
-            self.runtimes = runtimes;
-        }
-        if let Some((_, v)) = var("STORAGE_URL") {
-            self.storage.url = Some(v);
-        }
-        if let Some((_, v)) = var("STORAGE_API_KEY") {
-            self.storage.api_key = Some(v);
-        }
-        if let Some((_, v)) = var("STORAGE_KEY_ID") {
-            self.storage.key_id = Some(v);
-        }
-        if let Some((_, v)) = var("STORAGE_BUCKET") {
-            self.storage.bucket = Some(v);
-        }
-        if let Some((_, v)) = var("STORAGE_REGION") {
-            self.storage.region = Some(v);
-        }
-        if let Some((n, v)) = var("STORAGE_PATH_STYLE") {
-            self.storage.path_style = Some(flag(&n, &v)?);
-        }
-        if let Some((_, v)) = var("STORAGE_PREFIX") {
-            self.storage.prefix = Some(v);
-        }
-        if let Some((_, v)) = var("DATABASE_URL") {
-            self.database_url = Some(v).filter(|v| !v.is_empty());
-        }
-        if let Some((_, v)) = var("REDIS_URL") {
-            self.redis_url = Some(v).filter(|v| !v.is_empty());
-        }
-        let lambda = &mut self.lambda;
-        for (key, field) in [
-            ("LAMBDA_REGION", &mut lambda.region),
-            ("LAMBDA_ROLE_ARN", &mut lambda.role_arn),
-            ("LAMBDA_BUNDLE_S3_BUCKET", &mut lambda.bundle_s3_bucket),
-            ("LAMBDA_LWA_LAYER_ARN", &mut lambda.lwa_layer_arn),
-            ("LAMBDA_BUN_LAYER_ARN", &mut lambda.bun_layer_arn),
-            ("LAMBDA_ARCHITECTURE", &mut lambda.architecture),
-            ("LAMBDA_FUNCTION_PREFIX", &mut lambda.function_prefix),
-            ("LAMBDA_ALIAS", &mut lambda.alias),
-            ("LAMBDA_ENDPOINT", &mut lambda.endpoint),
-            ("LAMBDA_S3_ENDPOINT", &mut lambda.s3_endpoint),
-            (
-                "LAMBDA_FUNCTION_URL_ENDPOINT",
-                &mut lambda.function_url_endpoint,
-            ),
-        ] {
-            if let Some((_, v)) = var(key) {
-                *field = Some(v);
-            }
-        }
-        Ok(())
+        self.apply_env_with(&get)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -863,6 +617,99 @@ impl FunctionsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEYS_START: &str =
+        "<!-- keys: generated from api/src/config by its tests; do not edit -->\n";
+    const KEYS_END: &str = "<!-- /keys -->";
+
+    #[test]
+    fn the_documented_keys_are_the_declared_keys() {
+        let keys = ReactorConfig::keys();
+        let mut envs: Vec<&str> = keys.iter().map(|k| k.env).collect();
+        envs.sort_unstable();
+        envs.dedup();
+        assert_eq!(
+            envs.len(),
+            keys.len(),
+            "two keys share an environment variable"
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).expect("reading docs/configuration.md");
+        let start = doc
+            .find(KEYS_START)
+            .expect("the keys marker in docs/configuration.md")
+            + KEYS_START.len();
+        let end = start + doc[start..].find(KEYS_END).expect("the end-of-keys marker");
+        let table = keys::markdown_table(&keys);
+        if doc[start..end] != table {
+            if std::env::var_os("REACTOR_BLESS").is_some() {
+                let fresh = format!("{}{table}{}", &doc[..start], &doc[end..]);
+                std::fs::write(&path, fresh).expect("writing docs/configuration.md");
+            } else {
+                panic!(
+                    "docs/configuration.md lists other keys than api/src/config declares: \
+                     rewrite it with REACTOR_BLESS=1 cargo test --release -p reactor-api"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_declared_variable_overrides_its_key() {
+        // A value each type accepts; the override must show in the section's Debug.
+        let mut config = ReactorConfig::default();
+        let get = |name: &str| -> Option<String> {
+            Some(match name {
+                n if n.ends_with("LISTEN") => "127.0.0.1:1".into(),
+                n if n.ends_with("RUNTIMES") => "wasm".into(),
+                n if n.ends_with("SANDBOX")
+                    || n.ends_with("PREWARM")
+                    || n.ends_with("PATH_STYLE") =>
+                {
+                    "0".into()
+                }
+                n if n.ends_with("_BYTES")
+                    || n.ends_with("_MS")
+                    || n.ends_with("_SECS")
+                    || n.ends_with("_ENTRIES")
+                    || n.ends_with("_FN")
+                    || n.ends_with("_PROCESS")
+                    || n.ends_with("MAX_INSTANCES") =>
+                {
+                    "7".into()
+                }
+                _ => "/set-from-env".into(),
+            })
+        };
+        config.functions.apply_env(get).expect("functions");
+        config.apply_services_env(get).expect("services");
+        let f = &config.functions;
+        assert_eq!(f.workdir, PathBuf::from("/set-from-env"));
+        assert_eq!(f.bundle_max_bytes, 7);
+        assert_eq!(f.log_retention_entries, 7);
+        assert_eq!(f.bun_queue_per_fn, 7);
+        assert!(!f.bun_sandbox);
+        assert_eq!(f.runtimes, vec![Runtime::Wasm]);
+        assert_eq!(f.database_url.as_deref(), Some("/set-from-env"));
+        assert_eq!(f.storage.path_style, Some(false));
+        assert_eq!(
+            f.lambda.function_url_endpoint.as_deref(),
+            Some("/set-from-env")
+        );
+        assert_eq!(config.internal.token.as_deref(), Some("/set-from-env"));
+        assert_eq!(config.control_plane.grpc_listen.port(), 1);
+        assert_eq!(config.worker.max_instances, 7);
+        assert!(!config.worker.prewarm);
+        assert_eq!(
+            config.worker.cache_dir,
+            Some(PathBuf::from("/set-from-env"))
+        );
+        // Empty URLs mean "not set".
+        let mut f = FunctionsConfig::default();
+        f.apply_env(|n| (n == "REACTOR_FUNCTIONS_REDIS_URL").then(String::new))
+            .expect("empty redis url");
+        assert_eq!(f.redis_url, None);
+    }
 
     #[test]
     fn seed_config_parses_and_env_overrides() {
@@ -973,7 +820,7 @@ region = "us-east-1"
 
     #[test]
     fn the_seed_example_verbatim_is_accepted_but_its_placeholder_data_key() {
-        let text = include_str!("../../tests/fixtures/seed-reactor.toml");
+        let text = include_str!("../../../tests/fixtures/seed-reactor.toml");
         let mut config: ReactorConfig = toml::from_str(text).expect("the seed's example parses");
         config.resolve_paths(Path::new("/etc/reactor"));
         let f = &mut config.functions;
