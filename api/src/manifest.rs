@@ -24,8 +24,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
     /// Invoke policy of this deployment, checked by routers after the function's own.
+    /// Kept as JSON here: the control plane parses and compiles it (`reactor-policy`), so
+    /// that the crates which only run functions do not link the policy engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<reactor_policy::Policy>,
+    pub policy: Option<serde_json::Value>,
     /// A build step run by the CLI before packing (like `spin build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
@@ -69,7 +71,7 @@ pub struct Resolved {
     pub max_concurrency: Option<u32>,
     pub env_keys: Vec<String>,
     pub secret_keys: Vec<String>,
-    /// The manifest's invoke policy as JSON, validated.
+    /// The manifest's invoke policy as JSON, not yet validated (the control plane does).
     pub policy: Option<String>,
 }
 
@@ -154,13 +156,7 @@ impl Manifest {
                 ));
             }
         }
-        let policy = match &m.policy {
-            Some(p) => {
-                p.compile().map_err(|e| format!("policy: {e}"))?;
-                Some(serde_json::to_string(p).map_err(|e| format!("policy: {e}"))?)
-            }
-            None => None,
-        };
+        let policy = m.policy.as_ref().map(|p| p.to_string());
         Ok(Resolved {
             policy,
             entrypoint,

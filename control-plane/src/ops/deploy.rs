@@ -163,7 +163,7 @@ impl ControlPlane {
         } else {
             None
         };
-        let resolved = Manifest::resolve(
+        let mut resolved = Manifest::resolve(
             manifest.as_ref(),
             &function.name,
             function.runtime,
@@ -171,6 +171,19 @@ impl ControlPlane {
             self.config.timeouts(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+        // The manifest's policy: parsed, compiled once to be sure routers can, and stored
+        // as the policy crate writes it.
+        if let Some(json) = resolved.policy.take() {
+            let invalid = |e: reactor_policy::PolicyError| {
+                ApiError::new(ErrorCode::ManifestInvalid, format!("policy: {e}"))
+            };
+            let policy = reactor_policy::Policy::from_json(&json).map_err(invalid)?;
+            policy.compile().map_err(invalid)?;
+            resolved.policy = Some(
+                serde_json::to_string(&policy)
+                    .map_err(|e| ApiError::internal(format!("policy: {e}")))?,
+            );
+        }
         Ok(resolved)
     }
 
