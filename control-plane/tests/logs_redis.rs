@@ -47,7 +47,7 @@ async fn instances_share_entries_and_a_new_one_loads_the_history() {
         .expect("url")
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis at 127.0.0.1:6379 is needed by this test");
+        .expect("Redis is not reachable at 127.0.0.1:6379, and this test needs it: start it with `redis-server --daemonize yes`");
     let key = format!(
         "reactor:test-logs:{}:{}",
         std::process::id(),

@@ -84,6 +84,20 @@ pub fn service_bin(name: &str) -> PathBuf {
     profile.join(name)
 }
 
+/// Fails the test with a message naming `service`, where it was looked for and `how` to
+/// start it, when nothing answers at `addr` (a test that needs a real service says which
+/// one is missing instead of failing somewhere further on).
+pub fn require_service(service: &str, addr: &str, how: &str) {
+    let reachable = addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{service} is not reachable at {addr}, and this test needs it: {how}"
+    );
+}
+
 /// Cargo, without the variables Cargo sets for a test process (`CARGO_PKG_NAME`,
 /// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...). Build scripts such as ring's rerun when those
 /// change (`rerun-if-env-changed`), so a cargo started with them would rebuild ring and

@@ -217,6 +217,11 @@ impl Topology {
         let compose = Compose::load();
         let admin_url = std::env::var("REACTOR_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        crate::require_service(
+            "Redis",
+            "127.0.0.1:6379",
+            "start it with `redis-server --daemonize yes`",
+        );
         let db = TestDatabase::create(&admin_url).await;
         eprintln!("topology: database at {} ms", t0.elapsed().as_millis());
         let moto = Moto::start(&dir.path().join("moto.log"));

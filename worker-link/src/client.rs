@@ -348,22 +348,29 @@ impl RemoteWorkers {
 }
 
 impl RemoteWorkers {
-    /// Has the worker at `base_url` load `spec` now (before it goes live).
-    pub async fn prepare(&self, base_url: &str, spec: &DeploymentSpec) -> Result<(), InvokeError> {
-        let unavailable = |message: String| InvokeError::Unavailable { message };
-        let mut req = Request::post(format!(
-            "{}{}",
-            base_url.trim_end_matches('/'),
-            protocol::PREPARE_PATH
-        ))
-        .version(http::Version::HTTP_2)
-        .header(protocol::AUTH, self.auth.clone());
+    /// A control call (`/prepare`, `/build`) about `spec` to the worker at `base_url`.
+    fn control_request(
+        &self,
+        base_url: &str,
+        path: &str,
+        spec: &DeploymentSpec,
+    ) -> Result<Request<Body>, String> {
+        let mut req = Request::post(format!("{}{path}", base_url.trim_end_matches('/')))
+            .version(http::Version::HTTP_2)
+            .header(protocol::AUTH, self.auth.clone());
         if let Ok(v) = HeaderValue::from_str(&protocol::encode_spec(spec)) {
             req = req.header(protocol::SPEC, v);
         }
-        let req = req
-            .body(Body::empty())
-            .map_err(|e| unavailable(format!("worker address {base_url} is not valid: {e}")))?;
+        req.body(Body::empty())
+            .map_err(|e| format!("worker address {base_url} is not valid: {e}"))
+    }
+
+    /// Has the worker at `base_url` load `spec` now (before it goes live).
+    pub async fn prepare(&self, base_url: &str, spec: &DeploymentSpec) -> Result<(), InvokeError> {
+        let unavailable = |message: String| InvokeError::Unavailable { message };
+        let req = self
+            .control_request(base_url, protocol::PREPARE_PATH, spec)
+            .map_err(unavailable)?;
         let client = CLIENT.with(|c| c.clone());
         let response = client
             .request(req)
@@ -403,19 +410,9 @@ pub enum BuildError {
 impl RemoteWorkers {
     /// Has the worker at `base_url` build `spec` from its stored bundle.
     pub async fn build(&self, base_url: &str, spec: &DeploymentSpec) -> Result<(), BuildError> {
-        let mut req = Request::post(format!(
-            "{}{}",
-            base_url.trim_end_matches('/'),
-            protocol::BUILD_PATH
-        ))
-        .version(http::Version::HTTP_2)
-        .header(protocol::AUTH, self.auth.clone());
-        if let Ok(v) = HeaderValue::from_str(&protocol::encode_spec(spec)) {
-            req = req.header(protocol::SPEC, v);
-        }
-        let req = req.body(Body::empty()).map_err(|e| {
-            BuildError::Unreachable(format!("worker address {base_url} is not valid: {e}"))
-        })?;
+        let req = self
+            .control_request(base_url, protocol::BUILD_PATH, spec)
+            .map_err(BuildError::Unreachable)?;
         let client = CLIENT.with(|c| c.clone());
         let response = client.request(req).await.map_err(|e| {
             if e.is_connect() {
