@@ -59,7 +59,7 @@ pub fn find_bun(configured: Option<&Path>) -> Result<PathBuf, String> {
             p.display()
         ),
         None => format!(
-            "Bun was not found (looked for node_modules/.bin/bun in the current directory and its parents, in {}, and bun on PATH): {hint}",
+            "Bun was not found (looked for node_modules/.bin/bun in {}, in the current directory and its parents, and bun on PATH): {hint}",
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
                 .unwrap_or(Path::new("/"))

@@ -18,9 +18,14 @@ pub struct Packed {
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Manifest::parse(&bytes)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Ok(bytes) => {
+            let manifest =
+                Manifest::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            // The policy is checked here too, so a typo fails before a build and an upload.
+            reactor_policy::Policy::from_manifest(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(Some(manifest))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

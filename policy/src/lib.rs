@@ -257,6 +257,23 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// The `policy` member of a `manifest.json`, parsed from the manifest's own bytes (so a
+    /// duplicate key is refused and an error points into the file), then compiled to be
+    /// sure routers can. `Ok(None)`: the manifest has no policy.
+    pub fn from_manifest(manifest_json: &[u8]) -> Result<Option<Policy>, String> {
+        #[derive(Deserialize)]
+        struct PolicyOnly {
+            #[serde(default)]
+            policy: Option<Policy>,
+        }
+        let only: PolicyOnly = serde_json::from_slice(manifest_json)
+            .map_err(|e| format!("manifest.json is not valid: {e}"))?;
+        if let Some(p) = &only.policy {
+            p.compile().map_err(|e| format!("policy: {e}"))?;
+        }
+        Ok(only.policy)
+    }
+
     /// Parses a policy from JSON (no validation beyond the shape: see [`Policy::compile`]).
     pub fn from_json(s: &str) -> Result<Policy, PolicyError> {
         serde_json::from_str(s).map_err(|e| PolicyError::Json(e.to_string()))

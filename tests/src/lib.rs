@@ -88,10 +88,13 @@ pub fn service_bin(name: &str) -> PathBuf {
 /// start it, when nothing answers at `addr` (a test that needs a real service says which
 /// one is missing instead of failing somewhere further on).
 pub fn require_service(service: &str, addr: &str, how: &str) {
+    use std::net::ToSocketAddrs;
     let reachable = addr
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+        .to_socket_addrs()
+        .map(|mut all| {
+            all.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+        })
+        .unwrap_or(false);
     assert!(
         reachable,
         "{service} is not reachable at {addr}, and this test needs it: {how}"

@@ -1,7 +1,8 @@
 //! `reactor-worker-bun`: the Bun worker as its own service, registered with the control
 //! plane like every worker (see `reactor_worker_link::service`). Bun is found as
-//! `functions.bun_path` says, else `node_modules/.bin/bun` in the current directory or a
-//! parent, else on `PATH`; the worker refuses to start without it.
+//! `functions.bun_path` says, else as `reactor_bun_dist::find_bun` looks (the build
+//! repository's `node_modules`, the current directory's, `PATH`); the worker refuses to
+//! start without it.
 
 use crate::{BunWorker, BunWorkerOptions};
 use reactor_api::Runtime;

@@ -129,8 +129,9 @@ pub(super) use parse_env;
 
 /// Declares a configuration section: each line is
 /// `field: Type = default, env "SUFFIX" [with parser], doc "what happens when unset";`,
-/// then optionally `sections { field: Type, ... }` for nested tables (their keys are
-/// `{field}.{key}` and their variables start with the same prefix).
+/// then optionally `sections { field: Type, ... }` for nested tables (declared with their
+/// own `section!`, whose path and prefix must extend this one's: a test checks that every
+/// variable is its key's path in upper case).
 macro_rules! section {
     (
         $(#[$meta:meta])*

@@ -40,12 +40,20 @@ pub struct ReactorConfig {
 
 keys::section! {
     /// `[internal]`: what services use to trust each other.
-    #[derive(Debug)]
     pub struct InternalConfig ("internal", env "REACTOR_INTERNAL_") {
         /// Shared secret: routers and workers present it to the control plane, routers to
         /// workers. Never passed to a function.
         token: Option<String> = None, env "TOKEN",
             doc "none: the split services refuse to start without it";
+    }
+}
+
+/// The token is shown as set or not.
+impl std::fmt::Debug for InternalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalConfig")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
     }
 }
 
@@ -87,7 +95,7 @@ keys::section! {
             doc "`{functions.workdir}/cache/{id}`";
         max_instances: u32 = 1000, env "MAX_INSTANCES", doc "1000";
         prewarm: bool = true, env "PREWARM",
-            doc "true: load every live deployment of its runtime";
+            doc "true (`true`/`false`/`1`/`0`): load every live deployment of its runtime";
     }
 }
 
@@ -633,6 +641,12 @@ mod tests {
             keys.len(),
             "two keys share an environment variable"
         );
+        // A key's variable is its path in upper case: `functions.storage.url` is
+        // `REACTOR_FUNCTIONS_STORAGE_URL` (a nested section's literals must agree).
+        for k in &keys {
+            let expected = format!("REACTOR_{}", k.key.replace('.', "_").to_uppercase());
+            assert_eq!(k.env, expected, "{}", k.key);
+        }
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
         let doc = std::fs::read_to_string(&path).expect("reading docs/configuration.md");
         let start = doc
@@ -656,7 +670,7 @@ mod tests {
 
     #[test]
     fn every_declared_variable_overrides_its_key() {
-        // A value each type accepts; the override must show in the section's Debug.
+        // A value each type accepts; a sample of keys of every type and section is checked.
         let mut config = ReactorConfig::default();
         let get = |name: &str| -> Option<String> {
             Some(match name {
@@ -807,6 +821,9 @@ region = "us-east-1"
             .filter(|s| !s.is_empty());
         assert_eq!(id, from_env.unwrap_or_else(|| DEFAULT_KEY_ID.into()));
         assert!(!format!("{:?}", config.storage).contains("system-bucket"));
+        let mut services = ReactorConfig::default();
+        services.internal.token = Some("internal-token-never-printed".into());
+        assert!(!format!("{services:?}").contains("never-printed"));
         // Half a pair, or nothing, is refused with the key's name.
         for bad in [":secret", "id:", "  "] {
             config.storage.api_key = Some(bad.into());

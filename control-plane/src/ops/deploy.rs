@@ -139,6 +139,9 @@ impl ControlPlane {
         })
         .await
         .map_err(|e| ApiError::internal(format!("unpacking task: {e}")))??;
+        // The manifest's policy, parsed strictly from the file and compiled (reactor-api
+        // keeps it as JSON), stored as the policy crate writes it.
+        let mut policy = None;
         let manifest = if unpacked.files.iter().any(|f| f == MANIFEST_FILE) {
             let path = dest.join(MANIFEST_FILE);
             let len = tokio::fs::metadata(&path)
@@ -156,10 +159,11 @@ impl ControlPlane {
             let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|e| ApiError::internal(format!("reading manifest.json: {e}")))?;
-            Some(
-                Manifest::parse(&bytes)
-                    .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?,
-            )
+            let manifest = Manifest::parse(&bytes)
+                .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+            policy = reactor_policy::Policy::from_manifest(&bytes)
+                .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+            Some(manifest)
         } else {
             None
         };
@@ -171,19 +175,10 @@ impl ControlPlane {
             self.config.timeouts(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
-        // The manifest's policy: parsed, compiled once to be sure routers can, and stored
-        // as the policy crate writes it.
-        if let Some(json) = resolved.policy.take() {
-            let invalid = |e: reactor_policy::PolicyError| {
-                ApiError::new(ErrorCode::ManifestInvalid, format!("policy: {e}"))
-            };
-            let policy = reactor_policy::Policy::from_json(&json).map_err(invalid)?;
-            policy.compile().map_err(invalid)?;
-            resolved.policy = Some(
-                serde_json::to_string(&policy)
-                    .map_err(|e| ApiError::internal(format!("policy: {e}")))?,
-            );
-        }
+        resolved.policy = policy
+            .map(|p| serde_json::to_string(&p))
+            .transpose()
+            .map_err(|e| ApiError::internal(format!("policy: {e}")))?;
         Ok(resolved)
     }
 
