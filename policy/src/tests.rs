@@ -714,3 +714,29 @@ fn clock_reads_utc() {
     let before = Clock::new(UNIX_EPOCH - Duration::from_secs(HOUR));
     assert_eq!((before.weekday, before.hour), (2, 23));
 }
+
+#[test]
+fn a_manifest_policy_is_parsed_strictly_from_the_file() {
+    // No policy, or null: none.
+    assert_eq!(Policy::from_manifest(br#"{"name":"hello"}"#), Ok(None));
+    assert_eq!(Policy::from_manifest(br#"{"policy":null}"#), Ok(None));
+    let ok = br#"{"policy":{"rules":[{"name":"no-patch","effect":"deny","methods":["PATCH"]}]}}"#;
+    assert!(matches!(Policy::from_manifest(ok), Ok(Some(p)) if p.rules.len() == 1));
+    // A duplicate key would otherwise let the last one win (here: no rules at all).
+    let twice = br#"{"policy":{"rules":[{"name":"d","effect":"deny"}],"rules":[]}}"#;
+    let err = Policy::from_manifest(twice).expect_err("duplicate key");
+    assert!(
+        err.contains("duplicate field") && err.contains("line 1"),
+        "{err}"
+    );
+    // Shape errors point into the file; rules that do not compile say why.
+    let typo = b"{\n  \"policy\": {\"rulez\": []}\n}";
+    let err = Policy::from_manifest(typo).expect_err("unknown field");
+    assert!(
+        err.starts_with("manifest.json is not valid") && err.contains("line 2"),
+        "{err}"
+    );
+    let bad_cel = br#"{"policy":{"rules":[{"name":"b","effect":"deny","when":"1 +"}]}}"#;
+    let err = Policy::from_manifest(bad_cel).expect_err("bad expression");
+    assert!(err.starts_with("policy: "), "{err}");
+}
