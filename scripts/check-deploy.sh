@@ -34,9 +34,19 @@ fi
 kubernetes_validate=(python3 -m kubernetes_validate)
 
 echo "==> docker-compose.yml ($(docker-compose version --short 2>/dev/null || echo unknown))"
-docker-compose -f docker-compose.yml config -q
-services=$(docker-compose -f docker-compose.yml config --services | tr '\n' ' ')
-echo "ok: docker-compose config -q; services: ${services% }"
+# No secret has a default: without them the file must not validate; with generated ones it must.
+secrets_dir=$(mktemp -d)
+trap 'rm -rf "$secrets_dir"' EXIT
+: >"$secrets_dir/empty"
+if docker-compose --env-file "$secrets_dir/empty" -f docker-compose.yml config -q 2>/dev/null; then
+  echo "docker-compose.yml validates without secrets: a secret has a default" >&2
+  exit 1
+fi
+./scripts/compose-secrets.sh "$secrets_dir/env" >/dev/null
+compose=(docker-compose --env-file "$secrets_dir/env" -f docker-compose.yml)
+"${compose[@]}" config -q
+services=$("${compose[@]}" config --services | tr '\n' ' ')
+echo "ok: refused without secrets; docker-compose config -q; services: ${services% }"
 
 echo "==> deploy/k8s (kubernetes-validate $("${kubernetes_validate[@]}" --version), --strict)"
 manifests=()

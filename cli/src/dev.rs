@@ -59,6 +59,10 @@ pub struct DevServer {
 /// Builds every service from the configuration and binds the listener.
 pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     let mut config = ReactorConfig::load(args.config.as_deref())?.functions;
+    if let Some(admin) = args.admin_token.as_deref() {
+        reactor_api::token::check_secret("REACTOR_ADMIN_TOKEN", admin)
+            .map_err(anyhow::Error::msg)?;
+    }
     if let Some(w) = &args.workdir {
         config.workdir = reactor_api::config::absolute(w);
     }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tower::ServiceExt;
 
-const TOKEN: &str = "rct_inprocesstesttokeninprocesstesttoken00";
+const TOKEN: &str = "rct_InPr0cessTestT0kenXq7Wm2Rk9Lb4Vn8Zc3Hj6Pd1Fs5";
 
 async fn call(
     app: &axum::Router,

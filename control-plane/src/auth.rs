@@ -7,11 +7,11 @@ use reactor_api::model::Role;
 
 pub const TOKEN_PREFIX: &str = "rct_";
 
-/// A fresh token secret.
+/// A fresh token secret: 43 random alphanumerics, 256 bits.
 pub fn generate_token() -> String {
     let body: String = rand::rng()
         .sample_iter(&Alphanumeric)
-        .take(40)
+        .take(43)
         .map(char::from)
         .collect();
     format!("{TOKEN_PREFIX}{body}")
@@ -38,6 +38,6 @@ mod tests {
         let a = generate_token();
         let b = generate_token();
         assert_ne!(a, b);
-        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == 44);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == 47);
     }
 }

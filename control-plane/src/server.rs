@@ -57,6 +57,10 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ReactorConfig::load_service(args.config.as_deref())?;
     let token = config.internal_token()?.to_string();
+    if let Some(admin) = args.admin_token.as_deref() {
+        reactor_api::token::check_secret("REACTOR_ADMIN_TOKEN", admin)
+            .map_err(anyhow::Error::msg)?;
+    }
     if let Some(w) = &args.workdir {
         config.functions.workdir = w.clone();
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub const INTERNAL_TOKEN: &str = "internal-token-for-the-split-tests";
-pub const ADMIN_TOKEN: &str = "rct_split_admin_token_for_tests_0000000000";
+pub const INTERNAL_TOKEN: &str = "9d41c7e2b85a3f06e1d4c8b7a29f5e30c6b1d8a47e2f9c05b3a6d1e8f7c42a90";
+pub const ADMIN_TOKEN: &str = "rct_Sp1itAdm1nT0kenF0rTestsQx7Rk2Lm9Vb4Nc8Zw3Hj6";
 /// The control plane's `functions.bun_path`: nowhere.
 pub const NO_BUN: &str = "/nonexistent/reactor-tests/bun";
 

@@ -40,7 +40,8 @@ pub struct Compose {
 }
 
 /// `${VAR:-default}`, `${VAR-default}` and `${VAR}` as compose reads them when `VAR` is
-/// not set: the default, or empty.
+/// not set: the default, or empty. `${VAR:?message}` (a required secret) takes the value
+/// [`test_secret`] generated for this test process.
 pub fn interpolate(value: &str) -> String {
     let mut out = String::new();
     let mut rest = value;
@@ -51,16 +52,52 @@ pub fn interpolate(value: &str) -> String {
             return out;
         };
         let inner = &rest[start + 2..start + end];
-        let default = inner
-            .split_once(":-")
-            .or_else(|| inner.split_once('-'))
-            .map(|(_, d)| d)
-            .unwrap_or("");
-        out.push_str(default);
+        if let Some((name, _)) = inner.split_once(":?") {
+            out.push_str(&test_secret(name));
+        } else {
+            let default = inner
+                .split_once(":-")
+                .or_else(|| inner.split_once('-'))
+                .map(|(_, d)| d)
+                .unwrap_or("");
+            out.push_str(default);
+        }
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);
     out
+}
+
+/// A strong value for the compose file's required secret `name`, the same for the whole
+/// test process (as `scripts/compose-secrets.sh` would write once).
+pub fn test_secret(name: &str) -> String {
+    use std::sync::OnceLock;
+    static SEED: OnceLock<String> = OnceLock::new();
+    let seed = SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        format!("{:x}-{}", h.finish(), std::process::id())
+    });
+    let hex = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!("{seed}/{name}").as_bytes()))
+    };
+    match name {
+        // base64 of 32 bytes.
+        "REACTOR_FUNCTIONS_DATA_KEY" => {
+            use base64::Engine;
+            let bytes = hex::decode(&hex).unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
+        "REACTOR_ADMIN_TOKEN" => format!("rct_{hex}"),
+        _ => hex,
+    }
 }
 
 impl Compose {

@@ -122,18 +122,20 @@ impl ReactorConfig {
         all
     }
 
-    /// The internal token, required by every split service.
+    /// The internal token, required by every split service: no shipped placeholder and
+    /// at least 32 bytes of entropy.
     pub fn internal_token(&self) -> Result<&str, ConfigError> {
         match self.internal.token.as_deref() {
-            Some(t) if t.len() >= 16 => Ok(t),
-            Some(_) => Err(ConfigError::Invalid(
-                "internal.token (REACTOR_INTERNAL_TOKEN) must have at least 16 characters".into(),
-            )),
-            None => Err(ConfigError::Invalid(
+            Some(t) => {
+                crate::token::check_secret("internal.token (REACTOR_INTERNAL_TOKEN)", t)
+                    .map_err(ConfigError::Invalid)?;
+                Ok(t)
+            }
+            None => Err(ConfigError::Invalid(format!(
                 "internal.token (REACTOR_INTERNAL_TOKEN) is required by the split services: \
-                 the same secret for the control plane, routers and workers"
-                    .into(),
-            )),
+                 the same secret for the control plane, routers and workers; {}",
+                crate::token::GENERATE_HINT
+            ))),
         }
     }
 }
@@ -168,6 +170,12 @@ keys::section! {
             doc "none: SQLite at `{workdir}/reactor.db`; `postgres://user:pass@host/db` for PostgreSQL";
         redis_url: Option<String> = None, env "REDIS_URL" with keys::non_empty,
             doc "none: concurrency caps counted per router, logs kept by one control plane";
+        max_functions_per_org: usize = 1000, env "MAX_FUNCTIONS_PER_ORG",
+            doc "1000: more get 429 `quota_exceeded` (the routing table is bounded per org)";
+        max_tokens_per_org: usize = 1000, env "MAX_TOKENS_PER_ORG",
+            doc "1000 API tokens: more get 429 `quota_exceeded`";
+        policy_max_bytes: usize = 64 * 1024, env "POLICY_MAX_BYTES",
+            doc "65536: an invoke policy (set on a function or in a manifest) as JSON, at most";
     }
     sections { storage: StorageConfig, lambda: LambdaConfig }
 }
@@ -607,7 +615,22 @@ impl FunctionsConfig {
                  REACTOR_FUNCTIONS_DATA_KEY), or remove data_key to let the server keep one in its workdir"
             )));
         }
-        self.storage.s3()?;
+        if let Some(key) = self.data_key.as_deref() {
+            crate::token::check_secret("functions.data_key (REACTOR_FUNCTIONS_DATA_KEY)", key)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{e}; or `reactor data-key generate`"))
+                })?;
+        }
+        if self.storage.s3()?.is_some()
+            && std::env::var("AWS_SECRET_ACCESS_KEY")
+                .is_ok_and(|k| crate::token::is_placeholder(&k))
+        {
+            return Err(ConfigError::Invalid(
+                "AWS_SECRET_ACCESS_KEY is a placeholder from an example or a deployment file: \
+                 set the storage's real credentials"
+                    .into(),
+            ));
+        }
         if self.runtimes.contains(&Runtime::Lambda) {
             self.lambda.settings()?;
         }
@@ -688,6 +711,7 @@ mod tests {
                     || n.ends_with("_ENTRIES")
                     || n.ends_with("_FN")
                     || n.ends_with("_PROCESS")
+                    || n.ends_with("_ORG")
                     || n.ends_with("MAX_INSTANCES") =>
                 {
                     "7".into()
@@ -925,7 +949,7 @@ region = "us-east-1"
     fn service_sections_parse_and_env_overrides() {
         let text = r#"
 [internal]
-token = "0123456789abcdef"
+token = "3f1c9a7be2d04856a1c3e5f7092b4d6e8a0c2e4f6b8d0f1a3c5e7092b4d6e8a0"
 
 [data_plane]
 listen = "0.0.0.0:9000"
@@ -938,8 +962,8 @@ prewarm = false
         assert_eq!(config.data_plane.listen.port(), 9000);
         assert!(!config.worker.prewarm);
         assert_eq!(
-            config.internal_token().expect("long enough"),
-            "0123456789abcdef"
+            config.internal_token().expect("strong enough"),
+            "3f1c9a7be2d04856a1c3e5f7092b4d6e8a0c2e4f6b8d0f1a3c5e7092b4d6e8a0"
         );
         config
             .apply_services_env(|name| match name {
