@@ -32,6 +32,7 @@ pub enum ErrorCode {
     RuntimeDisabled,
     NotFound,
     MethodNotAllowed,
+    QuotaExceeded,
     Internal,
 }
 
@@ -125,6 +126,11 @@ impl ErrorCode {
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
                 G::Unimplemented,
+            ),
+            QuotaExceeded => (
+                "quota_exceeded",
+                StatusCode::TOO_MANY_REQUESTS,
+                G::ResourceExhausted,
             ),
         }
     }

@@ -1,5 +1,5 @@
-//! The gRPC services routers use: `RoutingService.Watch` streams the routing table (the
-//! full table on connect, then every newer version). Calls must carry the internal token.
+//! The gRPC services routers use: `RoutingService.Watch` streams the routing table (a
+//! snapshot in bounded messages on connect, then deltas). Calls must carry the internal token.
 
 use crate::ControlPlane;
 use futures::Stream;
@@ -10,11 +10,10 @@ use reactor_proto::routing::worker_registry_server::{WorkerRegistry, WorkerRegis
 use reactor_proto::routing::{
     DeploymentEnvRequest, DeploymentEnvResponse, DeregisterRequest, DeregisterResponse,
     HeartbeatRequest, HeartbeatResponse, PushLogsRequest, PushLogsResponse, RegisterRequest,
-    RegisterResponse, RoutingTable, WatchRequest,
+    RegisterResponse, RoutingUpdate, WatchRequest,
 };
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 /// Checks `authorization: Bearer <token>` against the internal token.
@@ -50,13 +49,16 @@ pub fn routing_service(
     })
 }
 
-type TableStream = Pin<Box<dyn Stream<Item = Result<RoutingTable, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<RoutingUpdate, Status>> + Send>>;
+
+/// Messages queued per stream before the sender waits for the router to read.
+const STREAM_BUFFER: usize = 8;
 
 #[tonic::async_trait]
 impl RoutingService for Routing {
-    type WatchStream = TableStream;
+    type WatchStream = UpdateStream;
 
-    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<TableStream>, Status> {
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<UpdateStream>, Status> {
         check_internal(&req, &self.internal_token)?;
         let WatchRequest {
             router_id,
@@ -72,18 +74,61 @@ impl RoutingService for Routing {
         if let Some(wait) = self.cp.workers_settled() {
             tokio::time::sleep(wait).await;
         }
-        let mut last = known_version;
-        let stream = WatchStream::new(self.cp.routing().subscribe())
-            // Ends when the control plane shuts down, so that it need not wait for routers.
-            .take_until(self.cp.closed());
-        let stream = tokio_stream::StreamExt::filter_map(stream, move |table| {
-            // Only ever newer versions: a router never goes back.
-            (table.version > last).then(|| {
-                last = table.version;
-                Ok(RoutingTable::clone(&table))
-            })
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let cp = self.cp.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stream_updates(&cp, known_version, &tx) => {}
+                // Ends when the control plane shuts down, so that it need not wait for routers.
+                () = cp.closed() => {}
+            }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        )))
+    }
+}
+
+/// Feeds one stream: a snapshot unless the caller holds the current version, then every
+/// change as a delta; a snapshot again when the stream fell too far behind. Returns when
+/// the caller goes away.
+async fn stream_updates(
+    cp: &ControlPlane,
+    known_version: u64,
+    tx: &tokio::sync::mpsc::Sender<RoutingUpdate>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut changes, mut table) = cp.routing().subscribe_changes();
+    let mut held = known_version;
+    loop {
+        // Version 0 is the empty table before the first publication: nothing to send.
+        if table.version > 0 && held != table.version {
+            for u in crate::routing::snapshot(&table) {
+                if tx.send(u).await.is_err() {
+                    return;
+                }
+            }
+            held = table.version;
+        }
+        loop {
+            match changes.recv().await {
+                Ok(change) if change.version <= held => {}
+                Ok(change) if held > 0 && change.base_version == held => {
+                    for u in crate::routing::delta(&change) {
+                        if tx.send(u).await.is_err() {
+                            return;
+                        }
+                    }
+                    held = change.version;
+                }
+                // A change this stream cannot apply (it missed one): start over.
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    (changes, table) = cp.routing().subscribe_changes();
+                    break;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 }
 

@@ -1,16 +1,37 @@
-//! Publishes the routing table: every change bumps the version stored in the database and
-//! sends a full snapshot to subscribers (in-process routers through a `watch`).
+//! Publishes the routing table: every change bumps the version stored in the database,
+//! replaces the whole table held here (in-process routers follow it through a `watch`) and
+//! sends what changed to the gRPC streams ([`Change`]), which cut snapshots and deltas into
+//! bounded messages ([`updates`]).
 
 use crate::store::Store;
 use crate::workers::WorkerRegistry;
-use reactor_proto::routing::RoutingTable;
+use reactor_proto::routing::{
+    FunctionKey, FunctionRoute, RoutingTable, RoutingUpdate, TokenGrant, WorkerEndpoint, WorkerSet,
+};
+use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, broadcast, watch};
+
+/// What one publication changed, on the version before it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Change {
+    pub base_version: u64,
+    pub version: u64,
+    pub functions: Vec<FunctionRoute>,
+    pub removed_functions: Vec<FunctionKey>,
+    pub tokens: Vec<TokenGrant>,
+    pub removed_tokens: Vec<String>,
+    pub workers: Option<Vec<WorkerEndpoint>>,
+}
+
+/// Changes a slow stream may fall behind by before it is sent a snapshot instead.
+const CHANGES_BUFFERED: usize = 256;
 
 pub struct RoutingPublisher {
     store: Arc<dyn Store>,
     workers: Arc<WorkerRegistry>,
     tx: watch::Sender<Arc<RoutingTable>>,
+    changes: broadcast::Sender<Arc<Change>>,
     // Serialises publications so that versions reach subscribers in order.
     lock: Mutex<()>,
 }
@@ -18,10 +39,12 @@ pub struct RoutingPublisher {
 impl RoutingPublisher {
     pub fn new(store: Arc<dyn Store>, workers: Arc<WorkerRegistry>) -> Self {
         let (tx, _) = watch::channel(Arc::new(RoutingTable::default()));
+        let (changes, _) = broadcast::channel(CHANGES_BUFFERED);
         Self {
             store,
             workers,
             tx,
+            changes,
             lock: Mutex::new(()),
         }
     }
@@ -30,11 +53,18 @@ impl RoutingPublisher {
         self.tx.subscribe()
     }
 
+    /// The changes of every later publication, and the whole table as it is now (taken
+    /// after subscribing, so that nothing falls between the two).
+    pub fn subscribe_changes(&self) -> (broadcast::Receiver<Arc<Change>>, Arc<RoutingTable>) {
+        let rx = self.changes.subscribe();
+        (rx, self.current())
+    }
+
     pub fn current(&self) -> Arc<RoutingTable> {
         self.tx.borrow().clone()
     }
 
-    /// Builds a snapshot at a new version and sends it.
+    /// Builds the table at a new version, sends it and what changed.
     pub async fn publish(&self) -> Result<u64, crate::store::StoreError> {
         let _guard = self.lock.lock().await;
         let version = self.store.next_routing_version().await?;
@@ -48,13 +78,299 @@ impl RoutingPublisher {
             tokens: tokens.into_iter().map(crate::convert::grant).collect(),
             workers: self.workers.endpoints(),
         };
+        let change = diff(&self.current(), &table);
         tracing::debug!(
             version,
             functions = table.functions.len(),
             tokens = table.tokens.len(),
+            changed_functions = change.functions.len() + change.removed_functions.len(),
+            changed_tokens = change.tokens.len() + change.removed_tokens.len(),
             "routing table published"
         );
         self.tx.send_replace(Arc::new(table));
+        // No stream listening is fine: a stream that starts later sends a snapshot.
+        let _ = self.changes.send(Arc::new(change));
         Ok(version)
+    }
+}
+
+/// What turns `old` into `new`.
+pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Change {
+    let old_functions: HashMap<(&str, &str), &FunctionRoute> = old
+        .functions
+        .iter()
+        .map(|f| ((f.org.as_str(), f.name.as_str()), f))
+        .collect();
+    let new_functions: HashMap<(&str, &str), &FunctionRoute> = new
+        .functions
+        .iter()
+        .map(|f| ((f.org.as_str(), f.name.as_str()), f))
+        .collect();
+    let old_tokens: HashMap<&str, &TokenGrant> = old
+        .tokens
+        .iter()
+        .map(|t| (t.token_id.as_str(), t))
+        .collect();
+    let new_tokens: HashMap<&str, &TokenGrant> = new
+        .tokens
+        .iter()
+        .map(|t| (t.token_id.as_str(), t))
+        .collect();
+    Change {
+        base_version: old.version,
+        version: new.version,
+        functions: new
+            .functions
+            .iter()
+            .filter(|f| old_functions.get(&(f.org.as_str(), f.name.as_str())) != Some(f))
+            .cloned()
+            .collect(),
+        removed_functions: old
+            .functions
+            .iter()
+            .filter(|f| !new_functions.contains_key(&(f.org.as_str(), f.name.as_str())))
+            .map(|f| FunctionKey {
+                org: f.org.clone(),
+                name: f.name.clone(),
+            })
+            .collect(),
+        tokens: new
+            .tokens
+            .iter()
+            .filter(|t| old_tokens.get(t.token_id.as_str()) != Some(t))
+            .cloned()
+            .collect(),
+        removed_tokens: old
+            .tokens
+            .iter()
+            .filter(|t| !new_tokens.contains_key(t.token_id.as_str()))
+            .map(|t| t.token_id.clone())
+            .collect(),
+        workers: (old.workers != new.workers).then(|| new.workers.clone()),
+    }
+}
+
+/// Target size of one stream message; an entry is never split, so a message may exceed
+/// it by one entry (bounded by the per-org quotas).
+pub const UPDATE_TARGET_BYTES: usize = 1 << 20;
+
+/// The messages of one version, cut lazily (a snapshot of a large table is never held
+/// twice): removals first, then additions, each message about [`UPDATE_TARGET_BYTES`].
+pub struct Updates<'a> {
+    version: u64,
+    base_version: u64,
+    reset: bool,
+    workers: Option<&'a [WorkerEndpoint]>,
+    removed_functions: &'a [FunctionKey],
+    removed_tokens: &'a [String],
+    functions: &'a [FunctionRoute],
+    tokens: &'a [TokenGrant],
+    first: bool,
+    done: bool,
+}
+
+/// A delta: what `change` did, on its base version.
+pub fn delta(change: &Change) -> Updates<'_> {
+    Updates {
+        version: change.version,
+        base_version: change.base_version,
+        reset: false,
+        workers: change.workers.as_deref(),
+        removed_functions: &change.removed_functions,
+        removed_tokens: &change.removed_tokens,
+        functions: &change.functions,
+        tokens: &change.tokens,
+        first: true,
+        done: false,
+    }
+}
+
+/// A snapshot: the whole `table`.
+pub fn snapshot(table: &RoutingTable) -> Updates<'_> {
+    Updates {
+        version: table.version,
+        base_version: 0,
+        reset: true,
+        workers: Some(&table.workers),
+        removed_functions: &[],
+        removed_tokens: &[],
+        functions: &table.functions,
+        tokens: &table.tokens,
+        first: true,
+        done: false,
+    }
+}
+
+/// Moves items from the front of `from` into `to` while `size` stays under the target
+/// (always at least one when `size` is 0).
+fn take<T: Clone>(from: &mut &[T], to: &mut Vec<T>, size: &mut usize, len: impl Fn(&T) -> usize) {
+    while let Some((item, rest)) = from.split_first() {
+        let add = len(item) + 8;
+        if *size > 0 && *size + add > UPDATE_TARGET_BYTES {
+            return;
+        }
+        *size += add;
+        to.push(item.clone());
+        *from = rest;
+    }
+}
+
+impl Iterator for Updates<'_> {
+    type Item = RoutingUpdate;
+
+    fn next(&mut self) -> Option<RoutingUpdate> {
+        use prost::Message;
+        if self.done {
+            return None;
+        }
+        let mut u = RoutingUpdate {
+            version: self.version,
+            base_version: self.base_version,
+            ..Default::default()
+        };
+        let mut size = 0;
+        if self.first {
+            self.first = false;
+            u.reset = self.reset;
+            u.workers = self.workers.map(|w| WorkerSet {
+                workers: w.to_vec(),
+            });
+            size = u.encoded_len();
+        }
+        take(
+            &mut self.removed_functions,
+            &mut u.removed_functions,
+            &mut size,
+            Message::encoded_len,
+        );
+        take(
+            &mut self.removed_tokens,
+            &mut u.removed_tokens,
+            &mut size,
+            String::len,
+        );
+        take(
+            &mut self.functions,
+            &mut u.functions,
+            &mut size,
+            Message::encoded_len,
+        );
+        take(
+            &mut self.tokens,
+            &mut u.tokens,
+            &mut size,
+            Message::encoded_len,
+        );
+        let rest = self.removed_functions.len()
+            + self.removed_tokens.len()
+            + self.functions.len()
+            + self.tokens.len();
+        if rest == 0 {
+            u.last = true;
+            self.done = true;
+        }
+        Some(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reactor_proto::client::{Assembled, Pending};
+
+    fn route(org: &str, name: &str, policy_bytes: usize) -> FunctionRoute {
+        FunctionRoute {
+            org: org.into(),
+            name: name.into(),
+            runtime: "wasm".into(),
+            live: None,
+            policy: (policy_bytes > 0).then(|| "x".repeat(policy_bytes)),
+        }
+    }
+
+    fn grant(id: &str) -> TokenGrant {
+        TokenGrant {
+            token_id: id.into(),
+            sha256: format!("sha-{id}"),
+            org: "o".into(),
+            role: "invoker".into(),
+        }
+    }
+
+    fn apply_all(held: &mut Assembled, updates: Updates<'_>) -> usize {
+        let mut pending = Pending::default();
+        let mut n = 0;
+        for u in updates {
+            use prost::Message;
+            assert!(
+                u.encoded_len() <= UPDATE_TARGET_BYTES + 300_000,
+                "a message of {} bytes",
+                u.encoded_len()
+            );
+            n += 1;
+            let last = u.last;
+            let done = pending.add(u, held).expect("valid stream");
+            assert_eq!(done, last, "a version completes on its last message only");
+        }
+        n
+    }
+
+    #[test]
+    fn a_large_table_is_cut_into_bounded_messages_and_deltas_rebuild_it() {
+        // 10 MiB of policies: past the 4 MiB a single message could carry.
+        let mut v1 = RoutingTable {
+            version: 1,
+            functions: (0..40)
+                .map(|i| route("a", &format!("f{i}"), 256 << 10))
+                .collect(),
+            tokens: (0..1000).map(|i| grant(&format!("t{i}"))).collect(),
+            workers: vec![],
+        };
+        let mut held = Assembled::default();
+        let messages = apply_all(&mut held, snapshot(&v1));
+        assert!(messages >= 10, "{messages} messages");
+        assert_eq!(held.table.version, 1);
+        assert_eq!(held.table.functions.len(), 40);
+        assert_eq!(held.table.tokens.len(), 1000);
+
+        // A change: one function changed, one removed, one added; a token revoked.
+        let mut v2 = v1.clone();
+        v2.version = 5;
+        v2.functions[3].runtime = "bun".into();
+        v2.functions.remove(7);
+        v2.functions.push(route("b", "new", 0));
+        v2.tokens.retain(|t| t.token_id != "t10");
+        v2.workers.push(WorkerEndpoint {
+            worker_id: "w".into(),
+            runtime: "wasm".into(),
+            url: "http://w:1".into(),
+        });
+        let change = diff(&v1, &v2);
+        assert_eq!(change.functions.len(), 2);
+        assert_eq!(change.removed_functions.len(), 1);
+        assert_eq!(change.removed_tokens, vec!["t10".to_string()]);
+        assert_eq!(apply_all(&mut held, delta(&change)), 1);
+        let key = |t: &RoutingTable| {
+            let mut f: Vec<_> = t
+                .functions
+                .iter()
+                .map(|f| (f.org.clone(), f.name.clone(), f.runtime.clone()))
+                .collect();
+            f.sort();
+            let mut k: Vec<_> = t.tokens.iter().map(|t| t.token_id.clone()).collect();
+            k.sort();
+            (t.version, f, k, t.workers.clone())
+        };
+        assert_eq!(key(&held.table), key(&v2));
+
+        // A delta on another version than the one held is refused (reconnect, snapshot).
+        v1.version = 9;
+        let stale = diff(&v1, &v2);
+        let mut pending = Pending::default();
+        let err = delta(&stale)
+            .map(|u| pending.add(u, &mut held))
+            .find_map(Result::err)
+            .expect("refused");
+        assert!(err.contains("version"), "{err}");
     }
 }

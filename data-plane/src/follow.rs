@@ -9,14 +9,9 @@ use tokio::task::JoinHandle;
 
 /// Follows the control plane until the returned task is aborted.
 pub fn follow_control_plane(dp: Arc<DataPlane>, endpoint: ControlPlaneEndpoint) -> JoinHandle<()> {
-    let held = dp.clone();
-    reactor_proto::client::watch_routing(
-        endpoint,
-        move || held.version(),
-        move |table| {
-            if dp.apply(&table) {
-                tracing::debug!(version = table.version, "routing table applied");
-            }
-        },
-    )
+    reactor_proto::client::watch_routing(endpoint, move |table| {
+        if dp.apply(table) {
+            tracing::debug!(version = table.version, "routing table applied");
+        }
+    })
 }

@@ -4,7 +4,7 @@
 use reactor_api::Runtimes;
 use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
 use reactor_proto::routing::routing_service_server::{RoutingService, RoutingServiceServer};
-use reactor_proto::routing::{RoutingTable, WatchRequest};
+use reactor_proto::routing::{RoutingTable, RoutingUpdate, WatchRequest, WorkerSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -19,7 +19,20 @@ struct FakeControlPlane {
     tables: watch::Receiver<RoutingTable>,
 }
 
-type Tables = Pin<Box<dyn tokio_stream::Stream<Item = Result<RoutingTable, Status>> + Send>>;
+type Tables = Pin<Box<dyn tokio_stream::Stream<Item = Result<RoutingUpdate, Status>> + Send>>;
+
+/// Every table as a one-message snapshot.
+fn snapshot(t: RoutingTable) -> RoutingUpdate {
+    RoutingUpdate {
+        version: t.version,
+        reset: true,
+        last: true,
+        functions: t.functions,
+        tokens: t.tokens,
+        workers: Some(WorkerSet { workers: t.workers }),
+        ..Default::default()
+    }
+}
 
 #[tonic::async_trait]
 impl RoutingService for FakeControlPlane {
@@ -34,7 +47,7 @@ impl RoutingService for FakeControlPlane {
             return Err(Status::unauthenticated("bad token"));
         }
         Ok(Response::new(Box::pin(
-            WatchStream::new(self.tables.clone()).map(Ok),
+            WatchStream::new(self.tables.clone()).map(|t| Ok(snapshot(t))),
         )))
     }
 }

@@ -1,9 +1,12 @@
 //! Clients of the control plane's internal services, shared by routers and workers:
-//! following `RoutingService.Watch` with reconnection and backoff, and the internal token
-//! on every call.
+//! following `RoutingService.Watch` (assembling the table from its snapshot chunks and
+//! deltas) with reconnection and backoff, and the internal token on every call.
 
 use crate::routing::routing_service_client::RoutingServiceClient;
-use crate::routing::{RoutingTable, WatchRequest};
+use crate::routing::{
+    FunctionKey, FunctionRoute, RoutingTable, RoutingUpdate, TokenGrant, WatchRequest,
+};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -29,6 +32,8 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
     #[error("the internal token is not a valid header value")]
     Token,
+    #[error("the routing stream broke its protocol: {0}")]
+    Protocol(String),
 }
 
 impl ControlPlaneEndpoint {
@@ -52,30 +57,28 @@ impl ControlPlaneEndpoint {
     }
 }
 
-/// Follows the routing table until the returned task is aborted: `on_table` gets every
-/// table newer than `known()`, the version the caller holds. While the stream is down,
-/// the caller keeps what it has; reconnection backs off from 100 ms to 5 s, with jitter.
-pub fn watch_routing<K, F>(
-    endpoint: ControlPlaneEndpoint,
-    known: K,
-    mut on_table: F,
-) -> JoinHandle<()>
+/// Follows the routing table until the returned task is aborted: `on_table` gets the
+/// whole table each time a newer version is complete. While the stream is down the caller
+/// keeps what it has; reconnection backs off from 100 ms to 5 s, with jitter, and resumes
+/// from the version held (the control plane then sends only what changed after it, or a
+/// snapshot when it cannot).
+pub fn watch_routing<F>(endpoint: ControlPlaneEndpoint, mut on_table: F) -> JoinHandle<()>
 where
-    K: Fn() -> u64 + Send + Sync + 'static,
-    F: FnMut(RoutingTable) + Send + 'static,
+    F: FnMut(&RoutingTable) + Send + 'static,
 {
     tokio::spawn(async move {
+        let mut held = Assembled::default();
         let mut backoff = BACKOFF_MIN;
         loop {
-            match watch_once(&endpoint, &known, &mut on_table).await {
+            match watch_once(&endpoint, &mut held, &mut on_table).await {
                 Ok(received) => {
-                    tracing::warn!(url = %endpoint.url, version = known(), "routing stream ended; keeping the last table");
+                    tracing::warn!(url = %endpoint.url, version = held.table.version, "routing stream ended; keeping the last table");
                     if received {
                         backoff = BACKOFF_MIN;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(url = %endpoint.url, version = known(), error = %e, "control plane unreachable; keeping the last table");
+                    tracing::warn!(url = %endpoint.url, version = held.table.version, error = %e, "routing stream failed; keeping the last table");
                 }
             }
             // Jitter, so that many routers do not reconnect in step.
@@ -87,15 +90,19 @@ where
     })
 }
 
-/// One connection: hands over every table received. Returns whether any arrived.
-async fn watch_once<K, F>(
+/// Largest message the routing stream accepts. The control plane sends at most about
+/// 1 MiB per message (one entry more at most, each bounded by the per-org quotas).
+pub const MAX_UPDATE_BYTES: usize = 16 << 20;
+
+/// One connection: applies every update, hands over every completed version. Returns
+/// whether any version was completed.
+async fn watch_once<F>(
     endpoint: &ControlPlaneEndpoint,
-    known: &K,
+    held: &mut Assembled,
     on_table: &mut F,
 ) -> Result<bool, ClientError>
 where
-    K: Fn() -> u64,
-    F: FnMut(RoutingTable),
+    F: FnMut(&RoutingTable),
 {
     // Keepalive: a control plane that vanishes without closing (host down, partition)
     // is noticed within ~15 s and the stream reconnects.
@@ -108,16 +115,155 @@ where
         .keep_alive_while_idle(true)
         .connect()
         .await?;
-    let mut client = RoutingServiceClient::new(channel);
+    let mut client = RoutingServiceClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let req = endpoint.request(WatchRequest {
         router_id: endpoint.router_id.clone(),
-        known_version: known(),
+        known_version: held.complete_version(),
     })?;
     let mut stream = client.watch(req).await?.into_inner();
     let mut received = false;
-    while let Some(table) = stream.message().await? {
-        received = true;
-        on_table(table);
+    let mut pending = Pending::default();
+    while let Some(update) = stream.message().await? {
+        if pending.add(update, held).map_err(ClientError::Protocol)? {
+            received = true;
+            on_table(&held.table);
+        }
     }
     Ok(received)
+}
+
+/// The table as the updates built it, indexed for changes in place.
+#[derive(Default)]
+pub struct Assembled {
+    pub table: RoutingTable,
+    functions: HashMap<(String, String), usize>,
+    tokens: HashMap<String, usize>,
+    /// False until the first snapshot is complete.
+    complete: bool,
+}
+
+impl Assembled {
+    /// The version held, 0 before the first complete table.
+    pub fn complete_version(&self) -> u64 {
+        if self.complete { self.table.version } else { 0 }
+    }
+
+    fn upsert_function(&mut self, f: FunctionRoute) {
+        let key = (f.org.clone(), f.name.clone());
+        match self.functions.get(&key) {
+            Some(&i) => self.table.functions[i] = f,
+            None => {
+                self.functions.insert(key, self.table.functions.len());
+                self.table.functions.push(f);
+            }
+        }
+    }
+
+    fn remove_function(&mut self, key: FunctionKey) {
+        let Some(i) = self.functions.remove(&(key.org, key.name)) else {
+            return;
+        };
+        self.table.functions.swap_remove(i);
+        if let Some(moved) = self.table.functions.get(i) {
+            self.functions
+                .insert((moved.org.clone(), moved.name.clone()), i);
+        }
+    }
+
+    fn upsert_token(&mut self, t: TokenGrant) {
+        match self.tokens.get(&t.token_id) {
+            Some(&i) => self.table.tokens[i] = t,
+            None => {
+                self.tokens
+                    .insert(t.token_id.clone(), self.table.tokens.len());
+                self.table.tokens.push(t);
+            }
+        }
+    }
+
+    fn remove_token(&mut self, token_id: &str) {
+        let Some(i) = self.tokens.remove(token_id) else {
+            return;
+        };
+        self.table.tokens.swap_remove(i);
+        if let Some(moved) = self.table.tokens.get(i) {
+            self.tokens.insert(moved.token_id.clone(), i);
+        }
+    }
+
+    fn apply(&mut self, u: RoutingUpdate) {
+        for key in u.removed_functions {
+            self.remove_function(key);
+        }
+        for f in u.functions {
+            self.upsert_function(f);
+        }
+        for id in &u.removed_tokens {
+            self.remove_token(id);
+        }
+        for t in u.tokens {
+            self.upsert_token(t);
+        }
+        if let Some(w) = u.workers {
+            self.table.workers = w.workers;
+        }
+    }
+}
+
+/// The messages of the version being received.
+#[derive(Default)]
+pub struct Pending {
+    /// A snapshot being assembled apart, so the held table stays whole until it is done.
+    snapshot: Option<Assembled>,
+    /// The messages of a delta, applied together on the last.
+    delta: Vec<RoutingUpdate>,
+}
+
+impl Pending {
+    /// Takes one message: true when a version was completed and `held` now holds it; an
+    /// error when the stream broke the protocol (then reconnect, for a snapshot).
+    pub fn add(&mut self, u: RoutingUpdate, held: &mut Assembled) -> Result<bool, String> {
+        if u.reset {
+            if !self.delta.is_empty() {
+                return Err("a snapshot started inside a delta".into());
+            }
+            self.snapshot = Some(Assembled::default());
+        }
+        let last = u.last;
+        let version = u.version;
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.apply(u);
+            if !last {
+                return Ok(false);
+            }
+            let mut done = self.snapshot.take().unwrap_or_default();
+            done.table.version = version;
+            done.complete = true;
+            *held = done;
+            return Ok(true);
+        }
+        if !held.complete {
+            return Err("a delta arrived before any snapshot".into());
+        }
+        if u.base_version != held.table.version {
+            return Err(format!(
+                "a delta on version {} arrived while holding {}",
+                u.base_version, held.table.version
+            ));
+        }
+        if let Some(first) = self.delta.first()
+            && first.version != version
+        {
+            return Err("a delta's messages disagree on their version".into());
+        }
+        self.delta.push(u);
+        if !last {
+            return Ok(false);
+        }
+        for part in self.delta.drain(..) {
+            held.apply(part);
+        }
+        held.table.version = version;
+        Ok(true)
+    }
 }

@@ -143,42 +143,35 @@ async fn heartbeat(
 /// Follows the routing table and prepares every live deployment of `worker`'s runtime
 /// that it has not prepared yet, so that the first request after a promote is warm.
 pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -> JoinHandle<()> {
-    let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let held = version.clone();
     let prepared = Arc::new(Mutex::new(HashSet::<String>::new()));
-    reactor_proto::client::watch_routing(
-        endpoint,
-        move || held.load(std::sync::atomic::Ordering::Relaxed),
-        move |table| {
-            version.store(table.version, std::sync::atomic::Ordering::Relaxed);
-            let runtime = worker.runtime();
-            let live: Vec<DeploymentSpec> = table
-                .functions
-                .iter()
-                .filter(|f| Runtime::from_str(&f.runtime).ok() == Some(runtime))
-                .filter_map(|f| crate::protocol::live_spec(f, runtime))
-                .collect();
-            let Ok(mut done) = prepared.lock() else {
-                return;
-            };
-            done.retain(|id| live.iter().any(|s| &s.deployment_id == id));
-            for spec in live {
-                if !done.insert(spec.deployment_id.clone()) {
-                    continue;
-                }
-                let worker = worker.clone();
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    match worker.prepare(&spec).await {
-                        Ok(()) => {
-                            tracing::info!(deployment_id = %spec.deployment_id, function = %spec.function, ms = started.elapsed().as_millis() as u64, "prewarmed")
-                        }
-                        Err(e) => {
-                            tracing::warn!(deployment_id = %spec.deployment_id, error = %e, "prewarm failed; the first request will load it")
-                        }
-                    }
-                });
+    reactor_proto::client::watch_routing(endpoint, move |table| {
+        let runtime = worker.runtime();
+        let live: Vec<DeploymentSpec> = table
+            .functions
+            .iter()
+            .filter(|f| Runtime::from_str(&f.runtime).ok() == Some(runtime))
+            .filter_map(|f| crate::protocol::live_spec(f, runtime))
+            .collect();
+        let Ok(mut done) = prepared.lock() else {
+            return;
+        };
+        done.retain(|id| live.iter().any(|s| &s.deployment_id == id));
+        for spec in live {
+            if !done.insert(spec.deployment_id.clone()) {
+                continue;
             }
-        },
-    )
+            let worker = worker.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                match worker.prepare(&spec).await {
+                    Ok(()) => {
+                        tracing::info!(deployment_id = %spec.deployment_id, function = %spec.function, ms = started.elapsed().as_millis() as u64, "prewarmed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(deployment_id = %spec.deployment_id, error = %e, "prewarm failed; the first request will load it")
+                    }
+                }
+            });
+        }
+    })
 }

@@ -179,6 +179,14 @@ impl ControlPlane {
             .map(|p| serde_json::to_string(&p))
             .transpose()
             .map_err(|e| ApiError::internal(format!("policy: {e}")))?;
+        if let Some(json) = &resolved.policy {
+            self.check_policy_size(json.len()).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!("manifest.json: {}", e.message),
+                )
+            })?;
+        }
         Ok(resolved)
     }
 

@@ -53,6 +53,17 @@ impl ControlPlane {
                 ),
             ));
         }
+        let quota = self.config.max_functions_per_org;
+        if self.store.list_functions(&caller.org).await?.len() >= quota {
+            return Err(quota_exceeded(
+                format!(
+                    "org {} already has {quota} functions, its quota: delete one first, or ask the operator to raise functions.max_functions_per_org",
+                    caller.org
+                ),
+                "functions",
+                quota,
+            ));
+        }
         let record = FunctionRecord {
             org: caller.org.clone(),
             name: name.to_string(),
@@ -123,4 +134,11 @@ impl ControlPlane {
         need(caller, caller.role.can_deploy(), "read logs")?;
         Ok(function_info(&self.function(caller, name).await?))
     }
+}
+
+/// A per-org quota was reached: nothing was changed.
+pub(crate) fn quota_exceeded(message: String, what: &str, quota: usize) -> ApiError {
+    ApiError::new(ErrorCode::QuotaExceeded, message)
+        .with_detail("quota", what)
+        .with_detail("limit", quota as u64)
 }

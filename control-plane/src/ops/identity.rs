@@ -181,6 +181,17 @@ impl ControlPlane {
         name: Option<&str>,
     ) -> Result<TokenCreated, ApiError> {
         need(caller, caller.role.is_admin(), "create tokens")?;
+        let quota = self.config.max_tokens_per_org;
+        if self.store.list_tokens(&caller.org).await?.len() >= quota {
+            return Err(super::functions::quota_exceeded(
+                format!(
+                    "org {} already has {quota} tokens, its quota: revoke one first, or ask the operator to raise functions.max_tokens_per_org",
+                    caller.org
+                ),
+                "tokens",
+                quota,
+            ));
+        }
         let secret = auth::generate_token();
         let t = self.insert_token(&caller.org, role, name, &secret).await?;
         self.routing.publish().await?;

@@ -5,6 +5,19 @@ use crate::service::{ControlPlane, need};
 use reactor_api::{ApiError, ErrorCode};
 
 impl ControlPlane {
+    /// Refuses a policy of more than `policy_max_bytes` (as JSON): every router holds it.
+    pub(crate) fn check_policy_size(&self, len: usize) -> Result<(), ApiError> {
+        let max = self.config.policy_max_bytes;
+        if len > max {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("the policy is {len} bytes as JSON; at most {max} are allowed (functions.policy_max_bytes)"),
+            )
+            .with_detail("limit", max as u64));
+        }
+        Ok(())
+    }
+
     /// The function's invoke policy (the default, allow everything, when none is set).
     pub async fn get_policy(
         &self,
@@ -36,7 +49,10 @@ impl ControlPlane {
                 p.compile().map_err(|e| {
                     ApiError::new(ErrorCode::InvalidInput, format!("policy is not valid: {e}"))
                 })?;
-                Some(serde_json::to_string(p).map_err(|e| ApiError::internal(e.to_string()))?)
+                let json =
+                    serde_json::to_string(p).map_err(|e| ApiError::internal(e.to_string()))?;
+                self.check_policy_size(json.len())?;
+                Some(json)
             }
             None => None,
         };
