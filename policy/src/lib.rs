@@ -38,6 +38,16 @@
 //! `min`, `duration`, `timestamp`, the timestamp getters (`getHours`, `getDayOfWeek`, ...) and
 //! the macros `has`, `all`, `exists`, `exists_one`, `map` and `filter`.
 //!
+//! `matches` takes a literal pattern (`request.headers['x-id'].matches('^[a-z0-9-]{1,32}$')`
+//! or `matches(request.path, '^/v[0-9]+/')`): each distinct pattern is compiled once, when the
+//! policy is, and evaluation only looks it up (the interpreter's own `matches` would compile it
+//! on every call). A pattern computed at run time is refused. A pattern is at most
+//! [`MAX_PATTERN_BYTES`] bytes, its compiled form at most [`MAX_REGEX_BYTES`] (Unicode classes
+//! are large, `\w` alone tens of kilobytes: prefer ASCII ones such as `[A-Za-z0-9_]`), and a
+//! policy has at most [`MAX_PATTERNS`] distinct patterns. The `regex` crate never backtracks:
+//! one match costs time linear in the input, at worst the compiled size times the input's
+//! length, and the input is bounded by the router's limits on a request's head.
+//!
 //! **Fail closed**: an expression that does not evaluate to a bool, or whose evaluation fails,
 //! makes its rule decide *deny*, whatever the rule's effect, with a reason saying why
 //! (`rule "beta-header": expression failed: No such key: x-beta`). As in the CEL
@@ -63,10 +73,11 @@
 use cel_interpreter::extractors::This;
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, ExecutionError, Value};
-use cel_parser::ast::{ComprehensionExpr, EntryExpr, Expr, IdedExpr, operators};
+use cel_parser::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, operators};
 use cel_parser::reference::Val;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -83,6 +94,13 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_EXPRESSION_CHARS: usize = 4096;
 /// The name [`Decision::Deny`] carries when the policy's default denied.
 pub const DEFAULT_RULE: &str = "default";
+/// A `matches` pattern is at most this many bytes.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+/// Each automaton of a compiled `matches` pattern takes at most this many bytes (the regex
+/// crate's `size_limit`): this bounds compile time and the cost of matching per input byte.
+pub const MAX_REGEX_BYTES: usize = 64 << 10;
+/// A policy has at most this many distinct `matches` patterns.
+pub const MAX_PATTERNS: usize = 64;
 
 const MAX_METHODS: usize = 32;
 const MAX_PATHS: usize = 64;
@@ -93,6 +111,10 @@ const MAX_NESTING: usize = 32;
 const MAX_DEPTH: usize = 64;
 /// Elements of a list or map literal (a macro over a literal costs its size per request).
 const MAX_LITERAL_ELEMENTS: usize = 256;
+/// Lazy DFA cache of one pattern, per thread that matches with it (the regex crate's
+/// `dfa_size_limit`); when full it is cleared, and past a few clears the crate falls back to
+/// its slower engines, still linear.
+const REGEX_CACHE_BYTES: usize = 256 << 10;
 /// Stack of the thread that parses expressions: the parser recurses once per operator in a
 /// chain such as `a + a + a ...`, which the depth limit only refuses after parsing.
 const COMPILER_STACK_BYTES: usize = 64 << 20;
@@ -101,6 +123,8 @@ const REQUEST: &str = "request";
 /// The strict map/list index the compiler substitutes for CEL's `_[_]` (a name no
 /// expression can spell).
 const STRICT_INDEX: &str = "@index";
+/// CEL's regular expression match, replaced by a lookup of precompiled patterns.
+const MATCHES: &str = "matches";
 /// The functions of the interpreter's default context (features `chrono` and `regex`).
 const FUNCTIONS: &[&str] = &[
     "contains",
@@ -310,6 +334,7 @@ impl Policy {
         let mut seen: HashSet<&str> = HashSet::with_capacity(self.rules.len());
         let mut rules = Vec::with_capacity(self.rules.len());
         let mut needs = 0u8;
+        let mut regexes = Regexes::default();
         for (index, rule) in self.rules.iter().enumerate() {
             check_name(&rule.name).map_err(|reason| PolicyError::InvalidName {
                 position: index + 1,
@@ -321,16 +346,36 @@ impl Policy {
                     name: rule.name.clone(),
                 });
             }
-            let compiled = CompiledRule::new(rule).map_err(|message| PolicyError::InvalidRule {
+            let invalid = |message| PolicyError::InvalidRule {
                 rule: rule.name.clone(),
                 message,
-            })?;
+            };
+            let compiled = CompiledRule::new(rule, &mut regexes).map_err(invalid)?;
             if let Some(when) = &compiled.when {
                 needs |= when.needs;
             }
             rules.push(compiled);
         }
-        if rules.iter().any(|r| r.when.is_some()) {
+        let regexes = Arc::new(regexes);
+        // Only a policy with patterns needs functions of its own.
+        let functions = (!regexes.by_pattern.is_empty()).then(|| functions_with(&regexes));
+        let policy = CompiledPolicy {
+            default: self.default,
+            rules,
+            needs,
+            functions,
+            regexes,
+        };
+        policy.check_samples()?;
+        Ok(policy)
+    }
+}
+
+impl CompiledPolicy {
+    /// Evaluates each expression once against a sample request, to refuse what the
+    /// interpreter only reports at run time (an undeclared reference, a panic).
+    fn check_samples(&self) -> Result<(), PolicyError> {
+        if self.rules.iter().any(|r| r.when.is_some()) {
             let headers = http::HeaderMap::new();
             let sample = RequestFacts {
                 method: "GET",
@@ -342,8 +387,13 @@ impl Policy {
                 caller_token_id: "sample",
                 now: UNIX_EPOCH + std::time::Duration::from_secs(1_704_067_200),
             };
-            let scope = request_scope(&sample, &Clock::new(sample.now), ALL_FIELDS);
-            for rule in &rules {
+            let scope = request_scope(
+                self.functions(),
+                &sample,
+                &Clock::new(sample.now),
+                ALL_FIELDS,
+            );
+            for rule in &self.rules {
                 let Some(when) = &rule.when else { continue };
                 let problem = match run(&when.ast, &scope) {
                     Outcome::Failed {
@@ -363,11 +413,15 @@ impl Policy {
                 }
             }
         }
-        Ok(CompiledPolicy {
-            default: self.default,
-            rules,
-            needs,
-        })
+        Ok(())
+    }
+
+    /// The interpreter's functions for this policy's expressions.
+    fn functions(&self) -> &Context<'static> {
+        match &self.functions {
+            Some(functions) => functions,
+            None => &ROOT,
+        }
     }
 }
 
@@ -397,6 +451,11 @@ pub struct CompiledPolicy {
     rules: Vec<CompiledRule>,
     /// The `request` fields that some expression can read (bits of [`Field`]).
     needs: u8,
+    /// The interpreter's functions with `matches` bound to `regexes`; `None` (no pattern):
+    /// the shared [`ROOT`].
+    functions: Option<Context<'static>>,
+    /// The `matches` patterns, compiled once; shared with `functions`.
+    regexes: Arc<Regexes>,
 }
 
 const _: () = {
@@ -410,6 +469,7 @@ impl fmt::Debug for CompiledPolicy {
         f.debug_struct("CompiledPolicy")
             .field("default", &self.default)
             .field("rules", &names)
+            .field("patterns", &self.regexes.by_pattern.len())
             .finish()
     }
 }
@@ -434,7 +494,8 @@ struct Expression {
 }
 
 impl CompiledRule {
-    fn new(rule: &Rule) -> Result<CompiledRule, String> {
+    /// Compiles the rule; the patterns of its expression go to `regexes`.
+    fn new(rule: &Rule, regexes: &mut Regexes) -> Result<CompiledRule, String> {
         if rule.methods.len() > MAX_METHODS {
             return Err(format!("too many methods (at most {MAX_METHODS})"));
         }
@@ -493,9 +554,10 @@ impl CompiledRule {
 
         let when = match &rule.when {
             None => None,
-            Some(source) => {
-                Some(compile_expression(source).map_err(|e| format!("invalid expression: {e}"))?)
-            }
+            Some(source) => Some(
+                compile_expression(source, regexes)
+                    .map_err(|e| format!("invalid expression: {e}"))?,
+            ),
         };
 
         Ok(CompiledRule {
@@ -640,7 +702,7 @@ impl CompiledPolicy {
     /// denies (the reason).
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Decision {
         let mut clock: Option<Clock> = None;
-        let mut scope: Option<Context<'static>> = None;
+        let mut scope: Option<Context<'_>> = None;
         for rule in &self.rules {
             if !rule.matches_method(facts.method) || !rule.matches_path(facts.path) {
                 continue;
@@ -653,7 +715,9 @@ impl CompiledPolicy {
             }
             if let Some(when) = &rule.when {
                 let now = *clock.get_or_insert_with(|| Clock::new(facts.now));
-                let ctx = scope.get_or_insert_with(|| request_scope(facts, &now, self.needs));
+                let ctx = scope.get_or_insert_with(|| {
+                    request_scope(self.functions(), facts, &now, self.needs)
+                });
                 match run(&when.ast, ctx) {
                     Outcome::Bool(true) => {}
                     Outcome::Bool(false) => continue,
@@ -778,16 +842,121 @@ static FIELD_KEYS: LazyLock<Vec<Key>> =
 static CALLER_KEYS: LazyLock<[Key; 3]> =
     LazyLock::new(|| [Key::from("org"), Key::from("role"), Key::from("token_id")]);
 
-/// The interpreter's default functions plus the strict index; shared by every evaluation
-/// (each adds `request` in a child scope).
-static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| {
+/// The functions of policies without patterns; shared by their evaluations (each adds
+/// `request` in a child scope). Its `matches` knows no pattern.
+static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| functions_with(&Arc::default()));
+
+/// The interpreter's default functions plus the strict index, with `matches` replaced by a
+/// lookup in `regexes`. Functions live in a root context only, hence one per policy with
+/// patterns.
+fn functions_with(regexes: &Arc<Regexes>) -> Context<'static> {
     let mut ctx = Context::default();
     ctx.add_function(STRICT_INDEX, strict_index);
+    let regexes = Arc::clone(regexes);
+    ctx.add_function(
+        MATCHES,
+        move |This(text): This<Arc<String>>, pattern: Arc<String>| {
+            regexes.is_match(&text, &pattern)
+        },
+    );
     ctx
-});
+}
 
-fn request_scope(facts: &RequestFacts<'_>, clock: &Clock, needs: u8) -> Context<'static> {
-    let mut scope = ROOT.new_inner_scope();
+/// A policy's `matches` patterns, each compiled once.
+#[derive(Default)]
+struct Regexes {
+    by_pattern: HashMap<String, Regex>,
+    /// Lookups by evaluations, so tests can see the precompiled patterns in use.
+    #[cfg(test)]
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl Regexes {
+    /// Compiles `pattern` unless the policy already has it.
+    fn add(&mut self, pattern: &str) -> Result<(), String> {
+        if self.by_pattern.contains_key(pattern) {
+            return Ok(());
+        }
+        if self.by_pattern.len() >= MAX_PATTERNS {
+            return Err(format!(
+                "too many matches() patterns (at most {MAX_PATTERNS} distinct ones per policy)"
+            ));
+        }
+        let regex = compile_regex(pattern)?;
+        self.by_pattern.insert(pattern.to_owned(), regex);
+        Ok(())
+    }
+
+    /// `matches` at evaluation: a lookup, never a compilation.
+    fn is_match(&self, text: &str, pattern: &str) -> Result<bool, ExecutionError> {
+        #[cfg(test)]
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.by_pattern.get(pattern) {
+            Some(regex) => Ok(regex.is_match(text)),
+            None => Err(ExecutionError::function_error(
+                MATCHES,
+                format!("pattern {pattern:?} was not compiled with the policy"),
+            )),
+        }
+    }
+}
+
+/// Compiles a `matches` pattern within the size bounds.
+fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "matches() pattern is {} bytes long (at most {MAX_PATTERN_BYTES})",
+            pattern.len()
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .dfa_size_limit(REGEX_CACHE_BYTES)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => format!(
+                "matches() pattern {pattern:?} is too big once compiled (over {limit} bytes): bound its repetitions, or use ASCII classes such as [A-Za-z0-9_] rather than Unicode ones such as \\w"
+            ),
+            // The message draws a caret under the error; keep its last line.
+            regex::Error::Syntax(message) => {
+                let reason = message
+                    .lines()
+                    .find_map(|line| line.strip_prefix("error: "))
+                    .unwrap_or(message.as_str());
+                format!("invalid matches() pattern {pattern:?}: {reason}")
+            }
+            other => format!("invalid matches() pattern {pattern:?}: {other}"),
+        })
+}
+
+/// The pattern of a `matches` call, in either form (`text.matches(p)`, `matches(text, p)`),
+/// which must be a string literal.
+fn literal_pattern(call: &CallExpr) -> Result<&str, String> {
+    let pattern = match (&call.target, call.args.as_slice()) {
+        (Some(_), [pattern]) | (None, [_, pattern]) => pattern,
+        _ => {
+            return Err(
+                "matches() takes a string and a pattern, as in text.matches('^[a-z]+$')".to_owned(),
+            );
+        }
+    };
+    match &pattern.expr {
+        Expr::Literal(Val::String(pattern)) => Ok(pattern.as_str()),
+        _ => Err(
+            "matches() needs a literal pattern, a quoted string such as '^v[0-9]+$' (patterns are compiled with the policy, not at run time)"
+                .to_owned(),
+        ),
+    }
+}
+
+fn request_scope<'f>(
+    functions: &'f Context<'static>,
+    facts: &RequestFacts<'_>,
+    clock: &Clock,
+    needs: u8,
+) -> Context<'f> {
+    let mut scope = functions.new_inner_scope();
     scope.add_variable_from_value(REQUEST, request_value(facts, clock, needs));
     scope
 }
@@ -952,7 +1121,8 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-fn compile_expression(source: &str) -> Result<Expression, String> {
+/// Checks and compiles an expression; its `matches` patterns go to `regexes`.
+fn compile_expression(source: &str, regexes: &mut Regexes) -> Result<Expression, String> {
     if source.trim().is_empty() {
         return Err("expression is empty".to_owned());
     }
@@ -979,6 +1149,7 @@ fn compile_expression(source: &str) -> Result<Expression, String> {
         needs: 0,
         scope: Vec::new(),
         in_loop: false,
+        regexes,
     };
     checker.walk(&mut ast, 0)?;
     check_result(&ast)?;
@@ -1060,17 +1231,19 @@ fn check_result(ast: &IdedExpr) -> Result<(), String> {
     ))
 }
 
-/// Checks an expression tree, collects the `request` fields it reads and substitutes the
-/// strict index for `_[_]`.
-struct Checker {
+/// Checks an expression tree, collects the `request` fields it reads, compiles its `matches`
+/// patterns and substitutes the strict index for `_[_]`.
+struct Checker<'r> {
     needs: u8,
     /// Variables bound by enclosing comprehensions.
     scope: Vec<String>,
     /// Walking a comprehension's body (a body inside a body would multiply the cost).
     in_loop: bool,
+    /// The policy's patterns so far.
+    regexes: &'r mut Regexes,
 }
 
-impl Checker {
+impl Checker<'_> {
     fn bound(&self, name: &str) -> bool {
         self.scope.iter().any(|s| s.as_str() == name)
     }
@@ -1139,6 +1312,9 @@ impl Checker {
             }
             Expr::Call(call) => {
                 check_call(&call.func_name, call.target.is_some(), call.args.len())?;
+                if call.func_name == MATCHES {
+                    self.regexes.add(literal_pattern(call)?)?;
+                }
                 if let Some(target) = call.target.as_deref_mut() {
                     self.walk(target, next)?;
                 }

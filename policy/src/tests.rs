@@ -1,7 +1,8 @@
 use super::*;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// 2024-01-01T00:00:00Z, a Monday.
 const MONDAY: u64 = 1_704_067_200;
@@ -663,19 +664,23 @@ fn shared_across_threads() {
 
 #[test]
 fn expressions_read_only_the_fields_they_name() {
-    let e = compile_expression("request.caller.role == 'admin'").expect("compiles");
+    let mut regexes = Regexes::default();
+    let e = compile_expression("request.caller.role == 'admin'", &mut regexes).expect("compiles");
     assert_eq!(e.needs, Field::Caller.bit());
-    let e = compile_expression("request.headers['x'] == '1' || request.method == 'GET'")
-        .expect("compiles");
+    let e = compile_expression(
+        "request.headers['x'] == '1' || request.method == 'GET'",
+        &mut regexes,
+    )
+    .expect("compiles");
     assert_eq!(e.needs, Field::Headers.bit() | Field::Method.bit());
-    let e = compile_expression("size(request) > 0").expect("compiles");
+    let e = compile_expression("size(request) > 0", &mut regexes).expect("compiles");
     assert_eq!(e.needs, ALL_FIELDS);
 }
 
 #[test]
 fn listed_functions_exist_in_the_interpreter() {
     let req = Req::new("GET", "/");
-    let scope = request_scope(&req.facts(), &Clock::new(req.now), ALL_FIELDS);
+    let scope = request_scope(&ROOT, &req.facts(), &Clock::new(req.now), ALL_FIELDS);
     for name in FUNCTIONS {
         let ast = cel_parser::Parser::default()
             .parse(&format!("{name}()"))
@@ -701,6 +706,207 @@ fn listed_functions_exist_in_the_interpreter() {
             undeclared: true,
             ..
         }
+    ));
+}
+
+/// A policy that allows when header `x-value` matches `pattern`, and denies by default.
+fn matching(pattern: &str) -> CompiledPolicy {
+    let when =
+        format!("'x-value' in request.headers && request.headers['x-value'].matches('{pattern}')");
+    compile(
+        &json!({"default": "deny", "rules": [{"name": "m", "effect": "allow", "when": when}]})
+            .to_string(),
+    )
+}
+
+/// A request with header `x-value`.
+fn with_value(value: &str) -> Req {
+    let mut req = Req::new("GET", "/x");
+    req.headers.append(
+        HeaderName::from_static("x-value"),
+        HeaderValue::from_str(value).expect("a valid header value"),
+    );
+    req
+}
+
+#[test]
+fn matches_in_both_forms() {
+    let p = compile(
+        r#"{"default":"deny","rules":[
+            {"name":"method-form","effect":"allow","when":"request.path.matches('^/v[0-9]+/')"},
+            {"name":"function-form","effect":"allow","when":"matches(request.method, '^(GET|HEAD)$')"}
+        ]}"#,
+    );
+    assert!(decide(&p, &Req::new("POST", "/v2/items")).is_allow());
+    assert!(decide(&p, &Req::new("HEAD", "/web")).is_allow());
+    assert_eq!(
+        denied_by(&decide(&p, &Req::new("POST", "/web"))),
+        Some("default")
+    );
+    assert_eq!(p.regexes.by_pattern.len(), 2);
+    assert!(p.functions.is_some());
+    // A policy without patterns shares the root functions.
+    assert!(compile(EXAMPLE).functions.is_none());
+
+    let p = matching("^[a-z]+-[0-9]{1,4}$");
+    assert!(decide(&p, &with_value("tenant-42")).is_allow());
+    assert!(!decide(&p, &with_value("tenant-42x")).is_allow());
+}
+
+#[test]
+fn matches_needs_a_literal_pattern() {
+    for when in [
+        "request.path.matches(request.headers['x-pattern'])",
+        "matches(request.path, '^/a' + 'b')",
+        "request.headers.exists(k, k.matches(k))",
+        "request.path.matches(b'^/a')",
+    ] {
+        let message = refusal_of(json!({ "when": when }));
+        assert!(
+            message.starts_with(r#"rule "r": invalid expression: "#)
+                && message.contains("matches() needs a literal pattern"),
+            "{when}: {message}"
+        );
+    }
+    for when in ["request.path.matches()", "matches(request.path)"] {
+        let message = refusal_of(json!({ "when": when }));
+        assert!(
+            message.contains("matches() takes a string and a pattern"),
+            "{when}: {message}"
+        );
+    }
+    let message = refusal_of(json!({"when": "request.path.matches('(a')"}));
+    assert!(
+        message.ends_with(r#"invalid matches() pattern "(a": unclosed group"#),
+        "{message}"
+    );
+}
+
+#[test]
+fn matches_refuses_oversized_patterns() {
+    // Small to write, a million states once compiled.
+    let message = refusal_of(json!({"when": "request.path.matches('(a{1000}){1000}')"}));
+    assert!(
+        message.starts_with(
+            r#"rule "r": invalid expression: matches() pattern "(a{1000}){1000}" is too big once compiled (over 65536 bytes)"#
+        ),
+        "{message}"
+    );
+
+    // Longer than MAX_PATTERN_BYTES (the expression itself is within its limit).
+    let long = format!(
+        "({})",
+        (0..300)
+            .map(|i| format!("a{i}"))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    assert!(long.len() > MAX_PATTERN_BYTES);
+    let message = refusal_of(json!({ "when": format!("request.path.matches('{long}')") }));
+    assert!(
+        message.contains(&format!(
+            "matches() pattern is {} bytes long (at most 1024)",
+            long.len()
+        )),
+        "{message}"
+    );
+
+    // At most MAX_PATTERNS distinct patterns per policy; a repeated one counts once.
+    let rule = |name: &str, patterns: std::ops::Range<usize>| {
+        let calls: Vec<String> = patterns
+            .map(|i| format!("request.path.matches('^/p{i}$')"))
+            .collect();
+        json!({"name": name, "effect": "deny", "when": calls.join(" || ")})
+    };
+    let full: Vec<_> = (0..4)
+        .map(|r| rule(&format!("r{r}"), r * 16..r * 16 + 16))
+        .collect();
+    let p = compile(&json!({ "rules": full }).to_string());
+    assert_eq!(p.regexes.by_pattern.len(), MAX_PATTERNS);
+    assert_eq!(denied_by(&decide(&p, &Req::new("GET", "/p63"))), Some("r3"));
+    let mut again = full.clone();
+    again.push(rule("again", 0..16));
+    let p = compile(&json!({ "rules": again }).to_string());
+    assert_eq!(p.regexes.by_pattern.len(), MAX_PATTERNS);
+    let mut over = full;
+    over.push(rule("over", 64..65));
+    let message = refusal(&json!({ "rules": over }).to_string());
+    assert_eq!(
+        message,
+        r#"rule "over": invalid expression: too many matches() patterns (at most 64 distinct ones per policy)"#
+    );
+}
+
+#[test]
+fn hostile_patterns_match_in_bounded_time() {
+    // Patterns that take a backtracking engine exponential time, on 8 KiB values. The regex
+    // crate runs in time linear in the value; 1 ms per evaluation is generous, so that a
+    // loaded machine does not fail the test.
+    let many_a = "a".repeat(8 << 10);
+    let cases = [
+        ("(a|aa)*b", many_a.clone(), false),
+        ("(a|aa)*b", format!("{many_a}b"), true),
+        ("^(a+)+$", format!("{many_a}!"), false),
+        ("^([a-z]+ ?)*$", format!("{many_a}!"), false),
+    ];
+    for (pattern, value, expected) in cases {
+        let p = matching(pattern);
+        let req = with_value(&value);
+        let start = Instant::now();
+        for _ in 0..1_000 {
+            assert_eq!(decide(&p, &req).is_allow(), expected, "{pattern}");
+        }
+        let mean = start.elapsed() / 1_000;
+        assert!(
+            mean < Duration::from_millis(1),
+            "{pattern}: {mean:?} per evaluation"
+        );
+    }
+}
+
+#[test]
+fn patterns_are_compiled_once_with_the_policy() {
+    const EMAIL: &str = "^[a-z0-9._%+-]{1,32}@[a-z0-9-]{1,32}([.][a-z0-9-]{1,16}){1,4}$";
+    // Two rules, one pattern: compiled once, when the policy is.
+    let p = compile(
+        &json!({"default": "deny", "rules": [
+            {"name": "malformed", "effect": "deny",
+             "when": format!("'x-email' in request.headers && !request.headers['x-email'].matches('{EMAIL}')")},
+            {"name": "well-formed", "effect": "allow",
+             "when": format!("matches(request.headers['x-email'], '{EMAIL}')")},
+        ]})
+        .to_string(),
+    );
+    assert_eq!(p.regexes.by_pattern.len(), 1);
+    let req = Req::new("GET", "/x").header("x-email", "someone@example.com");
+    let before = p.regexes.lookups.load(Ordering::Relaxed);
+    let start = Instant::now();
+    for _ in 0..10_000 {
+        assert!(decide(&p, &req).is_allow());
+    }
+    let evaluating = start.elapsed();
+    // Both calls of every evaluation went to the precompiled regex.
+    assert_eq!(p.regexes.lookups.load(Ordering::Relaxed) - before, 20_000);
+    // Compiling at each evaluation would cost at least this much.
+    let start = Instant::now();
+    for _ in 0..100 {
+        compile_regex(EMAIL).expect("compiles");
+    }
+    let compiling = start.elapsed() * 100;
+    assert!(
+        evaluating < compiling,
+        "10,000 evaluations took {evaluating:?}, 10,000 compilations about {compiling:?}"
+    );
+
+    // Even the shared functions never compile: a pattern not compiled with the policy fails.
+    let req = Req::new("GET", "/");
+    let scope = request_scope(&ROOT, &req.facts(), &Clock::new(req.now), ALL_FIELDS);
+    let ast = cel_parser::Parser::default()
+        .parse("'abc'.matches('a')")
+        .expect("parses");
+    assert!(matches!(
+        run(&ast, &scope),
+        Outcome::Failed { message, .. } if message.contains("was not compiled with the policy")
     ));
 }
 
