@@ -2,8 +2,9 @@
 
 use crate::body::GuestBody;
 use crate::body::TaskEnd;
-use crate::host::{Host, Limits, OutboundPolicy};
+use crate::host::{Host, Limits};
 use crate::logs::{LogStream, LogTarget};
+use crate::outbound::OutboundPolicy;
 use async_trait::async_trait;
 use axum::body::Body;
 use bytes::Bytes;
@@ -398,7 +399,7 @@ impl RuntimeWorker for WasmWorker {
             http: WasiHttpCtx::new(),
             table,
             limits: Limits::new(spec.memory_mb),
-            outbound: OutboundPolicy,
+            outbound: OutboundPolicy::default(),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);

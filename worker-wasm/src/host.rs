@@ -1,22 +1,46 @@
 //! What an instance's store holds: WASI and wasi:http state, the resource limiter that
-//! enforces the deployment's memory limit, and the outbound HTTP policy.
+//! enforces the deployment's memory limit, and the outbound HTTP policy
+//! ([`OutboundPolicy`], in `outbound.rs`).
+//!
+//! Besides memory, an instance is bounded in what it takes of the worker's file
+//! descriptors and host memory: at most [`MAX_RESOURCES`] (4096) entries in its resource
+//! table (streams, pollables, requests, fields) and [`MAX_OUTGOING_REQUESTS`] (32)
+//! outgoing HTTP requests at once, each counted from its send until its connection ends.
 
+use crate::outbound::OutboundPolicy;
+use http::HeaderName;
+use http::uri::Scheme;
 use std::future::Future;
-use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
-    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
-    WasiHttpView,
+    Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpCtx,
+    WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
+
+/// Most entries one instance may hold in its resource table.
+pub const MAX_RESOURCES: usize = 4096;
+
+/// Most outgoing HTTP requests one instance may have in flight.
+pub const MAX_OUTGOING_REQUESTS: usize = 32;
+
+/// A fresh instance's resource table, bounded to [`MAX_RESOURCES`].
+pub fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
 
 pub struct Host {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
     pub limits: Limits,
-    pub outbound: OutboundPolicy,
+    pub outbound: Outbound,
 }
 
 impl WasiView for Host {
@@ -35,6 +59,78 @@ impl WasiHttpView for Host {
             table: &mut self.table,
             hooks: &mut self.outbound,
         }
+    }
+}
+
+/// [`OutboundPolicy`] with at most [`MAX_OUTGOING_REQUESTS`] requests in flight: one
+/// more fails at once with `connection-limit-reached`.
+pub struct Outbound {
+    policy: OutboundPolicy,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Outbound {
+    pub fn new(policy: OutboundPolicy) -> Self {
+        Self {
+            policy,
+            in_flight: Arc::new(Semaphore::new(MAX_OUTGOING_REQUESTS)),
+        }
+    }
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+)>;
+
+/// Every hook goes to the policy; `send_request` first takes a permit, which the
+/// exchange holds until its connection ends (or fails).
+impl WasiHttpHooks for Outbound {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        self.policy.is_forbidden_header(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        self.policy.forbidden_header_filter()
+    }
+
+    fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
+        self.policy.is_supported_scheme(scheme)
+    }
+
+    fn set_host_header(&mut self) -> bool {
+        self.policy.set_host_header()
+    }
+
+    fn default_scheme(&mut self) -> Option<Scheme> {
+        self.policy.default_scheme()
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = MAX_OUTGOING_REQUESTS,
+                "outgoing request refused: too many in flight"
+            );
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        };
+        let sent = self.policy.send_request(request, options, fut);
+        Box::new(async move {
+            let (response, io) = Pin::from(sent).await?;
+            let io = async move {
+                let _permit = permit;
+                Pin::from(io).await
+            };
+            Ok((
+                response,
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 
@@ -97,114 +193,90 @@ impl ResourceLimiter for Limits {
     }
 }
 
-/// Outgoing HTTP from functions: allowed to public addresses only, so that user code
-/// cannot reach the platform, its metadata services or the private network.
-#[derive(Default)]
-pub struct OutboundPolicy;
-
-/// Whether an address is on the public internet.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space 100.64/10
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg[0] & 0xffc0) == 0xfe80 // link local fe80::/10
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
-        }
-    }
-}
-
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-)>;
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<dyn Future<Output = SendResult> + Send> {
-        drop(fut);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let uri = request.uri();
-            let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
-            let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let host = authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|_| HttpError::DnsError {
-                    rcode: None,
-                    info_code: None,
-                })?
-                .collect();
-            if addrs.is_empty() {
-                return Err(HttpError::DestinationNotFound);
-            }
-            if let Some(denied) = addrs.iter().find(|a| !is_public(a.ip())) {
-                tracing::info!(host, address = %denied.ip(), "outgoing request to a non-public address denied");
-                return Err(HttpError::DestinationIpProhibited);
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::SystemResolver;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_util::task::AbortOnDropHandle;
 
     #[test]
-    fn only_public_addresses_are_allowed() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(private.parse().expect("ip")), "{private}");
+    fn an_instance_holds_at_most_4096_resources() {
+        let mut table = resource_table();
+        // Fills until refused, or one past the bound of 4096.
+        let held = (0..=4096).take_while(|_| table.push(()).is_ok()).count();
+        assert_eq!(held, MAX_RESOURCES);
+        assert_eq!(held, 4096, "the resource table of an instance is bounded to 4096");
+    }
+
+    /// A server that answers each request with headers and a body it never ends: every
+    /// exchange keeps its connection open.
+    async fn hanging_server() -> (u16, AbortOnDropHandle<()>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local addr").port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if stream.write_all(reply.as_bytes()).await.is_ok() {
+                        // Until the client closes.
+                        let _ = stream.read(&mut buf).await;
+                    }
+                });
+            }
+        });
+        (port, AbortOnDropHandle::new(task))
+    }
+
+    fn loopback(ip: IpAddr) -> bool {
+        ip.is_loopback()
+    }
+
+    async fn send(hooks: &mut Outbound, port: u16) -> SendResult {
+        let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
+            .body(Empty::<Bytes>::new().map_err(HttpError::from).boxed_unsync())
+            .expect("request");
+        Pin::from(hooks.send_request(request, None, Box::new(async { Ok(()) }))).await
+    }
+
+    #[tokio::test]
+    async fn outgoing_requests_past_32_in_flight_are_refused() {
+        let (port, _server) = hanging_server().await;
+        let mut hooks = Outbound::new(OutboundPolicy::new(Arc::new(SystemResolver), loopback));
+        let mut open = Vec::new();
+        for i in 0..32 {
+            match send(&mut hooks, port).await {
+                Ok(exchange) => open.push(exchange),
+                Err(e) => panic!("outgoing request {i} failed: {e}"),
+            }
         }
-        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(is_public(public.parse().expect("ip")), "{public}");
-        }
+
+        let over = send(&mut hooks, port).await;
+        assert!(
+            matches!(over, Err(HttpError::ConnectionLimitReached)),
+            "the 33rd request in flight: {:?}",
+            over.as_ref().err()
+        );
+
+        // An exchange that ends frees its slot.
+        drop(open.pop());
+        let again = send(&mut hooks, port).await;
+        assert!(again.is_ok(), "after one ended: {:?}", again.as_ref().err());
     }
 
     #[test]

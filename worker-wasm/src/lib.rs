@@ -12,6 +12,7 @@ mod body;
 mod engine;
 mod host;
 mod logs;
+mod outbound;
 pub mod server;
 
 pub use engine::{WasmWorker, WasmWorkerOptions};
