@@ -73,7 +73,7 @@ impl BunWorker {
             socket_dir.path(),
             cgroup.as_ref(),
             &env,
-        );
+        )?;
         let mut child = launch.spawn().await?;
         // Output is read with a bound: a bundle printing without end must not fill memory.
         let stdout = child.stdout.take().map(|o| tokio::spawn(read_capped(o)));

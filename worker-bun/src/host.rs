@@ -28,6 +28,9 @@ pub fn find_bwrap() -> Result<(PathBuf, String), String> {
     let probe = Command::new(&path)
         .args([
             "--unshare-all",
+            "--unshare-user",
+            // bubblewrap 0.8 and later: an older one fails here, saying so.
+            "--disable-userns",
             "--die-with-parent",
             "--ro-bind",
             "/",
@@ -39,7 +42,8 @@ pub fn find_bwrap() -> Result<(PathBuf, String), String> {
         .map_err(|e| format!("running {}: {e}", path.display()))?;
     if !probe.status.success() {
         return Err(format!(
-            "bubblewrap cannot create namespaces here ({}); allow unprivileged user namespaces \
+            "bubblewrap cannot create namespaces here ({}); it must be 0.8 or later \
+             (for --disable-userns); allow unprivileged user namespaces \
              (Debian: sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: \
              sysctl kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile for bwrap), \
              or, last, switch the sandbox off with functions.bun_sandbox = false",

@@ -1,15 +1,25 @@
 //! How a Bun process is started: inside bubblewrap (own mount, PID, IPC, network, UTS and
-//! user namespaces; the bundle read-only; a private `/tmp`; a cleared environment; the
-//! socket directory the only way in), or, with the sandbox switched off, as a plain child
-//! with a cleared environment. Either way it first joins its memory group, and its
-//! configuration (with the function's env) is written to its stdin, never its arguments.
+//! user namespaces, with no further user namespaces inside (`--disable-userns`); the bundle
+//! read-only; a private `/tmp`; a cleared environment; the socket directory the only way
+//! in; a seccomp filter, see `seccomp`), or, with the sandbox switched off, as a plain
+//! child with a cleared environment and no filter. Either way it first joins its memory
+//! group, and its configuration (with the function's env) is written to its stdin, never
+//! its arguments.
+//!
+//! The filter refuses new namespaces, mounts, `ptrace` and other processes' memory,
+//! modules, keyrings, `bpf`, `perf_event_open`, `userfaultfd`, clock changes and legacy
+//! calls, and turns `io_uring` and `clone3` away with `ENOSYS`. What remains is the kernel
+//! behind every allowed call (a kernel bug there is an escape), and no per-path policy
+//! (no LSM): the mounts alone decide what a process can read.
 
 use crate::host::{Cgroup, MemoryLimiter};
 use reactor_api::DeploymentSpec;
 use reactor_api::logs::LogSink;
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::process::Command;
 
 /// Where things are inside the sandbox.
@@ -41,24 +51,42 @@ pub struct Launch {
     pub command: Command,
     pub config: Vec<u8>,
     pub socket: PathBuf,
+    /// The seccomp filter bwrap reads (`--seccomp N`), held open until the spawn.
+    seccomp: Option<File>,
 }
 
 /// Longest a process may take to read its configuration.
 const CONFIG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Held while a filter's descriptor is inheritable, so that no other function process
+/// spawned meanwhile inherits it (and, reading from it, moves the offset this bwrap reads
+/// from). Children the worker spawns elsewhere may still inherit it: harmless, it is
+/// sealed and holds only the public filter.
+static SPAWNING: Mutex<()> = Mutex::new(());
 
 impl Launch {
     /// Spawns the process with piped stdio (killed when dropped) and writes its
     /// configuration to its stdin, which then closes.
     pub async fn spawn(mut self) -> Result<tokio::process::Child, String> {
         use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .command
+        self.command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("starting bun: {e}"))?;
+            .kill_on_drop(true);
+        let spawned = {
+            // Guards nothing but the window: a poisoned lock is as good.
+            let _window = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(filter) = &self.seccomp {
+                rustix::io::fcntl_setfd(filter, rustix::io::FdFlags::empty())
+                    .map_err(|e| format!("passing the seccomp filter: {e}"))?;
+            }
+            let spawned = self.command.spawn();
+            // bwrap has its own copy (or the spawn failed): close the worker's now.
+            self.seccomp = None;
+            spawned
+        };
+        let mut child = spawned.map_err(|e| format!("starting bun: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
             tokio::time::timeout(CONFIG_TIMEOUT, stdin.write_all(&self.config))
                 .await
@@ -77,6 +105,8 @@ pub struct Launcher {
     bunfig: PathBuf,
     /// `Some(bwrap)` when sandboxed.
     bwrap: Option<PathBuf>,
+    /// The compiled seccomp filter, when sandboxed (and this architecture has one).
+    seccomp: Option<Vec<u8>>,
     memory: MemoryLimiter,
     run_dir: PathBuf,
     /// Where the lines processes print go besides the worker's own log.
@@ -93,12 +123,22 @@ impl Launcher {
         run_dir: PathBuf,
         logs: Arc<dyn LogSink>,
     ) -> Self {
+        let seccomp = bwrap.as_ref().and_then(|_| {
+            let program = crate::seccomp::program();
+            if program.is_none() {
+                tracing::warn!(
+                    "bun sandbox: no seccomp filter for this architecture (x86_64 and aarch64 have one)"
+                );
+            }
+            program.map(|p| crate::seccomp::to_bytes(&p))
+        });
         Self {
             logs,
             bun,
             harness,
             bunfig,
             bwrap,
+            seccomp,
             memory,
             run_dir,
         }
@@ -118,6 +158,7 @@ impl Launcher {
     }
 
     /// The command running the harness in `mode` on `entry` (a path inside `bundle`).
+    /// Fails only when the seccomp filter cannot be handed over.
     #[allow(clippy::too_many_arguments)]
     pub fn command(
         &self,
@@ -128,11 +169,19 @@ impl Launcher {
         socket_dir: &Path,
         cgroup: Option<&Cgroup>,
         env: &BTreeMap<String, String>,
-    ) -> Launch {
+    ) -> Result<Launch, String> {
+        // A file of its own per spawn: bwrap reads it from its offset, to the end.
+        let seccomp = match (&self.bwrap, &self.seccomp) {
+            (Some(_), Some(bytes)) => Some(
+                crate::seccomp::sealed_file(bytes)
+                    .map_err(|e| format!("preparing the seccomp filter: {e}"))?,
+            ),
+            _ => None,
+        };
         let (program, mut args, entry_root, socket_root) = match &self.bwrap {
             Some(bwrap) => (
                 bwrap.clone(),
-                self.bwrap_args(bundle, socket_dir),
+                self.bwrap_args(bundle, socket_dir, seccomp.as_ref()),
                 PathBuf::from(APP),
                 PathBuf::from(RUN),
             ),
@@ -195,18 +244,23 @@ impl Launcher {
             command.env("TMPDIR", socket_dir);
             command.current_dir(bundle);
         }
-        Launch {
+        Ok(Launch {
             command,
             config,
             socket: socket_dir.join(SOCKET),
-        }
+            seccomp,
+        })
     }
 
-    fn bwrap_args(&self, bundle: &Path, socket_dir: &Path) -> Vec<String> {
+    fn bwrap_args(&self, bundle: &Path, socket_dir: &Path, seccomp: Option<&File>) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&[
             "--unshare-all",
+            // Not just tried, as --unshare-all does: required by --disable-userns, which
+            // keeps the function from creating user namespaces of its own.
+            "--unshare-user",
+            "--disable-userns",
             "--die-with-parent",
             "--new-session",
             "--clearenv",
@@ -262,6 +316,10 @@ impl Launcher {
             "--chdir",
             APP,
         ]);
+        // Installed by bwrap right before it execs Bun, after its own setup.
+        if let Some(filter) = seccomp {
+            push(&["--seccomp", &filter.as_raw_fd().to_string()]);
+        }
         a
     }
 }

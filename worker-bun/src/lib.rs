@@ -5,8 +5,8 @@
 //! its `fetch` with `Bun.serve` on a unix socket in a private directory; the worker speaks
 //! HTTP/1.1 to it, streaming both ways, and a client going away closes the connection,
 //! which aborts the handler's `request.signal`. Processes run inside bubblewrap (unless
-//! switched off) in a memory cgroup of the deployment's limit; their stdout and stderr are
-//! the function's log. See `docs/bun.md` for the pool, the sandbox and the limits.
+//! switched off), under a seccomp filter, in a memory cgroup of the deployment's limit;
+//! their stdout and stderr are the function's log. See `docs/bun.md` for the pool, the sandbox and the limits.
 
 mod body;
 mod build;
@@ -15,6 +15,7 @@ mod host;
 mod launcher;
 mod pool;
 mod process;
+mod seccomp;
 pub mod server;
 mod worker;
 

@@ -93,7 +93,7 @@ impl Process {
             socket_dir.path(),
             cgroup.as_ref(),
             &start.env,
-        );
+        )?;
         let socket = launch.socket.clone();
         let mut child = launch.spawn().await?;
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));

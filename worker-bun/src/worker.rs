@@ -122,7 +122,7 @@ impl BunWorker {
         }
         match &bwrap {
             Some((path, v)) => {
-                tracing::info!(bwrap = %path.display(), version = %v, "bun sandbox: bubblewrap (own mount, pid, ipc, network, uts and user namespaces; bundle read-only)")
+                tracing::info!(bwrap = %path.display(), version = %v, "bun sandbox: bubblewrap (own mount, pid, ipc, network, uts and user namespaces, none nested; bundle read-only; seccomp filter)")
             }
             None => tracing::warn!(
                 "bun sandbox is OFF (functions.bun_sandbox = false): functions run as the worker's user and can read its files"
