@@ -4,7 +4,8 @@
 //! `workdir/storage`; [`S3Storage`] keeps them in an S3 bucket (AWS or an S3-compatible
 //! server such as MinIO or Ceph). Keys are `/`-separated relative paths built by [`keys`]
 //! and checked alike by both backends. Writes are atomic (a reader never sees half an
-//! object). The hidden `contract` module is the behaviour every backend must show, run by
+//! object); local ones are also durable (synced, with their directories) before `put_*`
+//! returns, so that nothing recorded as stored can be lost to a power cut. The hidden `contract` module is the behaviour every backend must show, run by
 //! each backend's tests. Bundle archives are received and unpacked safely by
 //! [`bundle`]; beyond that, this crate knows nothing of what the objects mean.
 #![forbid(unsafe_code)]
@@ -31,8 +32,8 @@ pub async fn open(
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -128,45 +129,81 @@ impl LocalStorage {
         self.root.join(".tmp").join(ulid::Ulid::new().to_string())
     }
 
-    async fn commit(&self, key: &str, tmp: &Path) -> Result<(), StorageError> {
+    /// Writes `key` durably through a temp file that `fill` writes (see [`write_durably`]),
+    /// on a blocking thread.
+    async fn put_with<F>(&self, key: &str, fill: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+    {
         let dest = self.path(key)?;
+        let (root, tmp) = (self.root.clone(), self.temp_path());
         let io = |source| StorageError::Io {
             key: key.to_string(),
             source,
         };
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        tokio::fs::rename(tmp, &dest).await.map_err(io)
+        tokio::task::spawn_blocking(move || write_durably(&root, &tmp, &dest, fill))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)
     }
+}
+
+/// Writes an object so that it is whole under `dest` once this returns, even across a
+/// power cut: `fill` writes `tmp` (in `root/.tmp`, same filesystem), which is synced and
+/// renamed over `dest`; then every directory from `dest`'s up to `root` is synced, so the
+/// new entry and any directory created for it are durable. On failure the temp file is
+/// removed and `dest` keeps what it had. Blocking.
+fn write_durably<F>(root: &Path, tmp: &Path, dest: &Path, fill: F) -> std::io::Result<()>
+where
+    F: FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+{
+    if let Err(e) = write_and_rename(tmp, dest, fill) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    let mut dir = dest.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+        sync_dir(d)?;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+fn write_and_rename<F>(tmp: &Path, dest: &Path, fill: F) -> std::io::Result<()>
+where
+    F: FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+{
+    let mut file = std::fs::File::create(tmp)?;
+    fill(&mut file)?;
+    file.sync_all()?;
+    drop(file);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(tmp, dest)
+}
+
+/// Makes a directory's entries (files renamed or created in it) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 #[async_trait]
 impl Storage for LocalStorage {
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
-        self.path(key)?;
-        let tmp = self.temp_path();
-        tokio::fs::copy(path, &tmp)
-            .await
-            .map_err(|source| StorageError::Io {
-                key: key.to_string(),
-                source,
-            })?;
-        self.commit(key, &tmp).await
+        let src = path.to_path_buf();
+        self.put_with(key, move |file| {
+            std::io::copy(&mut std::fs::File::open(&src)?, file).map(drop)
+        })
+        .await
     }
 
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        self.path(key)?;
-        let tmp = self.temp_path();
-        let io = |source| StorageError::Io {
-            key: key.to_string(),
-            source,
-        };
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        file.write_all(&bytes).await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
-        drop(file);
-        self.commit(key, &tmp).await
+        self.put_with(key, move |file| file.write_all(&bytes)).await
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
@@ -484,6 +521,72 @@ mod tests {
         }
         s.delete_prefix("a").await.expect("delete");
         assert!(!s.exists("a/b/c.bin").await.expect("exists"));
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_midway_leaves_the_old_object_and_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::open(dir.path()).await.expect("opens");
+        let temp_files = || {
+            std::fs::read_dir(dir.path().join(".tmp"))
+                .expect("reading .tmp")
+                .count()
+        };
+        let key = "bundles/o/f/d.tar.gz";
+        s.put_bytes(key, Bytes::from_static(b"old"))
+            .await
+            .expect("put");
+        // A source that breaks after half the object.
+        let broken = |file: &mut std::fs::File| -> std::io::Result<()> {
+            file.write_all(b"half of the new")?;
+            Err(std::io::Error::other("the upload broke"))
+        };
+
+        let failed = s.put_with(key, broken).await;
+        assert!(matches!(failed, Err(StorageError::Io { .. })), "{failed:?}");
+        assert_eq!(
+            s.get_bytes(key).await.expect("get"),
+            Bytes::from_static(b"old")
+        );
+        let new = "bundles/o/f/new.tar.gz";
+        assert!(s.put_with(new, broken).await.is_err());
+        assert!(
+            !s.exists(new).await.expect("exists"),
+            "half an object is visible"
+        );
+        assert_eq!(temp_files(), 0, "a failed write left its temp file");
+
+        // Failing after the temp file is complete (an object is in the key's way).
+        let blocked = format!("{key}/below");
+        assert!(
+            s.put_bytes(&blocked, Bytes::from_static(b"x"))
+                .await
+                .is_err()
+        );
+        assert_eq!(temp_files(), 0, "a failed rename left its temp file");
+    }
+
+    #[tokio::test]
+    async fn an_overwrite_replaces_the_file_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::open(dir.path()).await.expect("opens");
+        let key = "artifacts/o/f/d/module.bin";
+        let first = contract::pseudo_random(256 * 1024, 1);
+        let second = contract::pseudo_random(100 * 1024, 2);
+        s.put_bytes(key, Bytes::from(first.clone()))
+            .await
+            .expect("put");
+        let mut reader = std::fs::File::open(dir.path().join(key)).expect("opening the object");
+
+        let src = dir.path().join("second.bin");
+        std::fs::write(&src, &second).expect("writing the source");
+        s.put_file(key, &src).await.expect("put_file");
+
+        // Renamed into place, not rewritten: an open reader still sees all of the first.
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut seen).expect("reading");
+        assert!(seen == first, "a reader saw a mix of two objects");
+        assert!(s.get_bytes(key).await.expect("get") == second);
     }
 
     #[tokio::test]

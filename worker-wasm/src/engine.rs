@@ -2,7 +2,7 @@
 
 use crate::body::GuestBody;
 use crate::body::TaskEnd;
-use crate::host::{Host, Limits};
+use crate::host::{Host, Limits, Outbound, resource_table};
 use crate::logs::{LogStream, LogTarget};
 use crate::outbound::OutboundPolicy;
 use async_trait::async_trait;
@@ -20,10 +20,10 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -36,8 +36,15 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 /// often a busy guest yields its thread.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Most wasi resources (handles) one instance may hold at once.
-const MAX_RESOURCES: usize = 100_000;
+/// How long a request waits for an instance of its deployment when all its slots are
+/// taken, before it is refused: enough for a burst, never a queue.
+const INSTANCE_WAIT: Duration = Duration::from_millis(100);
+
+/// The default most instances of one deployment alive at once on a worker: a quarter of
+/// the pool, so that one function cannot take all of it.
+fn default_instances_per_deployment(max_instances: u32) -> usize {
+    (max_instances / 4).max(1) as usize
+}
 
 pub struct WasmWorkerOptions {
     pub storage: Arc<dyn Storage>,
@@ -53,11 +60,13 @@ pub struct WasmWorkerOptions {
 
 type Loaded = ProxyPre<Host>;
 
-/// A loaded deployment: its pre-instantiated component and the env it pinned.
+/// A loaded deployment: its pre-instantiated component, the env it pinned and the slots
+/// of its live instances.
 #[derive(Clone)]
 struct Deployment {
     pre: Loaded,
     env: Arc<Vec<(String, String)>>,
+    instances: Arc<Semaphore>,
 }
 
 /// A deployment, loaded once by whoever asks first.
@@ -73,6 +82,8 @@ pub struct WasmWorker {
     loaded: Mutex<HashMap<String, (String, LoadSlot)>>,
     env: Arc<dyn EnvSource>,
     logs: Arc<dyn LogSink>,
+    /// Most instances of one deployment alive at once.
+    instances_per_deployment: usize,
     _ticker: EpochTicker,
 }
 
@@ -130,7 +141,15 @@ impl WasmWorker {
             loaded: Mutex::new(HashMap::new()),
             env: options.env,
             logs: options.logs,
+            instances_per_deployment: default_instances_per_deployment(options.max_instances),
         })
+    }
+
+    /// Sets the most instances of one deployment alive at once (default: a quarter of
+    /// `max_instances`); takes effect for deployments loaded after.
+    pub fn with_instances_per_deployment(mut self, instances: u32) -> Self {
+        self.instances_per_deployment = instances.max(1) as usize;
+        self
     }
 
     fn artifact_name(&self) -> String {
@@ -209,7 +228,11 @@ impl WasmWorker {
             org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
             source, ms = started.elapsed().as_secs_f64() * 1e3, "deployment loaded"
         );
-        Ok(Deployment { pre, env })
+        Ok(Deployment {
+            pre,
+            env,
+            instances: Arc::new(Semaphore::new(self.instances_per_deployment)),
+        })
     }
 
     async fn compile_from_bundle(&self, spec: &DeploymentSpec) -> Result<Vec<u8>, String> {
@@ -382,7 +405,21 @@ impl RuntimeWorker for WasmWorker {
             error,
             cold_start: cold,
         };
-        let Deployment { pre, env } = deployment;
+        let Deployment {
+            pre,
+            env,
+            instances,
+        } = deployment;
+        // The instance's slot, held by its task until the instance is dropped.
+        let wait = deadline.min(Instant::now() + INSTANCE_WAIT);
+        let Ok(Ok(slot)) = tokio::time::timeout_at(wait, instances.acquire_owned()).await else {
+            return Err(fail(InvokeError::TooManyRequests {
+                message: format!(
+                    "{} instances of deployment {} are already running on this worker",
+                    self.instances_per_deployment, spec.deployment_id
+                ),
+            }));
+        };
         let target = Arc::new(LogTarget::new(&spec, &request_id, self.logs.clone()));
         let wasi = WasiCtx::builder()
             .envs(env.as_slice())
@@ -392,14 +429,12 @@ impl RuntimeWorker for WasmWorker {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
         let host = Host {
             wasi,
             http: WasiHttpCtx::new(),
-            table,
+            table: resource_table(),
             limits: Limits::new(spec.memory_mb),
-            outbound: OutboundPolicy::default(),
+            outbound: Outbound::new(OutboundPolicy::default()),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
@@ -455,6 +490,7 @@ impl RuntimeWorker for WasmWorker {
                 Ok(Err(e)) => TaskEnd::Trap(format!("{e:#}")),
             };
             drop(store);
+            drop(slot);
             let (org, function, deployment_id) =
                 (&log_spec.org, &log_spec.function, &log_spec.deployment_id);
             match &end {

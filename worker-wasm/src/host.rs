@@ -117,7 +117,8 @@ impl WasiHttpHooks for Outbound {
                 limit = MAX_OUTGOING_REQUESTS,
                 "outgoing request refused: too many in flight"
             );
-            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+            let refused: SendResult = Err(HttpError::ConnectionLimitReached);
+            return Box::new(std::future::ready(refused));
         };
         let sent = self.policy.send_request(request, options, fut);
         Box::new(async move {
@@ -126,10 +127,7 @@ impl WasiHttpHooks for Outbound {
                 let _permit = permit;
                 Pin::from(io).await
             };
-            Ok((
-                response,
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok::<_, HttpError>((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }
@@ -210,7 +208,10 @@ mod tests {
         // Fills until refused, or one past the bound of 4096.
         let held = (0..=4096).take_while(|_| table.push(()).is_ok()).count();
         assert_eq!(held, MAX_RESOURCES);
-        assert_eq!(held, 4096, "the resource table of an instance is bounded to 4096");
+        assert_eq!(
+            held, 4096,
+            "the resource table of an instance is bounded to 4096"
+        );
     }
 
     /// A server that answers each request with headers and a body it never ends: every
@@ -249,7 +250,11 @@ mod tests {
 
     async fn send(hooks: &mut Outbound, port: u16) -> SendResult {
         let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
-            .body(Empty::<Bytes>::new().map_err(HttpError::from).boxed_unsync())
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(HttpError::from)
+                    .boxed_unsync(),
+            )
             .expect("request");
         Pin::from(hooks.send_request(request, None, Box::new(async { Ok(()) }))).await
     }

@@ -8,7 +8,9 @@
 //! - a trap (the guest panics) gives `Crashed`, and the guest's stderr reaches the log sink;
 //! - an allocation past `limits.memory_mb` is refused, which the guest turns into a trap
 //!   (`Crashed`), while a small allocation succeeds;
-//! - `build` of a file that is not a component fails with the reason the user reads.
+//! - `build` of a file that is not a component fails with the reason the user reads;
+//! - a deployment with as many live instances as its cap allows gets `TooManyRequests`
+//!   (429) for one more, while another deployment is served, until one of them ends.
 //!
 //! Every request gets a fresh instance, so after each failure the same deployment serves.
 
@@ -17,7 +19,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use reactor_api::logs::{LogEntry, LogKind, LogSink};
 use reactor_api::{
-    Builder, DeploymentSpec, Invocation, InvokeError, InvokeFailure, Runtime, RuntimeWorker,
+    Builder, DeploymentSpec, Invocation, InvokeError, InvokeFailure, InvokeOutcome, Runtime,
+    RuntimeWorker,
 };
 use reactor_storage::{LocalStorage, Storage, keys};
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
@@ -86,6 +89,11 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(None).await
+}
+
+/// A harness whose worker allows `instances_per_deployment` when set, else its default.
+async fn harness_with(instances_per_deployment: Option<u32>) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = Arc::new(
         LocalStorage::open(dir.path().join("storage"))
@@ -93,7 +101,7 @@ async fn harness() -> Harness {
             .expect("local storage"),
     );
     let logs = Arc::new(Collected::default());
-    let worker = WasmWorker::new(WasmWorkerOptions {
+    let mut worker = WasmWorker::new(WasmWorkerOptions {
         storage: storage.clone(),
         cache_dir: dir.path().join("cache"),
         max_instances: 8,
@@ -101,6 +109,9 @@ async fn harness() -> Harness {
         logs: logs.clone(),
     })
     .expect("wasm worker");
+    if let Some(instances) = instances_per_deployment {
+        worker = worker.with_instances_per_deployment(instances);
+    }
     Harness {
         worker,
         storage,
@@ -166,13 +177,14 @@ impl Harness {
         Arc::new(spec)
     }
 
-    async fn call(
+    /// Invokes `path`; the response body is left unread (its instance lives with it).
+    async fn invoke(
         &self,
         spec: &Arc<DeploymentSpec>,
         request_id: &str,
         path: &str,
         within: Duration,
-    ) -> Result<Answer, InvokeFailure> {
+    ) -> Result<InvokeOutcome, InvokeFailure> {
         let invocation = Invocation {
             spec: spec.clone(),
             request: http::Request::get(path)
@@ -181,7 +193,17 @@ impl Harness {
             deadline: tokio::time::Instant::now() + within,
             request_id: request_id.to_string(),
         };
-        let outcome = self.worker.invoke(invocation).await?;
+        self.worker.invoke(invocation).await
+    }
+
+    async fn call(
+        &self,
+        spec: &Arc<DeploymentSpec>,
+        request_id: &str,
+        path: &str,
+        within: Duration,
+    ) -> Result<Answer, InvokeFailure> {
+        let outcome = self.invoke(spec, request_id, path, within).await?;
         let status = outcome.response.status().as_u16();
         let body = outcome
             .response
@@ -393,4 +415,57 @@ async fn build_of_a_file_that_is_not_a_component_fails_with_the_reason() {
         matches!(not_ready, InvokeError::NotReady { .. }),
         "{not_ready:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_at_its_instance_cap_is_refused_while_another_is_served() {
+    let h = harness_with(Some(2)).await;
+    let busy = h.deploy(spec("dep_busy", 30_000, 128)).await;
+    let mut other = spec("dep_other", 30_000, 128);
+    other.function = "other".into();
+    other.bundle_key = keys::bundle(ORG, "other", "dep_other");
+    let other = h.deploy(other).await;
+
+    // `/stall` answers its headers, then sleeps 5 s: its instance lives while its
+    // response is held.
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        let outcome = h
+            .invoke(&busy, &format!("req-stall-{i}"), "/stall", GENEROUS)
+            .await
+            .unwrap_or_else(|f| panic!("stalled request {i}: {f:?}"));
+        stalled.push(outcome);
+    }
+
+    let third = h.fails(&busy, "req-third", "/", GENEROUS).await;
+    assert!(
+        matches!(third.error, InvokeError::TooManyRequests { .. }),
+        "a third instance of a deployment capped at 2: {third:?}"
+    );
+    let public = third.error.to_api_error(&busy, Duration::ZERO);
+    assert_eq!(public.status().as_u16(), 429, "{public:?}");
+    assert_eq!(public.code.as_str(), "too_many_requests");
+
+    // Another function's deployment is served meanwhile.
+    h.ok(&other, "req-other", "/").await;
+
+    // A response that ends (here, dropped) frees its instance's slot; the abort of its
+    // task is asynchronous, hence a bounded wait.
+    drop(stalled.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.call(&busy, "req-after", "/", GENEROUS).await {
+            Ok(answer) => {
+                assert_eq!(answer.status, 200, "{answer:?}");
+                break;
+            }
+            Err(InvokeFailure {
+                error: InvokeError::TooManyRequests { .. },
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(failure) => panic!("after one of the two ended: {failure:?}"),
+        }
+    }
 }
