@@ -3,7 +3,7 @@
 // Its configuration arrives as one JSON object on stdin, never on the command line
 // (which every process can read in /proc/*/cmdline):
 //   { "mode": "serve" | "check" | "build" | "lambda", "entry": path, "socket": path,
-//     "output": path, "port": number, "env": { KEY: value } }
+//     "output": path, "port": number, "env": { KEY: value }, "log_tag": string }
 // "check" imports the entrypoint, checks that the default export has `fetch` and exits
 // (0, or 3 with Bun's own error text on stderr). "build" writes the entrypoint bundled
 // into one file to `output`. "serve" imports and checks, then serves it with Bun.serve on
@@ -14,9 +14,44 @@
 // listens on 127.0.0.1:`port`, and marks every answer `x-reactor-harness: ok` (or
 // `crashed`), so that the router tells the function's answers from Lambda's own errors,
 // and the first answer of the process `x-reactor-cold-start: true`.
+// In "serve", console lines written while a request is handled are tagged
+// `\x1e<log_tag>:<n>\x1f<line>`, n being the worker's number for the request
+// (x-reactor-invocation, removed before the function sees the request) and log_tag the
+// process's secret: the worker logs each line with its request, under its budget, and
+// tells a failed request its own lines only. Other output stays untagged.
+import { AsyncLocalStorage } from "node:async_hooks";
+import { format } from "node:util";
+
 const MARK = "x-reactor-harness";
+const INVOCATION = "x-reactor-invocation";
 const config = JSON.parse(await Bun.stdin.text());
 for (const [key, value] of Object.entries(config.env ?? {})) process.env[key] = String(value);
+
+// The request being handled, for the console (null: nothing is tagged).
+const scope = config.mode === "serve" && typeof config.log_tag === "string" && config.log_tag !== ""
+  ? new AsyncLocalStorage()
+  : null;
+if (scope !== null) {
+  const prefix = `\x1e${config.log_tag}:`;
+  // Installed before the function's module loads, so that it gets these.
+  for (const [method, write] of [
+    ["log", console.log], ["info", console.info], ["debug", console.debug],
+    ["warn", console.warn], ["error", console.error],
+  ]) {
+    const base = write.bind(console);
+    console[method] = (...args) => {
+      const id = scope.getStore();
+      if (id === undefined) return base(...args);
+      let text;
+      try {
+        text = format(...args);
+      } catch {
+        return base(...args);
+      }
+      base("%s", text.split("\n").map((line) => `${prefix}${id}\x1f${line}`).join("\n"));
+    };
+  }
+}
 
 // Bun's own text for an error: build errors (a syntax error, a module not found) come as
 // an AggregateError of messages with positions.
@@ -94,21 +129,30 @@ Bun.serve({
   // The worker bounds every invocation; a quiet stream (SSE) must not be cut here.
   idleTimeout: 0,
   maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-  async fetch(request, server) {
-    try {
-      const response = await app.fetch(request, server);
-      if (!(response instanceof Response)) {
-        throw new TypeError(`fetch returned ${response === null ? "null" : typeof response}, not a Response`);
-      }
-      if (response.headers.has(MARK)) {
-        const headers = new Headers(response.headers);
-        headers.delete(MARK);
-        return mark(new Response(response.body, { status: response.status, statusText: response.statusText, headers }));
-      }
-      return mark(response);
-    } catch (e) {
-      return mark(crashed(e));
-    }
+  fetch(request, server) {
+    if (scope === null) return handle(request, server);
+    const id = request.headers.get(INVOCATION);
+    request.headers.delete(INVOCATION);
+    if (id === null || !/^[0-9]{1,19}$/.test(id)) return handle(request, server);
+    return scope.run(id, () => handle(request, server));
   },
   error: (e) => mark(crashed(e)),
 });
+
+// One request: the function's answer, or its exception as a marked 500.
+async function handle(request, server) {
+  try {
+    const response = await app.fetch(request, server);
+    if (!(response instanceof Response)) {
+      throw new TypeError(`fetch returned ${response === null ? "null" : typeof response}, not a Response`);
+    }
+    if (response.headers.has(MARK)) {
+      const headers = new Headers(response.headers);
+      headers.delete(MARK);
+      return mark(new Response(response.body, { status: response.status, statusText: response.statusText, headers }));
+    }
+    return mark(response);
+  } catch (e) {
+    return mark(crashed(e));
+  }
+}

@@ -12,6 +12,9 @@ pub const HARNESS: &str = include_str!("harness.js");
 pub const HARNESS_MARK: &str = "x-reactor-harness";
 /// The harness's mark on the first answer of a process.
 pub const COLD_MARK: &str = "x-reactor-cold-start";
+/// The request header carrying the worker's number for an invocation ("serve" mode): the
+/// harness tags the invocation's console lines with it and removes it from the request.
+pub const INVOCATION_MARK: &str = "x-reactor-invocation";
 
 /// The Bun version the project pins (package.json); another version works but is warned.
 pub const PINNED_BUN: &str = "1.4.5";

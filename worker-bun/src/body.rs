@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 /// A process's response body, holding its slot until done and cut at the deadline.
 pub(crate) struct LeasedBody {
     pub(crate) inner: hyper::body::Incoming,
+    /// The invocation's output stays attributed to it while the body streams.
+    pub(crate) _scope: crate::logs::InvocationScope,
     pub(crate) _lease: Lease,
     pub(crate) deadline: Pin<Box<tokio::time::Sleep>>,
     pub(crate) request_id: String,

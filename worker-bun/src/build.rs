@@ -1,6 +1,8 @@
 //! Materialization on a Bun worker ([`Builder`]): the check that a bundle's entrypoint
 //! loads and exports `fetch`, run once in a sandboxed process within the memory limit,
 //! and the best-effort prebundle (`bun build` into one file, checked too, then stored).
+//! Bun's error text becomes the deployment's error, with the deployment's env values
+//! hidden: whoever may list deployments need not be able to read its secrets.
 
 use crate::bundles::{prebundled_key, prebundled_path};
 use crate::launcher::PREBUNDLED;
@@ -8,6 +10,7 @@ use crate::worker::{BunWorker, START_TIMEOUT};
 use async_trait::async_trait;
 use bytes::Bytes;
 use reactor_api::{Builder, DeploymentSpec};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +18,11 @@ use std::sync::Arc;
 const MAX_OUTPUT: usize = 64 * 1024;
 /// The largest prebundled file accepted.
 const MAX_PREBUNDLED: u64 = 64 << 20;
+/// Env values shorter than this are left in error texts: hiding them would garble the
+/// text and reveal little.
+const MIN_REDACTED: usize = 4;
+/// What an env value in an error text is replaced with.
+const REDACTED: &str = "[redacted]";
 
 #[async_trait]
 impl Builder for BunWorker {
@@ -34,7 +42,7 @@ impl Builder for BunWorker {
 impl BunWorker {
     /// Runs the harness in `mode` on `entry` of an unpacked bundle, sandboxed and within
     /// the memory limit, and waits for it. `Ok(socket dir)` on success (where `build`
-    /// wrote its output); `Err` is Bun's own error text.
+    /// wrote its output); `Err` is Bun's own error text, env values hidden.
     async fn run_once(
         &self,
         mode: &str,
@@ -55,8 +63,7 @@ impl BunWorker {
             .map_err(|e| format!("creating the {mode} directory: {e}"))?;
         let cgroup = self
             .launcher
-            .memory()
-            .create(
+            .cgroup(
                 &format!(
                     "reactor-bun-{}-{mode}-{}",
                     std::process::id(),
@@ -64,7 +71,7 @@ impl BunWorker {
                 ),
                 spec.memory_mb,
             )
-            .map_err(|e| format!("creating the memory group: {e}"))?;
+            .map_err(|e| format!("creating the process's cgroups: {e}"))?;
         let launch = self.launcher.command(
             mode,
             spec,
@@ -73,6 +80,7 @@ impl BunWorker {
             socket_dir.path(),
             cgroup.as_ref(),
             &env,
+            None,
         )?;
         let mut child = launch.spawn().await?;
         // Output is read with a bound: a bundle printing without end must not fill memory.
@@ -114,7 +122,7 @@ impl BunWorker {
                 spec.entrypoint, spec.memory_mb
             ));
         }
-        let text = String::from_utf8_lossy(&err_text).trim().to_string();
+        let text = redact(String::from_utf8_lossy(&err_text).trim(), &env);
         Err(if text.is_empty() {
             format!("bun could not load {} ({status})", spec.entrypoint)
         } else {
@@ -141,6 +149,32 @@ impl BunWorker {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// `text` with every env value of at least [`MIN_REDACTED`] bytes replaced by
+/// [`REDACTED`], the longest first where values overlap.
+fn redact(text: &str, env: &BTreeMap<String, String>) -> String {
+    let mut values: Vec<&str> = env
+        .values()
+        .map(String::as_str)
+        .filter(|v| v.len() >= MIN_REDACTED)
+        .collect();
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    values.dedup();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while let Some(c) = rest.chars().next() {
+        for v in &values {
+            if let Some(after) = rest.strip_prefix(v) {
+                out.push_str(REDACTED);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Reads a stream to its end, keeping its first [`MAX_OUTPUT`] bytes.
@@ -180,4 +214,29 @@ fn read_output(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     file.take(MAX_PREBUNDLED).read_to_end(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_are_hidden_in_error_texts() {
+        let env = BTreeMap::from([
+            ("API_KEY".to_string(), "sk_live_4242".to_string()),
+            ("PREFIX".to_string(), "sk_live".to_string()),
+            ("SHORT".to_string(), "abc".to_string()),
+            ("EMPTY".to_string(), String::new()),
+            ("UNICODE".to_string(), "clé-é".to_string()),
+        ]);
+        let text = "index.ts:3: Error: bad key sk_live_4242 (sk_live_4242)\n\
+                    prefix sk_live, abc stays, clé-é, sk_live_4242";
+        assert_eq!(
+            redact(text, &env),
+            "index.ts:3: Error: bad key [redacted] ([redacted])\n\
+             prefix [redacted], abc stays, [redacted], [redacted]"
+        );
+        assert_eq!(redact("nothing here", &env), "nothing here");
+        assert_eq!(redact("sk_live_4242", &BTreeMap::new()), "sk_live_4242");
+    }
 }

@@ -3,8 +3,8 @@
 //! read-only; a private `/tmp`; a cleared environment; the socket directory the only way
 //! in; a seccomp filter, see `seccomp`), or, with the sandbox switched off, as a plain
 //! child with a cleared environment and no filter. Either way it first joins its memory
-//! group, and its configuration (with the function's env) is written to its stdin, never
-//! its arguments.
+//! and task groups, and its configuration (with the function's env) is written to its
+//! stdin, never its arguments.
 //!
 //! The filter refuses new namespaces, mounts, `ptrace` and other processes' memory,
 //! modules, keyrings, `bpf`, `perf_event_open`, `userfaultfd`, clock changes and legacy
@@ -12,7 +12,7 @@
 //! behind every allowed call (a kernel bug there is an escape), and no per-path policy
 //! (no LSM): the mounts alone decide what a process can read.
 
-use crate::host::{Cgroup, MemoryLimiter};
+use crate::host::{Cgroup, MemoryLimiter, TaskLimiter};
 use reactor_api::DeploymentSpec;
 use reactor_api::logs::LogSink;
 use std::collections::BTreeMap;
@@ -32,6 +32,8 @@ const BUNFIG: &str = "/reactor/bunfig.toml";
 const SOCKET: &str = "fn.sock";
 /// The name `build` writes its output under, in the process directory.
 pub const PREBUNDLED: &str = "prebundled.js";
+/// Size of the private `/tmp` (a tmpfs, in memory: charged to the memory group too).
+const TMP_BYTES: u64 = 64 << 20;
 
 /// What the harness reads on stdin.
 #[derive(serde::Serialize)]
@@ -43,6 +45,9 @@ struct HarnessConfig<'a> {
     /// Where `build` writes the prebundled file.
     output: String,
     env: &'a BTreeMap<String, String>,
+    /// What "serve" tags an invocation's console lines with (see `logs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_tag: Option<&'a str>,
 }
 
 /// A command ready to spawn, the configuration for its stdin, and the socket's path on
@@ -108,18 +113,21 @@ pub struct Launcher {
     /// The compiled seccomp filter, when sandboxed (and this architecture has one).
     seccomp: Option<Vec<u8>>,
     memory: MemoryLimiter,
+    tasks: TaskLimiter,
     run_dir: PathBuf,
     /// Where the lines processes print go besides the worker's own log.
     logs: Arc<dyn LogSink>,
 }
 
 impl Launcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         bun: PathBuf,
         harness: PathBuf,
         bunfig: PathBuf,
         bwrap: Option<PathBuf>,
         memory: MemoryLimiter,
+        tasks: TaskLimiter,
         run_dir: PathBuf,
         logs: Arc<dyn LogSink>,
     ) -> Self {
@@ -140,6 +148,7 @@ impl Launcher {
             bwrap,
             seccomp,
             memory,
+            tasks,
             run_dir,
         }
     }
@@ -148,8 +157,14 @@ impl Launcher {
         &self.logs
     }
 
-    pub fn memory(&self) -> &MemoryLimiter {
-        &self.memory
+    pub fn tasks(&self) -> &TaskLimiter {
+        &self.tasks
+    }
+
+    /// The groups of one process: its memory limit and [`crate::host::MAX_TASKS`], as
+    /// the host allows.
+    pub fn cgroup(&self, name: &str, memory_mb: u32) -> std::io::Result<Option<Cgroup>> {
+        self.memory.create(&self.tasks, name, memory_mb)
     }
 
     /// The directory under which each process gets its private socket directory.
@@ -157,7 +172,8 @@ impl Launcher {
         &self.run_dir
     }
 
-    /// The command running the harness in `mode` on `entry` (a path inside `bundle`).
+    /// The command running the harness in `mode` on `entry` (a path inside `bundle`),
+    /// tagging invocations' console lines with `log_tag` when given ("serve").
     /// Fails only when the seccomp filter cannot be handed over.
     #[allow(clippy::too_many_arguments)]
     pub fn command(
@@ -169,6 +185,7 @@ impl Launcher {
         socket_dir: &Path,
         cgroup: Option<&Cgroup>,
         env: &BTreeMap<String, String>,
+        log_tag: Option<&str>,
     ) -> Result<Launch, String> {
         // A file of its own per spawn: bwrap reads it from its offset, to the end.
         let seccomp = match (&self.bwrap, &self.seccomp) {
@@ -214,17 +231,28 @@ impl Launcher {
             socket: socket_root.join(SOCKET).display().to_string(),
             output: socket_root.join(PREBUNDLED).display().to_string(),
             env,
+            log_tag,
         };
         // A struct of strings serializes.
         let config = serde_json::to_vec(&config).unwrap_or_default();
         let mut command = match cgroup {
-            // The shell joins the memory group, then becomes the sandbox (or Bun): nothing
-            // of the function runs outside the group.
+            // The shell joins the groups, then becomes the sandbox (or Bun): nothing of the
+            // function runs outside them.
             Some(group) => {
+                let files = group.procs_files();
+                // `sh -c SCRIPT file0 file1.. program args..`: $0 is file0.
+                let mut script = r#"echo $$ > "$0""#.to_string();
+                for i in 1..files.len() {
+                    script.push_str(&format!(r#" && echo $$ > "${{{i}}}""#));
+                }
+                if files.len() > 1 {
+                    script.push_str(&format!(" && shift {}", files.len() - 1));
+                }
+                script.push_str(r#" && exec "$@""#);
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c")
-                    .arg(r#"echo $$ > "$0" && exec "$@""#)
-                    .arg(group.procs_file())
+                    .arg(script)
+                    .args(&files)
                     .arg(&program)
                     .args(&args);
                 c
@@ -287,9 +315,10 @@ impl Launcher {
             self.harness.display().to_string(),
             self.bunfig.display().to_string(),
         );
-        let (bundle, socket_dir) = (
+        let (bundle, socket_dir, tmp_bytes) = (
             bundle.display().to_string(),
             socket_dir.display().to_string(),
+            TMP_BYTES.to_string(),
         );
         push(&[
             "--ro-bind",
@@ -304,9 +333,14 @@ impl Launcher {
             "--ro-bind",
             &bundle,
             APP,
+            // Writable and on the host's disk, as the harness creates its socket here
+            // (`build`, its output): nothing bounds what else a function writes here
+            // until its process ends and the directory is removed.
             "--bind",
             &socket_dir,
             RUN,
+            "--size",
+            &tmp_bytes,
             "--tmpfs",
             "/tmp",
             "--proc",

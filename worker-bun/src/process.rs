@@ -1,10 +1,15 @@
 //! One Bun process serving one deployment on a unix socket in a private directory:
-//! spawned (inside bubblewrap unless switched off, in its own memory group), configured
-//! over stdin, reached over HTTP/1.1 on the socket, its output turned into log lines, its
-//! exit watched.
+//! spawned (inside bubblewrap unless switched off, in its own memory and task group),
+//! configured over stdin, reached over HTTP/1.1 on the socket, its output turned into log
+//! lines (see `logs`), its exit watched.
+//!
+//! A process serves many invocations at once: what a failed invocation is told is how the
+//! process ended and the stderr lines attributed to that invocation, never the process's
+//! stderr, which holds other requests' output.
 
 use crate::host::Cgroup;
 use crate::launcher::Launcher;
+use crate::logs::{InvocationScope, ProcessLogs, Stream};
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,14 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-
-/// Bytes of a process's stderr kept to explain its failures.
-const STDERR_TAIL: usize = 4096;
-/// Longest output line logged whole.
-const MAX_LINE: usize = 16 * 1024;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -36,7 +35,7 @@ type UnixClient = Client<
     Body,
 >;
 
-/// How a process ended.
+/// How a process ended, without any of its output.
 #[derive(Clone, Debug)]
 pub struct Exit {
     pub message: String,
@@ -54,7 +53,7 @@ pub struct Process {
     /// Asked to stop: takes no new requests.
     stopping: AtomicBool,
     exit: watch::Receiver<Option<Exit>>,
-    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    logs: Arc<ProcessLogs>,
 }
 
 /// What a process runs.
@@ -79,12 +78,12 @@ impl Process {
             .tempdir_in(launcher.run_dir())
             .map_err(|e| format!("creating the process directory: {e}"))?;
         let cgroup = launcher
-            .memory()
-            .create(
+            .cgroup(
                 &format!("reactor-bun-{}-{id}", std::process::id()),
                 spec.memory_mb,
             )
-            .map_err(|e| format!("creating the memory group: {e}"))?;
+            .map_err(|e| format!("creating the process's cgroups: {e}"))?;
+        let tag = crate::logs::secret_tag().map_err(|e| format!("drawing the log tag: {e}"))?;
         let launch = launcher.command(
             "serve",
             spec,
@@ -93,18 +92,18 @@ impl Process {
             socket_dir.path(),
             cgroup.as_ref(),
             &start.env,
+            Some(tag.as_str()),
         )?;
         let socket = launch.socket.clone();
         let mut child = launch.spawn().await?;
-        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        let who = Arc::new(Who::new(spec, id, launcher.logs().clone()));
+        let logs = ProcessLogs::new(spec, id, launcher.logs().clone(), &tag);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, who.clone(), "stdout", None));
+            tokio::spawn(crate::logs::pump(out, logs.clone(), Stream::Stdout));
         }
         let stderr_done = child
             .stderr
             .take()
-            .map(|err| tokio::spawn(pump(err, who.clone(), "stderr", Some(stderr_tail.clone()))));
+            .map(|err| tokio::spawn(crate::logs::pump(err, logs.clone(), Stream::Stderr)));
         let kill = Arc::new(Notify::new());
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(watch_exit(
@@ -113,9 +112,9 @@ impl Process {
             exit_tx,
             cgroup,
             socket_dir,
-            (stderr_tail.clone(), stderr_done),
+            stderr_done,
             spec.memory_mb,
-            who,
+            logs.clone(),
         ));
         let process = Arc::new(Process {
             id,
@@ -126,7 +125,7 @@ impl Process {
             kill,
             stopping: AtomicBool::new(false),
             exit,
-            stderr_tail,
+            logs,
         });
         process.wait_serving(&socket, start.deadline).await?;
         // The socket's directory is writable from inside the sandbox: from now on the
@@ -147,7 +146,10 @@ impl Process {
                 return Ok(());
             }
             if let Some(e) = exit.borrow_and_update().clone() {
-                return Err(format!("the process exited before serving: {}", e.message));
+                return Err(format!(
+                    "the process exited before serving: {}; see the function's logs",
+                    e.message
+                ));
             }
             if Instant::now() >= deadline {
                 self.kill();
@@ -160,10 +162,16 @@ impl Process {
         }
     }
 
-    /// Sends one request; the URI is relative to the function's mount.
+    /// Registers an invocation of `request_id`, whose output is then told apart.
+    pub fn begin(&self, request_id: &str) -> InvocationScope {
+        self.logs.begin(request_id)
+    }
+
+    /// Sends one request of `invocation`; the URI is relative to the function's mount.
     pub async fn send(
         &self,
         request: http::Request<Body>,
+        invocation: &InvocationScope,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
         let (mut parts, body) = request.into_parts();
         let path = parts
@@ -180,6 +188,11 @@ impl Process {
             .path_and_query(path)
             .build()
             .unwrap_or_else(|_| http::Uri::from_static("http://localhost/"));
+        // Set here whatever the caller sent, so that nobody's output is tagged as another's.
+        parts.headers.insert(
+            http::header::HeaderName::from_static(reactor_bun_dist::INVOCATION_MARK),
+            http::HeaderValue::from(invocation.id()),
+        );
         if !parts.headers.contains_key(http::header::HOST) {
             parts.headers.insert(
                 http::header::HOST,
@@ -248,30 +261,25 @@ impl Process {
         self.stopping.load(Ordering::Acquire) || self.exited()
     }
 
-    /// Why the process failed a request: its exit (waiting briefly for it) or the end of
-    /// its stderr.
-    pub async fn failure(&self, fallback: &str) -> String {
+    /// Why the process failed `invocation`: its exit (waiting briefly for it) or
+    /// `fallback`, then what this invocation itself wrote to stderr. Never the process's
+    /// stderr: other invocations' output is in it.
+    pub async fn failure(&self, fallback: &str, invocation: &InvocationScope) -> String {
         let mut exit = self.exit.clone();
-        let waited =
-            tokio::time::timeout(Duration::from_millis(300), exit.wait_for(|e| e.is_some())).await;
-        if let Ok(Ok(e)) = waited
-            && let Some(e) = e.as_ref()
-        {
-            return e.message.clone();
+        // A broken connection is nearly always a process ending: wait for it to say how
+        // (a busy host may take a while to reap a sandbox with many tasks).
+        let waited = exit.wait_for(|e| e.is_some());
+        let how = match tokio::time::timeout(Duration::from_secs(1), waited).await {
+            Ok(Ok(e)) => e.as_ref().map(|e| e.message.clone()),
+            _ => None,
         }
-        let tail = self.stderr_tail();
-        if tail.is_empty() {
-            fallback.to_string()
+        .unwrap_or_else(|| fallback.to_string());
+        let own = invocation.own_stderr();
+        if own.is_empty() {
+            format!("{how}; see the function's logs")
         } else {
-            format!("{fallback}: {tail}")
+            format!("{how}; this invocation's last output on stderr: {own}")
         }
-    }
-
-    fn stderr_tail(&self) -> String {
-        self.stderr_tail
-            .lock()
-            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
-            .unwrap_or_default()
     }
 }
 
@@ -298,81 +306,8 @@ fn link_socket(socket: &Path, private: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Who the output of a process belongs to.
-struct Who {
-    sink: Arc<dyn reactor_api::logs::LogSink>,
-    org: String,
-    function: String,
-    deployment_id: String,
-    process: u64,
-}
-
-impl Who {
-    fn new(spec: &DeploymentSpec, process: u64, sink: Arc<dyn reactor_api::logs::LogSink>) -> Self {
-        Self {
-            sink,
-            org: spec.org.clone(),
-            function: spec.function.clone(),
-            deployment_id: spec.deployment_id.clone(),
-            process,
-        }
-    }
-}
-
-/// Logs each line of a process's output as a line of the function's log.
-async fn pump(
-    out: impl AsyncRead + Unpin,
-    who: Arc<Who>,
-    stream: &'static str,
-    tail: Option<Arc<Mutex<Vec<u8>>>>,
-) {
-    let mut reader = BufReader::with_capacity(MAX_LINE, out);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if let Some(tail) = &tail
-            && let Ok(mut t) = tail.lock()
-        {
-            t.extend_from_slice(&line);
-            let excess = t.len().saturating_sub(STDERR_TAIL);
-            t.drain(..excess);
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\n', '\r']);
-        tracing::info!(
-            target: "reactor::function",
-            org = %who.org,
-            function = %who.function,
-            deployment_id = %who.deployment_id,
-            process = who.process,
-            stream,
-            "{text}"
-        );
-        let kind = if stream == "stderr" {
-            reactor_api::logs::LogKind::Stderr
-        } else {
-            reactor_api::logs::LogKind::Stdout
-        };
-        who.sink.emit(reactor_api::logs::LogEntry::new(
-            &who.org,
-            &who.function,
-            Some(&who.deployment_id),
-            kind,
-            text,
-        ));
-    }
-}
-
 /// Waits for the process to exit (or kills it when asked), then says how it ended and
-/// removes its memory group and socket directory.
+/// removes its groups and socket directory.
 #[allow(clippy::too_many_arguments)]
 async fn watch_exit(
     mut child: tokio::process::Child,
@@ -380,9 +315,9 @@ async fn watch_exit(
     exit_tx: watch::Sender<Option<Exit>>,
     cgroup: Option<Cgroup>,
     socket_dir: tempfile::TempDir,
-    (stderr_tail, stderr_done): (Arc<Mutex<Vec<u8>>>, Option<tokio::task::JoinHandle<()>>),
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
     memory_mb: u32,
-    who: Arc<Who>,
+    who: Arc<ProcessLogs>,
 ) {
     let mut killed = false;
     let status = tokio::select! {
@@ -393,29 +328,28 @@ async fn watch_exit(
             child.wait().await
         }
     };
-    // The last lines of stderr (an import error, say) may still be in the pipe.
+    // The last lines of stderr may still be in the pipe: logged, and attributed to their
+    // invocations before these are told how the process ended.
     if let Some(done) = stderr_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
     }
     let oom = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    let tasks = cgroup.as_ref().is_some_and(Cgroup::tasks_exhausted);
+    let how = match &status {
+        Ok(s) => describe_status(s),
+        Err(e) => format!("its status is unknown ({e})"),
+    };
     let message = if oom {
         format!("the process was killed at its memory limit ({memory_mb} MB, limits.memory_mb)")
     } else if killed {
         "the process was stopped by the worker".to_string()
+    } else if tasks {
+        format!(
+            "the process reached its task limit ({} processes and threads) and {how}",
+            crate::host::MAX_TASKS
+        )
     } else {
-        let tail = stderr_tail
-            .lock()
-            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
-            .unwrap_or_default();
-        let how = match &status {
-            Ok(s) => describe_status(s),
-            Err(e) => format!("its status is unknown ({e})"),
-        };
-        if tail.is_empty() {
-            format!("the process {how}")
-        } else {
-            format!("the process {how}: {tail}")
-        }
+        format!("the process {how}")
     };
     if killed && !oom {
         tracing::debug!(org = %who.org, function = %who.function, deployment_id = %who.deployment_id, process = who.process, "bun process stopped");

@@ -5,7 +5,7 @@
 //! response body in `body`.
 
 use crate::body::LeasedBody;
-use crate::host::{self, MemoryLimiter};
+use crate::host::{self, MemoryLimiter, TaskLimiter};
 use crate::launcher::Launcher;
 use crate::pool::{Pool, PoolLimits};
 use async_trait::async_trait;
@@ -106,14 +106,16 @@ impl BunWorker {
         let bunfig = cache.join("bunfig.toml");
         tokio::fs::write(&bunfig, "").await?;
         let bun_path = options.bun.clone();
-        let (version, bwrap, memory) = tokio::task::spawn_blocking(move || {
+        let (version, bwrap, memory, tasks) = tokio::task::spawn_blocking(move || {
             let version = reactor_bun_dist::bun_version(&bun_path)?;
             let bwrap = if options.sandbox {
                 Some(host::find_bwrap()?)
             } else {
                 None
             };
-            Ok::<_, String>((version, bwrap, MemoryLimiter::detect()))
+            let memory = MemoryLimiter::detect();
+            let tasks = TaskLimiter::detect(&memory);
+            Ok::<_, String>((version, bwrap, memory, tasks))
         })
         .await?
         .map_err(anyhow::Error::msg)?;
@@ -134,6 +136,12 @@ impl BunWorker {
             }
             _ => tracing::info!("bun memory limits: {}", memory.describe()),
         }
+        // Said once: without it a function can start processes and threads without end.
+        if tasks.enforced() {
+            tracing::info!("bun task limits: {}", tasks.describe());
+        } else {
+            tracing::warn!("bun task limits: {}", tasks.describe());
+        }
         tracing::info!(bun = %options.bun.display(), %version, max_processes = options.limits.max_processes,
             per_process = options.limits.per_process, queue = options.limits.queue,
             idle_ttl_secs = options.limits.idle_ttl.as_secs(), "bun worker ready");
@@ -146,6 +154,7 @@ impl BunWorker {
                 bunfig,
                 bwrap.map(|(p, _)| p),
                 memory,
+                tasks,
                 run_dir,
                 options.logs,
             ),
@@ -155,6 +164,11 @@ impl BunWorker {
         });
         tokio::spawn(reap(Arc::downgrade(&worker)));
         Ok(worker)
+    }
+
+    /// How this worker bounds each process's number of tasks (processes and threads).
+    pub fn task_limit(&self) -> &TaskLimiter {
+        self.launcher.tasks()
     }
 
     /// The pool of a deployment, unpacking its bundle first if needed. Returns whether
@@ -292,11 +306,14 @@ impl RuntimeWorker for BunWorker {
             cold_start: cold,
         };
         let process = lease.process.clone();
-        let response = match tokio::time::timeout_at(deadline, process.send(request)).await {
+        // Held with the response body: the output tagged with its number is this request's.
+        let scope = process.begin(&request_id);
+        let response = match tokio::time::timeout_at(deadline, process.send(request, &scope)).await
+        {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 let message = process
-                    .failure(&format!("the process failed the request ({e})"))
+                    .failure(&format!("the process failed the request ({e})"), &scope)
                     .await;
                 return Err(fail(InvokeError::Crashed { message }));
             }
@@ -321,6 +338,7 @@ impl RuntimeWorker for BunWorker {
         let (parts, body) = response.into_parts();
         let body = LeasedBody {
             inner: body,
+            _scope: scope,
             _lease: lease,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             request_id,
