@@ -75,11 +75,14 @@ pub struct Resolved {
     pub policy: Option<String>,
 }
 
-/// Server-wide timeout settings that apply when a manifest says nothing.
+/// Server-wide defaults and bounds a manifest is resolved with
+/// (`FunctionsConfig::manifest_bounds`).
 #[derive(Clone, Copy, Debug)]
-pub struct TimeoutDefaults {
+pub struct ManifestBounds {
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
+    /// Most `concurrency.min_instances`: processes each worker keeps started.
+    pub max_min_instances: u32,
 }
 
 impl Manifest {
@@ -94,7 +97,7 @@ impl Manifest {
         function: &str,
         runtime: Runtime,
         files: &[String],
-        timeouts: TimeoutDefaults,
+        bounds: ManifestBounds,
     ) -> Result<Resolved, String> {
         let empty = Manifest::default();
         let m = manifest.unwrap_or(&empty);
@@ -123,12 +126,12 @@ impl Manifest {
             None => default_entrypoint(runtime, files)?,
         };
         let limits = runtime.limits();
-        let max_timeout = timeouts.max_timeout_ms.min(limits.max_timeout_ms);
+        let max_timeout = bounds.max_timeout_ms.min(limits.max_timeout_ms);
         let timeout_ms = m
             .limits
             .as_ref()
             .and_then(|l| l.timeout_ms)
-            .unwrap_or(timeouts.default_timeout_ms.min(max_timeout));
+            .unwrap_or(bounds.default_timeout_ms.min(max_timeout));
         if timeout_ms == 0 || timeout_ms > max_timeout {
             return Err(format!(
                 "limits.timeout_ms {timeout_ms} is out of range for {runtime} (1-{max_timeout})"
@@ -148,6 +151,13 @@ impl Manifest {
         let concurrency = m.concurrency.clone().unwrap_or_default();
         if concurrency.max_concurrency == Some(0) {
             return Err("concurrency.max_concurrency must be at least 1".to_string());
+        }
+        let max_min = bounds.max_min_instances;
+        if concurrency.min_instances > max_min {
+            return Err(format!(
+                "concurrency.min_instances {} is out of range (0-{max_min}, functions.max_min_instances)",
+                concurrency.min_instances
+            ));
         }
         for key in m.env_keys.iter().chain(&m.secret_keys) {
             if !valid_env_key(key) {
@@ -211,9 +221,10 @@ pub fn valid_env_key(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    const T: TimeoutDefaults = TimeoutDefaults {
+    const T: ManifestBounds = ManifestBounds {
         default_timeout_ms: 30_000,
         max_timeout_ms: 300_000,
+        max_min_instances: 10,
     };
 
     fn files(list: &[&str]) -> Vec<String> {
@@ -271,6 +282,30 @@ mod tests {
         let err = Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T)
             .expect_err("too long");
         assert!(err.contains("1-300000"), "{err}");
+    }
+
+    #[test]
+    fn min_instances_is_bounded() {
+        let at = |n: u32| {
+            let json = format!(r#"{{"concurrency":{{"min_instances":{n}}}}}"#);
+            let m = Manifest::parse(json.as_bytes()).expect("parses");
+            Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T)
+        };
+        assert_eq!(at(10).expect("at the bound").min_instances, 10);
+        let err = at(11).expect_err("past the bound");
+        assert!(err.contains("concurrency.min_instances 11"), "{err}");
+        assert!(err.contains("0-10"), "{err}");
+        let err = at(u32::MAX).expect_err("huge");
+        assert!(err.contains("0-10"), "{err}");
+        // The bound is the server's, not a constant.
+        let m = Manifest::parse(br#"{"concurrency":{"min_instances":3}}"#).expect("parses");
+        let tight = ManifestBounds {
+            max_min_instances: 2,
+            ..T
+        };
+        let err = Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), tight)
+            .expect_err("past a configured bound");
+        assert!(err.contains("0-2"), "{err}");
     }
 
     #[test]

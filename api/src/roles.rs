@@ -8,7 +8,8 @@
 //!   code for it): a deployment is ready once its builder has stored its artifacts.
 //! - [`Release`]: what the control plane does on promote before the routing table
 //!   changes (Lambda: moves the alias). Runtimes whose workers read the table need none.
-//! - [`RuntimeWorker`]: loads live deployments (`prepare`) and serves invocations.
+//! - [`RuntimeWorker`]: loads live deployments (`prepare`), unloads those no longer live
+//!   (`retire`) and serves invocations.
 //!
 //! [`ByRuntime`] holds one implementation of a role per runtime.
 
@@ -43,6 +44,11 @@ pub trait RuntimeWorker: RuntimeRole {
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
+
+    /// Unloads a deployment that is no longer live (deleted, or superseded): what it kept
+    /// started stops, with the env it holds. Requests already running may finish; a later
+    /// request loads it again. Default: nothing is kept.
+    async fn retire(&self, _deployment_id: &str) {}
 }
 
 /// One implementation of a role per runtime.

@@ -134,21 +134,30 @@ async fn stream_updates(
 
 pub struct Registry {
     cp: Arc<ControlPlane>,
+    /// Routers' credential: accepted for PushLogs only.
     internal_token: InternalToken,
+    /// Workers' credential: everything else.
+    worker_token: InternalToken,
 }
 
 /// The worker registry service, ready to add to a tonic server.
 pub fn worker_registry(
     cp: Arc<ControlPlane>,
     internal_token: String,
+    worker_token: String,
 ) -> WorkerRegistryServer<Registry> {
     WorkerRegistryServer::new(Registry {
         cp,
         internal_token: InternalToken::new(&internal_token),
+        worker_token: InternalToken::new(&worker_token),
     })
     // Log batches are capped at 1 MiB of messages; JSON framing adds to that.
     .max_decoding_message_size(8 << 20)
 }
+
+/// Longest a worker id may be, and the least a worker's secret must carry.
+const MAX_WORKER_ID: usize = 128;
+const MIN_WORKER_SECRET: usize = 32;
 
 #[tonic::async_trait]
 impl WorkerRegistry for Registry {
@@ -156,7 +165,7 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        check_internal(&req, &self.internal_token)?;
+        check_internal(&req, &self.worker_token)?;
         let RegisterRequest {
             worker_id,
             runtime,
@@ -169,10 +178,15 @@ impl WorkerRegistry for Registry {
                 .map_err(|e: reactor_api::runtime::UnknownRuntime| {
                     Status::invalid_argument(e.to_string())
                 })?;
-        if worker_id.is_empty() || worker_id.len() > 128 {
-            return Err(Status::invalid_argument(
-                "worker_id must have 1 to 128 characters",
-            ));
+        if worker_id.is_empty() || worker_id.len() > MAX_WORKER_ID {
+            return Err(Status::invalid_argument(format!(
+                "worker_id must have 1 to {MAX_WORKER_ID} characters"
+            )));
+        }
+        if worker_secret.len() < MIN_WORKER_SECRET {
+            return Err(Status::invalid_argument(format!(
+                "worker_secret must have at least {MIN_WORKER_SECRET} characters"
+            )));
         }
         let parsed: http::Uri = url
             .parse()
@@ -210,8 +224,9 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        check_internal(&req, &self.internal_token)?;
-        let known = self.cp.workers().heartbeat(&req.get_ref().worker_id);
+        check_internal(&req, &self.worker_token)?;
+        let r = req.get_ref();
+        let known = self.cp.workers().heartbeat(&r.worker_id, &r.worker_secret);
         Ok(Response::new(HeartbeatResponse { known }))
     }
 
@@ -219,9 +234,10 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
-        check_internal(&req, &self.internal_token)?;
-        let worker_id = &req.get_ref().worker_id;
-        if self.cp.workers().deregister(worker_id) {
+        check_internal(&req, &self.worker_token)?;
+        let r = req.get_ref();
+        let worker_id = &r.worker_id;
+        if self.cp.workers().deregister(worker_id, &r.worker_secret) {
             tracing::info!(worker_id, "worker deregistered (draining)");
             self.cp
                 .routing()
@@ -236,7 +252,7 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<DeploymentEnvRequest>,
     ) -> Result<Response<DeploymentEnvResponse>, Status> {
-        check_internal(&req, &self.internal_token)?;
+        check_internal(&req, &self.worker_token)?;
         let r = req.into_inner();
         // Only a registered worker, proven by the secret it registered with (routers
         // never see it), of the function's runtime.
@@ -263,7 +279,9 @@ impl WorkerRegistry for Registry {
         req: Request<PushLogsRequest>,
     ) -> Result<Response<PushLogsResponse>, Status> {
         use reactor_api::logs::{LogEntry, LogSink};
-        check_internal(&req, &self.internal_token)?;
+        // Routers and workers both send logs.
+        check_internal(&req, &self.internal_token)
+            .or_else(|_| check_internal(&req, &self.worker_token))?;
         let r = req.into_inner();
         let mut bad = 0usize;
         for json in &r.entries {

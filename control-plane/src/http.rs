@@ -173,11 +173,17 @@ async fn upload(
     match cp.upload(&caller, &name, sha, length, &mut stream).await {
         Ok(info) => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
         Err(e) => {
-            drain(&mut stream).await;
+            // A client too slow to finish in time is not waited for any longer.
+            if !e.details.contains_key(UPLOAD_TIMEOUT_DETAIL) {
+                drain(&mut stream).await;
+            }
             Err(e)
         }
     }
 }
+
+/// The detail of an upload refused for not completing within `functions.upload_timeout_secs`.
+pub(crate) const UPLOAD_TIMEOUT_DETAIL: &str = "upload_timeout_secs";
 
 /// Most of a refused upload that is read and dropped before the error is sent.
 const DRAIN_MAX_BYTES: u64 = 64 << 20;

@@ -14,6 +14,7 @@ pub mod build;
 mod convert;
 pub use reactor_storage::bundle;
 pub mod env;
+pub mod gc;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod http;

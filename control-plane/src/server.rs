@@ -57,6 +57,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ReactorConfig::load_service(args.config.as_deref())?;
     let token = config.internal_token()?.to_string();
+    let worker_token = config.worker_token()?.to_string();
     if let Some(admin) = args.admin_token.as_deref() {
         reactor_api::token::check_secret("REACTOR_ADMIN_TOKEN", admin)
             .map_err(anyhow::Error::msg)?;
@@ -81,7 +82,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         runtimes,
         worker_timing: Default::default(),
         remote_workers: Some(
-            reactor_worker_link::RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?,
+            // Builds on workers: with the workers' credential, which routers do not hold.
+            reactor_worker_link::RemoteWorkers::new(&worker_token)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
         env,
         logs,
@@ -111,7 +114,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(grpc::routing_service(cp.clone(), token.clone()))
-        .add_service(grpc::worker_registry(cp.clone(), token.clone()))
+        .add_service(grpc::worker_registry(
+            cp.clone(),
+            token.clone(),
+            worker_token.clone(),
+        ))
         .add_service(crate::grpc_admin::admin_service(cp.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
             let life = life.clone();

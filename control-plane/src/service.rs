@@ -44,13 +44,24 @@ pub struct ControlPlane {
     pub(crate) workers: Arc<WorkerRegistry>,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) unpack_slots: tokio::sync::Semaphore,
-    pub(crate) promote_lock: tokio::sync::Mutex<()>,
+    /// One promote or rollback at a time per function (org, name), handed out by
+    /// `ControlPlane::lock_function`; an entry lives while someone holds or awaits it.
+    pub(crate) promote_locks: std::sync::Mutex<PromoteLocks>,
     started_at: std::time::Instant,
     pub(crate) remote_workers: Option<reactor_worker_link::RemoteWorkers>,
     closing: tokio::sync::watch::Sender<bool>,
     pub(crate) env: Arc<StoreEnv>,
     pub(crate) logs: Arc<LogHub>,
+    /// Token hashes that matched no valid token, and when that was seen (see
+    /// `ControlPlane::authenticate`).
+    pub(crate) bad_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Uploads being received or unpacked, per org.
+    pub(crate) uploads: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
+
+/// The per-function promote locks, by (org, function).
+pub(crate) type PromoteLocks =
+    std::collections::HashMap<(String, String), std::sync::Weak<tokio::sync::Mutex<()>>>;
 
 /// The org and admin token the server starts with.
 #[derive(Clone, Debug)]
@@ -139,11 +150,13 @@ impl ControlPlane {
             remote_workers: options.remote_workers,
             tmp_dir,
             unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
-            promote_lock: tokio::sync::Mutex::new(()),
+            promote_locks: Default::default(),
             started_at: std::time::Instant::now(),
             closing: tokio::sync::watch::channel(false).0,
             env: options.env,
             logs: options.logs,
+            bad_tokens: Default::default(),
+            uploads: Default::default(),
         });
         cp.routing.publish().await?;
         for d in cp.store.list_materializing().await? {
@@ -167,6 +180,7 @@ impl ControlPlane {
                 }
             }
         });
+        crate::gc::spawn(&cp);
         Ok(cp)
     }
 

@@ -117,26 +117,35 @@ impl WorkerRegistry {
         (!hash.is_empty() && w.secret == hash).then_some(w.runtime)
     }
 
-    /// Records a heartbeat; false when the worker is unknown.
-    pub fn heartbeat(&self, id: &str) -> bool {
+    /// Records a heartbeat of the worker that registered `id` with `secret`; false when
+    /// no such worker is known (another secret is not that worker).
+    pub fn heartbeat(&self, id: &str, secret: &str) -> bool {
         let Ok(mut workers) = self.workers.lock() else {
             return false;
         };
+        let hash = secret_hash(secret);
         match workers.get_mut(id) {
-            Some(w) => {
+            Some(w) if w.secret == hash => {
                 w.last_seen = Instant::now();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    /// Removes a worker that is draining; true when it was registered.
-    pub fn deregister(&self, id: &str) -> bool {
+    /// Removes a worker that is draining, if `secret` is the one it registered with; true
+    /// when it was removed.
+    pub fn deregister(&self, id: &str, secret: &str) -> bool {
         let Ok(mut workers) = self.workers.lock() else {
             return false;
         };
-        workers.remove(id).is_some()
+        let hash = secret_hash(secret);
+        if workers.get(id).is_some_and(|w| w.secret == hash) {
+            workers.remove(id);
+            true
+        } else {
+            false
+        }
     }
 
     /// Drops workers silent for longer than the TTL; true when any left.
@@ -212,12 +221,34 @@ mod tests {
             r.register("w1", Runtime::Wasm, "http://127.0.0.1:2"),
             "a new address changes the table"
         );
-        assert!(r.heartbeat("w1"));
-        assert!(!r.heartbeat("w2"));
+        assert!(r.heartbeat("w1", ""));
+        assert!(!r.heartbeat("w2", ""));
         assert!(!r.expire());
         std::thread::sleep(Duration::from_millis(80));
         assert!(r.expire());
         assert!(r.endpoints().is_empty());
-        assert!(!r.heartbeat("w1"), "an expired worker must register again");
+        assert!(
+            !r.heartbeat("w1", ""),
+            "an expired worker must register again"
+        );
+    }
+
+    #[test]
+    fn only_the_registering_worker_heartbeats_and_deregisters_itself() {
+        let r = WorkerRegistry::new(WorkerTiming::default());
+        r.register_with_secret("w1", Runtime::Wasm, "http://127.0.0.1:1", "the-secret")
+            .expect("registers");
+        assert!(
+            !r.heartbeat("w1", "another"),
+            "a stranger's heartbeat is not the worker's"
+        );
+        assert!(
+            !r.deregister("w1", "another"),
+            "a stranger cannot take it out"
+        );
+        assert_eq!(r.endpoints().len(), 1);
+        assert!(r.heartbeat("w1", "the-secret"));
+        assert!(r.deregister("w1", "the-secret"));
+        assert!(r.endpoints().is_empty());
     }
 }

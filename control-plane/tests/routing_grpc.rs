@@ -9,11 +9,17 @@ use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
 use reactor_proto::routing::WatchRequest;
 use reactor_proto::routing::routing_service_client::RoutingServiceClient;
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
-use reactor_proto::routing::{DeploymentEnvRequest, HeartbeatRequest, RegisterRequest};
+use reactor_proto::routing::{
+    DeploymentEnvRequest, DeregisterRequest, HeartbeatRequest, RegisterRequest,
+};
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
 const TOKEN: &str = "internal-token-for-tests";
+/// The workers' credential: routers (holding TOKEN) must not be able to act as workers.
+const WORKER_TOKEN: &str = "worker-token-for-tests";
+const W1_SECRET: &str = "w1-secret-0123456789abcdef0123456789";
+const GUESSED: &str = "guessed-secret-0123456789abcdef01234567";
 
 fn timing() -> WorkerTiming {
     WorkerTiming {
@@ -23,10 +29,19 @@ fn timing() -> WorkerTiming {
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
+    bearer(msg, WORKER_TOKEN)
+}
+
+/// With the routers' token: what a router (or anyone who took one) holds.
+fn as_router<T>(msg: T) -> tonic::Request<T> {
+    bearer(msg, TOKEN)
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
-        format!("Bearer {TOKEN}").parse().expect("header"),
+        format!("Bearer {token}").parse().expect("header"),
     );
     req
 }
@@ -58,7 +73,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let service = grpc::routing_service(cp.clone(), TOKEN.into());
-    let registry = grpc::worker_registry(cp.clone(), TOKEN.into());
+    let registry = grpc::worker_registry(cp.clone(), TOKEN.into(), WORKER_TOKEN.into());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -122,7 +137,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w1".into(),
             runtime: "wasm".into(),
             url: "http://127.0.0.1:7101".into(),
-            worker_secret: "w1-secret".into(),
+            worker_secret: W1_SECRET.into(),
         }))
         .await
         .expect("register")
@@ -144,7 +159,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             worker_id: "w1".into(),
             runtime: "wasm".into(),
             url: "http://127.0.0.1:9999".into(),
-            worker_secret: "guessed".into(),
+            worker_secret: GUESSED.into(),
         }))
         .await;
     assert_eq!(
@@ -152,9 +167,9 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         tonic::Code::AlreadyExists
     );
     for (secret, code) in [
-        ("guessed", tonic::Code::PermissionDenied),
+        (GUESSED, tonic::Code::PermissionDenied),
         ("", tonic::Code::PermissionDenied),
-        ("w1-secret", tonic::Code::NotFound),
+        (W1_SECRET, tonic::Code::NotFound),
     ] {
         let env = registry
             .deployment_env(authed(DeploymentEnvRequest {
@@ -167,6 +182,63 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             .await;
         assert_eq!(env.expect_err("refused").code(), code, "secret {secret:?}");
     }
+    // A router posing as a worker: its token registers nothing and gets no env, and
+    // without the worker's secret nobody heartbeats or deregisters it.
+    let posing = registry
+        .register(as_router(RegisterRequest {
+            worker_id: "w9".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:7109".into(),
+            worker_secret: GUESSED.into(),
+        }))
+        .await;
+    assert_eq!(
+        posing.expect_err("a router is not a worker").code(),
+        tonic::Code::Unauthenticated
+    );
+    let env = registry
+        .deployment_env(as_router(DeploymentEnvRequest {
+            worker_id: "w1".into(),
+            org: "acme".into(),
+            function: "hello".into(),
+            deployment_id: "dep_none".into(),
+            worker_secret: W1_SECRET.into(),
+        }))
+        .await;
+    assert_eq!(
+        env.expect_err("a router gets no env").code(),
+        tonic::Code::Unauthenticated
+    );
+    let forged = registry
+        .heartbeat(authed(HeartbeatRequest {
+            worker_id: "w1".into(),
+            worker_secret: GUESSED.into(),
+        }))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert!(!forged.known, "a heartbeat with another secret is not w1's");
+    registry
+        .deregister(authed(DeregisterRequest {
+            worker_id: "w1".into(),
+            worker_secret: GUESSED.into(),
+        }))
+        .await
+        .expect("deregister answers");
+    assert_eq!(listed(&cp), ["w1"], "a stranger cannot take w1 out");
+    let short = registry
+        .register(authed(RegisterRequest {
+            worker_id: "w8".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:7108".into(),
+            worker_secret: "short".into(),
+        }))
+        .await;
+    assert_eq!(
+        short.expect_err("a short secret").code(),
+        tonic::Code::InvalidArgument
+    );
+
     let want = cp.routing().current().version;
     assert!(
         caught_up(want).await.is_some(),
@@ -179,7 +251,8 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         assert!(
             registry
                 .heartbeat(authed(HeartbeatRequest {
-                    worker_id: "w1".into()
+                    worker_id: "w1".into(),
+                    worker_secret: W1_SECRET.into(),
                 }))
                 .await
                 .expect("heartbeat")
@@ -204,7 +277,8 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
     assert!(
         !registry
             .heartbeat(authed(HeartbeatRequest {
-                worker_id: "w1".into()
+                worker_id: "w1".into(),
+                worker_secret: W1_SECRET.into(),
             }))
             .await
             .expect("heartbeat")

@@ -102,6 +102,7 @@ impl Deployer {
         spec: &DeploymentSpec,
         bundle_dir: &Path,
     ) -> Result<Published, LambdaError> {
+        check_reserved(spec.max_concurrency, self.settings.max_reserved_concurrency)?;
         let name = self.function_name(spec);
         let work = tempfile::tempdir()
             .map_err(|e| LambdaError::Package(format!("creating a work directory: {e}")))?;
@@ -347,6 +348,8 @@ impl Deployer {
     /// Points the alias at the deployment's version (promote and rollback alike), makes
     /// sure the Function URL fronts the alias, and sets the reserved concurrency.
     pub async fn promote(&self, spec: &DeploymentSpec) -> Result<Promoted, LambdaError> {
+        // Again here: the cap may have been lowered since the deployment was built.
+        check_reserved(spec.max_concurrency, self.settings.max_reserved_concurrency)?;
         let name = self.function_name(spec);
         // One promote at a time per function (deploys have their own lock: a promote
         // need not wait for an upload).
@@ -534,6 +537,17 @@ pub fn check_env<'a>(
     Ok(())
 }
 
+/// Refuses a reserved concurrency above the operator's cap: what one function reserves,
+/// every other function of the AWS account loses.
+pub fn check_reserved(max_concurrency: Option<u32>, cap: u32) -> Result<(), LambdaError> {
+    match max_concurrency {
+        Some(n) if n > cap => Err(LambdaError::State(format!(
+            "concurrency.max_concurrency {n} would reserve more Lambda concurrency than this server allows ({cap}, functions.lambda.max_reserved_concurrency): lower it, or ask the operator to raise the limit"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Lambda's timeout for a deployment: whole seconds, at least the manifest's limit.
 pub fn timeout_secs(timeout_ms: u64) -> i32 {
     timeout_ms.div_ceil(1000).clamp(1, MAX_TIMEOUT_SECS) as i32
@@ -560,5 +574,76 @@ mod tests {
         assert_eq!(super::timeout_secs(30_000), 30);
         assert_eq!(super::timeout_secs(30_001), 31);
         assert_eq!(super::timeout_secs(2_000_000), 900);
+    }
+
+    #[test]
+    fn reserved_concurrency_up_to_the_cap_is_accepted() {
+        assert!(super::check_reserved(None, 0).is_ok());
+        assert!(super::check_reserved(Some(100), 100).is_ok());
+        assert!(super::check_reserved(Some(101), 100).is_err());
+    }
+
+    /// A deployment reserving more than `max_reserved_concurrency` fails to build and to
+    /// promote, before any packaging or AWS call (the endpoint here answers nothing).
+    #[tokio::test]
+    async fn reserved_concurrency_over_the_cap_is_refused_before_aws() {
+        use aws_sdk_lambda::config::{BehaviorVersion, Region};
+        use reactor_api::config::LambdaSettings;
+        use reactor_api::{DeploymentSpec, Runtime};
+        use std::sync::Arc;
+
+        let settings = LambdaSettings {
+            region: "us-east-1".into(),
+            role_arn: "arn:aws:iam::123456789012:role/test".into(),
+            bundle_s3_bucket: "packages".into(),
+            lwa_layer_arn: "arn:aws:lambda:us-east-1:1:layer:lwa:1".into(),
+            bun_layer_arn: Some("arn:aws:lambda:us-east-1:1:layer:bun:1".into()),
+            bun_path: None,
+            architecture: "x86_64".into(),
+            function_prefix: "reactor-".into(),
+            alias: "live".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            s3_endpoint: Some("http://127.0.0.1:9".into()),
+            function_url_endpoint: None,
+            max_reserved_concurrency: 100,
+        };
+        let client = aws_sdk_lambda::Client::from_conf(
+            aws_sdk_lambda::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .build(),
+        );
+        let deployer = super::Deployer::new(
+            Arc::new(settings),
+            client,
+            Arc::new(reactor_api::invoke::NoEnv),
+        );
+        let spec = DeploymentSpec {
+            org: "acme".into(),
+            function: "hello".into(),
+            deployment_id: "dep_1".into(),
+            runtime: Runtime::Lambda,
+            entrypoint: "index.ts".into(),
+            bundle_key: "acme/hello/dep_1.tar.gz".into(),
+            sha256: "0".repeat(64),
+            timeout_ms: 1000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: Some(101),
+        };
+        let missing = std::path::Path::new("/nonexistent/bundle");
+        let built = deployer
+            .materialize(&spec, missing)
+            .await
+            .expect_err("over the cap")
+            .to_string();
+        assert!(built.contains("max_reserved_concurrency"), "{built}");
+        let promoted = deployer
+            .promote(&spec)
+            .await
+            .expect_err("over the cap")
+            .to_string();
+        assert!(promoted.contains("max_reserved_concurrency"), "{promoted}");
     }
 }

@@ -6,7 +6,9 @@
 //!   the manifest's memory and timeout and the deployment's env and secrets, awaited until
 //!   it is active, and a version is published with the deployment id as its description.
 //! - **Promote** moves the alias (`live`) to that version, makes sure an `AWS_IAM`,
-//!   `RESPONSE_STREAM` Function URL fronts the alias, and sets the reserved concurrency.
+//!   `RESPONSE_STREAM` Function URL fronts the alias, and sets the reserved concurrency
+//!   (`concurrency.max_concurrency`, at most `max_reserved_concurrency`: more fails the
+//!   build, and the promote of a deployment built under a higher cap).
 //! - **Invoke** ([`invoke`]): the router buffers the body (up to Lambda's 6 MB), signs the
 //!   request with SigV4 and streams the Function URL's answer back; the harness marks the
 //!   function's own answers, so Lambda's errors (throttling, timeouts, crashes) are told

@@ -15,13 +15,24 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Where and how to reach the control plane's gRPC services.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ControlPlaneEndpoint {
     /// e.g. `http://127.0.0.1:7071`
     pub url: String,
     pub internal_token: String,
     /// Names the router (or worker) in the control plane's logs.
     pub router_id: String,
+}
+
+/// The token is shown as set, never itself.
+impl std::fmt::Debug for ControlPlaneEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneEndpoint")
+            .field("url", &self.url)
+            .field("internal_token", &"<set>")
+            .field("router_id", &self.router_id)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

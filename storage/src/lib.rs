@@ -12,6 +12,7 @@
 
 pub mod bundle;
 pub mod s3;
+pub mod seal;
 pub use s3::{S3Config, S3Storage};
 
 /// The storage `config` names: an S3 bucket when `storage.bucket` or `storage.url` is
@@ -255,7 +256,12 @@ impl Storage for LocalStorage {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let path = self.path(prefix)?;
-        match tokio::fs::remove_dir_all(&path).await {
+        // A folder, or an object named exactly `prefix` (as S3 deletes both).
+        let removed = match tokio::fs::symlink_metadata(&path).await {
+            Ok(m) if m.is_file() => tokio::fs::remove_file(&path).await,
+            _ => tokio::fs::remove_dir_all(&path).await,
+        };
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StorageError::Io {

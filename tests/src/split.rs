@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const INTERNAL_TOKEN: &str = "9d41c7e2b85a3f06e1d4c8b7a29f5e30c6b1d8a47e2f9c05b3a6d1e8f7c42a90";
+pub const WORKER_TOKEN: &str = "5b8e2d71c04a9f36e7d1b5c8a30f9e42d6c1b7a85e3f0d29c4a6b1e8f7d53c01";
 pub const ADMIN_TOKEN: &str = "rct_Sp1itAdm1nT0kenF0rTestsQx7Rk2Lm9Vb4Nc8Zw3Hj6";
 /// The control plane's `functions.bun_path`: nowhere.
 pub const NO_BUN: &str = "/nonexistent/reactor-tests/bun";
@@ -38,6 +39,12 @@ impl Service {
             .env_remove("REACTOR_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
+        // The workers' credential: the control plane and workers hold it, routers never.
+        if bin == "reactor-data-plane" {
+            cmd.env_remove("REACTOR_INTERNAL_WORKER_TOKEN");
+        } else {
+            cmd.env("REACTOR_INTERNAL_WORKER_TOKEN", WORKER_TOKEN);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

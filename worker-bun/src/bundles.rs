@@ -34,6 +34,7 @@ impl BunWorker {
             .get_bytes(&spec.bundle_key)
             .await
             .map_err(|e| not_ready(format!("fetching the bundle: {e}")))?;
+        reactor_storage::seal::verify_bundle(&archive, &spec.sha256).map_err(not_ready)?;
         let built = match self.storage.get_bytes(&prebundled_key(spec)).await {
             Ok(bytes) => Some(bytes),
             Err(StorageError::NotFound(_)) => None,

@@ -3,7 +3,8 @@
 //! `max_processes`, then requests wait in a bounded queue, then get 429. Idle processes
 //! are reaped after the idle TTL, down to `min_instances` while the deployment is live; a
 //! retired pool (its function promoted another deployment) stops each process once it has
-//! been idle for [`RETIRED_GRACE`], which leaves routers time to see the new table.
+//! been idle for [`RETIRED_GRACE`], which leaves routers time to see the new table. When
+//! the table no longer lists the deployment, [`Pool::stop_all`] stops its processes at once.
 
 use crate::process::{Process, Start};
 use reactor_api::{DeploymentSpec, InvokeError};
@@ -62,7 +63,7 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.process.touch();
-        self.process.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.process.release();
         self.pool.changed.notify_waiters();
     }
 }
@@ -127,6 +128,26 @@ impl Pool {
     pub fn retire(&self) {
         self.live.store(false, Ordering::Release);
         self.retired.store(true, Ordering::Release);
+    }
+
+    /// The deployment is no longer live (deleted, or superseded): every process stops
+    /// now, a busy one once its requests end. The pool stays retired, so that a process a
+    /// late request starts stops after [`RETIRED_GRACE`].
+    pub fn stop_all(&self) {
+        self.retire();
+        let Ok(s) = self.state.lock() else {
+            return;
+        };
+        for p in s.processes.iter().filter(|p| !p.stopping()) {
+            tracing::info!(
+                org = %self.spec.org, function = %self.spec.function,
+                deployment_id = %self.spec.deployment_id, process = p.id,
+                inflight = p.inflight.load(Ordering::Acquire),
+                "stopping a bun process: its deployment was retired"
+            );
+            // Under the state lock: no request can take it meanwhile.
+            p.drain();
+        }
     }
 
     /// This deployment is (again) the live one.

@@ -256,6 +256,25 @@ impl Process {
         self.kill.notify_one();
     }
 
+    /// Takes no new requests and stops once the last running one ends (see
+    /// [`Process::release`]): at once when none runs.
+    pub fn drain(&self) {
+        // SeqCst here and in `release`: one of the two sees the other's write, so the
+        // process is stopped whichever comes last.
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.inflight.load(Ordering::SeqCst) == 0 {
+            self.kill();
+        }
+    }
+
+    /// A request on this process ended: a draining process with none left stops.
+    pub fn release(&self) {
+        let last = self.inflight.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last && self.stopping.load(Ordering::SeqCst) {
+            self.kill();
+        }
+    }
+
     /// Asked to stop (or gone): no new requests.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire) || self.exited()

@@ -1,8 +1,8 @@
 //! [`BunWorker`] and its options: construction (the host checked, the harness written),
 //! one [`Pool`] of Bun processes per deployment with the reaper of idle ones, and
-//! `prepare` and `invoke`, which forward invocations to a process over its socket. The
-//! bundle cache is in `bundles`, materialization's check in `build`, the streamed
-//! response body in `body`.
+//! `prepare`, `retire` and `invoke`, which forwards invocations to a process over its
+//! socket. The bundle cache is in `bundles`, materialization's check in `build`, the
+//! streamed response body in `body`.
 
 use crate::body::LeasedBody;
 use crate::host::{self, MemoryLimiter, TaskLimiter};
@@ -269,6 +269,26 @@ impl RuntimeWorker for BunWorker {
             other.retire();
         }
         Ok(())
+    }
+
+    /// Stops the deployment's processes now (a busy one once its requests end), so that
+    /// its env does not outlive it until the idle TTL. The reaper then drops the pool.
+    async fn retire(&self, deployment_id: &str) {
+        let pool = {
+            let Ok(mut pools) = self.pools.lock() else {
+                return;
+            };
+            let found = pools.get(deployment_id).map(|slot| slot.get().cloned());
+            if let Some(None) = found {
+                // Still being created: forgotten here; its requests hold it, and its
+                // processes stop when the last of them drops it.
+                pools.remove(deployment_id);
+            }
+            found.flatten()
+        };
+        if let Some(pool) = pool {
+            pool.stop_all();
+        }
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {

@@ -1,12 +1,13 @@
 //! A worker's side of the control plane: register, heartbeat (registering again when the
 //! control plane no longer knows it), deregister when draining; and prewarm, which loads
-//! every live deployment of the worker's runtime as the routing table announces it.
+//! every live deployment of the worker's runtime as the routing table announces it and
+//! retires those it no longer lists.
 
 use reactor_api::{DeploymentSpec, Runtime, RuntimeWorker};
 use reactor_proto::client::{ClientError, ControlPlaneEndpoint};
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
 use reactor_proto::routing::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub struct Registered {
     pub registered: watch::Receiver<bool>,
     endpoint: ControlPlaneEndpoint,
     worker_id: String,
+    secret: String,
 }
 
 impl Registered {
@@ -41,6 +43,7 @@ impl Registered {
             let mut client = WorkerRegistryClient::new(self.endpoint.channel()?);
             let req = self.endpoint.request(DeregisterRequest {
                 worker_id: self.worker_id.clone(),
+                worker_secret: self.secret.clone(),
             })?;
             client.deregister(req).await?;
             Ok::<_, ClientError>(())
@@ -65,6 +68,7 @@ pub fn register(
     let (tx, registered) = watch::channel(false);
     let ep = endpoint.clone();
     let worker_id = me.worker_id.clone();
+    let secret = me.secret.clone();
     let task = tokio::spawn(async move {
         let mut client = WorkerRegistryClient::new(channel);
         let mut interval = Duration::from_secs(1);
@@ -104,6 +108,7 @@ pub fn register(
         registered,
         endpoint,
         worker_id,
+        secret,
     })
 }
 
@@ -132,6 +137,7 @@ async fn heartbeat(
 ) -> Result<bool, ClientError> {
     let req = ep.request(HeartbeatRequest {
         worker_id: me.worker_id.clone(),
+        worker_secret: me.secret.clone(),
     })?;
     let known = client.heartbeat(req).await?.into_inner().known;
     if !known {
@@ -140,10 +146,22 @@ async fn heartbeat(
     Ok(known)
 }
 
-/// Follows the routing table and prepares every live deployment of `worker`'s runtime
-/// that it has not prepared yet, so that the first request after a promote is warm.
+/// What [`prewarm`] did per deployment: each task of a deployment waits for the one
+/// before it, so that a prepare never undoes a later retire, nor a retire a later prepare.
+#[derive(Default)]
+struct Followed {
+    /// Prepared deployments, with their prepare task.
+    prepared: HashMap<String, JoinHandle<()>>,
+    /// Deployments being retired, with their retire task.
+    retiring: HashMap<String, JoinHandle<()>>,
+}
+
+/// Follows the routing table: prepares every live deployment of `worker`'s runtime that
+/// it has not prepared yet, so that the first request after a promote is warm, and
+/// retires every one it prepared that is no longer live (deleted, or superseded), so
+/// that nothing of it (processes, their env) stays loaded.
 pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -> JoinHandle<()> {
-    let prepared = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let followed = Arc::new(Mutex::new(Followed::default()));
     reactor_proto::client::watch_routing(endpoint, move |table| {
         let runtime = worker.runtime();
         let live: Vec<DeploymentSpec> = table
@@ -152,16 +170,42 @@ pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -
             .filter(|f| Runtime::from_str(&f.runtime).ok() == Some(runtime))
             .filter_map(|f| crate::protocol::live_spec(f, runtime))
             .collect();
-        let Ok(mut done) = prepared.lock() else {
+        let Ok(mut state) = followed.lock() else {
             return;
         };
-        done.retain(|id| live.iter().any(|s| &s.deployment_id == id));
+        let Followed { prepared, retiring } = &mut *state;
+        retiring.retain(|_, task| !task.is_finished());
+        let live_ids: HashSet<&str> = live.iter().map(|s| s.deployment_id.as_str()).collect();
+        let gone: Vec<String> = prepared
+            .keys()
+            .filter(|id| !live_ids.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            let Some(preparing) = prepared.remove(&id) else {
+                continue;
+            };
+            let worker = worker.clone();
+            let deployment_id = id.clone();
+            let task = tokio::spawn(async move {
+                let _ = preparing.await;
+                worker.retire(&deployment_id).await;
+                tracing::info!(%deployment_id, "retired: no longer live");
+            });
+            retiring.insert(id, task);
+        }
         for spec in live {
-            if !done.insert(spec.deployment_id.clone()) {
+            if prepared.contains_key(&spec.deployment_id) {
                 continue;
             }
+            let retired = retiring.remove(&spec.deployment_id);
+            let id = spec.deployment_id.clone();
             let worker = worker.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
+                // Live again (a rollback) while being retired: after the retire.
+                if let Some(retired) = retired {
+                    let _ = retired.await;
+                }
                 let started = std::time::Instant::now();
                 match worker.prepare(&spec).await {
                     Ok(()) => {
@@ -172,6 +216,7 @@ pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -
                     }
                 }
             });
+            prepared.insert(id, task);
         }
     })
 }

@@ -20,7 +20,10 @@ use tokio::time::Instant;
 struct Link {
     worker: Arc<dyn RuntimeWorker>,
     build: BuildHost,
+    /// Routers' calls: invoke and prepare.
     token: InternalToken,
+    /// The control plane's calls: build.
+    build_token: InternalToken,
 }
 
 /// Builds run one at a time per worker: a build is CPU-bound (compiling, bundling) and
@@ -137,11 +140,13 @@ pub fn worker_app(
     worker: Arc<dyn RuntimeWorker>,
     builds: BuildHost,
     internal_token: &str,
+    worker_token: &str,
 ) -> Router {
     let link = Arc::new(Link {
         worker,
         build: builds,
         token: InternalToken::new(internal_token),
+        build_token: InternalToken::new(worker_token),
     });
     Router::new()
         .route(protocol::INVOKE_PREFIX, axum::routing::any(invoke))
@@ -183,9 +188,18 @@ fn bad_request(message: String) -> Response {
 /// What every internal call must carry: the internal token, and the spec of a deployment
 /// of this worker's runtime. `Err` is the answer to give instead.
 fn authorize(link: &Link, h: &http::HeaderMap) -> Result<DeploymentSpec, Box<Response>> {
+    authorize_with(link, &link.token, h)
+}
+
+/// [`authorize`] against `token`.
+fn authorize_with(
+    link: &Link,
+    token: &InternalToken,
+    h: &http::HeaderMap,
+) -> Result<DeploymentSpec, Box<Response>> {
     let authorized = h
         .get(protocol::AUTH)
-        .is_some_and(|v| link.token.matches(v.as_bytes()));
+        .is_some_and(|v| token.matches(v.as_bytes()));
     if !authorized {
         return Err(Box::new(
             (
@@ -230,7 +244,8 @@ async fn prepare(State(link): State<Arc<Link>>, h: http::HeaderMap) -> Response 
 /// Builds a deployment for the control plane: 204 when its artifacts are stored, else
 /// [`protocol::ERROR`] with the reason.
 async fn build(State(link): State<Arc<Link>>, h: http::HeaderMap) -> Response {
-    let spec = match authorize(&link, &h) {
+    // Only the control plane asks for builds: the workers' credential, not the routers'.
+    let spec = match authorize_with(&link, &link.build_token, &h) {
         Ok(spec) => spec,
         Err(answer) => return *answer,
     };

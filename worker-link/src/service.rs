@@ -68,6 +68,7 @@ where
     let name = format!("reactor-worker-{runtime}");
     let config = ReactorConfig::load_service(args.config.as_deref())?;
     let token = config.internal_token()?.to_string();
+    let worker_token = config.worker_token()?.to_string();
     let w = config.worker.clone();
     let listen = args.listen.unwrap_or(w.listen);
     let cp_url = args
@@ -101,9 +102,14 @@ where
         internal_token: token.clone(),
         router_id: worker_id.clone(),
     };
+    // Registering and fetching env take the workers' own credential.
+    let registry = ControlPlaneEndpoint {
+        internal_token: worker_token.clone(),
+        ..endpoint.clone()
+    };
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let env =
-        crate::control::ControlPlaneEnv::new(endpoint.clone(), worker_id.clone(), secret.clone())
+        crate::control::ControlPlaneEnv::new(registry.clone(), worker_id.clone(), secret.clone())
             .with_context(|| format!("control plane url {cp_url}"))?;
     let logs = crate::control::PushLogs::start(endpoint.clone(), worker_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
@@ -119,12 +125,12 @@ where
     let worker: Arc<dyn RuntimeWorker> = runtime_impl.clone();
     let builds = BuildHost::new(runtime_impl, storage, cache_dir.join("build"));
     let life = Lifecycle::new();
-    let app = worker_app(worker.clone(), builds, &token).merge(life.routes());
+    let app = worker_app(worker.clone(), builds, &token, &worker_token).merge(life.routes());
     if w.prewarm {
         prewarm(endpoint.clone(), worker.clone());
     }
     let registered = register(
-        endpoint,
+        registry,
         Registration {
             worker_id: worker_id.clone(),
             runtime,

@@ -14,7 +14,8 @@ use reactor_api::{
     Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
     Runtime, RuntimeRole, RuntimeWorker,
 };
-use reactor_storage::{Storage, StorageError, keys};
+use reactor_storage::seal::ArtifactSeal;
+use reactor_storage::{Storage, keys};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ pub struct WasmWorker {
     logs: Arc<dyn LogSink>,
     /// Most instances of one deployment alive at once.
     instances_per_deployment: usize,
+    /// Signs the artifacts this worker builds and verifies those it loads.
+    seal: Arc<ArtifactSeal>,
     _ticker: EpochTicker,
 }
 
@@ -142,7 +145,14 @@ impl WasmWorker {
             env: options.env,
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
+            seal: Arc::new(ArtifactSeal::ephemeral()),
         })
+    }
+
+    /// Seals and verifies artifacts with `seal` (default: a key of this process only).
+    pub fn with_seal(mut self, seal: ArtifactSeal) -> Self {
+        self.seal = Arc::new(seal);
+        self
     }
 
     /// Sets the most instances of one deployment alive at once (default: a quarter of
@@ -202,21 +212,22 @@ impl WasmWorker {
                 &spec.deployment_id,
                 &self.artifact_name(),
             );
-            match self.storage.get_bytes(&key).await {
-                Ok(bytes) => {
+            // Only an artifact whose MAC verifies is deserialized (it is native code);
+            // else it is rebuilt from the bundle, itself checked against its sha256.
+            match self.seal.get(&*self.storage, &key).await.map_err(err)? {
+                Some(bytes) => {
                     write_atomic(&path, &bytes).await.map_err(err)?;
                     "storage"
                 }
-                Err(StorageError::NotFound(_)) => {
+                None => {
                     let artifact = self.compile_from_bundle(spec).await?;
-                    self.storage
-                        .put_bytes(&key, Bytes::from(artifact.clone()))
+                    self.seal
+                        .put(&*self.storage, &key, Bytes::from(artifact.clone()))
                         .await
                         .map_err(err)?;
                     write_atomic(&path, &artifact).await.map_err(err)?;
                     "bundle"
                 }
-                Err(e) => return Err(e.to_string()),
             }
         };
         let engine = self.engine.clone();
@@ -241,6 +252,7 @@ impl WasmWorker {
             .get_bytes(&spec.bundle_key)
             .await
             .map_err(err)?;
+        reactor_storage::seal::verify_bundle(&archive, &spec.sha256)?;
         let entry = spec.entrypoint.clone();
         let wasm = tokio::task::spawn_blocking(move || extract_entry(&archive, &entry))
             .await
@@ -357,8 +369,8 @@ impl Builder for WasmWorker {
             &spec.deployment_id,
             &self.artifact_name(),
         );
-        self.storage
-            .put_bytes(&key, Bytes::from(artifact))
+        self.seal
+            .put(&*self.storage, &key, Bytes::from(artifact))
             .await
             .map_err(err)?;
         Ok(())
@@ -376,6 +388,18 @@ impl RuntimeWorker for WasmWorker {
             map.retain(|id, (f, _)| *f != key || *id == spec.deployment_id);
         }
         Ok(())
+    }
+
+    /// Forgets the loaded deployment (its pre-instantiated component, env and slots);
+    /// running instances hold their own and finish.
+    async fn retire(&self, deployment_id: &str) {
+        let removed = match self.loaded.lock() {
+            Ok(mut map) => map.remove(deployment_id),
+            Err(_) => None,
+        };
+        if removed.is_some() {
+            tracing::info!(%deployment_id, "deployment unloaded: no longer live");
+        }
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {

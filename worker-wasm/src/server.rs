@@ -5,6 +5,7 @@
 
 use crate::{WasmWorker, WasmWorkerOptions};
 use reactor_api::Runtime;
+use reactor_storage::seal::ArtifactSeal;
 use reactor_worker_link::service::{WorkerArgs, run_worker};
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -20,13 +21,19 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     run_worker(args.worker, Runtime::Wasm, |cx| async move {
-        Ok(std::sync::Arc::new(WasmWorker::new(WasmWorkerOptions {
-            storage: cx.storage,
-            cache_dir: cx.cache_dir,
-            max_instances: cx.config.worker.max_instances,
-            env: cx.env,
-            logs: cx.logs,
-        })?))
+        // Artifacts are sealed with a key derived from the workers' credential, which
+        // every WASM worker holds and routers do not.
+        let seal = ArtifactSeal::from_secret(cx.config.worker_token()?);
+        Ok(std::sync::Arc::new(
+            WasmWorker::new(WasmWorkerOptions {
+                storage: cx.storage,
+                cache_dir: cx.cache_dir,
+                max_instances: cx.config.worker.max_instances,
+                env: cx.env,
+                logs: cx.logs,
+            })?
+            .with_seal(seal),
+        ))
     })
     .await
 }

@@ -45,6 +45,10 @@ keys::section! {
         /// workers. Never passed to a function.
         token: Option<String> = None, env "TOKEN",
             doc "none: the split services refuse to start without it";
+        /// The workers' own credential: only workers and the control plane hold it. It
+        /// registers a worker, fetches a deployment's env and asks a worker to build.
+        worker_token: Option<String> = None, env "WORKER_TOKEN",
+            doc "none: the control plane and the workers refuse to start without it; routers never get it";
     }
 }
 
@@ -53,6 +57,7 @@ impl std::fmt::Debug for InternalConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InternalConfig")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("worker_token", &self.worker_token.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -122,6 +127,28 @@ impl ReactorConfig {
         all
     }
 
+    /// The workers' credential, required by the control plane and the workers: strong, and
+    /// not the internal token (routers hold that one).
+    pub fn worker_token(&self) -> Result<&str, ConfigError> {
+        let Some(t) = self.internal.worker_token.as_deref() else {
+            return Err(ConfigError::Invalid(format!(
+                "internal.worker_token (REACTOR_INTERNAL_WORKER_TOKEN) is required by the control \
+                 plane and the workers, and must not be given to routers; {}",
+                crate::token::GENERATE_HINT
+            )));
+        };
+        crate::token::check_secret("internal.worker_token (REACTOR_INTERNAL_WORKER_TOKEN)", t)
+            .map_err(ConfigError::Invalid)?;
+        if self.internal.token.as_deref() == Some(t) {
+            return Err(ConfigError::Invalid(
+                "internal.worker_token must differ from internal.token: routers hold the internal \
+                 token and must not be able to act as workers"
+                    .into(),
+            ));
+        }
+        Ok(t)
+    }
+
     /// The internal token, required by every split service: no shipped placeholder and
     /// at least 32 bytes of entropy.
     pub fn internal_token(&self) -> Result<&str, ConfigError> {
@@ -174,8 +201,18 @@ keys::section! {
             doc "1000: more get 429 `quota_exceeded` (the routing table is bounded per org)";
         max_tokens_per_org: usize = 1000, env "MAX_TOKENS_PER_ORG",
             doc "1000 API tokens: more get 429 `quota_exceeded`";
+        max_min_instances: u32 = 10, env "MAX_MIN_INSTANCES",
+            doc "10: a manifest's `concurrency.min_instances` (processes each worker keeps started), at most; more get 422 `manifest_invalid`";
+        max_warm_instances_per_org: usize = 50, env "MAX_WARM_INSTANCES_PER_ORG",
+            doc "50: the `min_instances` of an org's live deployments, summed, at most (checked at upload); more get 429 `quota_exceeded`";
         policy_max_bytes: usize = 64 * 1024, env "POLICY_MAX_BYTES",
             doc "65536: an invoke policy (set on a function or in a manifest) as JSON, at most";
+        upload_timeout_secs: u64 = 300, env "UPLOAD_TIMEOUT_SECS",
+            doc "300: a bundle upload's body must arrive whole within this; slower ones get 400 `invalid_input`";
+        uploads_per_org: usize = 2, env "UPLOADS_PER_ORG",
+            doc "2: bundle uploads of one org being received or unpacked at once; more get 429 `too_many_requests`";
+        gc_retention_secs: u64 = 604_800, env "GC_RETENTION_SECS",
+            doc "604800 (7 days): bundles and pinned env of deployments older than this that are neither live nor among their function's 5 newest ready ones are deleted; 0 keeps everything";
     }
     sections { storage: StorageConfig, lambda: LambdaConfig }
 }
@@ -286,6 +323,8 @@ keys::section! {
             doc "none: AWS; else the S3 endpoint for `bundle_s3_bucket` (path-style)";
         function_url_endpoint: Option<String> = None, env "FUNCTION_URL_ENDPOINT",
             doc "none: the Function URL AWS returned; else requests go to this base URL";
+        max_reserved_concurrency: u32 = 100, env "MAX_RESERVED_CONCURRENCY",
+            doc "100: the most a deployment's `concurrency.max_concurrency` may reserve of the account's Lambda concurrency; more fails the deployment";
     }
 }
 
@@ -307,6 +346,8 @@ pub struct LambdaSettings {
     pub endpoint: Option<String>,
     pub s3_endpoint: Option<String>,
     pub function_url_endpoint: Option<String>,
+    /// The most reserved concurrency a deployment may set (`concurrency.max_concurrency`).
+    pub max_reserved_concurrency: u32,
 }
 
 impl LambdaConfig {
@@ -392,6 +433,7 @@ impl LambdaConfig {
             endpoint: optional(&self.endpoint),
             s3_endpoint: optional(&self.s3_endpoint),
             function_url_endpoint: optional(&self.function_url_endpoint),
+            max_reserved_concurrency: self.max_reserved_concurrency,
         })
     }
 }
@@ -637,10 +679,11 @@ impl FunctionsConfig {
         Ok(())
     }
 
-    pub fn timeouts(&self) -> crate::manifest::TimeoutDefaults {
-        crate::manifest::TimeoutDefaults {
+    pub fn manifest_bounds(&self) -> crate::manifest::ManifestBounds {
+        crate::manifest::ManifestBounds {
             default_timeout_ms: self.invoke_default_timeout_ms,
             max_timeout_ms: self.invoke_max_timeout_ms,
+            max_min_instances: self.max_min_instances,
         }
     }
 }
@@ -712,7 +755,8 @@ mod tests {
                     || n.ends_with("_FN")
                     || n.ends_with("_PROCESS")
                     || n.ends_with("_ORG")
-                    || n.ends_with("MAX_INSTANCES") =>
+                    || n.ends_with("_CONCURRENCY")
+                    || n.ends_with("_INSTANCES") =>
                 {
                     "7".into()
                 }
@@ -726,6 +770,9 @@ mod tests {
         assert_eq!(f.bundle_max_bytes, 7);
         assert_eq!(f.log_retention_entries, 7);
         assert_eq!(f.bun_queue_per_fn, 7);
+        assert_eq!(f.max_min_instances, 7);
+        assert_eq!(f.manifest_bounds().max_min_instances, 7);
+        assert_eq!(f.max_warm_instances_per_org, 7);
         assert!(!f.bun_sandbox);
         assert_eq!(f.runtimes, vec![Runtime::Wasm]);
         assert_eq!(f.database_url.as_deref(), Some("/set-from-env"));

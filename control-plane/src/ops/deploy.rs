@@ -15,6 +15,7 @@ use reactor_api::manifest::{MANIFEST_FILE, Manifest};
 use reactor_api::model::{DeploymentInfo, DeploymentStatus};
 use reactor_api::{ApiError, DeploymentSpec, ErrorCode};
 use reactor_storage::keys;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,6 +24,24 @@ const ARCHIVE_FILE: &str = "bundle.tar.gz";
 const BUNDLE_DIR: &str = "bundle";
 /// Largest manifest.json read.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// One of an org's upload slots (`functions.uploads_per_org`), given back on drop.
+struct UploadSlot<'a> {
+    uploads: &'a std::sync::Mutex<HashMap<String, usize>>,
+    org: String,
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = uploads.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                uploads.remove(&self.org);
+            }
+        }
+    }
+}
 
 impl ControlPlane {
     /// Receives a bundle, checks it and records a deployment that materializes in the
@@ -45,6 +64,9 @@ impl ControlPlane {
         if content_length.is_some_and(|n| n > limit) {
             return Err(BundleError::TooLarge { limit }.into());
         }
+        // Held until the upload is recorded or refused: bounds the disk, memory and time
+        // one org's uploads hold at once.
+        let _slot = self.upload_slot(&function.org)?;
         let id = format!("dep_{}", ulid::Ulid::new());
         let work = Arc::new(
             tempfile::Builder::new()
@@ -53,7 +75,22 @@ impl ControlPlane {
                 .map_err(|e| ApiError::internal(format!("creating a work directory: {e}")))?,
         );
         let archive = work.path().join(ARCHIVE_FILE);
-        let received = bundle::receive(body, &archive, limit).await?;
+        // A client that sends slowly (or stops) must not hold its slot and disk forever.
+        let secs = self.config.upload_timeout_secs;
+        let received = tokio::time::timeout(
+            std::time::Duration::from_secs(secs),
+            bundle::receive(body, &archive, limit),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "the upload did not complete within {secs} s (functions.upload_timeout_secs)"
+                ),
+            )
+            .with_detail(crate::http::UPLOAD_TIMEOUT_DETAIL, secs)
+        })??;
         if let Some(claimed) = claimed_sha256
             && !claimed.trim().eq_ignore_ascii_case(&received.sha256)
         {
@@ -116,6 +153,28 @@ impl ControlPlane {
         Ok(info)
     }
 
+    /// A slot for one more upload of `org`, or TooManyRequests when it has
+    /// `functions.uploads_per_org` in progress already.
+    fn upload_slot(&self, org: &str) -> Result<UploadSlot<'_>, ApiError> {
+        let limit = self.config.uploads_per_org;
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let n = uploads.get(org).copied().unwrap_or(0);
+        if n >= limit {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "org {org} already has {limit} uploads in progress, its limit: retry when one has finished, or ask the operator to raise functions.uploads_per_org"
+                ),
+            )
+            .with_detail("limit", limit as u64));
+        }
+        uploads.insert(org.to_string(), n + 1);
+        Ok(UploadSlot {
+            uploads: &self.uploads,
+            org: org.to_string(),
+        })
+    }
+
     /// Unpacks into `dest` and validates the manifest against the function.
     async fn check_bundle(
         &self,
@@ -172,9 +231,36 @@ impl ControlPlane {
             &function.name,
             function.runtime,
             &unpacked.files,
-            self.config.timeouts(),
+            self.config.manifest_bounds(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
+        // The org's warm instances once this deployment is live: it replaces its
+        // function's live one, the other functions' stay.
+        if resolved.min_instances > 0 {
+            let quota = self.config.max_warm_instances_per_org;
+            let mut warm = u64::from(resolved.min_instances);
+            for f in self.store.list_functions(&function.org).await? {
+                let Some(live) = f.live_deployment_id.as_deref() else {
+                    continue;
+                };
+                if f.name == function.name {
+                    continue;
+                }
+                if let Some(d) = self.store.get_deployment(&f.org, &f.name, live).await? {
+                    warm += u64::from(d.min_instances);
+                }
+            }
+            if warm > quota as u64 {
+                return Err(super::functions::quota_exceeded(
+                    format!(
+                        "org {} would keep {warm} instances warm (concurrency.min_instances of its live deployments and this one), past its quota of {quota}: lower min_instances, or ask the operator to raise functions.max_warm_instances_per_org",
+                        function.org
+                    ),
+                    "warm_instances",
+                    quota,
+                ));
+            }
+        }
         resolved.policy = policy
             .map(|p| serde_json::to_string(&p))
             .transpose()
@@ -232,6 +318,8 @@ impl ControlPlane {
         caller: &Caller,
         name: &str,
     ) -> Result<Vec<DeploymentInfo>, ApiError> {
+        // Not invokers: a failed deployment's error can hold build output.
+        need(caller, caller.role.can_deploy(), "read deployments")?;
         let f = self.function(caller, name).await?;
         let live = f.live_deployment_id.as_deref();
         Ok(self
@@ -249,6 +337,7 @@ impl ControlPlane {
         name: &str,
         id: &str,
     ) -> Result<DeploymentInfo, ApiError> {
+        need(caller, caller.role.can_deploy(), "read deployments")?;
         let f = self.function(caller, name).await?;
         let d = self.deployment(&f, id).await?;
         Ok(deployment_info(&d, f.live_deployment_id.as_deref()))

@@ -6,6 +6,13 @@ use crate::service::{Bootstrap, ControlPlane, need, now, valid_function_name};
 use crate::store::{OrgRecord, TokenRecord};
 use reactor_api::model::{OrgCreated, Role, TokenCreated, TokenInfo};
 use reactor_api::{ApiError, ErrorCode};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long a refused token hash is refused without asking the store.
+const BAD_TOKEN_TTL: Duration = Duration::from_secs(30);
+/// Refused token hashes remembered at most.
+const BAD_TOKENS_MAX: usize = 10_000;
 
 impl ControlPlane {
     /// Ensures the bootstrap org exists and has an admin token: `token` when the operator
@@ -94,7 +101,39 @@ impl ControlPlane {
             created_at: now(),
         };
         self.store.insert_token(&record).await?;
+        // A chosen secret (REACTOR_ADMIN_TOKEN) may have been tried before it existed.
+        self.bad_tokens_lock().remove(&record.sha256);
         Ok(record)
+    }
+
+    fn bad_tokens_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.bad_tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hash was refused less than [`BAD_TOKEN_TTL`] ago.
+    fn known_bad(&self, hash: &str) -> bool {
+        let mut bad = self.bad_tokens_lock();
+        match bad.get(hash) {
+            Some(seen) if seen.elapsed() < BAD_TOKEN_TTL => true,
+            Some(_) => {
+                bad.remove(hash);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers a refused hash. When full, expired entries go, and all of them unless
+    /// that freed half: each sweep is then paid for by half a cache of inserts.
+    fn remember_bad(&self, hash: String) {
+        let mut bad = self.bad_tokens_lock();
+        if bad.len() >= BAD_TOKENS_MAX {
+            bad.retain(|_, seen| seen.elapsed() < BAD_TOKEN_TTL);
+            if bad.len() >= BAD_TOKENS_MAX / 2 {
+                bad.clear();
+            }
+        }
+        bad.insert(hash, Instant::now());
     }
 
     /// Authenticates an admin request from its bearer token and `X-Reactor-Org`.
@@ -108,11 +147,17 @@ impl ControlPlane {
         let token = authorization
             .and_then(auth::bearer)
             .ok_or_else(unauthorized)?;
-        let record = self
-            .store
-            .token_by_hash(&auth::token_hash(token))
-            .await?
-            .ok_or_else(unauthorized)?;
+        // A token refused recently is refused again without a query: repeating a bad
+        // token costs the store nothing. Valid tokens are not cached, so that a revoke
+        // takes effect at once.
+        let hash = auth::token_hash(token);
+        if self.known_bad(&hash) {
+            return Err(unauthorized());
+        }
+        let Some(record) = self.store.token_by_hash(&hash).await? else {
+            self.remember_bad(hash);
+            return Err(unauthorized());
+        };
         if let Some(org) = org_header
             && org != record.org
         {

@@ -5,7 +5,8 @@ use crate::auth::Caller;
 use crate::convert::{deployment_info, spec};
 use crate::service::{ControlPlane, need};
 use reactor_api::model::{DeploymentInfo, DeploymentStatus};
-use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Runtimes};
+use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Release, Runtimes};
+use std::sync::{Arc, Weak};
 
 /// How long promote waits for a worker service to load a deployment.
 const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -30,9 +31,10 @@ impl ControlPlane {
         rollback: bool,
     ) -> Result<DeploymentInfo, ApiError> {
         need(caller, caller.role.can_deploy(), "promote")?;
-        // One promote at a time: the live pointer a caller is told about is the one that
-        // the routers get, even when two promotes race.
-        let _promoting = self.promote_lock.lock().await;
+        // One promote at a time per function: the live pointer a caller is told about is
+        // the one that the routers get, even when two promotes race. Per function because
+        // it is held across the release step (Lambda's AWS calls).
+        let _promoting = self.lock_function(&caller.org, name).await;
         let f = self.function(caller, name).await?;
         let d = match id {
             Some(id) => self.deployment(&f, id).await?,
@@ -72,9 +74,6 @@ impl ControlPlane {
             )
             .with_detail("deployment_id", d.id.clone())
         };
-        if let Some(release) = self.releases.get(f.runtime) {
-            release.go_live(&spec).await.map_err(not_loaded)?;
-        }
         if let Some(worker) = self.local_workers.get(f.runtime) {
             worker
                 .prepare(&spec)
@@ -82,7 +81,30 @@ impl ControlPlane {
                 .map_err(|e| not_loaded(e.to_string()))?;
         }
         self.prepare_on_workers(&spec).await;
-        self.store.set_live(&f.org, &f.name, &d.id).await?;
+        // The release step comes last before the store: nothing between it and the
+        // record can fail but the record, and a failed record moves it back.
+        let release = self.releases.get(f.runtime);
+        // Read now: the store may be what fails below.
+        let previous_spec = match (release, f.live_deployment_id.as_deref()) {
+            (Some(_), Some(prev)) if prev != d.id => self
+                .store
+                .get_deployment(&f.org, &f.name, prev)
+                .await?
+                .map(|p| crate::convert::spec(&f, &p)),
+            _ => None,
+        };
+        if let Some(release) = release {
+            release.go_live(&spec).await.map_err(not_loaded)?;
+        }
+        if let Err(e) = self.store.set_live(&f.org, &f.name, &d.id).await {
+            // Re-promoting the live deployment moved nothing.
+            if let Some(release) = release
+                && f.live_deployment_id.as_deref() != Some(d.id.as_str())
+            {
+                undo_go_live(&**release, &spec, previous_spec.as_ref()).await;
+            }
+            return Err(e.into());
+        }
         let version = self.routing.publish().await?;
         tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, rollback, "promoted");
         let previous = f.live_deployment_id.as_deref().unwrap_or("none");
@@ -97,6 +119,30 @@ impl ControlPlane {
             },
         );
         Ok(deployment_info(&d, Some(&d.id)))
+    }
+
+    /// The promote lock of function `name` of `org`, held until the guard drops. Entries
+    /// nobody holds or awaits are dropped on the way, so the map is bounded by the
+    /// promotes in flight.
+    pub(crate) async fn lock_function(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.promote_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| l.strong_count() > 0);
+            let key = (org.to_string(), name.to_string());
+            match locks.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// Makes an earlier ready deployment live again, with the env it pinned.
@@ -146,5 +192,31 @@ impl ControlPlane {
             ms = started.elapsed().as_millis() as u64,
             "prepared on workers"
         );
+    }
+}
+
+/// The release moved to `moved` but the store could not record it live: moves it back to
+/// the `previous` live deployment, so that the runtime serves what the platform says is
+/// live. Without one (a first promote) the routers send nothing there; either way a retry
+/// of the promote sets both again.
+async fn undo_go_live(
+    release: &dyn Release,
+    moved: &DeploymentSpec,
+    previous: Option<&DeploymentSpec>,
+) {
+    let Some(previous) = previous else {
+        tracing::warn!(org = %moved.org, function = %moved.function, deployment_id = %moved.deployment_id,
+            "the release moved to a deployment that could not be recorded live; there was no live deployment to move it back to");
+        return;
+    };
+    match release.go_live(previous).await {
+        Ok(()) => {
+            tracing::warn!(org = %moved.org, function = %moved.function, deployment_id = %moved.deployment_id, previous = %previous.deployment_id,
+                "the deployment could not be recorded live: the release moved back to the previous one")
+        }
+        Err(e) => {
+            tracing::error!(org = %moved.org, function = %moved.function, deployment_id = %moved.deployment_id, previous = %previous.deployment_id, error = %e,
+                "the deployment could not be recorded live and the release could not move back: the runtime serves a deployment the platform does not consider live until the next promote")
+        }
     }
 }

@@ -189,6 +189,17 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
     ) -> Result<(), StoreError>;
     async fn list_materializing(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Deployments garbage collection may remove, oldest first: created before `before`
+    /// (RFC 3339, as `created_at`), not live, not materializing, and failed or with at
+    /// least `keep_ready` newer ready deployments of their function.
+    async fn collectable_deployments(
+        &self,
+        before: &str,
+        keep_ready: u32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Deletes a deployment and its pinned env unless it is live; false when nothing was
+    /// deleted.
+    async fn delete_deployment(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Sets (inserts or replaces) one env value of a function.
     async fn set_env(&self, org: &str, function: &str, e: &EnvRecord) -> Result<(), StoreError>;

@@ -571,6 +571,53 @@ impl Store for SqlStore {
         rows.iter().map(deployment_row).collect()
     }
 
+    async fn collectable_deployments(
+        &self,
+        before: &str,
+        keep_ready: u32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let columns = DEPLOYMENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Newer ready deployments are counted through deployments_by_function.
+        let rows = sqlx::query(self.sql(&format!(
+            "SELECT {columns} FROM deployments d \
+             WHERE d.created_at < ? AND d.status <> 'materializing' \
+             AND NOT EXISTS (SELECT 1 FROM functions f WHERE f.live_deployment_id = d.id) \
+             AND (d.status = 'failed' OR (SELECT COUNT(*) FROM deployments n \
+                  WHERE n.org = d.org AND n.function = d.function AND n.seq > d.seq \
+                  AND n.status = 'ready') >= ?) \
+             ORDER BY d.seq"
+        )))
+        .bind(before)
+        .bind(i64::from(keep_ready))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(deployment_row).collect()
+    }
+
+    async fn delete_deployment(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(self.sql("DELETE FROM deployments WHERE id = ? AND NOT EXISTS (SELECT 1 FROM functions f WHERE f.live_deployment_id = deployments.id)"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() > 0 {
+            // The foreign key cascades too; this does not depend on it.
+            sqlx::query(self.sql("DELETE FROM deployment_env WHERE deployment_id = ?"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
         let row = sqlx::query(self.sql(
             "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version",

@@ -59,6 +59,7 @@ store_suite! {
     secrets_are_resealed_only_under_their_old_key,
     function_policies_are_set_on_existing_functions,
     deleting_a_function_removes_its_env_and_pinned_copies,
+    collectable_deployments_spare_live_recent_and_rollback_targets,
 }
 
 /// The PostgreSQL server the tests create their databases on.
@@ -619,5 +620,104 @@ async fn deleting_a_function_removes_its_env_and_pinned_copies(backend: &mut Bac
             .await
             .expect("pinned")
             .is_empty()
+    );
+}
+
+/// Garbage collection's candidates: old, not live, not materializing, and failed or
+/// behind `keep_ready` newer ready ones; deleting one takes its pinned env, never a live one.
+async fn collectable_deployments_spare_live_recent_and_rollback_targets(backend: &mut Backend) {
+    let store: &dyn Store = &backend.store;
+    org_with_functions(store, "gc", &["f", "g"]).await;
+    store
+        .set_env("gc", "f", &plain_env("K", "v", "t1"))
+        .await
+        .expect("set");
+    // f: old_0..old_4 ready, old_5 failed, old_6 materializing, new_7 ready but recent.
+    let old = |i: usize| format!("2020-01-01T00:00:0{i}.000Z");
+    for i in 0..7 {
+        let mut d = deployment(&format!("old_{i}"), "gc", "f");
+        d.created_at = old(i);
+        d.status = match i {
+            5 => DeploymentStatus::Failed,
+            6 => DeploymentStatus::Materializing,
+            _ => DeploymentStatus::Ready,
+        };
+        store.insert_deployment(&d).await.expect("insert");
+    }
+    let mut recent = deployment("new_7", "gc", "f");
+    recent.created_at = "2030-01-01T00:00:00.000Z".into();
+    recent.status = DeploymentStatus::Ready;
+    store.insert_deployment(&recent).await.expect("insert");
+    store.set_live("gc", "f", "old_0").await.expect("live");
+    // g: one old ready deployment, its only rollback target.
+    let mut lone = deployment("lone", "gc", "g");
+    lone.created_at = old(0);
+    lone.status = DeploymentStatus::Ready;
+    store.insert_deployment(&lone).await.expect("insert");
+
+    let ids = |ds: Vec<DeploymentRecord>| ds.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let before = "2025-01-01T00:00:00.000Z";
+    // Keeping 2 ready (new_7, old_4), the live old_0 and g's lone one.
+    assert_eq!(
+        ids(store
+            .collectable_deployments(before, 2)
+            .await
+            .expect("candidates")),
+        vec!["old_1", "old_2", "old_3", "old_5"]
+    );
+    // Keeping 5: only the failed one.
+    assert_eq!(
+        ids(store
+            .collectable_deployments(before, 5)
+            .await
+            .expect("candidates")),
+        vec!["old_5"]
+    );
+    // Nothing is older than the oldest.
+    assert!(
+        store
+            .collectable_deployments("2019-01-01T00:00:00.000Z", 0)
+            .await
+            .expect("candidates")
+            .is_empty()
+    );
+
+    assert_eq!(
+        store.deployment_env("old_1").await.expect("pinned").len(),
+        1
+    );
+    assert!(store.delete_deployment("old_1").await.expect("delete"));
+    assert!(
+        !store
+            .delete_deployment("old_1")
+            .await
+            .expect("delete again")
+    );
+    assert!(
+        store
+            .get_deployment("gc", "f", "old_1")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        store
+            .deployment_env("old_1")
+            .await
+            .expect("pinned")
+            .is_empty()
+    );
+    // The live one stays, with its env.
+    assert!(!store.delete_deployment("old_0").await.expect("delete live"));
+    assert!(
+        store
+            .get_deployment("gc", "f", "old_0")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(
+        store.deployment_env("old_0").await.expect("pinned").len(),
+        1
     );
 }

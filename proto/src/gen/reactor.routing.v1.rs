@@ -79,6 +79,9 @@ pub struct DeploymentEnvResponse {
 pub struct DeregisterRequest {
     #[prost(string, tag = "1")]
     pub worker_id: ::prost::alloc::string::String,
+    /// The secret the worker registered with: only it may take itself out.
+    #[prost(string, tag = "2")]
+    pub worker_secret: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeregisterResponse {}
@@ -109,6 +112,9 @@ pub struct RegisterResponse {
 pub struct HeartbeatRequest {
     #[prost(string, tag = "1")]
     pub worker_id: ::prost::alloc::string::String,
+    /// The secret the worker registered with.
+    #[prost(string, tag = "2")]
+    pub worker_secret: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HeartbeatResponse {
@@ -514,7 +520,9 @@ pub mod worker_registry_client {
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
     /// Served by the control plane to workers: a worker registers, then heartbeats; one that
-    /// misses heartbeats for the TTL leaves the routing table. Calls carry the internal token.
+    /// misses heartbeats for the TTL leaves the routing table. Calls carry the workers' token
+    /// (`internal.worker_token`, which routers never hold), but PushLogs, which routers call
+    /// with the internal token.
     #[derive(Debug, Clone)]
     pub struct WorkerRegistryClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -776,7 +784,9 @@ pub mod worker_registry_server {
         >;
     }
     /// Served by the control plane to workers: a worker registers, then heartbeats; one that
-    /// misses heartbeats for the TTL leaves the routing table. Calls carry the internal token.
+    /// misses heartbeats for the TTL leaves the routing table. Calls carry the workers' token
+    /// (`internal.worker_token`, which routers never hold), but PushLogs, which routers call
+    /// with the internal token.
     #[derive(Debug)]
     pub struct WorkerRegistryServer<T> {
         inner: Arc<T>,
