@@ -10,7 +10,9 @@
 //!   (`Crashed`), while a small allocation succeeds;
 //! - `build` of a file that is not a component fails with the reason the user reads;
 //! - a deployment with as many live instances as its cap allows gets `TooManyRequests`
-//!   (429) for one more, while another deployment is served, until one of them ends.
+//!   (429) for one more, while another deployment is served, until one of them ends;
+//! - an artifact replaced in storage is rebuilt from the bundle, never deserialized, and a
+//!   bundle that does not match its recorded sha256 is refused.
 //!
 //! Every request gets a fresh instance, so after each failure the same deployment serves.
 
@@ -467,5 +469,58 @@ async fn a_deployment_at_its_instance_cap_is_refused_while_another_is_served() {
             }
             Err(failure) => panic!("after one of the two ended: {failure:?}"),
         }
+    }
+}
+
+/// Write access to the bucket is not code execution: an artifact replaced in storage is
+/// never deserialized (its MAC fails) and the worker rebuilds it from the bundle; a
+/// bundle that does not match its recorded sha256 is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_artifact_is_rebuilt_from_the_bundle_and_a_tampered_bundle_refused() {
+    let h = harness().await;
+    let wasm = probe_wasm().await;
+    let mut s = spec("dep_tampered", 30_000, 128);
+    h.store_bundle(&mut s, &wasm).await;
+    h.build(&s, &wasm).await.expect("build");
+    // Local storage keeps objects as files under its root: overwrite the artifact there.
+    let dir = h
+        .dir
+        .path()
+        .join(format!("storage/artifacts/{ORG}/{FUNCTION}/dep_tampered"));
+    let artifacts: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the artifact's folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(
+        artifacts.len(),
+        1,
+        "build stored one artifact: {artifacts:?}"
+    );
+    std::fs::write(&artifacts[0], b"\x7fELF not what was built").expect("tampering");
+    let s = Arc::new(s);
+    let answer = h.ok(&s, "req-1", "/hello").await;
+    assert!(answer.cold, "rebuilt from the bundle on first use");
+
+    // The bundle itself replaced: refused, nothing runs.
+    let mut other = spec("dep_bad_bundle", 30_000, 128);
+    h.store_bundle(&mut other, &wasm).await;
+    h.storage
+        .put_bytes(
+            &other.bundle_key,
+            Bytes::from(reactor_tests::bundle(&[(ENTRYPOINT, b"\0asm evil")])),
+        )
+        .await
+        .expect("tampering");
+    let other = Arc::new(other);
+    match h.fails(&other, "req-2", "/hello", GENEROUS).await.error {
+        InvokeError::NotReady { message } => {
+            assert!(
+                message.contains("does not match its recorded sha256"),
+                "{message}"
+            )
+        }
+        e => panic!("expected NotReady, got {e:?}"),
     }
 }
