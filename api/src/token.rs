@@ -51,9 +51,22 @@ pub const MIN_SECRET_BITS: f64 = 256.0;
 pub const GENERATE_HINT: &str = "generate one with `openssl rand -hex 32`";
 
 /// An estimate of the entropy of `secret` in bits: its length times the bits of the
-/// smallest usual alphabet that holds it (hex, base64 or printable ASCII). Strings with
-/// few distinct characters or made of a repeated piece score by that piece alone.
+/// smallest usual alphabet that holds it (hex, base64 or printable ASCII). A heuristic
+/// that catches the usual weak choices, not a proof of randomness: few distinct
+/// characters, one character dominating, a repeated piece, or (beyond hex) no mix of
+/// lower case, upper case and digits all score low.
 pub fn estimated_bits(secret: &str) -> f64 {
+    // A short lower-case prefix such as `rct_` carries nothing: judge what follows it.
+    let secret = match secret.split_once('_') {
+        Some((prefix, rest))
+            if (1..=8).contains(&prefix.len())
+                && prefix.chars().all(|c| c.is_ascii_lowercase())
+                && !rest.is_empty() =>
+        {
+            rest
+        }
+        _ => secret,
+    };
     let chars: Vec<char> = secret.chars().collect();
     if chars.is_empty() {
         return 0.0;
@@ -75,6 +88,26 @@ pub fn estimated_bits(secret: &str) -> f64 {
     // Random strings of this length use many symbols; `abababab` does not.
     if distinct.len() < 10 {
         return (distinct.len() as f64).log2().max(0.0) * chars.len() as f64 / 4.0;
+    }
+    // Random strings spread over their alphabet: no symbol takes a quarter of them, and
+    // beyond hex they mix lower case, upper case and digits (a sentence does not).
+    let most = distinct
+        .iter()
+        .map(|d| chars.iter().filter(|c| *c == d).count())
+        .max()
+        .unwrap_or(0);
+    if most * 4 > chars.len() {
+        return alphabet.log2() * (chars.len() - most) as f64 / 2.0;
+    }
+    if !hex {
+        let classes = [
+            chars.iter().any(|c| c.is_ascii_lowercase()),
+            chars.iter().any(|c| c.is_ascii_uppercase()),
+            chars.iter().any(|c| c.is_ascii_digit()),
+        ];
+        if classes.iter().filter(|c| **c).count() < 3 {
+            return 26f64.log2() * chars.len() as f64 / 2.0;
+        }
     }
     // `0123456789abcdef0123456789abcdef` is worth its first half only.
     let period = (1..=chars.len() / 2)
@@ -142,6 +175,8 @@ mod tests {
             &"a".repeat(200),
             &"ab".repeat(100),
             &"0123456789abcdef".repeat(8),
+            "my-super-secret-internal-token-for-production",
+            &format!("{}0123456789", "a".repeat(100)),
         ] {
             let err = check_secret("internal.token", bad).expect_err(bad);
             assert!(err.contains("openssl rand -hex 32"), "{err}");
@@ -150,6 +185,7 @@ mod tests {
             "3f1c9a7be2d04856a1c3e5f7092b4d6e8a0c2e4f6b8d0f1a3c5e7092b4d6e8a0",
             "q3XnZ0v9L2mR8tYkWb4sHc7dJf1gPa6eNu5xVoTi2Ey=",
             "rct_Ab3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7dE9f",
+            "rct_3f1c9a7be2d04856a1c3e5f7092b4d6e8a0c2e4f6b8d0f1a3c5e7092b4d6e8a0",
         ] {
             check_secret("internal.token", good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }

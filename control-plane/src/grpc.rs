@@ -81,6 +81,8 @@ impl RoutingService for Routing {
                 () = stream_updates(&cp, known_version, &tx) => {}
                 // Ends when the control plane shuts down, so that it need not wait for routers.
                 () = cp.closed() => {}
+                // Or when the router went away, even with nothing to send it.
+                () = tx.closed() => {}
             }
         });
         Ok(Response::new(Box::pin(
@@ -263,7 +265,7 @@ impl WorkerRegistry for Registry {
                 r.worker_id
             )));
         };
-        let env = self
+        let (env, d) = self
             .cp
             .deployment_env(&r.org, &r.function, &r.deployment_id, runtime)
             .await
@@ -271,6 +273,9 @@ impl WorkerRegistry for Registry {
         tracing::info!(worker_id = %r.worker_id, org = %r.org, function = %r.function, deployment_id = %r.deployment_id, keys = env.len(), "deployment env sent to a worker");
         Ok(Response::new(DeploymentEnvResponse {
             env: env.into_iter().collect(),
+            bundle_key: d.bundle_key,
+            sha256: d.sha256,
+            entrypoint: d.entrypoint,
         }))
     }
 

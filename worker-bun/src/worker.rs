@@ -183,12 +183,15 @@ impl BunWorker {
         }
         let pool = slot
             .get_or_try_init(|| async {
-                let (bundle, entry) = self.unpack(spec).await?;
+                // The env first: the control plane refuses (and the source checks) a spec
+                // that is not the recorded deployment, before anything is unpacked under
+                // its id.
                 let env = self
                     .env
                     .deployment_env(spec)
                     .await
                     .map_err(|message| InvokeError::NotReady { message })?;
+                let (bundle, entry) = self.unpack(spec).await?;
                 Ok::<_, InvokeError>(Pool::new(
                     Arc::new(spec.clone()),
                     bundle,

@@ -7,7 +7,7 @@ use reactor_api::logs::{LogEntry, LogSink};
 use reactor_api::{DeploymentSpec, EnvSource};
 use reactor_proto::client::{ClientError, ControlPlaneEndpoint};
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
-use reactor_proto::routing::{DeploymentEnvRequest, PushLogsRequest};
+use reactor_proto::routing::{DeploymentEnvRequest, DeploymentEnvResponse, PushLogsRequest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,13 +53,30 @@ impl EnvSource for ControlPlaneEnv {
                 deployment_id: spec.deployment_id.clone(),
                 worker_secret: self.secret.clone(),
             })?;
-            Ok::<_, ClientError>(client.deployment_env(req).await?.into_inner().env)
+            Ok::<_, ClientError>(client.deployment_env(req).await?.into_inner())
         }
         .await;
-        result
-            .map(|env| Arc::new(env.into_iter().collect()))
-            .map_err(|e| format!("asking the control plane for the deployment's env: {e}"))
+        let recorded = result
+            .map_err(|e| format!("asking the control plane for the deployment's env: {e}"))?;
+        check_recorded(spec, &recorded)?;
+        Ok(Arc::new(recorded.env.into_iter().collect()))
     }
+}
+
+/// The spec a router sent must name the bundle the control plane recorded for the
+/// deployment: else a router could pair its own code with another deployment's env.
+fn check_recorded(spec: &DeploymentSpec, recorded: &DeploymentEnvResponse) -> Result<(), String> {
+    if spec.bundle_key != recorded.bundle_key
+        || !spec.sha256.eq_ignore_ascii_case(&recorded.sha256)
+        || spec.entrypoint != recorded.entrypoint
+    {
+        tracing::warn!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, "a spec that does not match the recorded deployment was refused");
+        return Err(format!(
+            "deployment {} is not what the control plane recorded (bundle, sha256 or entrypoint differ): refusing to run it",
+            spec.deployment_id
+        ));
+    }
+    Ok(())
 }
 
 /// Entries buffered before new ones are dropped (the control plane is away or slow).
@@ -138,6 +155,52 @@ impl LogSink for PushLogs {
     fn emit(&self, entry: LogEntry) {
         if self.tx.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_naming_another_bundle_gets_no_env() {
+        let spec = DeploymentSpec {
+            org: "acme".into(),
+            function: "f".into(),
+            deployment_id: "dep_1".into(),
+            runtime: reactor_api::Runtime::Bun,
+            entrypoint: "index.ts".into(),
+            bundle_key: "bundles/acme/f/dep_1.tar.gz".into(),
+            sha256: "ab".repeat(32),
+            timeout_ms: 1000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
+        };
+        let recorded = DeploymentEnvResponse {
+            env: [("SECRET".to_string(), "s".to_string())].into(),
+            bundle_key: spec.bundle_key.clone(),
+            sha256: spec.sha256.clone(),
+            entrypoint: spec.entrypoint.clone(),
+        };
+        assert!(check_recorded(&spec, &recorded).is_ok());
+        for forged in [
+            DeploymentSpec {
+                bundle_key: "bundles/evil/x/dep_9.tar.gz".into(),
+                ..spec.clone()
+            },
+            DeploymentSpec {
+                sha256: "cd".repeat(32),
+                ..spec.clone()
+            },
+            DeploymentSpec {
+                entrypoint: "evil.ts".into(),
+                ..spec.clone()
+            },
+        ] {
+            let err = check_recorded(&forged, &recorded).expect_err("refused");
+            assert!(err.contains("not what the control plane recorded"), "{err}");
         }
     }
 }

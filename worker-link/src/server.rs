@@ -225,13 +225,22 @@ fn authorize_with(
             spec.runtime
         ))));
     }
+    // The id names folders on the worker's disk.
+    if !safe_id(&spec.deployment_id) {
+        return Err(Box::new(bad_request(format!(
+            "deployment id {:?} is not valid",
+            spec.deployment_id
+        ))));
+    }
     Ok(spec)
 }
 
 /// Loads a deployment that is about to go live (the control plane calls this on promote,
 /// before the routing table changes).
 async fn prepare(State(link): State<Arc<Link>>, h: http::HeaderMap) -> Response {
-    let spec = match authorize(&link, &h) {
+    // Routers (internal token) and the control plane on promote (workers' token).
+    let spec = match authorize(&link, &h).or_else(|_| authorize_with(&link, &link.build_token, &h))
+    {
         Ok(spec) => spec,
         Err(answer) => return *answer,
     };

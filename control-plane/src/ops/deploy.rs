@@ -283,10 +283,23 @@ impl ControlPlane {
         };
         let result: Result<Arc<tempfile::TempDir>, String> = async {
             let work = Arc::new(tempfile::tempdir_in(&self.tmp_dir).map_err(|e| e.to_string())?);
+            let archive = work.path().join(ARCHIVE_FILE);
             self.storage
-                .get_to_file(&d.bundle_key, &work.path().join(ARCHIVE_FILE))
+                .get_to_file(&d.bundle_key, &archive)
                 .await
                 .map_err(|e| e.to_string())?;
+            // What comes back from storage is what was uploaded, or nothing is built.
+            let path = archive.clone();
+            let sha = tokio::task::spawn_blocking(move || reactor_storage::bundle::sha256_file(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if !sha.eq_ignore_ascii_case(&d.sha256) {
+                return Err(format!(
+                    "the bundle in storage does not match its recorded sha256 (recorded {}, found {sha})",
+                    d.sha256
+                ));
+            }
             self.check_bundle(&function, &work)
                 .await
                 .map_err(|e: ApiError| e.message)?;

@@ -2,7 +2,7 @@
 
 use crate::auth::Caller;
 use crate::service::{ControlPlane, need, now};
-use crate::store::{EnvRecord, EnvValue, FunctionRecord};
+use crate::store::{DeploymentRecord, EnvRecord, EnvValue, FunctionRecord};
 use reactor_api::model::{DeploymentStatus, EnvVarInfo, SetEnv};
 use reactor_api::{ApiError, ErrorCode, Runtime};
 
@@ -40,7 +40,7 @@ impl ControlPlane {
         function: &str,
         deployment_id: &str,
         runtime: Runtime,
-    ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    ) -> Result<(std::collections::BTreeMap<String, String>, DeploymentRecord), ApiError> {
         let f = self.store.get_function(org, function).await?;
         let d = self
             .store
@@ -67,10 +67,12 @@ impl ControlPlane {
                 format!("deployment {deployment_id} is {}", d.status.as_str()),
             ));
         }
-        self.env
+        let env = self
+            .env
             .pinned(org, function, deployment_id)
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((env, d))
     }
 
     /// Sets one env value of a function; a secret is sealed before it is stored. The

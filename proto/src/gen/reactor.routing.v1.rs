@@ -74,6 +74,15 @@ pub struct DeploymentEnvResponse {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// What the control plane recorded for the deployment: the worker refuses to run a spec
+    /// (sent by a router) that names another bundle, so a router cannot pair its own code
+    /// with another deployment's env.
+    #[prost(string, tag = "2")]
+    pub bundle_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub entrypoint: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeregisterRequest {
