@@ -31,7 +31,8 @@ impl RuntimeRole for NoBuild {
 #[async_trait]
 impl Builder for NoBuild {
     async fn build(&self, _spec: &DeploymentSpec, _dir: &Path) -> Result<(), String> {
-        Err("nothing is built in this test".into())
+        // Nothing to build: the deployment is ready at once, so it can be promoted.
+        Ok(())
     }
 }
 
@@ -119,6 +120,27 @@ impl Harness {
             .expect("set live");
     }
 
+    /// Waits (a bounded time) for deployment `id` of `function` to be ready.
+    async fn ready(&self, caller: &Caller, function: &str, id: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let d = self
+                .cp
+                .get_deployment(caller, function, id)
+                .await
+                .expect("deployment");
+            if d.status == DeploymentStatus::Ready {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} is {:?}",
+                d.status
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Uploads a bundle whose manifest keeps `min_instances` warm.
     async fn upload(
         &self,
@@ -172,14 +194,31 @@ async fn min_instances_is_bounded_per_manifest_and_summed_per_org() {
         "4 + 3 + 4 warm instances past 10",
     );
     assert!(message.contains("max_warm_instances_per_org"), "{message}");
-    h.upload(&acme, "c", 3)
+    let c3 = h
+        .upload(&acme, "c", 3)
         .await
         .expect("4 + 3 + 3 is the quota: accepted");
 
     // A new deployment of `a` replaces its live one: 3 + 7 counts, not 4 + 3 + 7.
-    h.upload(&acme, "a", 7)
+    let a7 = h
+        .upload(&acme, "a", 7)
         .await
         .expect("a's own live deployment is not counted");
+    // Each upload was within the quota alone; promoting both is not.
+    for (f, d) in [("a", &a7.id), ("c", &c3.id)] {
+        h.ready(&acme, f, d).await;
+    }
+    h.cp.promote(&acme, "a", Some(&a7.id))
+        .await
+        .expect("7 + 3 is the quota: promoted");
+    let message = match h.cp.promote(&acme, "c", Some(&c3.id)).await {
+        Ok(info) => panic!("7 + 3 + 3 warm instances were promoted: {info:?}"),
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::QuotaExceeded, "{}", e.message);
+            e.message
+        }
+    };
+    assert!(message.contains("13 instances warm"), "{message}");
     refused(
         h.upload(&acme, "a", 8).await,
         ErrorCode::QuotaExceeded,

@@ -234,33 +234,8 @@ impl ControlPlane {
             self.config.manifest_bounds(),
         )
         .map_err(|m| ApiError::new(ErrorCode::ManifestInvalid, m))?;
-        // The org's warm instances once this deployment is live: it replaces its
-        // function's live one, the other functions' stay.
-        if resolved.min_instances > 0 {
-            let quota = self.config.max_warm_instances_per_org;
-            let mut warm = u64::from(resolved.min_instances);
-            for f in self.store.list_functions(&function.org).await? {
-                let Some(live) = f.live_deployment_id.as_deref() else {
-                    continue;
-                };
-                if f.name == function.name {
-                    continue;
-                }
-                if let Some(d) = self.store.get_deployment(&f.org, &f.name, live).await? {
-                    warm += u64::from(d.min_instances);
-                }
-            }
-            if warm > quota as u64 {
-                return Err(super::functions::quota_exceeded(
-                    format!(
-                        "org {} would keep {warm} instances warm (concurrency.min_instances of its live deployments and this one), past its quota of {quota}: lower min_instances, or ask the operator to raise functions.max_warm_instances_per_org",
-                        function.org
-                    ),
-                    "warm_instances",
-                    quota,
-                ));
-            }
-        }
+        self.check_warm_instances(&function.org, &function.name, resolved.min_instances)
+            .await?;
         resolved.policy = policy
             .map(|p| serde_json::to_string(&p))
             .transpose()
@@ -274,6 +249,43 @@ impl ControlPlane {
             })?;
         }
         Ok(resolved)
+    }
+
+    /// Refuses a deployment of `function` keeping `min_instances` warm when the org's warm
+    /// instances would pass its quota once it is live (it replaces its function's live
+    /// deployment; the other functions' stay). Checked at upload and again at promote.
+    pub(crate) async fn check_warm_instances(
+        &self,
+        org: &str,
+        function: &str,
+        min_instances: u32,
+    ) -> Result<(), ApiError> {
+        if min_instances == 0 {
+            return Ok(());
+        }
+        let quota = self.config.max_warm_instances_per_org;
+        let mut warm = u64::from(min_instances);
+        for f in self.store.list_functions(org).await? {
+            let Some(live) = f.live_deployment_id.as_deref() else {
+                continue;
+            };
+            if f.name == function {
+                continue;
+            }
+            if let Some(d) = self.store.get_deployment(&f.org, &f.name, live).await? {
+                warm += u64::from(d.min_instances);
+            }
+        }
+        if warm > quota as u64 {
+            return Err(super::functions::quota_exceeded(
+                format!(
+                    "org {org} would keep {warm} instances warm (concurrency.min_instances of its live deployments and this one), past its quota of {quota}: lower min_instances, or ask the operator to raise functions.max_warm_instances_per_org"
+                ),
+                "warm_instances",
+                quota,
+            ));
+        }
+        Ok(())
     }
 
     /// Finishes a materialization that a previous run left, from the stored bundle.

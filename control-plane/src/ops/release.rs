@@ -63,6 +63,9 @@ impl ControlPlane {
             .with_detail("deployment_id", d.id.clone())
             .with_detail("status", d.status.as_str()));
         }
+        // Uploads were checked one at a time; promoting several must not pass the quota.
+        self.check_warm_instances(&f.org, &f.name, d.min_instances)
+            .await?;
         let spec = spec(&f, &d);
         if !self.build.can_build(f.runtime) {
             return Err(Runtimes::no_worker(f.runtime));
