@@ -101,25 +101,10 @@ async fn harness() -> Harness {
     }
 }
 
-/// A tar.gz holding the handler as the entrypoint, as the CLI uploads.
-fn bundle() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(HANDLER.len() as u64);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, ENTRYPOINT, HANDLER.as_bytes())
-        .expect("appending to the bundle");
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .expect("finishing the bundle")
-}
-
 impl Harness {
     /// Stores the bundle where workers unpack it from.
     async fn deploy(&self, deployment_id: &str, min_instances: u32) -> Arc<DeploymentSpec> {
-        let archive = bundle();
+        let archive = reactor_tests::bundle(&[(ENTRYPOINT, HANDLER.as_bytes())]);
         let spec = DeploymentSpec {
             org: ORG.into(),
             function: FUNCTION.into(),

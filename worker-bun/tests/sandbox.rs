@@ -51,21 +51,6 @@ export default {
 };
 "#;
 
-/// A tar.gz holding the handler as the entrypoint, as the CLI uploads.
-fn bundle() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(HANDLER.len() as u64);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, ENTRYPOINT, HANDLER.as_bytes())
-        .expect("appending to the bundle");
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .expect("finishing the bundle")
-}
-
 /// A JSON answer of the function, which must be a 200.
 async fn call(worker: &BunWorker, spec: &Arc<DeploymentSpec>, path: &str) -> serde_json::Value {
     let invocation = Invocation {
@@ -131,7 +116,7 @@ async fn a_function_cannot_create_a_user_namespace_and_keeps_serving() {
     });
 
     let deployment_id = "dep_sandbox";
-    let archive = bundle();
+    let archive = reactor_tests::bundle(&[(ENTRYPOINT, HANDLER.as_bytes())]);
     let spec = Arc::new(DeploymentSpec {
         org: ORG.into(),
         function: FUNCTION.into(),
