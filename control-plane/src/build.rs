@@ -3,8 +3,10 @@
 //! A deployment is built by a builder in this process when there is one (the embedded
 //! default builds every runtime in process; the control-plane service builds only
 //! Lambda's, which runs no tenant code), else by a worker service of its runtime, asked
-//! over the worker link (`/build`): the worker reads the bundle from storage, checks its
-//! hash, builds and stores the artifacts. So the control-plane service links no runtime
+//! over the worker link (`/build`): the deployment's home worker (in rendezvous order;
+//! on failure the next of the workers that may read its env, see
+//! [`WorkerRegistry::urls_for`]) reads the bundle from storage, checks its hash, builds
+//! and stores the artifacts. So the control-plane service links no runtime
 //! and runs no function code, and needs neither Bun nor bubblewrap on its host.
 
 use crate::workers::WorkerRegistry;
@@ -75,7 +77,9 @@ impl Build {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_WORKER;
         let mut last_error: Option<String> = None;
         loop {
-            for url in registry.urls_of(runtime, rand::random::<u32>() as usize) {
+            // The deployment's home worker first (it is then warm), then those it fails
+            // over to: the workers that may read its env, which a Bun build needs.
+            for url in registry.urls_for(runtime, &spec.deployment_id) {
                 match tokio::time::timeout(BUILD_TIMEOUT, client.build(&url, spec)).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(BuildError::Failed(reason))) => return Err(reason),

@@ -3,6 +3,7 @@
 
 use reactor_api::Runtime;
 use reactor_proto::routing::WorkerEndpoint;
+use reactor_worker_link::rendezvous::{self, ENV_CANDIDATES};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -165,23 +166,40 @@ impl WorkerRegistry {
         workers.len() != before
     }
 
-    /// The addresses of the healthy workers of `runtime`, starting at the one `spread`
-    /// picks (so that work spreads over them) and going round.
-    pub fn urls_of(&self, runtime: Runtime, spread: usize) -> Vec<String> {
+    /// Whether worker `worker_id` is among the first [`ENV_CANDIDATES`] registered workers
+    /// of `runtime` in rendezvous order for `deployment_id`: those routers send it to (home,
+    /// spill, failover) and builds go to, so the only ones with a reason to load it.
+    pub fn is_candidate(&self, worker_id: &str, runtime: Runtime, deployment_id: &str) -> bool {
+        let Ok(workers) = self.workers.lock() else {
+            return false;
+        };
+        rendezvous::is_among_first(
+            ENV_CANDIDATES,
+            workers
+                .iter()
+                .filter(|(_, w)| w.runtime == runtime)
+                .map(|(id, _)| id.as_str()),
+            worker_id,
+            deployment_id,
+        )
+    }
+
+    /// The addresses of the first [`ENV_CANDIDATES`] registered workers of `runtime` in
+    /// rendezvous order for `deployment_id`: its home first (which is then warm), then
+    /// those it fails over to. Only these may read its env (see [`Self::is_candidate`]).
+    pub fn urls_for(&self, runtime: Runtime, deployment_id: &str) -> Vec<String> {
         let Ok(workers) = self.workers.lock() else {
             return Vec::new();
         };
-        let mut ids: Vec<(&String, &Registered)> = workers
+        let of_runtime: Vec<(&String, &Registered)> = workers
             .iter()
             .filter(|(_, w)| w.runtime == runtime)
             .collect();
-        ids.sort_by(|a, b| a.0.cmp(b.0));
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let start = spread % ids.len();
-        ids.rotate_left(start);
-        ids.into_iter().map(|(_, w)| w.url.clone()).collect()
+        rendezvous::rank(&of_runtime, |(id, _)| id.as_str(), deployment_id)
+            .into_iter()
+            .take(ENV_CANDIDATES)
+            .map(|(_, w)| w.url.clone())
+            .collect()
     }
 
     /// The healthy workers, in a stable order.
@@ -250,5 +268,44 @@ mod tests {
         assert!(r.heartbeat("w1", "the-secret"));
         assert!(r.deregister("w1", "the-secret"));
         assert!(r.endpoints().is_empty());
+    }
+
+    #[test]
+    fn a_deployment_has_its_top_ranked_workers_of_its_runtime_as_candidates() {
+        let r = WorkerRegistry::new(WorkerTiming::default());
+        let ids: Vec<String> = (0..12).map(|i| format!("w{i:02}")).collect();
+        for id in &ids {
+            r.register(id, Runtime::Wasm, &format!("http://{id}:7080"));
+        }
+        r.register("b1", Runtime::Bun, "http://b1:7080");
+        for i in 0..30 {
+            let d = format!("dep_{i}");
+            let ranked = rendezvous::rank(&ids, |id| id.as_str(), &d);
+            let urls: Vec<String> = ranked
+                .iter()
+                .take(ENV_CANDIDATES)
+                .map(|id| format!("http://{id}:7080"))
+                .collect();
+            assert_eq!(r.urls_for(Runtime::Wasm, &d), urls, "{d}: home first");
+            for (place, id) in ranked.iter().enumerate() {
+                assert_eq!(
+                    r.is_candidate(id, Runtime::Wasm, &d),
+                    place < ENV_CANDIDATES,
+                    "{id} is number {place} for {d}"
+                );
+            }
+            assert!(
+                !r.is_candidate("b1", Runtime::Wasm, &d),
+                "a worker of another runtime"
+            );
+            assert!(
+                !r.is_candidate("w99", Runtime::Wasm, &d),
+                "an unknown worker"
+            );
+            // Alone of its runtime: the candidate for everything.
+            assert!(r.is_candidate("b1", Runtime::Bun, &d));
+            assert_eq!(r.urls_for(Runtime::Bun, &d), ["http://b1:7080"]);
+        }
+        assert!(r.urls_for(Runtime::Lambda, "dep_0").is_empty());
     }
 }

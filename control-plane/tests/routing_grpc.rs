@@ -1,8 +1,10 @@
 //! The control plane's routing stream over real gRPC, followed by a real router.
 
 use reactor_api::config::FunctionsConfig;
+use reactor_api::model::{DeploymentStatus, SetEnv};
 use reactor_api::{Runtime, Runtimes};
 use reactor_control_plane::backends::Backends;
+use reactor_control_plane::store::DeploymentRecord;
 use reactor_control_plane::workers::WorkerTiming;
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions, grpc};
 use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
@@ -12,6 +14,7 @@ use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
 use reactor_proto::routing::{
     DeploymentEnvRequest, DeregisterRequest, HeartbeatRequest, RegisterRequest,
 };
+use reactor_worker_link::rendezvous::{ENV_CANDIDATES, rank};
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -88,6 +91,7 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
             url: format!("http://{addr}"),
             internal_token: TOKEN.into(),
             router_id: "r1".into(),
+            tls: None,
         },
     );
     let caught_up = |want: u64| {
@@ -338,4 +342,184 @@ async fn changes_reach_a_router_over_grpc_and_strangers_are_refused() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+/// A deployment's env (its decrypted secrets) goes only to the workers it is routed to:
+/// the first ENV_CANDIDATES of its runtime in rendezvous order, not to every registered
+/// worker; one of them leaving lets the next one in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployments_env_goes_only_to_the_workers_it_is_routed_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let b = Backends::open(&config).await.expect("backends");
+    let store = b.store.clone();
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        config,
+        store: b.store,
+        storage: b.storage,
+        runtimes: Default::default(),
+        // No worker expires during the test.
+        worker_timing: WorkerTiming {
+            heartbeat_interval: Duration::from_secs(1),
+            ttl: Duration::from_secs(600),
+        },
+        remote_workers: None,
+        env: b.env,
+        logs: b.logs,
+    })
+    .await
+    .expect("control plane");
+    let boot = cp.bootstrap("acme", None, None).await.expect("bootstrap");
+    let caller = cp
+        .authenticate(Some(&format!("Bearer {}", boot.token)), Some("acme"))
+        .await
+        .expect("caller");
+    cp.create_function(&caller, "hello", Runtime::Wasm)
+        .await
+        .expect("create");
+    cp.set_env(
+        &caller,
+        "hello",
+        "API_KEY",
+        SetEnv {
+            value: "sk_routed_only".into(),
+            secret: true,
+        },
+    )
+    .await
+    .expect("set env");
+    // A deployment as a finished build records it; it pins the function's env.
+    let deployment_id = "dep_routed";
+    store
+        .insert_deployment(&DeploymentRecord {
+            id: deployment_id.into(),
+            org: "acme".into(),
+            function: "hello".into(),
+            status: DeploymentStatus::Ready,
+            error: None,
+            sha256: "0".repeat(64),
+            size_bytes: 1,
+            entrypoint: "main.wasm".into(),
+            bundle_key: format!("acme/hello/{deployment_id}.tar.gz"),
+            timeout_ms: 1000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
+            created_at: "2026-12-06T00:00:00.000Z".into(),
+            policy: None,
+        })
+        .await
+        .expect("deployment");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc::worker_registry(
+                cp.clone(),
+                TOKEN.into(),
+                WORKER_TOKEN.into(),
+            ))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registry = WorkerRegistryClient::new(channel);
+    let workers: Vec<String> = (0..12).map(|i| format!("w{i:02}")).collect();
+    let secret = |id: &str| format!("{id}-secret-0123456789abcdef0123456789");
+    for (i, id) in workers.iter().enumerate() {
+        registry
+            .register(authed(RegisterRequest {
+                worker_id: id.clone(),
+                runtime: "wasm".into(),
+                url: format!("http://127.0.0.1:{}", 7200 + i),
+                worker_secret: secret(id),
+            }))
+            .await
+            .expect("register");
+    }
+    let ask = |id: &str| {
+        let mut registry = registry.clone();
+        let req = authed(DeploymentEnvRequest {
+            worker_id: id.into(),
+            org: "acme".into(),
+            function: "hello".into(),
+            deployment_id: deployment_id.into(),
+            worker_secret: secret(id),
+        });
+        async move { registry.deployment_env(req).await }
+    };
+
+    let ranked = rank(&workers, |id| id.as_str(), deployment_id);
+    let routed = &ranked[..ENV_CANDIDATES];
+    assert!(routed.len() < workers.len());
+    for id in &workers {
+        let answer = ask(id).await;
+        if routed.contains(&id) {
+            let env = answer
+                .unwrap_or_else(|e| panic!("{id} is one it is routed to: {e}"))
+                .into_inner();
+            assert_eq!(
+                env.env.get("API_KEY").map(String::as_str),
+                Some("sk_routed_only"),
+                "{id}"
+            );
+        } else {
+            let status = answer.expect_err("not one it is routed to");
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{id}: {status:?}"
+            );
+            assert!(
+                status.message().contains("not among the workers")
+                    && status.message().contains(deployment_id),
+                "{id}: {status:?}"
+            );
+        }
+    }
+
+    // Its home worker leaves: the next one in order is let in, the others stay as they were.
+    let home = ranked[0];
+    let next = ranked[ENV_CANDIDATES];
+    assert_eq!(
+        ask(next).await.expect_err("not yet").code(),
+        tonic::Code::PermissionDenied
+    );
+    registry
+        .clone()
+        .deregister(authed(DeregisterRequest {
+            worker_id: home.clone(),
+            worker_secret: secret(home),
+        }))
+        .await
+        .expect("deregister");
+    let env = ask(next).await.expect("next in order").into_inner();
+    assert_eq!(
+        env.env.get("API_KEY").map(String::as_str),
+        Some("sk_routed_only")
+    );
+    assert_eq!(
+        ask(home).await.expect_err("gone").code(),
+        tonic::Code::PermissionDenied
+    );
+    for id in &ranked[1..ENV_CANDIDATES] {
+        ask(id).await.expect("still routed to");
+    }
+    for id in &ranked[ENV_CANDIDATES + 1..] {
+        assert_eq!(
+            ask(id).await.expect_err("still not routed to").code(),
+            tonic::Code::PermissionDenied,
+            "{id}"
+        );
+    }
+    server.abort();
 }

@@ -5,6 +5,7 @@ use reactor_api::model::Role;
 use reactor_api::{DeploymentSpec, Runtime};
 use reactor_policy::CompiledPolicy;
 use reactor_proto::routing::RoutingTable;
+use reactor_worker_link::rendezvous;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -56,27 +57,25 @@ pub struct RouteIndex {
 }
 
 /// How many workers a request may try, in rendezvous order.
-pub const MAX_CANDIDATES: usize = 4;
+pub use reactor_worker_link::rendezvous::MAX_CANDIDATES;
 
 /// A registered worker service.
 #[derive(Clone, Debug)]
 pub struct WorkerRef {
     pub id: String,
     pub url: Arc<str>,
+    /// [`rendezvous::worker_seed`] of its id, computed once per table.
     seed: u64,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A 64-bit finalizer (splitmix64), so that nearby inputs spread.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+impl WorkerRef {
+    /// How `self` and `other` compare for the deployment whose key is `key` (`Less`: `self`
+    /// comes first): the order of [`rendezvous::rank`], from the seeds computed once.
+    fn rank_cmp(&self, other: &WorkerRef, key: u64) -> std::cmp::Ordering {
+        rendezvous::score(other.seed, key)
+            .cmp(&rendezvous::score(self.seed, key))
+            .then_with(|| self.id.cmp(&other.id))
+    }
 }
 
 impl RouteIndex {
@@ -144,7 +143,7 @@ impl RouteIndex {
                 workers.entry(runtime).or_default().push(WorkerRef {
                     id: w.worker_id.clone(),
                     url: Arc::from(w.url.as_str()),
-                    seed: fnv1a(w.worker_id.as_bytes()),
+                    seed: rendezvous::worker_seed(&w.worker_id),
                 });
             }
         }
@@ -172,19 +171,20 @@ impl RouteIndex {
         deployment_id: &str,
         usable: impl Fn(&WorkerRef) -> bool,
     ) -> Option<&WorkerRef> {
-        let key = fnv1a(deployment_id.as_bytes());
+        let key = rendezvous::deployment_key(deployment_id);
         let workers = self.workers.get(&runtime)?;
-        let score = |w: &&WorkerRef| mix(w.seed ^ key);
+        let first = |a: &&WorkerRef, b: &&WorkerRef| a.rank_cmp(b, key);
         workers
             .iter()
             .filter(|w| usable(w))
-            .max_by_key(score)
-            .or_else(|| workers.iter().max_by_key(score))
+            .min_by(first)
+            .or_else(|| workers.iter().min_by(first))
     }
 
     /// The usable workers of `runtime` in rendezvous order for `deployment_id` (at most
-    /// [`MAX_CANDIDATES`]): the first is its home, the others where it spills under load
-    /// or fails over. None usable: the home worker anyway.
+    /// [`MAX_CANDIDATES`], from its first `ENV_CANDIDATES`): the first is its home, the
+    /// others where it spills under load or fails over. None usable: the home worker
+    /// anyway.
     pub fn pick_workers(
         &self,
         runtime: Runtime,
@@ -194,24 +194,26 @@ impl RouteIndex {
         let Some(workers) = self.workers.get(&runtime) else {
             return Vec::new();
         };
-        let key = fnv1a(deployment_id.as_bytes());
-        let mut ranked: Vec<(u64, &WorkerRef)> = workers
+        let key = rendezvous::deployment_key(deployment_id);
+        // Among the workers the control plane gives the deployment's env to (its first
+        // ENV_CANDIDATES): one further down would be refused it.
+        let mut ranked: Vec<&WorkerRef> = workers.iter().collect();
+        ranked.sort_unstable_by(|a, b| a.rank_cmp(b, key));
+        let usable: Vec<Arc<str>> = ranked
             .iter()
+            .take(rendezvous::ENV_CANDIDATES)
             .filter(|w| usable(w))
-            .map(|w| (mix(w.seed ^ key), w))
+            .take(MAX_CANDIDATES)
+            .map(|w| w.url.clone())
             .collect();
-        if ranked.is_empty() {
-            return self
-                .pick_worker(runtime, deployment_id)
+        if usable.is_empty() {
+            // None usable: the home worker anyway.
+            return ranked
+                .first()
                 .map(|w| vec![w.url.clone()])
                 .unwrap_or_default();
         }
-        ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
-        ranked
-            .into_iter()
-            .take(MAX_CANDIDATES)
-            .map(|(_, w)| w.url.clone())
-            .collect()
+        usable
     }
 
     pub fn worker_count(&self, runtime: Runtime) -> usize {
@@ -309,5 +311,28 @@ mod tests {
         // None usable: the home worker alone.
         let none = three.pick_workers(Runtime::Wasm, "dep_a", |_| false);
         assert_eq!(none.len(), 1);
+    }
+
+    #[test]
+    fn routers_rank_workers_as_the_control_plane_does() {
+        let ids: Vec<String> = (0..12).map(|i| format!("w{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let index = RouteIndex::build(&table(&refs));
+        for i in 0..50 {
+            let d = format!("dep_{i}");
+            let shared: Vec<String> = rendezvous::rank(&ids, |id| id.as_str(), &d)
+                .into_iter()
+                .take(MAX_CANDIDATES)
+                .map(|id| format!("http://{id}:7080"))
+                .collect();
+            let picked: Vec<String> = index
+                .pick_workers(Runtime::Wasm, &d, |_| true)
+                .iter()
+                .map(|u| u.to_string())
+                .collect();
+            assert_eq!(picked, shared, "{d}");
+            let home = index.pick_worker(Runtime::Wasm, &d).expect("a worker");
+            assert_eq!(&*home.url, shared[0].as_str(), "{d}");
+        }
     }
 }

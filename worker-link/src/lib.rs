@@ -1,6 +1,9 @@
-//! How a router reaches a worker service, and how a worker makes itself known.
+//! How a router reaches a worker service, how a worker makes itself known, and which
+//! workers a deployment goes to ([`rendezvous`], the ranking routers, workers and the
+//! control plane share).
 //!
-//! **Protocol** (one request per invocation, HTTP/2 cleartext, streaming both ways): the
+//! **Protocol** (one request per invocation, HTTP/2 over mutual TLS with `[internal] tls`,
+//! else cleartext, streaming both ways): the
 //! router sends the function's request as it is (method, headers, body streamed) to
 //! `{worker}/invoke{path relative to the mount}`, with three internal headers: the
 //! internal token ([`protocol::AUTH`]), the deployment to run ([`protocol::SPEC`], the
@@ -21,6 +24,7 @@ pub mod client;
 pub mod control;
 pub mod protocol;
 pub mod register;
+pub mod rendezvous;
 pub mod server;
 pub mod service;
 

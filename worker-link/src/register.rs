@@ -1,12 +1,13 @@
 //! A worker's side of the control plane: register, heartbeat (registering again when the
 //! control plane no longer knows it), deregister when draining; and prewarm, which loads
-//! every live deployment of the worker's runtime as the routing table announces it and
-//! retires those it no longer lists.
+//! the live deployments routers send to this worker as the routing table announces them
+//! and retires those it no longer lists for it.
 
+use crate::rendezvous::{self, MAX_CANDIDATES};
 use reactor_api::{DeploymentSpec, Runtime, RuntimeWorker};
 use reactor_proto::client::{ClientError, ControlPlaneEndpoint};
 use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
-use reactor_proto::routing::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
+use reactor_proto::routing::{DeregisterRequest, HeartbeatRequest, RegisterRequest, RoutingTable};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -154,47 +155,126 @@ struct Followed {
     prepared: HashMap<String, JoinHandle<()>>,
     /// Deployments being retired, with their retire task.
     retiring: HashMap<String, JoinHandle<()>>,
+    /// The live deployments of the runtime in the last table, this worker's or not (a
+    /// router may still have sent one here, which then loaded on its first request).
+    live: HashSet<String>,
 }
 
-/// Follows the routing table: prepares every live deployment of `worker`'s runtime that
-/// it has not prepared yet, so that the first request after a promote is warm, and
-/// retires every one it prepared that is no longer live (deleted, or superseded), so
-/// that nothing of it (processes, their env) stays loaded.
-pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -> JoinHandle<()> {
-    let followed = Arc::new(Mutex::new(Followed::default()));
-    reactor_proto::client::watch_routing(endpoint, move |table| {
-        let runtime = worker.runtime();
+/// What a routing table asks of worker `me` of `runtime`.
+struct Wanted {
+    /// The live deployments of the runtime.
+    live: HashSet<String>,
+    /// Those it is among the first [`MAX_CANDIDATES`] workers for: to prepare.
+    mine: Vec<DeploymentSpec>,
+    /// Whether the table lists this worker (not yet while it registers, nor after a
+    /// control plane restarted and forgot it).
+    listed: bool,
+}
+
+impl Wanted {
+    fn of(table: &RoutingTable, runtime: Runtime, me: &str) -> Self {
+        let ours = |r: &str| Runtime::from_str(r).ok() == Some(runtime);
+        let peers: Vec<&str> = table
+            .workers
+            .iter()
+            .filter(|w| ours(w.runtime.as_str()))
+            .map(|w| w.worker_id.as_str())
+            .collect();
+        let listed = peers.contains(&me);
         let live: Vec<DeploymentSpec> = table
             .functions
             .iter()
-            .filter(|f| Runtime::from_str(&f.runtime).ok() == Some(runtime))
+            .filter(|f| ours(f.runtime.as_str()))
             .filter_map(|f| crate::protocol::live_spec(f, runtime))
             .collect();
+        let live_ids = live.iter().map(|s| s.deployment_id.clone()).collect();
+        let mine = live
+            .into_iter()
+            .filter(|s| {
+                listed
+                    && rendezvous::is_among_first(
+                        MAX_CANDIDATES,
+                        peers.iter().copied(),
+                        me,
+                        &s.deployment_id,
+                    )
+            })
+            .collect();
+        Self {
+            live: live_ids,
+            mine,
+            listed,
+        }
+    }
+
+    /// What to retire, with why: prepared deployments no longer live, or no longer this
+    /// worker's (it is listed and others now come first); and those that stopped being
+    /// live since `was_live`, in case a request loaded them here.
+    fn to_retire<T>(
+        &self,
+        prepared: &HashMap<String, T>,
+        was_live: &HashSet<String>,
+    ) -> Vec<(String, &'static str)> {
+        let mine: HashSet<&str> = self.mine.iter().map(|s| s.deployment_id.as_str()).collect();
+        let reason = |id: &String| {
+            if self.live.contains(id) {
+                "no longer routed to this worker"
+            } else {
+                "no longer live"
+            }
+        };
+        prepared
+            .keys()
+            .filter(|id| !self.live.contains(*id) || (self.listed && !mine.contains(id.as_str())))
+            .chain(
+                was_live
+                    .iter()
+                    .filter(|id| !self.live.contains(*id) && !prepared.contains_key(*id)),
+            )
+            .map(|id| (id.clone(), reason(id)))
+            .collect()
+    }
+}
+
+/// Follows the routing table: prepares the live deployments of `worker`'s runtime for
+/// which it is among the first [`MAX_CANDIDATES`] workers of the runtime in rendezvous
+/// order (those routers send them to: home, spill, failover), so that the first request
+/// after a promote is warm; and retires every one it prepared that is no longer live
+/// (deleted, or superseded) or no longer its own (workers joined), and every one that
+/// stopped being live (a request may have loaded it), so that nothing of it (processes,
+/// their env) stays loaded. Until the table lists this worker (`endpoint.router_id`:
+/// registering, or a control plane that restarted and forgot it) it prepares nothing and
+/// keeps what it prepared that is still live.
+pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -> JoinHandle<()> {
+    let followed = Arc::new(Mutex::new(Followed::default()));
+    let me = endpoint.router_id.clone();
+    reactor_proto::client::watch_routing(endpoint, move |table| {
+        let wanted = Wanted::of(table, worker.runtime(), &me);
         let Ok(mut state) = followed.lock() else {
             return;
         };
-        let Followed { prepared, retiring } = &mut *state;
+        let Followed {
+            prepared,
+            retiring,
+            live,
+        } = &mut *state;
         retiring.retain(|_, task| !task.is_finished());
-        let live_ids: HashSet<&str> = live.iter().map(|s| s.deployment_id.as_str()).collect();
-        let gone: Vec<String> = prepared
-            .keys()
-            .filter(|id| !live_ids.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            let Some(preparing) = prepared.remove(&id) else {
-                continue;
-            };
+        for (id, reason) in wanted.to_retire(prepared, live) {
+            // After what was last started for it: its prepare, or a retire.
+            let before = prepared.remove(&id).or_else(|| retiring.remove(&id));
             let worker = worker.clone();
             let deployment_id = id.clone();
             let task = tokio::spawn(async move {
-                let _ = preparing.await;
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
                 worker.retire(&deployment_id).await;
-                tracing::info!(%deployment_id, "retired: no longer live");
+                tracing::info!(%deployment_id, reason, "retired");
             });
             retiring.insert(id, task);
         }
-        for spec in live {
+        *live = wanted.live;
+        for spec in wanted.mine {
             if prepared.contains_key(&spec.deployment_id) {
                 continue;
             }
@@ -219,4 +299,140 @@ pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -
             prepared.insert(id, task);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reactor_proto::routing::{FunctionRoute, LiveDeployment, WorkerEndpoint};
+
+    fn table(workers: &[String], deployments: &[String]) -> RoutingTable {
+        let worker = |id: &str, runtime: &str| WorkerEndpoint {
+            worker_id: id.into(),
+            runtime: runtime.into(),
+            url: format!("http://{id}:7080"),
+        };
+        let function = |name: &str, runtime: &str, deployment_id: &str| FunctionRoute {
+            org: "acme".into(),
+            name: name.into(),
+            runtime: runtime.into(),
+            live: Some(LiveDeployment {
+                deployment_id: deployment_id.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut functions: Vec<FunctionRoute> = deployments
+            .iter()
+            .enumerate()
+            .map(|(i, d)| function(&format!("f{i}"), "wasm", d))
+            .collect();
+        functions.push(function("b", "bun", "dep_bun"));
+        functions.push(FunctionRoute {
+            name: "never-deployed".into(),
+            runtime: "wasm".into(),
+            ..Default::default()
+        });
+        let mut workers: Vec<WorkerEndpoint> = workers.iter().map(|w| worker(w, "wasm")).collect();
+        workers.push(worker("b1", "bun"));
+        RoutingTable {
+            version: 1,
+            functions,
+            workers,
+            ..Default::default()
+        }
+    }
+
+    fn ids(n: usize, prefix: &str) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+    }
+
+    fn mine(w: &Wanted) -> HashSet<String> {
+        w.mine.iter().map(|s| s.deployment_id.clone()).collect()
+    }
+
+    #[test]
+    fn a_worker_prepares_the_deployments_routed_to_it() {
+        let workers = ids(12, "w");
+        let deployments = ids(60, "dep_");
+        let t = table(&workers, &deployments);
+        let mut holders: HashMap<String, usize> = HashMap::new();
+        for w in &workers {
+            let wanted = Wanted::of(&t, Runtime::Wasm, w);
+            assert!(wanted.listed);
+            assert_eq!(wanted.live.len(), deployments.len(), "live: wasm only");
+            for d in &deployments {
+                let first: Vec<&String> = rendezvous::rank(&workers, |id| id.as_str(), d)
+                    .into_iter()
+                    .take(MAX_CANDIDATES)
+                    .collect();
+                assert_eq!(mine(&wanted).contains(d), first.contains(&w), "{w}, {d}");
+            }
+            for d in mine(&wanted) {
+                *holders.entry(d).or_default() += 1;
+            }
+        }
+        // Each deployment is warm on as many workers as a router tries.
+        assert_eq!(holders.len(), deployments.len());
+        assert!(
+            holders.values().all(|n| *n == MAX_CANDIDATES),
+            "{holders:?}"
+        );
+        // Few workers: each holds everything of its runtime.
+        let few = ids(3, "w");
+        let t = table(&few, &deployments);
+        assert_eq!(mine(&Wanted::of(&t, Runtime::Wasm, "w01")).len(), 60);
+        assert_eq!(
+            mine(&Wanted::of(&t, Runtime::Bun, "b1")),
+            HashSet::from(["dep_bun".to_string()])
+        );
+        // Not in the table yet: nothing.
+        let unlisted = Wanted::of(&t, Runtime::Wasm, "w99");
+        assert!(!unlisted.listed && unlisted.mine.is_empty());
+        assert_eq!(unlisted.live.len(), 60);
+    }
+
+    #[test]
+    fn what_is_no_longer_live_or_no_longer_its_own_is_retired() {
+        let deployments = ids(40, "dep_");
+        let alone = table(&["w00".to_string()], &deployments);
+        let before = Wanted::of(&alone, Runtime::Wasm, "w00");
+        let prepared: HashMap<String, ()> = mine(&before).into_iter().map(|d| (d, ())).collect();
+        assert_eq!(prepared.len(), 40);
+        // Workers joined, and dep_00 was superseded by dep_new: it keeps only its own and
+        // retires the rest.
+        let mut now = deployments.clone();
+        now[0] = "dep_new".into();
+        let joined = table(&ids(12, "w"), &now);
+        let after = Wanted::of(&joined, Runtime::Wasm, "w00");
+        let retire: HashMap<String, &str> = after
+            .to_retire(&prepared, &before.live)
+            .into_iter()
+            .collect();
+        assert_eq!(retire.get("dep_00"), Some(&"no longer live"));
+        let kept = mine(&after);
+        assert!(!kept.is_empty() && kept.len() < 40, "{}", kept.len());
+        for d in &now[1..] {
+            let why = retire.get(d.as_str());
+            if kept.contains(d) {
+                assert_eq!(why, None, "{d} is still its own");
+            } else {
+                assert_eq!(why, Some(&"no longer routed to this worker"), "{d}");
+            }
+        }
+        // A deployment that stopped being live is retired even if it was never prepared
+        // here (a request may have loaded it).
+        let gone = Wanted::of(&table(&ids(12, "w"), &now[1..]), Runtime::Wasm, "w00");
+        let retire: HashMap<String, &str> = gone
+            .to_retire(&HashMap::<String, ()>::new(), &after.live)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            retire,
+            HashMap::from([("dep_new".to_string(), "no longer live")])
+        );
+        // Unlisted (the control plane forgot it): what is still live stays.
+        let forgotten = Wanted::of(&table(&[], &deployments), Runtime::Wasm, "w00");
+        assert!(forgotten.to_retire(&prepared, &before.live).is_empty());
+    }
 }

@@ -6,6 +6,7 @@ use crate::convert::{deployment_info, spec};
 use crate::service::{ControlPlane, need};
 use reactor_api::model::{DeploymentInfo, DeploymentStatus};
 use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Release, Runtimes};
+use reactor_worker_link::rendezvous::MAX_CANDIDATES;
 use std::sync::{Arc, Weak};
 
 /// How long promote waits for a worker service to load a deployment.
@@ -158,20 +159,20 @@ impl ControlPlane {
         self.make_live(caller, name, Some(to), true).await
     }
 
-    /// Has every registered worker of the runtime load `spec`, so that the first request
-    /// after the table changes is warm wherever it lands. Not fatal: a worker that fails
-    /// (or takes longer than [`PREPARE_TIMEOUT`]) loads it on its first request instead.
+    /// Has the workers routers send `spec` to (its first [`MAX_CANDIDATES`] in rendezvous
+    /// order, those that prewarm it) load it, so that the first request after the table
+    /// changes is warm wherever it lands (no other worker gets requests for it). Not
+    /// fatal: a worker that fails (or takes longer than [`PREPARE_TIMEOUT`]) loads it on
+    /// its first request instead.
     async fn prepare_on_workers(&self, spec: &DeploymentSpec) {
         let Some(remote) = &self.remote_workers else {
             return;
         };
-        let runtime = spec.runtime.as_str();
         let urls: Vec<String> = self
             .workers
-            .endpoints()
+            .urls_for(spec.runtime, &spec.deployment_id)
             .into_iter()
-            .filter(|w| w.runtime == runtime)
-            .map(|w| w.url)
+            .take(MAX_CANDIDATES)
             .collect();
         let started = std::time::Instant::now();
         let prepared = futures::future::join_all(
