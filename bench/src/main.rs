@@ -2,9 +2,10 @@
 //!
 //! `reactor-bench` (the default command) builds `examples/hello-wasm` and
 //! `tests/fixtures/probe-wasm`, starts the embedded default (`reactor dev`), the split
-//! topology (`reactor-control-plane`, `reactor-data-plane`, `reactor-worker-wasm`) and
+//! topology (`reactor-control-plane`, `reactor-data-plane`, `reactor-worker-wasm`), the
+//! split topology again with mutual TLS between its services (`[internal] tls`) and
 //! `wasmtime serve -Scli` 48.0.8 on the same hello component, then measures, alternating
-//! between the three: warm latency at concurrency 1 (p50/p99) and requests/s at
+//! between them: warm latency at concurrency 1 (p50/p99) and requests/s at
 //! concurrency 32. For both Reactor topologies it also measures the first request after a
 //! promote, promote-to-router latency and a truly cold request (a worker that never saw
 //! the deployment). `wasmtime` comes from `bench/scripts/wasmtime-cli.sh`, which builds it
@@ -340,6 +341,29 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
     .await
     .context("the split router never served hello")?;
 
+    // The same split topology with mutual TLS on every internal hop (`[internal] tls`):
+    // the router-to-worker hop is what it changes on the invoke path.
+    eprintln!("starting the split topology with internal TLS ...");
+    let split_tls = Split::start_tls();
+    split_tls.admin.deploy_live("hello", hello.clone()).await;
+    let split_tls_target = Target {
+        name: "split+tls",
+        addr: split_tls
+            .invoke_url
+            .trim_start_matches("http://")
+            .to_string(),
+        path: "/fn/v1/hello".into(),
+        token: Some(split_tls.admin.token.clone()),
+    };
+    wait_until(Duration::from_secs(20), || async {
+        first_call(&split_tls_target)
+            .await
+            .ok()
+            .filter(|r| r.answer == Answer::Hello)
+    })
+    .await
+    .context("the split router with TLS never served hello")?;
+
     let wasmtime = if a.no_wasmtime {
         None
     } else {
@@ -349,7 +373,11 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
     };
 
     // Load, alternating between the targets.
-    let mut targets = vec![emb_target(&embedded), split_target.clone()];
+    let mut targets = vec![
+        emb_target(&embedded),
+        split_target.clone(),
+        split_tls_target.clone(),
+    ];
     if let Some((_, t)) = &wasmtime {
         targets.push(t.clone());
     }
@@ -413,6 +441,7 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
     }
     report(&a, &targets, &loads, &emb, &spl);
     drop(wasmtime);
+    drop(split_tls);
     Ok(())
 }
 

@@ -58,6 +58,9 @@ pub enum Command {
     /// The key that encrypts secrets at rest: generate one, rotate to a new one.
     #[command(subcommand, name = "data-key")]
     DataKey(env::DataKeyCommand),
+    /// Certificates for mutual TLS between the split services (`[internal] tls`).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Print a shell completion script: `reactor completion bash > /etc/bash_completion.d/reactor`,
     /// `reactor completion zsh > "${fpath[1]}/_reactor"`, `reactor completion fish >
     /// ~/.config/fish/completions/reactor.fish`.
@@ -72,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orgs(cmd) => commands::orgs(cmd, cli.output).await,
         Command::Tokens(cmd) => commands::tokens(cmd, cli.output).await,
         Command::DataKey(cmd) => env::data_key(cmd, cli.output).await,
+        Command::Tls(TlsCommand::Init { dir }) => tls_init(&dir, cli.output),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "reactor", &mut std::io::stdout());
@@ -145,4 +149,46 @@ pub fn one_line(e: &anyhow::Error) -> String {
         .collect::<Vec<_>>()
         .join(": ")
         .replace('\n', " ")
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Write a cluster CA and the control plane's, routers' and workers' certificates into
+    /// DIR, keeping every file already there (run it again: nothing changes). Give each
+    /// service `ca.pem` and its role's pair; keep `ca.key` off the services' hosts.
+    Init {
+        /// Where to write (`internal.tls_dir`).
+        #[arg(long, default_value = "tls")]
+        dir: std::path::PathBuf,
+    },
+}
+
+fn tls_init(dir: &std::path::Path, output: Output) -> anyhow::Result<()> {
+    let done = reactor_service::tls::generate(dir)?;
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dir": dir,
+                "created": done.created,
+                "kept": done.kept,
+            }))?
+        );
+        return Ok(());
+    }
+    for p in &done.created {
+        println!("created {}", p.display());
+    }
+    for p in &done.kept {
+        println!("kept    {}", p.display());
+    }
+    if done.created.is_empty() {
+        println!("nothing to do: every file was already there");
+    } else {
+        println!(
+            "set internal.tls = true and internal.tls_dir = {:?} (REACTOR_INTERNAL_TLS=1 REACTOR_INTERNAL_TLS_DIR) on every service",
+            dir.display().to_string()
+        );
+    }
+    Ok(())
 }

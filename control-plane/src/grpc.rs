@@ -12,9 +12,56 @@ use reactor_proto::routing::{
     HeartbeatRequest, HeartbeatResponse, PushLogsRequest, PushLogsResponse, RegisterRequest,
     RegisterResponse, RoutingUpdate, WatchRequest,
 };
+use reactor_service::tls::{Role, peer_role};
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+
+/// How the internal services' callers reach them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP (`[internal] tls` off): tokens only; deployment env only to loopback.
+    Plain,
+    /// Mutual TLS: besides its token, a caller needs a certificate of an allowed role.
+    MutualTls,
+}
+
+impl Transport {
+    /// Over mutual TLS, the caller's certificate must name one of `allowed`.
+    fn check<T>(self, req: &Request<T>, allowed: &[Role]) -> Result<(), Status> {
+        if self == Transport::Plain {
+            return Ok(());
+        }
+        match req.peer_certs().as_deref().and_then(|c| peer_role(c)) {
+            Some(role) if allowed.contains(&role) => Ok(()),
+            Some(role) => Err(Status::permission_denied(format!(
+                "a {role} certificate may not call this"
+            ))),
+            None => Err(Status::unauthenticated(
+                "a client certificate of this cluster's CA is required",
+            )),
+        }
+    }
+
+    /// Decrypted secrets cross the network only inside TLS: over plain TCP, only to a
+    /// worker on this host.
+    fn check_secrets_may_go<T>(self, req: &Request<T>) -> Result<(), Status> {
+        self.secrets_may_go_to(req.remote_addr())
+    }
+
+    fn secrets_may_go_to(self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        if self == Transport::MutualTls {
+            return Ok(());
+        }
+        match peer {
+            Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(()),
+            peer => Err(Status::failed_precondition(format!(
+                "deployment env (decrypted secrets) is not sent in clear to {}: turn on internal.tls (REACTOR_INTERNAL_TLS) on every service",
+                peer.map_or_else(|| "an unknown peer".to_string(), |a| a.to_string())
+            ))),
+        }
+    }
+}
 
 /// Checks `authorization: Bearer <token>` against the internal token.
 pub fn check_internal<T>(req: &Request<T>, token: &InternalToken) -> Result<(), Status> {
@@ -36,16 +83,27 @@ pub fn check_internal<T>(req: &Request<T>, token: &InternalToken) -> Result<(), 
 pub struct Routing {
     cp: Arc<ControlPlane>,
     internal_token: InternalToken,
+    transport: Transport,
 }
 
-/// The routing service, ready to add to a tonic server.
+/// The routing service over plain TCP, ready to add to a tonic server.
 pub fn routing_service(
     cp: Arc<ControlPlane>,
     internal_token: String,
 ) -> RoutingServiceServer<Routing> {
+    routing_service_over(cp, internal_token, Transport::Plain)
+}
+
+/// The routing service, for callers reaching it over `transport`.
+pub fn routing_service_over(
+    cp: Arc<ControlPlane>,
+    internal_token: String,
+    transport: Transport,
+) -> RoutingServiceServer<Routing> {
     RoutingServiceServer::new(Routing {
         cp,
         internal_token: InternalToken::new(&internal_token),
+        transport,
     })
 }
 
@@ -59,6 +117,7 @@ impl RoutingService for Routing {
     type WatchStream = UpdateStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<UpdateStream>, Status> {
+        self.transport.check(&req, &[Role::Router, Role::Worker])?;
         check_internal(&req, &self.internal_token)?;
         let WatchRequest {
             router_id,
@@ -140,18 +199,30 @@ pub struct Registry {
     internal_token: InternalToken,
     /// Workers' credential: everything else.
     worker_token: InternalToken,
+    transport: Transport,
 }
 
-/// The worker registry service, ready to add to a tonic server.
+/// The worker registry service over plain TCP, ready to add to a tonic server.
 pub fn worker_registry(
     cp: Arc<ControlPlane>,
     internal_token: String,
     worker_token: String,
 ) -> WorkerRegistryServer<Registry> {
+    worker_registry_over(cp, internal_token, worker_token, Transport::Plain)
+}
+
+/// The worker registry service, for callers reaching it over `transport`.
+pub fn worker_registry_over(
+    cp: Arc<ControlPlane>,
+    internal_token: String,
+    worker_token: String,
+    transport: Transport,
+) -> WorkerRegistryServer<Registry> {
     WorkerRegistryServer::new(Registry {
         cp,
         internal_token: InternalToken::new(&internal_token),
         worker_token: InternalToken::new(&worker_token),
+        transport,
     })
     // Log batches are capped at 1 MiB of messages; JSON framing adds to that.
     .max_decoding_message_size(8 << 20)
@@ -167,6 +238,7 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        self.transport.check(&req, &[Role::Worker])?;
         check_internal(&req, &self.worker_token)?;
         let RegisterRequest {
             worker_id,
@@ -193,13 +265,17 @@ impl WorkerRegistry for Registry {
         let parsed: http::Uri = url
             .parse()
             .map_err(|_| Status::invalid_argument(format!("url {url:?} is not valid")))?;
-        // The link is HTTP/2 cleartext (h2c): no https, no path.
-        if parsed.scheme_str() != Some("http")
+        // The link is HTTP/2: cleartext (h2c) without internal TLS, over TLS with it. No path.
+        let scheme = match self.transport {
+            Transport::Plain => "http",
+            Transport::MutualTls => "https",
+        };
+        if parsed.scheme_str() != Some(scheme)
             || parsed.authority().is_none()
             || !matches!(parsed.path(), "" | "/")
         {
             return Err(Status::invalid_argument(format!(
-                "url {url:?} must be http://host:port"
+                "url {url:?} must be {scheme}://host:port"
             )));
         }
         let changed = self
@@ -226,6 +302,7 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.transport.check(&req, &[Role::Worker])?;
         check_internal(&req, &self.worker_token)?;
         let r = req.get_ref();
         let known = self.cp.workers().heartbeat(&r.worker_id, &r.worker_secret);
@@ -236,6 +313,7 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
+        self.transport.check(&req, &[Role::Worker])?;
         check_internal(&req, &self.worker_token)?;
         let r = req.get_ref();
         let worker_id = &r.worker_id;
@@ -254,7 +332,9 @@ impl WorkerRegistry for Registry {
         &self,
         req: Request<DeploymentEnvRequest>,
     ) -> Result<Response<DeploymentEnvResponse>, Status> {
+        self.transport.check(&req, &[Role::Worker])?;
         check_internal(&req, &self.worker_token)?;
+        self.transport.check_secrets_may_go(&req)?;
         let r = req.into_inner();
         // Only a registered worker, proven by the secret it registered with (routers
         // never see it), of the function's runtime.
@@ -265,6 +345,19 @@ impl WorkerRegistry for Registry {
                 r.worker_id
             )));
         };
+        // Only a worker the deployment is routed to (or built on): one that was asked to
+        // load it. Another worker has no reason to hold its secrets.
+        if !self
+            .cp
+            .workers()
+            .is_candidate(&r.worker_id, runtime, &r.deployment_id)
+        {
+            tracing::warn!(worker_id = %r.worker_id, org = %r.org, function = %r.function, deployment_id = %r.deployment_id, "deployment env refused: the worker is not among those the deployment is routed to");
+            return Err(Status::permission_denied(format!(
+                "worker {:?} is not among the workers deployment {} is routed to; it was not asked to load it",
+                r.worker_id, r.deployment_id
+            )));
+        }
         let (env, d) = self
             .cp
             .deployment_env(&r.org, &r.function, &r.deployment_id, runtime)
@@ -285,6 +378,7 @@ impl WorkerRegistry for Registry {
     ) -> Result<Response<PushLogsResponse>, Status> {
         use reactor_api::logs::{LogEntry, LogSink};
         // Routers and workers both send logs.
+        self.transport.check(&req, &[Role::Router, Role::Worker])?;
         check_internal(&req, &self.internal_token)
             .or_else(|_| check_internal(&req, &self.worker_token))?;
         let r = req.into_inner();
@@ -299,5 +393,28 @@ impl WorkerRegistry for Registry {
             tracing::warn!(sender = %r.sender_id, bad, "dropped log entries that are not valid");
         }
         Ok(Response::new(PushLogsResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transport;
+
+    #[test]
+    fn secrets_go_in_clear_to_loopback_only() {
+        let local: std::net::SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let local6: std::net::SocketAddr = "[::1]:5000".parse().expect("addr");
+        let mapped: std::net::SocketAddr = "[::ffff:127.0.0.1]:5000".parse().expect("addr");
+        assert!(Transport::Plain.secrets_may_go_to(Some(mapped)).is_ok());
+        let remote: std::net::SocketAddr = "10.0.0.7:5000".parse().expect("addr");
+        assert!(Transport::Plain.secrets_may_go_to(Some(local)).is_ok());
+        assert!(Transport::Plain.secrets_may_go_to(Some(local6)).is_ok());
+        let refused = Transport::Plain
+            .secrets_may_go_to(Some(remote))
+            .expect_err("in clear over the network");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("internal.tls"), "{refused}");
+        assert!(Transport::Plain.secrets_may_go_to(None).is_err());
+        assert!(Transport::MutualTls.secrets_may_go_to(Some(remote)).is_ok());
     }
 }

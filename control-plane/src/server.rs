@@ -52,10 +52,28 @@ pub struct Args {
     /// a load balancer stops sending first.
     #[arg(long, env = "REACTOR_DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
+    /// Write the cluster CA and the services' certificates into DIR (keeping those already
+    /// there), then exit: what `reactor tls init` does, for an init container.
+    #[arg(long, value_name = "DIR")]
+    pub tls_init: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.tls_init {
+        let done = reactor_service::tls::generate(dir)?;
+        for p in &done.created {
+            println!("created {}", p.display());
+        }
+        for p in &done.kept {
+            println!("kept    {}", p.display());
+        }
+        return Ok(());
+    }
     let mut config = ReactorConfig::load_service(args.config.as_deref())?;
+    let tls = reactor_service::tls::InternalTls::from_config(
+        &config.internal,
+        reactor_service::tls::Role::ControlPlane,
+    )?;
     let token = config.internal_token()?.to_string();
     let worker_token = config.worker_token()?.to_string();
     if let Some(admin) = args.admin_token.as_deref() {
@@ -81,11 +99,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         storage,
         runtimes,
         worker_timing: Default::default(),
-        remote_workers: Some(
+        remote_workers: Some({
             // Builds on workers: with the workers' credential, which routers do not hold.
-            reactor_worker_link::RemoteWorkers::new(&worker_token)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
+            let remote = reactor_worker_link::RemoteWorkers::new(&worker_token)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match &tls {
+                Some(tls) => remote.with_tls(tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => remote,
+            }
+        }),
         env,
         logs,
     })
@@ -108,16 +130,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let grpc = reactor_service::bind_exclusive(grpc_listen)
         .with_context(|| format!("binding {grpc_listen}"))?;
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    let transport = match &tls {
+        Some(tls) => {
+            grpc_builder = grpc_builder
+                .tls_config(tls.tonic_server())
+                .context("gRPC TLS")?;
+            grpc::Transport::MutualTls
+        }
+        None => grpc::Transport::Plain,
+    };
+    let grpc_server = grpc_builder
         .tcp_nodelay(true)
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(grpc::routing_service(cp.clone(), token.clone()))
-        .add_service(grpc::worker_registry(
+        .add_service(grpc::routing_service_over(
+            cp.clone(),
+            token.clone(),
+            transport,
+        ))
+        .add_service(grpc::worker_registry_over(
             cp.clone(),
             token.clone(),
             worker_token.clone(),
+            transport,
         ))
         .add_service(crate::grpc_admin::admin_service(cp.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
@@ -135,7 +172,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let app =
         reactor_service::public_app(crate::http::admin_router(cp.clone()).merge(life.routes()));
     tracing::info!(admin_http = %http_addr, grpc = %grpc_addr, workdir = %workdir.display(), "reactor-control-plane listening");
-    println!("reactor-control-plane listening: admin http://{http_addr} grpc http://{grpc_addr}");
+    let grpc_scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "reactor-control-plane listening: admin http://{http_addr} grpc {grpc_scheme}://{grpc_addr}"
+    );
     life.set_ready(true);
     reactor_service::serve(http, app, 1, &life, Duration::from_secs(args.grace_secs)).await?;
     match tokio::time::timeout(Duration::from_secs(args.grace_secs), grpc_task).await {

@@ -60,6 +60,7 @@ fn endpoint(addr: std::net::SocketAddr, id: &str) -> ControlPlaneEndpoint {
         url: format!("http://{addr}"),
         internal_token: TOKEN.into(),
         router_id: id.into(),
+        tls: None,
     }
 }
 

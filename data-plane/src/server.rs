@@ -52,10 +52,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp_url = args
         .control_plane_url
         .unwrap_or(config.data_plane.control_plane_url);
+    let tls = reactor_service::tls::InternalTls::from_config(
+        &config.internal,
+        reactor_service::tls::Role::Router,
+    )?;
     let listener =
         reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let remote = RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut remote = RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(tls) = &tls {
+        remote = remote.with_tls(tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let router_id = args
         .router_id
         .unwrap_or_else(|| format!("router-{}", addr.port()));
@@ -63,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         url: cp_url.clone(),
         internal_token: token,
         router_id: router_id.clone(),
+        tls: tls.as_ref().map(|t| t.tonic_client()),
     };
     let logs = reactor_worker_link::control::PushLogs::start(endpoint.clone(), router_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;

@@ -101,6 +101,7 @@ async fn router_keeps_its_table_while_the_control_plane_is_away_and_catches_up()
             url: format!("http://{addr}"),
             internal_token: TOKEN.into(),
             router_id: "r1".into(),
+            tls: None,
         },
     );
     assert!(wait_version(&dp, 1).await, "snapshot on connect");
@@ -134,6 +135,7 @@ async fn a_wrong_internal_token_gets_nothing() {
             url: format!("http://{addr}"),
             internal_token: "wrong".into(),
             router_id: "r1".into(),
+            tls: None,
         },
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

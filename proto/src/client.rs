@@ -10,6 +10,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// `url` with its scheme made `https` (whatever the case it was written in: tonic uses TLS
+/// only for a scheme that is exactly `https`); none when its scheme is not http(s).
+pub fn https_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        .then(|| format!("https://{rest}"))
+}
+
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -22,6 +30,8 @@ pub struct ControlPlaneEndpoint {
     pub internal_token: String,
     /// Names the router (or worker) in the control plane's logs.
     pub router_id: String,
+    /// Mutual TLS (`[internal] tls`): then the URL is reached as `https`.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The token is shown as set, never itself.
@@ -31,6 +41,7 @@ impl std::fmt::Debug for ControlPlaneEndpoint {
             .field("url", &self.url)
             .field("internal_token", &"<set>")
             .field("router_id", &self.router_id)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -48,9 +59,27 @@ pub enum ClientError {
 }
 
 impl ControlPlaneEndpoint {
+    /// The endpoint of the URL: `https` with the TLS config when there is one (tonic
+    /// would send an `http` URL in clear even with a TLS config).
+    fn endpoint(&self) -> Result<tonic::transport::Endpoint, ClientError> {
+        match &self.tls {
+            None => Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?),
+            Some(tls) => {
+                let url = https_url(&self.url).ok_or_else(|| {
+                    ClientError::Protocol(format!(
+                        "the control plane URL {:?} is not an http(s)://host:port URL",
+                        self.url
+                    ))
+                })?;
+                Ok(tonic::transport::Endpoint::from_shared(url)?.tls_config(tls.clone())?)
+            }
+        }
+    }
+
     /// A channel that connects on first use and reconnects after failures.
     pub fn channel(&self) -> Result<tonic::transport::Channel, ClientError> {
-        Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?
+        Ok(self
+            .endpoint()?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -117,7 +146,8 @@ where
 {
     // Keepalive: a control plane that vanishes without closing (host down, partition)
     // is noticed within ~15 s and the stream reconnects.
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())?
+    let channel = endpoint
+        .endpoint()?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .tcp_keepalive(Some(Duration::from_secs(10)))
@@ -276,5 +306,28 @@ impl Pending {
         }
         held.table.version = version;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::https_url;
+
+    #[test]
+    fn tls_urls_are_https_whatever_their_case() {
+        assert_eq!(
+            https_url("http://cp:7071").as_deref(),
+            Some("https://cp:7071")
+        );
+        assert_eq!(
+            https_url("HTTP://cp:7071").as_deref(),
+            Some("https://cp:7071")
+        );
+        assert_eq!(
+            https_url("HttpS://cp:7071").as_deref(),
+            Some("https://cp:7071")
+        );
+        assert_eq!(https_url("grpc://cp:7071"), None);
+        assert_eq!(https_url("cp:7071"), None);
     }
 }

@@ -7,7 +7,10 @@
 //! - [`Lifecycle`]: readiness (`/readyz` answers 503 until ready and again while draining),
 //!   liveness (`/healthz`), and the shutdown signal (SIGINT, SIGTERM).
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`.
+//! - [`tls`]: mutual TLS between the services (`[internal] tls`).
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use anyhow::Context;
 use axum::Router;
@@ -148,6 +151,25 @@ pub async fn serve(
     life: &Lifecycle,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    serve_with(listener, app, threads, life, grace, None).await
+}
+
+/// TLS for [`serve_with`]: the server config, and the roles whose certificates may connect.
+#[derive(Clone)]
+pub struct ServeTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub allowed: Vec<tls::Role>,
+}
+
+/// [`serve`], over mutual TLS when `tls` is given (internal ports: see [`tls`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    threads: usize,
+    life: &Lifecycle,
+    grace: Duration,
+    tls: Option<ServeTls>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let mut listeners = vec![listener.into_std().context("detaching the listener")?];
     for _ in 1..threads.max(1) {
@@ -157,7 +179,7 @@ pub async fn serve(
     }
     let mut handles = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (app, stop) = (app.clone(), life.clone());
+        let (app, stop, tls) = (app.clone(), life.clone(), tls.clone());
         let handle = std::thread::Builder::new()
             .name(format!("reactor-serve-{i}"))
             .spawn(move || -> anyhow::Result<()> {
@@ -166,6 +188,18 @@ pub async fn serve(
                     .build()?;
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
+                    if let Some(tls) = tls {
+                        let listener = tls::TlsListener::new(listener, tls.config, &tls.allowed);
+                        let app =
+                            app.layer(axum::middleware::from_fn(tls::only_health_without_a_role));
+                        axum::serve(
+                            listener,
+                            app.into_make_service_with_connect_info::<tls::Peer>(),
+                        )
+                        .with_graceful_shutdown(async move { stop.stopped().await })
+                        .await?;
+                        return anyhow::Ok(());
+                    }
                     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                         // Small streamed chunks (SSE) must not wait for Nagle.
                         let _ = tcp.set_nodelay(true);

@@ -126,7 +126,39 @@ impl Split {
 
     /// Like [`Split::start`], with `worker_env` added to the worker's environment.
     pub fn start_with(worker_env: &[(&str, String)]) -> Split {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), worker_env)
+    }
+
+    /// Like [`Split::start`], with mutual TLS between the services: certificates written
+    /// by `reactor-control-plane --tls-init` into `{dir}/tls`, `internal.tls` on for all.
+    pub fn start_tls() -> Split {
         let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(service_bin("reactor-control-plane"))
+            .arg("--tls-init")
+            .arg(dir.path().join("tls"))
+            .output()
+            .expect("reactor-control-plane --tls-init");
+        assert!(
+            out.status.success(),
+            "--tls-init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_in(dir, &[])
+    }
+
+    /// `internal.tls` for every service when `{dir}/tls` holds certificates.
+    fn tls_env(dir: &Path) -> Vec<(&'static str, String)> {
+        let tls = dir.join("tls");
+        if !tls.join("ca.pem").exists() {
+            return Vec::new();
+        }
+        vec![
+            ("REACTOR_INTERNAL_TLS", "1".into()),
+            ("REACTOR_INTERNAL_TLS_DIR", tls.display().to_string()),
+        ]
+    }
+
+    fn start_in(dir: tempfile::TempDir, worker_env: &[(&str, String)]) -> Split {
         let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
         let admin_url = cp.url_after("admin ");
         let grpc_url = cp.url_after("grpc ");
@@ -156,6 +188,14 @@ impl Split {
     }
 
     fn start_cp(dir: &Path, listen: &str, grpc: &str) -> Service {
+        let mut env = vec![
+            ("REACTOR_ORG", "acme".into()),
+            ("REACTOR_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            // The control plane runs no function code: Bun deployments are built
+            // on Bun workers, so it never needs Bun on its host.
+            ("REACTOR_FUNCTIONS_BUN_PATH", NO_BUN.into()),
+        ];
+        env.extend(Self::tls_env(dir));
         Service::start(
             "reactor-control-plane",
             &[
@@ -166,13 +206,7 @@ impl Split {
                 "--workdir".into(),
                 dir.join("work").display().to_string(),
             ],
-            &[
-                ("REACTOR_ORG", "acme".into()),
-                ("REACTOR_ADMIN_TOKEN", ADMIN_TOKEN.into()),
-                // The control plane runs no function code: Bun deployments are built
-                // on Bun workers, so it never needs Bun on its host.
-                ("REACTOR_FUNCTIONS_BUN_PATH", NO_BUN.into()),
-            ],
+            &env,
             &dir.join("control-plane.log"),
         )
     }
@@ -186,7 +220,7 @@ impl Split {
                 "--control-plane-url".into(),
                 grpc_url.into(),
             ],
-            &[],
+            &Self::tls_env(dir),
             &dir.join("router.log"),
         )
     }
@@ -209,6 +243,7 @@ impl Split {
             ),
             ("REACTOR_WORKER_ID", name.to_string()),
         ];
+        all.extend(Self::tls_env(dir));
         all.extend(env.iter().cloned());
         Service::start(
             bin,
@@ -251,7 +286,11 @@ impl Split {
             cp.stop();
         }
         let admin = self.admin.url.trim_start_matches("http://").to_string();
-        let grpc = self.grpc_url.trim_start_matches("http://").to_string();
+        let grpc = self
+            .grpc_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
         self.cp = Some(Self::start_cp(self.dir.path(), &admin, &grpc));
     }
 

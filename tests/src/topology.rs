@@ -23,6 +23,10 @@ pub const SERVICES: [&str; 6] = [
 
 /// Keys the test replaces; each must be in the compose file (else it drifted).
 const DATABASE_KEY: &str = "REACTOR_FUNCTIONS_DATABASE_URL";
+/// Where the compose file's services read the internal TLS files (its volume `tls`).
+const TLS_DIR_KEY: &str = "REACTOR_INTERNAL_TLS_DIR";
+/// The one-shot compose service that writes them.
+const TLS_INIT: &str = "tls-init";
 
 /// One service of `docker-compose.yml`: its command and environment (anchors merged,
 /// `${VAR:-default}` replaced by the default).
@@ -264,6 +268,34 @@ impl Topology {
         let moto = Moto::start(&dir.path().join("moto.log"));
         eprintln!("topology: moto at {} ms", t0.elapsed().as_millis());
 
+        // The compose file's certificates: its tls-init command, into a directory here.
+        let tls_there = compose
+            .service("control-plane")
+            .environment
+            .get(TLS_DIR_KEY)
+            .unwrap_or_else(|| {
+                panic!("the control plane has no {TLS_DIR_KEY} in docker-compose.yml")
+            })
+            .clone();
+        let tls_here = dir.path().join("tls");
+        let init = &compose.service(TLS_INIT).command;
+        let out = Command::new(crate::service_bin(&init[0]))
+            .args(init[1..].iter().map(|a| {
+                if *a == tls_there {
+                    tls_here.display().to_string()
+                } else {
+                    a.clone()
+                }
+            }))
+            .output()
+            .expect("running the compose file's tls-init command");
+        assert!(
+            out.status.success() && tls_here.join("ca.pem").exists(),
+            "tls-init ({init:?}) wrote no certificates into {}: {}",
+            tls_here.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
         let mut addresses = HashMap::new();
         addresses.insert("redis:6379".to_string(), "127.0.0.1:6379".to_string());
         addresses.insert("minio:9000".to_string(), moto.addr.clone());
@@ -322,6 +354,8 @@ impl Topology {
         for (key, value) in &service.environment {
             let value = if key == DATABASE_KEY {
                 db_url.clone()
+            } else if key == TLS_DIR_KEY {
+                self.dir.path().join("tls").display().to_string()
             } else if let Some(here) = self.listens.get(&(name.to_string(), value.clone())) {
                 here.clone()
             } else {

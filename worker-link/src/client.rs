@@ -21,18 +21,27 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(2);
 /// The most of a failure body read back.
 const FAILURE_MAX_BYTES: usize = 64 * 1024;
 
-type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<reactor_service::tls::Connector, Body>;
 
 thread_local! {
-    // One client (and so one HTTP/2 connection per worker) per server thread: each
-    // runtime drives its own connections, nothing is handed between threads.
-    static CLIENT: HttpClient = new_client();
+    // One client (and so one HTTP/2 connection per worker) per server thread and
+    // connector: each runtime drives its own connections, nothing is handed between
+    // threads.
+    static CLIENTS: std::cell::RefCell<Vec<(usize, HttpClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn new_client() -> HttpClient {
+/// Ids of TLS connectors (0: plain TCP), so that each thread keeps one client per config.
+static NEXT_CONNECTOR: AtomicUsize = AtomicUsize::new(1);
+
+fn http_connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector
+}
+
+fn new_client(connector: reactor_service::tls::Connector) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .http2_only(true)
@@ -53,10 +62,13 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 const LOAD_FLOOR: usize = 32;
 const LOAD_FACTOR: f64 = 1.25;
 
-/// Forwards invocations to worker services, authenticated with the internal token.
+/// Forwards invocations to worker services, authenticated with the internal token, over
+/// plain TCP or mutual TLS ([`RemoteWorkers::with_tls`]).
 #[derive(Clone)]
 pub struct RemoteWorkers {
     auth: HeaderValue,
+    /// The connector's id (0: plain TCP) and the connector.
+    connector: (usize, reactor_service::tls::Connector),
     /// Workers whose address refused a connection, and since when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
     /// This router's requests in flight per worker (until their response body ends).
@@ -131,10 +143,45 @@ impl RemoteWorkers {
                 message: "the internal token is not a valid header value".into(),
             })?;
         auth.set_sensitive(true);
+        let plain = reactor_service::tls::plain_connector(http_connector()).map_err(|e| {
+            InvokeError::Unavailable {
+                message: e.to_string(),
+            }
+        })?;
         Ok(Self {
             auth,
+            connector: (0, plain),
             down: Arc::default(),
             in_flight: Arc::default(),
+        })
+    }
+
+    /// Reaches workers over mutual TLS only (`https`), presenting `tls`'s certificate and
+    /// accepting only a worker's.
+    pub fn with_tls(
+        mut self,
+        tls: &reactor_service::tls::InternalTls,
+    ) -> Result<Self, InvokeError> {
+        let connector = tls
+            .https_connector(http_connector(), reactor_service::tls::Role::Worker)
+            .map_err(|e| InvokeError::Unavailable {
+                message: e.to_string(),
+            })?;
+        self.connector = (NEXT_CONNECTOR.fetch_add(1, Ordering::Relaxed), connector);
+        Ok(self)
+    }
+
+    /// This thread's client for this connector.
+    fn client(&self) -> HttpClient {
+        let (id, connector) = &self.connector;
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, c)) = clients.iter().find(|(i, _)| i == id) {
+                return c.clone();
+            }
+            let c = new_client(connector.clone());
+            clients.push((*id, c.clone()));
+            c
         })
     }
 
@@ -266,7 +313,7 @@ impl RemoteWorkers {
 
             load.fetch_add(1, Ordering::AcqRel);
             let guard = LoadGuard(load.clone());
-            let client = CLIENT.with(|c| c.clone());
+            let client = self.client();
             let sent =
                 tokio::time::timeout_at(deadline + DEADLINE_SLACK, client.request(req)).await;
             // Not sent when the body is still in the slot: the next worker may take it.
@@ -371,7 +418,7 @@ impl RemoteWorkers {
         let req = self
             .control_request(base_url, protocol::PREPARE_PATH, spec)
             .map_err(unavailable)?;
-        let client = CLIENT.with(|c| c.clone());
+        let client = self.client();
         let response = client
             .request(req)
             .await
@@ -413,7 +460,7 @@ impl RemoteWorkers {
         let req = self
             .control_request(base_url, protocol::BUILD_PATH, spec)
             .map_err(BuildError::Unreachable)?;
-        let client = CLIENT.with(|c| c.clone());
+        let client = self.client();
         let response = client.request(req).await.map_err(|e| {
             if e.is_connect() {
                 BuildError::Unreachable(describe(&e))

@@ -70,6 +70,10 @@ where
     let token = config.internal_token()?.to_string();
     let worker_token = config.worker_token()?.to_string();
     let w = config.worker.clone();
+    let tls = reactor_service::tls::InternalTls::from_config(
+        &config.internal,
+        reactor_service::tls::Role::Worker,
+    )?;
     let listen = args.listen.unwrap_or(w.listen);
     let cp_url = args
         .control_plane_url
@@ -89,8 +93,16 @@ where
         ),
         None => format!("http://{addr}"),
     };
+    // Over TLS, routers and the control plane reach it as https.
+    let url = match &tls {
+        Some(_) => reactor_service::tls::InternalTls::https(&url),
+        None => url,
+    };
     let worker_id = w.id.clone().unwrap_or_else(|| {
-        let authority = url.trim_start_matches("http://").trim_end_matches('/');
+        let authority = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
         format!("{runtime}-{}", authority.replace([':', '/', '[', ']'], "-"))
     });
     let cache_dir = w
@@ -101,6 +113,7 @@ where
         url: cp_url.clone(),
         internal_token: token.clone(),
         router_id: worker_id.clone(),
+        tls: tls.as_ref().map(|t| t.tonic_client()),
     };
     // Registering and fetching env take the workers' own credential.
     let registry = ControlPlaneEndpoint {
@@ -160,13 +173,26 @@ where
         });
     }
     tracing::info!(%addr, %url, worker_id, control_plane = %cp_url, cache = %cache_dir.display(), "{name} listening");
-    println!("{name} listening: http://{addr} as {worker_id}");
-    reactor_service::serve(
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("{name} listening: {scheme}://{addr} as {worker_id}");
+    // Over TLS, only routers and the control plane may connect.
+    let serve_tls = match &tls {
+        Some(tls) => Some(reactor_service::ServeTls {
+            config: tls.server_config()?,
+            allowed: vec![
+                reactor_service::tls::Role::Router,
+                reactor_service::tls::Role::ControlPlane,
+            ],
+        }),
+        None => None,
+    };
+    reactor_service::serve_with(
         listener,
         app,
         reactor_service::thread_count(args.threads),
         &life,
         Duration::from_secs(args.grace_secs),
+        serve_tls,
     )
     .await
 }

@@ -49,6 +49,15 @@ keys::section! {
         /// registers a worker, fetches a deployment's env and asks a worker to build.
         worker_token: Option<String> = None, env "WORKER_TOKEN",
             doc "none: the control plane and the workers refuse to start without it; routers never get it";
+        /// Mutual TLS on every internal connection (routers and workers to the control
+        /// plane's gRPC, routers and the control plane to workers), with the cluster CA and
+        /// role certificates in `tls_dir`. Internal URLs are then `https` (an `http://`
+        /// one is taken as `https://`).
+        tls: bool = false, env "TLS",
+            doc "false (`true`/`false`/`1`/`0`); on in the compose file and the Kubernetes manifests. Off, the control plane sends deployment env only to workers on loopback";
+        /// `ca.pem` and each role's `<role>.pem` and `<role>.key` (`reactor tls init`).
+        tls_dir: PathBuf = PathBuf::from("tls"), env "TLS_DIR",
+            doc "`tls` (relative to the configuration file's directory, else the current one); written by `reactor tls init`";
     }
 }
 
@@ -58,6 +67,8 @@ impl std::fmt::Debug for InternalConfig {
         f.debug_struct("InternalConfig")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("worker_token", &self.worker_token.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls)
+            .field("tls_dir", &self.tls_dir)
             .finish()
     }
 }
@@ -100,7 +111,7 @@ keys::section! {
             doc "`{functions.workdir}/cache/{id}`";
         max_instances: u32 = 1000, env "MAX_INSTANCES", doc "1000";
         prewarm: bool = true, env "PREWARM",
-            doc "true (`true`/`false`/`1`/`0`): load every live deployment of its runtime";
+            doc "true (`true`/`false`/`1`/`0`): load each live deployment of its runtime that routers send to this worker (it is among the deployment's 4 top-ranked workers), and unload those it no longer is";
     }
 }
 
@@ -594,6 +605,7 @@ impl ReactorConfig {
         if let Some(p) = &mut self.worker.cache_dir {
             *p = base.join(&*p);
         }
+        self.internal.tls_dir = base.join(&self.internal.tls_dir);
     }
 
     /// [`ReactorConfig::load`] plus the split services' environment overrides (the
@@ -748,6 +760,7 @@ mod tests {
                 {
                     "0".into()
                 }
+                n if n.ends_with("_TLS") => "1".into(),
                 n if n.ends_with("_BYTES")
                     || n.ends_with("_MS")
                     || n.ends_with("_SECS")
@@ -782,6 +795,8 @@ mod tests {
             Some("/set-from-env")
         );
         assert_eq!(config.internal.token.as_deref(), Some("/set-from-env"));
+        assert!(config.internal.tls);
+        assert_eq!(config.internal.tls_dir, PathBuf::from("/set-from-env"));
         assert_eq!(config.control_plane.grpc_listen.port(), 1);
         assert_eq!(config.worker.max_instances, 7);
         assert!(!config.worker.prewarm);
