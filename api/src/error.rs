@@ -33,6 +33,12 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     QuotaExceeded,
+    /// A call between functions went past `functions.calls.max_depth` hops.
+    CallDepthExceeded,
+    /// A call to a function its caller's manifest `calls` does not name.
+    CallNotAllowed,
+    /// A call made with less time left than the deadline margin.
+    DeadlineExceeded,
     Internal,
 }
 
@@ -131,6 +137,21 @@ impl ErrorCode {
                 "quota_exceeded",
                 StatusCode::TOO_MANY_REQUESTS,
                 G::ResourceExhausted,
+            ),
+            CallDepthExceeded => (
+                "call_depth_exceeded",
+                StatusCode::LOOP_DETECTED,
+                G::ResourceExhausted,
+            ),
+            CallNotAllowed => (
+                "call_not_allowed",
+                StatusCode::FORBIDDEN,
+                G::PermissionDenied,
+            ),
+            DeadlineExceeded => (
+                "deadline_exceeded",
+                StatusCode::GATEWAY_TIMEOUT,
+                G::DeadlineExceeded,
             ),
         }
     }
@@ -310,9 +331,14 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::FunctionNotFound,
+            ErrorCode::CallDepthExceeded,
+            ErrorCode::CallNotAllowed,
+            ErrorCode::DeadlineExceeded,
         ] {
             let json = serde_json::to_value(code).expect("serializes");
             assert_eq!(json, Value::String(code.as_str().to_string()));
+            let back: ErrorCode = serde_json::from_value(json).expect("deserializes");
+            assert_eq!(back, code);
         }
         assert_eq!(ErrorCode::DeploymentNotReady.status().as_u16(), 503);
         assert_eq!(ErrorCode::FunctionTimeout.status().as_u16(), 408);
@@ -320,6 +346,33 @@ mod tests {
         assert_eq!(ErrorCode::ManifestInvalid.status().as_u16(), 422);
         assert_eq!(ErrorCode::BundleTooLarge.status().as_u16(), 413);
         assert_eq!(ErrorCode::WorkerUnavailable.status().as_u16(), 502);
+    }
+
+    #[test]
+    fn call_codes_have_their_contract() {
+        let contract = |c: ErrorCode| (c.as_str(), c.status().as_u16(), c.grpc_code());
+        assert_eq!(
+            contract(ErrorCode::CallDepthExceeded),
+            ("call_depth_exceeded", 508, GrpcCode::ResourceExhausted)
+        );
+        assert_eq!(
+            contract(ErrorCode::CallNotAllowed),
+            ("call_not_allowed", 403, GrpcCode::PermissionDenied)
+        );
+        assert_eq!(
+            contract(ErrorCode::DeadlineExceeded),
+            ("deadline_exceeded", 504, GrpcCode::DeadlineExceeded)
+        );
+        // The platform's function timeout stays a different code.
+        assert_ne!(
+            ErrorCode::DeadlineExceeded.as_str(),
+            ErrorCode::FunctionTimeout.as_str()
+        );
+        let body = ApiError::new(ErrorCode::CallDepthExceeded, "too deep").to_body();
+        assert_eq!(
+            ApiError::from_body(&body).expect("parses").code,
+            ErrorCode::CallDepthExceeded
+        );
     }
 
     #[tokio::test]

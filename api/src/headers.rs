@@ -7,17 +7,74 @@ pub const COLD_START: &str = "x-reactor-cold-start";
 pub const DURATION_MS: &str = "x-reactor-duration-ms";
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+pub const BAGGAGE: &str = "baggage";
 pub const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
 pub const CALLER_ORG: &str = "x-reactor-caller-org";
 pub const CALLER_TOKEN: &str = "x-reactor-caller-token";
 pub const CALLER_ROLE: &str = "x-reactor-caller-role";
 pub const BUNDLE_SHA256: &str = "x-reactor-bundle-sha256";
+// Calls between functions (`crate::calls`): the function and deployment that made the
+// call, the caller's remaining time in milliseconds (relative, like `grpc-timeout`) and
+// the hop count (1 for an outside request).
+pub const CALLER_FUNCTION: &str = "x-reactor-caller-function";
+pub const CALLER_DEPLOYMENT: &str = "x-reactor-caller-deployment";
+pub const DEADLINE_MS: &str = "x-reactor-deadline-ms";
+pub const CALL_DEPTH: &str = "x-reactor-call-depth";
 
-/// Headers a caller may not set on what reaches a function: the router sets them itself.
-pub const RESERVED_FOR_ROUTER: [&str; 5] = [
+/// Headers a caller may not set on what reaches a function: the router sets them itself
+/// (an outside request carrying the call headers gets no special treatment).
+pub const RESERVED_FOR_ROUTER: [&str; 9] = [
     CALLER_ORG,
     CALLER_TOKEN,
     CALLER_ROLE,
+    CALLER_FUNCTION,
+    CALLER_DEPLOYMENT,
+    DEADLINE_MS,
+    CALL_DEPTH,
     FORWARDED_PREFIX,
     "x-reactor-internal",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_lowercase_header_names() {
+        let names = [
+            AUTHORIZATION,
+            ORG,
+            FUNCTION,
+            COLD_START,
+            DURATION_MS,
+            REQUEST_ID,
+            TRACEPARENT,
+            TRACESTATE,
+            BAGGAGE,
+            FORWARDED_PREFIX,
+            BUNDLE_SHA256,
+        ];
+        for &name in names.iter().chain(&RESERVED_FOR_ROUTER) {
+            // `from_static` panics on anything but a lowercase, valid name.
+            assert_eq!(http::HeaderName::from_static(name).as_str(), name);
+        }
+    }
+
+    #[test]
+    fn call_context_is_reserved_for_the_router() {
+        for name in [
+            CALLER_ORG,
+            CALLER_TOKEN,
+            CALLER_ROLE,
+            CALLER_FUNCTION,
+            CALLER_DEPLOYMENT,
+            DEADLINE_MS,
+            CALL_DEPTH,
+        ] {
+            assert!(RESERVED_FOR_ROUTER.contains(&name), "{name}");
+        }
+        // Standard context from outside passes through (the router re-stamps the trace).
+        assert!(!RESERVED_FOR_ROUTER.contains(&BAGGAGE));
+    }
+}

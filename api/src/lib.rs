@@ -1,11 +1,12 @@
 //! The platform's contract, shared by every service and the CLI.
 //!
 //! It owns the error codes and their JSON body, the admin API's JSON shapes, the bundle
-//! manifest and its validation, the per-runtime limits, the configuration file, and the
-//! roles a runtime plays ([`roles`]: build, release, run). It does no I/O of
-//! its own beyond reading the configuration file.
+//! manifest and its validation, the per-runtime limits, the configuration file, the roles
+//! a runtime plays ([`roles`]: build, release, run) and the rules of calls between
+//! functions ([`calls`]). It does no I/O of its own beyond reading the configuration file.
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod config;
 pub mod error;
 pub mod headers;

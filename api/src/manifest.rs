@@ -2,9 +2,14 @@
 //! runtime's limits and the files actually in the bundle.
 
 use crate::Runtime;
+use crate::calls::{CallError, CallTarget};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Most aliases a manifest's `calls` may declare.
+pub const MAX_CALL_ALIASES: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +36,23 @@ pub struct Manifest {
     /// A build step run by the CLI before packing (like `spin build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// The functions this one may call, by alias (`users` is called at
+    /// `http://users.reactor.internal`). When set, nothing else may be called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Calls>,
+}
+
+/// A manifest's `calls`: alias to callee (`{"users": {"function": "get-user"}}`).
+pub type Calls = BTreeMap<String, CallAlias>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallAlias {
+    /// The function of the same org the alias calls.
+    pub function: String,
+    /// A limit of its own for calls through this alias, below the callee's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +95,8 @@ pub struct Resolved {
     pub secret_keys: Vec<String>,
     /// The manifest's invoke policy as JSON, not yet validated (the control plane does).
     pub policy: Option<String>,
+    /// The manifest's `calls`, validated; `None`: any function of the org may be called.
+    pub calls: Option<Calls>,
 }
 
 /// Server-wide defaults and bounds a manifest is resolved with
@@ -166,9 +190,13 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(calls) = &m.calls {
+            check_calls(calls, bounds.max_timeout_ms)?;
+        }
         let policy = m.policy.as_ref().map(|p| p.to_string());
         Ok(Resolved {
             policy,
+            calls: m.calls.clone(),
             entrypoint,
             timeout_ms,
             memory_mb,
@@ -178,6 +206,61 @@ impl Manifest {
             secret_keys: m.secret_keys.clone(),
         })
     }
+
+    /// The function an outgoing request to `host` calls, when `host` is internal
+    /// ([`crate::calls::resolve`] with this manifest's `calls`).
+    pub fn call_target(&self, host: &str) -> Result<Option<CallTarget>, CallError> {
+        crate::calls::resolve(host, self.calls.as_ref())
+    }
+}
+
+/// Aliases are DNS labels, callees function names, timeouts within the server's bound.
+fn check_calls(calls: &Calls, max_timeout_ms: u64) -> Result<(), String> {
+    if calls.len() > MAX_CALL_ALIASES {
+        return Err(format!(
+            "calls has {} aliases, at most {MAX_CALL_ALIASES}",
+            calls.len()
+        ));
+    }
+    for (alias, call) in calls {
+        if !valid_alias(alias) {
+            return Err(format!(
+                "calls alias {alias:?} is not valid (lowercase letters, digits and '-', 1 to 63, not starting or ending with '-')"
+            ));
+        }
+        if !valid_function_name(&call.function) {
+            return Err(format!(
+                "calls.{alias}.function {:?} is not a function name (lowercase letters, digits and '-', starting with a letter, at most 63)",
+                call.function
+            ));
+        }
+        if let Some(t) = call.timeout_ms
+            && (t == 0 || t > max_timeout_ms)
+        {
+            return Err(format!(
+                "calls.{alias}.timeout_ms {t} is out of range (1-{max_timeout_ms})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A DNS label: lowercase letters, digits and '-', 1 to 63, not starting or ending with '-'.
+pub fn valid_alias(alias: &str) -> bool {
+    (1..=63).contains(&alias.len())
+        && !alias.starts_with('-')
+        && !alias.ends_with('-')
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Function names: lowercase letters, digits and dashes, starting with a letter, at most 63.
+pub fn valid_function_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=63).contains(&name.len())
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The runtime's convention when a manifest names no entrypoint.
@@ -323,6 +406,137 @@ mod tests {
             Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T).is_err()
         );
         assert!(Manifest::parse(br#"{"entrypont":"a.wasm"}"#).is_err());
+    }
+
+    fn with_calls(calls: &str) -> Result<Resolved, String> {
+        let json = format!(r#"{{"calls":{calls}}}"#);
+        let m = Manifest::parse(json.as_bytes())?;
+        Manifest::resolve(Some(&m), "hello", Runtime::Wasm, &files(&["a.wasm"]), T)
+    }
+
+    #[test]
+    fn calls_parse_validate_and_resolve() {
+        let r = with_calls(
+            r#"{"users":{"function":"get-user","timeout_ms":800},"mail":{"function":"send-mail"}}"#,
+        )
+        .expect("valid");
+        let calls = r.calls.expect("kept");
+        assert_eq!(calls["users"].function, "get-user");
+        assert_eq!(calls["users"].timeout_ms, Some(800));
+        assert_eq!(calls["mail"].timeout_ms, None);
+        assert_eq!(
+            with_calls("{}").expect("calls nothing").calls,
+            Some(Calls::new())
+        );
+        let none = Manifest::resolve(None, "hello", Runtime::Wasm, &files(&["a.wasm"]), T);
+        assert_eq!(none.expect("valid").calls, None);
+        assert!(
+            with_calls(r#"{"users":{"function":"get-user","retries":3}}"#).is_err(),
+            "unknown field"
+        );
+        assert!(with_calls(r#"{"users":{}}"#).is_err(), "no function");
+    }
+
+    #[test]
+    fn bad_calls_are_refused_naming_the_alias() {
+        for (calls, expected) in [
+            (r#"{"Users":{"function":"get-user"}}"#, r#"alias "Users""#),
+            (r#"{"-users":{"function":"get-user"}}"#, r#"alias "-users""#),
+            (r#"{"users-":{"function":"get-user"}}"#, r#"alias "users-""#),
+            (r#"{"us.ers":{"function":"get-user"}}"#, r#"alias "us.ers""#),
+            (r#"{"":{"function":"get-user"}}"#, r#"alias """#),
+            (
+                r#"{"users":{"function":"Get-User"}}"#,
+                "calls.users.function",
+            ),
+            (r#"{"users":{"function":"1user"}}"#, "calls.users.function"),
+            (r#"{"users":{"function":""}}"#, "calls.users.function"),
+            (
+                r#"{"users":{"function":"u","timeout_ms":0}}"#,
+                "calls.users.timeout_ms 0",
+            ),
+            (
+                r#"{"users":{"function":"u","timeout_ms":300001}}"#,
+                "calls.users.timeout_ms 300001 is out of range (1-300000)",
+            ),
+        ] {
+            let err = with_calls(calls).expect_err(calls);
+            assert!(err.contains(expected), "{calls}: {err}");
+        }
+        let long = "a".repeat(63);
+        with_calls(&format!(
+            r#"{{"{long}":{{"function":"{long}","timeout_ms":300000}}}}"#
+        ))
+        .expect("63 characters and the bound are allowed");
+        let longer = "a".repeat(64);
+        assert!(with_calls(&format!(r#"{{"{longer}":{{"function":"u"}}}}"#)).is_err());
+        assert!(with_calls(&format!(r#"{{"u":{{"function":"{longer}"}}}}"#)).is_err());
+        let many = |n: usize| {
+            let entries: Vec<String> = (0..n)
+                .map(|i| format!(r#""a{i}":{{"function":"f{i}"}}"#))
+                .collect();
+            with_calls(&format!("{{{}}}", entries.join(",")))
+        };
+        assert_eq!(
+            many(MAX_CALL_ALIASES)
+                .expect("at the bound")
+                .calls
+                .map(|c| c.len()),
+            Some(MAX_CALL_ALIASES)
+        );
+        let err = many(MAX_CALL_ALIASES + 1).expect_err("past the bound");
+        assert!(err.contains("65 aliases, at most 64"), "{err}");
+    }
+
+    #[test]
+    fn call_target_uses_the_aliases_when_given() {
+        let m = Manifest::parse(br#"{"calls":{"users":{"function":"get-user","timeout_ms":800}}}"#)
+            .expect("parses");
+        let t = m
+            .call_target("Users.Reactor.Internal:8080")
+            .expect("an alias")
+            .expect("internal");
+        assert_eq!(t.function, "get-user");
+        assert_eq!(t.timeout_ms, Some(800));
+        let err = m
+            .call_target("get-user.reactor.internal")
+            .expect_err("the function's own name is not an alias");
+        assert_eq!(err.code(), crate::ErrorCode::CallNotAllowed);
+        assert_eq!(m.call_target("example.com").expect("external"), None);
+        let open = Manifest::default();
+        let t = open
+            .call_target("get-user.reactor.internal")
+            .expect("any function")
+            .expect("internal");
+        assert_eq!(
+            (t.function.as_str(), t.alias, t.timeout_ms),
+            ("get-user", None, None)
+        );
+    }
+
+    #[test]
+    fn function_names_and_aliases() {
+        for ok in ["a", "get-user", "a1-", "x".repeat(63).as_str()] {
+            assert!(valid_function_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1a",
+            "-a",
+            "A",
+            "a_b",
+            "a.b",
+            "é",
+            "x".repeat(64).as_str(),
+        ] {
+            assert!(!valid_function_name(bad), "{bad}");
+        }
+        for ok in ["a", "1a", "a-1", "x".repeat(63).as_str()] {
+            assert!(valid_alias(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "x".repeat(64).as_str()] {
+            assert!(!valid_alias(bad), "{bad}");
+        }
     }
 
     #[test]

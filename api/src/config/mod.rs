@@ -225,7 +225,7 @@ keys::section! {
         gc_retention_secs: u64 = 604_800, env "GC_RETENTION_SECS",
             doc "604800 (7 days): bundles and pinned env of deployments older than this that are neither live nor among their function's 5 newest ready ones are deleted; 0 keeps everything";
     }
-    sections { storage: StorageConfig, lambda: LambdaConfig }
+    sections { storage: StorageConfig, lambda: LambdaConfig, calls: CallsConfig }
 }
 
 keys::section! {
@@ -336,6 +336,38 @@ keys::section! {
             doc "none: the Function URL AWS returned; else requests go to this base URL";
         max_reserved_concurrency: u32 = 100, env "MAX_RESERVED_CONCURRENCY",
             doc "100: the most a deployment's `concurrency.max_concurrency` may reserve of the account's Lambda concurrency; more fails the deployment";
+    }
+}
+
+keys::section! {
+    /// `[functions.calls]`: calls between functions (`http://NAME.reactor.internal`, see
+    /// [`crate::calls`]).
+    #[derive(Debug)]
+    pub struct CallsConfig ("functions.calls", env "REACTOR_FUNCTIONS_CALLS_") {
+        max_depth: u32 = 16, env "MAX_DEPTH",
+            doc "16 (at most 32; read, not yet applied: calls between functions are being built): hops in a chain of calls, an outside request being the first; a call past it gets 508 `call_depth_exceeded`";
+        max_calls_per_invocation: u32 = 50, env "MAX_CALLS_PER_INVOCATION",
+            doc "50 (read, not yet applied): calls one invocation may start; more get 429 `too_many_requests`";
+        deadline_margin_ms: u64 = 10, env "DEADLINE_MARGIN_MS",
+            doc "10 (read, not yet applied): taken off the caller's remaining time at each hop; a call started with no more left gets 504 `deadline_exceeded`";
+    }
+}
+
+impl CallsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cap = crate::calls::MAX_DEPTH_CAP;
+        if !(1..=cap).contains(&self.max_depth) {
+            return Err(ConfigError::Invalid(format!(
+                "functions.calls.max_depth {} is out of range (1-{cap})",
+                self.max_depth
+            )));
+        }
+        if self.max_calls_per_invocation == 0 {
+            return Err(ConfigError::Invalid(
+                "functions.calls.max_calls_per_invocation must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -688,6 +720,13 @@ impl FunctionsConfig {
         if self.runtimes.contains(&Runtime::Lambda) {
             self.lambda.settings()?;
         }
+        self.calls.validate()?;
+        if self.calls.deadline_margin_ms >= self.invoke_max_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "functions.calls.deadline_margin_ms {} must be less than invoke_max_timeout_ms {}",
+                self.calls.deadline_margin_ms, self.invoke_max_timeout_ms
+            )));
+        }
         Ok(())
     }
 
@@ -769,7 +808,9 @@ mod tests {
                     || n.ends_with("_PROCESS")
                     || n.ends_with("_ORG")
                     || n.ends_with("_CONCURRENCY")
-                    || n.ends_with("_INSTANCES") =>
+                    || n.ends_with("_INSTANCES")
+                    || n.ends_with("_DEPTH")
+                    || n.ends_with("_INVOCATION") =>
                 {
                     "7".into()
                 }
@@ -794,6 +835,9 @@ mod tests {
             f.lambda.function_url_endpoint.as_deref(),
             Some("/set-from-env")
         );
+        assert_eq!(f.calls.max_depth, 7);
+        assert_eq!(f.calls.max_calls_per_invocation, 7);
+        assert_eq!(f.calls.deadline_margin_ms, 7);
         assert_eq!(config.internal.token.as_deref(), Some("/set-from-env"));
         assert!(config.internal.tls);
         assert_eq!(config.internal.tls_dir, PathBuf::from("/set-from-env"));
@@ -1040,6 +1084,74 @@ prewarm = false
             .apply_services_env(|name| (name == "REACTOR_WORKER_PREWARM").then(|| "maybe".into()))
             .expect_err("not a bool");
         assert!(err.to_string().contains("REACTOR_WORKER_PREWARM"));
+    }
+
+    #[test]
+    fn calls_keys_default_override_and_validate() {
+        let mut config = FunctionsConfig::default();
+        let c = &config.calls;
+        assert_eq!(
+            (
+                c.max_depth,
+                c.max_calls_per_invocation,
+                c.deadline_margin_ms
+            ),
+            (16, 50, 10)
+        );
+        config.validate().expect("the defaults are valid");
+        let text = "[functions.calls]\nmax_depth = 32\nmax_calls_per_invocation = 5\n";
+        let parsed: ReactorConfig = toml::from_str(text).expect("parses");
+        assert_eq!(parsed.functions.calls.max_depth, 32);
+        assert_eq!(parsed.functions.calls.max_calls_per_invocation, 5);
+        assert_eq!(
+            parsed.functions.calls.deadline_margin_ms, 10,
+            "default kept"
+        );
+        parsed
+            .functions
+            .validate()
+            .expect("the hard cap itself is allowed");
+        assert!(toml::from_str::<ReactorConfig>("[functions.calls]\ndepth = 3\n").is_err());
+        config
+            .apply_env(|name| match name {
+                "REACTOR_FUNCTIONS_CALLS_MAX_DEPTH" => Some("33".into()),
+                "REACTOR_FUNCTIONS_CALLS_DEADLINE_MARGIN_MS" => Some("25".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.calls.deadline_margin_ms, 25);
+        let err = config.validate().expect_err("past the hard cap");
+        assert!(
+            err.to_string().contains("functions.calls.max_depth 33")
+                && err.to_string().contains("1-32"),
+            "{err}"
+        );
+        config.calls.max_depth = 0;
+        assert!(config.validate().is_err(), "no depth at all");
+        config.calls.max_depth = 1;
+        config.validate().expect("outside requests only");
+        config.calls.max_calls_per_invocation = 0;
+        let err = config.validate().expect_err("no calls at all");
+        assert!(
+            err.to_string().contains("max_calls_per_invocation"),
+            "{err}"
+        );
+        config.calls.max_calls_per_invocation = 1;
+        config.calls.deadline_margin_ms = config.invoke_max_timeout_ms;
+        let err = config
+            .validate()
+            .expect_err("a margin that eats every deadline");
+        assert!(err.to_string().contains("deadline_margin_ms"), "{err}");
+        let err = config
+            .apply_env(|name| {
+                (name == "REACTOR_FUNCTIONS_CALLS_MAX_CALLS_PER_INVOCATION").then(|| "-1".into())
+            })
+            .expect_err("not a count");
+        assert!(
+            err.to_string()
+                .contains("REACTOR_FUNCTIONS_CALLS_MAX_CALLS_PER_INVOCATION"),
+            "{err}"
+        );
     }
 
     #[test]
