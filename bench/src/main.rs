@@ -465,7 +465,8 @@ fn report(a: &InvokeArgs, targets: &[Target], loads: &[Load], emb: &Lifecycle, s
     row(format!("p50 / p99, concurrency {}", a.concurrency), &|l| {
         format!("{:.2} / {:.2} ms", l.p50_c, l.p99_c)
     });
-    if let Some(w) = loads.get(2) {
+    let wasmtime = targets.iter().position(|t| t.name == "wasmtime serve");
+    if let Some(w) = wasmtime.and_then(|i| loads.get(i)) {
         row("requests/s ÷ wasmtime serve".into(), &|l| {
             format!("{:.2}x", l.rps / w.rps)
         });
