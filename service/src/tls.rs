@@ -275,20 +275,6 @@ impl InternalTls {
         self.role
     }
 
-    /// `url` with an `https` scheme: internal URLs written `http://` (in any case) are
-    /// taken as `https://` when TLS is on, so that nothing goes out in clear by mistake.
-    /// Another scheme is left as it is (and refused where it is used).
-    pub fn https(url: &str) -> String {
-        match url.split_once("://") {
-            Some((scheme, rest))
-                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
-            {
-                format!("https://{rest}")
-            }
-            _ => url.to_string(),
-        }
-    }
-
     /// A rustls server config that verifies client certificates against the cluster's CA
     /// and speaks HTTP/2 and HTTP/1.1. A client without a certificate gets through the
     /// handshake (health probes have none); what it may ask for is [`TlsListener`]'s and
@@ -788,12 +774,5 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("ca.pem is missing"), "{msg}");
         assert!(msg.contains("reactor tls init"), "{msg}");
-    }
-
-    #[test]
-    fn http_urls_become_https() {
-        assert_eq!(InternalTls::https("http://w:7080"), "https://w:7080");
-        assert_eq!(InternalTls::https("https://w:7080"), "https://w:7080");
-        assert_eq!(InternalTls::https("HTTP://w:7080"), "https://w:7080");
     }
 }

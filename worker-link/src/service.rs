@@ -93,9 +93,10 @@ where
         ),
         None => format!("http://{addr}"),
     };
-    // Over TLS, routers and the control plane reach it as https.
+    // Over TLS, routers and the control plane reach it as https (another scheme is left
+    // for the control plane to refuse, naming it).
     let url = match &tls {
-        Some(_) => reactor_service::tls::InternalTls::https(&url),
+        Some(_) => reactor_proto::client::https_url(&url).unwrap_or(url),
         None => url,
     };
     let worker_id = w.id.clone().unwrap_or_else(|| {
