@@ -11,6 +11,7 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::headers;
 use crate::manifest::{Calls, valid_function_name};
+use crate::model::Role;
 use std::fmt;
 use std::time::Duration;
 
@@ -120,12 +121,15 @@ pub fn internal_target(host: &str) -> Option<String> {
 }
 
 /// The function an internal call goes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CallTarget {
     pub function: String,
     /// The alias of the caller's `calls` it was called by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
     /// The alias's own `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
 
@@ -165,6 +169,47 @@ pub fn resolve(host: &str, calls: Option<&Calls>) -> Result<Option<CallTarget>, 
         None => return Err(CallError::NotAFunction { name: label }),
     };
     Ok(Some(target))
+}
+
+/// A call as the worker that intercepted it vouches for it to the router: the invocation
+/// it was made from (the acting identity of the original request, the caller, the chain),
+/// the callee its host resolved to, and the caller's time left. A router takes it only
+/// from an authenticated worker; nothing in it comes from the caller's code but the
+/// request itself and, when it sets one, its `baggage` (checked).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallContext {
+    /// The org of the original request's token: the callee is looked up in it.
+    pub org: String,
+    pub token_id: String,
+    pub role: Role,
+    /// The function and deployment that made the call.
+    pub caller_function: String,
+    pub caller_deployment: String,
+    /// `X-Request-Id` of the root request.
+    pub request_id: String,
+    /// The call's own span: a child of the caller's `traceparent`.
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+    /// The functions of the chain so far, the caller last (its length is the caller's
+    /// depth).
+    pub chain: Vec<String>,
+    /// The function called.
+    pub target: CallTarget,
+    /// The caller's time left when the call was sent, in milliseconds.
+    pub remaining_ms: u64,
+}
+
+impl CallContext {
+    /// The chain with the callee appended: the path a depth error names.
+    pub fn path(&self) -> Vec<String> {
+        let mut path = self.chain.clone();
+        path.push(self.target.function.clone());
+        path
+    }
 }
 
 /// A W3C `traceparent` (version `00`): `00-<trace id>-<parent id>-<flags>`.

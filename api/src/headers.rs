@@ -22,6 +22,10 @@ pub const CALLER_DEPLOYMENT: &str = "x-reactor-caller-deployment";
 pub const DEADLINE_MS: &str = "x-reactor-deadline-ms";
 pub const CALL_DEPTH: &str = "x-reactor-call-depth";
 
+/// Every header under this prefix is the platform's own: stripped from what reaches a
+/// function, whatever follows it.
+pub const INTERNAL_PREFIX: &str = "x-reactor-internal";
+
 /// Headers a caller may not set on what reaches a function: the router sets them itself
 /// (an outside request carrying the call headers gets no special treatment).
 pub const RESERVED_FOR_ROUTER: [&str; 9] = [

@@ -30,6 +30,10 @@ pub struct DeploymentSpec {
     /// `concurrency.max_concurrency` of the manifest, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// The manifest's `calls`: the aliases this deployment may call; `None`: any function
+    /// of its org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<crate::manifest::Calls>,
 }
 
 impl DeploymentSpec {
@@ -47,6 +51,18 @@ pub struct Invocation {
     /// the invocation is aborted).
     pub deadline: tokio::time::Instant,
     pub request_id: String,
+    /// The functions of the call chain before this one, the caller last; empty for an
+    /// outside request (`crate::calls`).
+    pub chain: Vec<String>,
+}
+
+impl Invocation {
+    /// The chain with this invocation's own function last: its length is the depth.
+    pub fn path(&self) -> Vec<String> {
+        let mut path = self.chain.clone();
+        path.push(self.spec.function.clone());
+        path
+    }
 }
 
 pub struct InvokeOutcome {

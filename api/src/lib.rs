@@ -23,5 +23,8 @@ pub use invoke::{
     DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
 };
 pub use manifest::Manifest;
-pub use roles::{Builder, Builders, Release, Releases, RuntimeRole, RuntimeWorker, Runtimes};
+pub use roles::{
+    Builder, Builders, CallForwarder, CallLink, Release, Releases, RuntimeRole, RuntimeWorker,
+    Runtimes,
+};
 pub use runtime::Runtime;

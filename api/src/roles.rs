@@ -51,6 +51,48 @@ pub trait RuntimeWorker: RuntimeRole {
     async fn retire(&self, _deployment_id: &str) {}
 }
 
+/// Where the calls a worker's functions make (`http://NAME.reactor.internal/...`) go: a
+/// router, in process (`reactor dev`) or over the internal network.
+#[async_trait]
+pub trait CallForwarder: Send + Sync + 'static {
+    /// Runs the call `context` describes on its callee, as for any request. A refusal
+    /// (policy, depth, deadline, capacity) is an error response with the platform's JSON
+    /// body, as the caller's code reads it.
+    async fn forward_call(
+        &self,
+        context: crate::calls::CallContext,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body>;
+}
+
+/// A [`CallForwarder`] set once its router exists: in one process the router is built
+/// after the workers that need it. Until then (or never, on a host without one) a call is
+/// refused with 503 `no_worker_available`.
+#[derive(Clone, Default)]
+pub struct CallLink(Arc<std::sync::OnceLock<Arc<dyn CallForwarder>>>);
+
+impl CallLink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A link that is set already.
+    pub fn to(forwarder: Arc<dyn CallForwarder>) -> Self {
+        let link = Self::new();
+        link.set(forwarder);
+        link
+    }
+
+    /// Sets where calls go; a second call changes nothing.
+    pub fn set(&self, forwarder: Arc<dyn CallForwarder>) {
+        let _ = self.0.set(forwarder);
+    }
+
+    pub fn get(&self) -> Option<&Arc<dyn CallForwarder>> {
+        self.0.get()
+    }
+}
+
 /// One implementation of a role per runtime.
 pub struct ByRuntime<T: ?Sized> {
     by_runtime: HashMap<Runtime, Arc<T>>,

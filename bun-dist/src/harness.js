@@ -19,19 +19,26 @@
 // (x-reactor-invocation, removed before the function sees the request) and log_tag the
 // process's secret: the worker logs each line with its request, under its budget, and
 // tells a failed request its own lines only. Other output stays untagged.
+// Calls between functions: in "serve" the process has no network; a `fetch` of
+// `http://NAME.reactor.internal/...` goes to the worker on `call_socket`, with the
+// capability the worker gave the request being served (x-reactor-call-capability, removed
+// before the function sees the request); the worker stamps the call's context itself. A
+// call ends with its invocation (its request's signal) or its own signal.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { format } from "node:util";
 
 const MARK = "x-reactor-harness";
 const INVOCATION = "x-reactor-invocation";
+const CAPABILITY = "x-reactor-call-capability";
+const CALL_HOST = "x-reactor-call-host";
 const config = JSON.parse(await Bun.stdin.text());
 for (const [key, value] of Object.entries(config.env ?? {})) process.env[key] = String(value);
 
-// The request being handled, for the console (null: nothing is tagged).
-const scope = config.mode === "serve" && typeof config.log_tag === "string" && config.log_tag !== ""
-  ? new AsyncLocalStorage()
-  : null;
-if (scope !== null) {
+// The request being handled: { id, capability, signal } (id null: its console lines are
+// not tagged).
+const scope = config.mode === "serve" ? new AsyncLocalStorage() : null;
+const tagged = scope !== null && typeof config.log_tag === "string" && config.log_tag !== "";
+if (tagged) {
   const prefix = `\x1e${config.log_tag}:`;
   // Installed before the function's module loads, so that it gets these.
   for (const [method, write] of [
@@ -40,8 +47,8 @@ if (scope !== null) {
   ]) {
     const base = write.bind(console);
     console[method] = (...args) => {
-      const id = scope.getStore();
-      if (id === undefined) return base(...args);
+      const id = scope.getStore()?.id;
+      if (id === undefined || id === null) return base(...args);
       let text;
       try {
         text = format(...args);
@@ -51,6 +58,36 @@ if (scope !== null) {
       base("%s", text.split("\n").map((line) => `${prefix}${id}\x1f${line}`).join("\n"));
     };
   }
+}
+
+// `fetch` of `*.reactor.internal`: a call, through the worker (see above).
+if (scope !== null && typeof config.call_socket === "string") {
+  const send = globalThis.fetch.bind(globalThis);
+  const internal = (host) => {
+    const h = host.toLowerCase().replace(/\.$/, "");
+    return h === "reactor.internal" || h.endsWith(".reactor.internal");
+  };
+  const call = async (input, init) => {
+    const request = new Request(input, init);
+    const url = new URL(request.url);
+    if (!internal(url.hostname)) return send(request);
+    const current = scope.getStore();
+    const headers = new Headers(request.headers);
+    headers.delete(CAPABILITY);
+    if (current?.capability) headers.set(CAPABILITY, current.capability);
+    headers.set(CALL_HOST, url.host);
+    const signals = [request.signal, current?.signal].filter(Boolean);
+    const body = request.method === "GET" || request.method === "HEAD" ? undefined : await request.arrayBuffer();
+    return send(`http://localhost${url.pathname}${url.search}`, {
+      method: request.method,
+      headers,
+      body,
+      redirect: "manual",
+      signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
+      unix: config.call_socket,
+    });
+  };
+  globalThis.fetch = Object.assign(call, { preconnect: send.preconnect });
 }
 
 // Bun's own text for an error: build errors (a syntax error, a module not found) come as
@@ -132,9 +169,15 @@ Bun.serve({
   fetch(request, server) {
     if (scope === null) return handle(request, server);
     const id = request.headers.get(INVOCATION);
+    const capability = request.headers.get(CAPABILITY);
     request.headers.delete(INVOCATION);
-    if (id === null || !/^[0-9]{1,19}$/.test(id)) return handle(request, server);
-    return scope.run(id, () => handle(request, server));
+    request.headers.delete(CAPABILITY);
+    const current = {
+      id: tagged && id !== null && /^[0-9]{1,19}$/.test(id) ? id : null,
+      capability,
+      signal: request.signal,
+    };
+    return scope.run(current, () => handle(request, server));
   },
   error: (e) => mark(crashed(e)),
 });

@@ -16,6 +16,12 @@ pub const COLD_MARK: &str = "x-reactor-cold-start";
 /// harness tags the invocation's console lines with it and removes it from the request.
 pub const INVOCATION_MARK: &str = "x-reactor-invocation";
 
+/// Request header: the capability of the invocation, given by the worker on each request
+/// (the harness takes it off) and sent back on the calls it makes (`worker-bun/src/calls.rs`).
+pub const CALL_CAPABILITY: &str = "x-reactor-call-capability";
+/// Request header of a call from the harness: the host the function's `fetch` named.
+pub const CALL_HOST: &str = "x-reactor-call-host";
+
 /// The Bun version the project pins (package.json); another version works but is warned.
 pub const PINNED_BUN: &str = "1.4.5";
 

@@ -5,12 +5,13 @@ use crate::credentials::{self, Credentials};
 use anyhow::Context;
 use axum::Router;
 use reactor_api::config::ReactorConfig;
-use reactor_api::{Builders, Releases, Runtime, Runtimes};
+use reactor_api::{Builders, CallLink, Releases, Runtime, Runtimes};
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions, RuntimeRoles};
 use reactor_data_plane::{DataPlane, RouterOptions};
 use reactor_service::Lifecycle;
 use reactor_worker_bun::{BunWorker, BunWorkerOptions};
+use reactor_worker_link::calls::CallLimits;
 use reactor_worker_wasm::{WasmWorker, WasmWorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,15 +76,21 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         env,
         logs,
     } = Backends::open(&config).await?;
+    // Calls between functions go to the router below, in process, once it is built.
+    let calls = CallLink::new();
+    let call_limits = CallLimits::from(&config.calls);
     // Every role of every runtime in this process: each builds, runs (and for Lambda,
     // releases) its own deployments.
-    let wasm = Arc::new(WasmWorker::new(WasmWorkerOptions {
-        storage: storage.clone(),
-        cache_dir: workdir.join("cache").join("wasm"),
-        max_instances: 1000,
-        env: env.clone(),
-        logs: logs.clone(),
-    })?);
+    let wasm = Arc::new(
+        WasmWorker::new(WasmWorkerOptions {
+            storage: storage.clone(),
+            cache_dir: workdir.join("cache").join("wasm"),
+            max_instances: 1000,
+            env: env.clone(),
+            logs: logs.clone(),
+        })?
+        .with_calls(calls.clone(), call_limits),
+    );
     let mut roles = RuntimeRoles {
         builders: Builders::new().with(wasm.clone()),
         releases: Releases::new(),
@@ -93,13 +100,14 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         // Bun missing, or a host where its sandbox cannot start, turns Bun functions off,
         // not the server: WASM functions still run, and the note says how to fix it.
         let bun = async {
-            let options = BunWorkerOptions::from_config(
+            let mut options = BunWorkerOptions::from_config(
                 &config,
                 storage.clone(),
                 workdir.join("cache").join("bun"),
                 env.clone(),
                 logs.clone(),
             )?;
+            options.calls = calls.clone();
             BunWorker::new(options).await
         };
         match bun.await {
@@ -123,6 +131,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         roles.workers = roles.workers.with(lambda);
     }
     let runtimes = roles.workers.clone();
+    let call_config = config.calls.clone();
     let cp = ControlPlane::start(ControlPlaneOptions {
         config,
         store,
@@ -140,9 +149,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         RouterOptions {
             logs,
             max_body_bytes,
+            calls: call_config,
             ..Default::default()
         },
     );
+    calls.set(dp.clone());
     dp.follow(cp.routing().subscribe());
 
     let reuse = credentials::load()

@@ -27,6 +27,7 @@ pub(crate) fn route(f: FunctionRecord, live: Option<DeploymentRecord>) -> Functi
             min_instances: d.min_instances,
             max_concurrency: d.max_concurrency,
             policy: d.policy,
+            calls: d.calls,
         }),
     }
 }

@@ -283,6 +283,7 @@ async fn ready(store: &dyn Store, org: &str, function: &str, id: &str) {
             max_concurrency: None,
             created_at: "2026-12-06T00:00:00.000Z".into(),
             policy: None,
+            calls: None,
         })
         .await
         .expect("deployment");

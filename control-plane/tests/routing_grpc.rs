@@ -410,6 +410,7 @@ async fn a_deployments_env_goes_only_to_the_workers_it_is_routed_to() {
             max_concurrency: None,
             created_at: "2026-12-06T00:00:00.000Z".into(),
             policy: None,
+            calls: None,
         })
         .await
         .expect("deployment");

@@ -111,6 +111,7 @@ impl Harness {
                 max_concurrency: None,
                 created_at: "2026-12-06T00:00:00.000Z".into(),
                 policy: None,
+                calls: None,
             })
             .await
             .expect("deployment");

@@ -10,11 +10,13 @@
 pub mod admission;
 pub mod admission_redis;
 mod body;
+pub mod calls;
 mod follow;
 mod router;
 pub mod server;
 mod table;
 
+pub use calls::call_router;
 pub use follow::{ControlPlaneEndpoint, follow_control_plane};
 pub use router::{DataPlane, RouterOptions, invoke_router};
 pub use table::{Grant, RouteIndex};

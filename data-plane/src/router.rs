@@ -9,18 +9,23 @@ use crate::admission::{Admission, LocalAdmission, Permit};
 use crate::body::{Counted, Tail};
 use crate::table::{Policy, RouteIndex};
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
+use reactor_api::calls::{self, CallContext, TraceParent};
+use reactor_api::config::CallsConfig;
 use reactor_api::error::request_id::RequestId;
 use reactor_api::logs::{LogEntry, LogSink, NoLogs};
 use reactor_api::token::{bearer, token_hash};
 use reactor_api::{
-    ApiError, DeploymentSpec, ErrorCode, Invocation, InvokeError, RuntimeWorker, Runtimes, headers,
+    ApiError, CallForwarder, DeploymentSpec, ErrorCode, Invocation, InvokeError, RuntimeWorker,
+    Runtimes, headers,
 };
 use reactor_proto::routing::RoutingTable;
 use reactor_worker_link::RemoteWorkers;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -34,6 +39,8 @@ pub struct RouterOptions {
     pub max_body_bytes: u64,
     /// The concurrency cap's counter.
     pub admission: Arc<dyn Admission>,
+    /// `[functions.calls]`: depth and deadline margin of calls between functions.
+    pub calls: CallsConfig,
 }
 
 impl Default for RouterOptions {
@@ -42,6 +49,7 @@ impl Default for RouterOptions {
             logs: Arc::new(NoLogs),
             max_body_bytes: 16 * 1024 * 1024,
             admission: LocalAdmission::new(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -158,6 +166,21 @@ impl DataPlane {
         }
     }
 
+    /// The table to route with: the newest, or the first one, waited for.
+    async fn current_index(&self) -> Result<Arc<RouteIndex>, ApiError> {
+        self.catch_up();
+        let index = self.index.borrow().clone();
+        if index.version == 0 {
+            // A router that just started has no table yet: hold the request briefly for
+            // the first one rather than refuse it as unknown (a balancer may send traffic
+            // before `/readyz` says ready).
+            return self.first_table().await;
+        }
+        Ok(index)
+    }
+
+    /// An outside request: authenticated by its bearer token, its path relative to the
+    /// function's mount.
     async fn route(
         &self,
         name: &str,
@@ -165,49 +188,13 @@ impl DataPlane {
         req: Request,
         started: Instant,
     ) -> Result<Response, ApiError> {
-        self.catch_up();
-        let mut index = self.index.borrow().clone();
-        if index.version == 0 {
-            // A router that just started has no table yet: hold the request briefly for
-            // the first one rather than refuse it as unknown (a balancer may send traffic
-            // before `/readyz` says ready).
-            index = self.first_table().await?;
-        }
+        let index = self.current_index().await?;
         let request_id = req
             .extensions()
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
         let grant = authenticate(&index, req.headers())?;
-        let not_found = || {
-            ApiError::new(
-                ErrorCode::FunctionNotFound,
-                format!("function {name} not found"),
-            )
-            .with_detail("function", name)
-        };
-        let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
-        let spec = entry.live.clone().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::DeploymentNotReady,
-                format!("function {name} has no live deployment: deploy and promote one"),
-            )
-            .with_detail("function", name)
-        })?;
-        let target = match (self.runtimes.get(entry.runtime), &self.remote) {
-            (Some(local), _) => Target::Local(local.clone()),
-            (None, Some(remote)) => {
-                let urls = index.pick_workers(entry.runtime, &spec.deployment_id, |w| {
-                    !remote.is_down(&w.url)
-                });
-                if urls.is_empty() {
-                    return Err(Runtimes::no_worker(entry.runtime));
-                }
-                Target::Remote(remote, urls)
-            }
-            (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
-        };
-
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{sub}?{q}"),
@@ -223,9 +210,120 @@ impl DataPlane {
                 )
             })?;
         rewrite_headers(&mut parts.headers, name, &grant, &request_id);
-        // Policies see the request as the function would: no platform credentials.
+        let request = Routed {
+            name,
+            grant,
+            parts,
+            body,
+            request_id,
+            started,
+            call: None,
+        };
+        self.dispatch(&index, request).await
+    }
+
+    /// A call between functions, from the worker that intercepted it (`context` is what
+    /// that worker vouches for): the callee in the caller's org, under the original
+    /// request's identity, its deadline clamped to the caller's, one hop deeper.
+    pub async fn call(
+        &self,
+        context: CallContext,
+        request: http::Request<Body>,
+        started: Instant,
+    ) -> Result<Response, ApiError> {
+        let index = self.current_index().await?;
+        let grant = crate::Grant {
+            token_id: context.token_id.clone(),
+            org: context.org.clone(),
+            role: context.role,
+        };
+        let (mut parts, body) = request.into_parts();
+        rewrite_call_headers(&mut parts.headers, &context);
+        let name = context.target.function.clone();
+        let request = Routed {
+            name: &name,
+            grant,
+            parts,
+            body,
+            request_id: context.request_id.clone(),
+            started,
+            call: Some(context),
+        };
+        self.dispatch(&index, request).await
+    }
+
+    /// Everything after authentication, for outside requests and calls alike: look up →
+    /// depth and deadline (calls) → pick → policies → admission → body limit → forward →
+    /// log.
+    async fn dispatch(&self, index: &RouteIndex, r: Routed<'_>) -> Result<Response, ApiError> {
+        let Routed {
+            name,
+            grant,
+            mut parts,
+            body,
+            request_id,
+            started,
+            call,
+        } = r;
+        let not_found = || {
+            ApiError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function {name} not found"),
+            )
+            .with_detail("function", name)
+        };
+        let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
+        let spec = entry.live.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::DeploymentNotReady,
+                format!("function {name} has no live deployment: deploy and promote one"),
+            )
+            .with_detail("function", name)
+        })?;
         // Refusals from here on are invocations of the function too: they are logged.
         let refused = |e: ApiError| self.log_refusal(&spec, &request_id, started, e);
+        // A call: one hop deeper than its caller, and no longer than the caller has left.
+        let (timeout, chain, clamped) = match &call {
+            None => (spec.timeout(), Vec::new(), false),
+            Some(context) => {
+                let limits = &self.options.calls;
+                calls::next_depth(
+                    context.chain.len() as u32,
+                    limits.max_depth,
+                    &context.path(),
+                )
+                .map_err(|e| refused(e.into()))?;
+                let timeout = calls::callee_timeout(
+                    Duration::from_millis(context.remaining_ms),
+                    spec.timeout(),
+                    context.target.timeout_ms.map(Duration::from_millis),
+                    Duration::from_millis(limits.deadline_margin_ms),
+                )
+                .map_err(|e| refused(e.into()))?;
+                (timeout, context.chain.clone(), timeout < spec.timeout())
+            }
+        };
+        let mut set = |k: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                parts.headers.insert(HeaderName::from_static(k), v);
+            }
+        };
+        set(headers::DEADLINE_MS, calls::deadline_header(timeout));
+        set(headers::CALL_DEPTH, (chain.len() + 1).to_string());
+        let target = match (self.runtimes.get(entry.runtime), &self.remote) {
+            (Some(local), _) => Target::Local(local.clone()),
+            (None, Some(remote)) => {
+                let urls = index.pick_workers(entry.runtime, &spec.deployment_id, |w| {
+                    !remote.is_down(&w.url)
+                });
+                if urls.is_empty() {
+                    return Err(Runtimes::no_worker(entry.runtime));
+                }
+                Target::Remote(remote, urls)
+            }
+            (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
+        };
+        // Policies see the request as the function would: no platform credentials.
         check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
         let permit = self.admit(&grant.org, name, &spec).await.map_err(refused)?;
         let limit = self.options.max_body_bytes;
@@ -242,8 +340,9 @@ impl DataPlane {
         let invocation = Invocation {
             spec: spec.clone(),
             request: axum::http::Request::from_parts(parts, body),
-            deadline: started + spec.timeout(),
+            deadline: started + timeout,
             request_id,
+            chain,
         };
         let result = match target {
             Target::Local(worker) => worker.invoke(invocation).await,
@@ -256,11 +355,24 @@ impl DataPlane {
             Ok(outcome) => (outcome.response, outcome.cold_start),
             Err(failure) => {
                 self.log_failure(&spec, &failure.error);
-                let error = failure.error.to_api_error(&spec, started.elapsed());
+                let error = match (&failure.error, &call) {
+                    // Cut short by the caller's deadline, not the function's own limit.
+                    (InvokeError::Timeout { .. }, Some(context)) if clamped => ApiError::new(
+                        ErrorCode::DeadlineExceeded,
+                        format!(
+                            "function {name} did not answer within the {} ms its caller {} had left",
+                            timeout.as_millis(),
+                            context.caller_function
+                        ),
+                    )
+                    .with_detail("deadline_ms", timeout.as_millis() as u64)
+                    .with_detail("deployment_id", spec.deployment_id.clone()),
+                    _ => failure.error.to_api_error(&spec, started.elapsed()),
+                };
                 (error.into_response(), failure.cold_start)
             }
         };
-        let entry = LogEntry::invocation(
+        let mut entry = LogEntry::invocation(
             &spec.org,
             &spec.function,
             Some(&spec.deployment_id),
@@ -269,6 +381,14 @@ impl DataPlane {
             started.elapsed(),
             cold,
         );
+        if let Some(context) = &call {
+            entry.message = format!(
+                "call from {} ({}), depth {}",
+                context.caller_function,
+                context.caller_deployment,
+                context.chain.len() + 1
+            );
+        }
         let tail = Tail::new(permit, self.options.logs.clone(), entry, started);
         response = tail.attach(response);
         let h = response.headers_mut();
@@ -278,6 +398,34 @@ impl DataPlane {
         );
         set_duration(h, started);
         Ok(response)
+    }
+}
+
+/// A request on its way to a function, authenticated.
+struct Routed<'a> {
+    name: &'a str,
+    grant: crate::Grant,
+    parts: axum::http::request::Parts,
+    body: Body,
+    request_id: String,
+    started: Instant,
+    /// Set for a call between functions.
+    call: Option<CallContext>,
+}
+
+#[async_trait::async_trait]
+impl CallForwarder for DataPlane {
+    async fn forward_call(&self, context: CallContext, request: http::Request<Body>) -> Response {
+        let started = Instant::now();
+        let name = context.target.function.clone();
+        let mut response = match self.call(context, request, started).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            response.headers_mut().insert(headers::FUNCTION, v);
+        }
+        response
     }
 }
 
@@ -470,13 +618,16 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
     Ok(grant.clone())
 }
 
-/// What reaches the function: no platform credentials, the caller as the router saw it.
+/// What reaches the function: no platform credentials, the caller as the router saw it,
+/// and its own span of the caller's trace (a new trace when none came).
 fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_id: &str) {
     h.remove(headers::AUTHORIZATION);
-    h.remove(headers::ORG);
-    for reserved in headers::RESERVED_FOR_ROUTER {
-        h.remove(reserved);
-    }
+    strip_reserved(h);
+    let incoming = h
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let trace = TraceParent::child_or_root(incoming.as_deref(), rand::random(), rand::random());
     let mut set = |k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(k), v);
@@ -487,28 +638,51 @@ fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_
     set(headers::CALLER_ROLE, grant.role.as_str());
     set(headers::REQUEST_ID, request_id);
     set(headers::FORWARDED_PREFIX, &format!("{INVOKE_PREFIX}{name}"));
-    let valid_traceparent = h
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_traceparent);
-    if !valid_traceparent {
-        let trace: u128 = rand::random::<u128>() | 1;
-        let span: u64 = rand::random::<u64>() | 1;
-        let tp = format!("00-{trace:032x}-{span:016x}-01");
-        if let Ok(v) = HeaderValue::from_str(&tp) {
-            h.insert(HeaderName::from_static(headers::TRACEPARENT), v);
-        }
+    set(headers::TRACEPARENT, &trace.to_string());
+}
+
+/// Removes what only the platform sets: `X-Reactor-Org`, the router's headers and every
+/// `x-reactor-internal-*` header.
+fn strip_reserved(h: &mut HeaderMap) {
+    h.remove(headers::ORG);
+    for reserved in headers::RESERVED_FOR_ROUTER {
+        h.remove(reserved);
+    }
+    let internal: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(headers::INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        h.remove(name);
     }
 }
 
-/// W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
-fn is_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+/// What reaches a called function: the context the caller's worker stamped, whatever the
+/// caller's code set in those headers.
+fn rewrite_call_headers(h: &mut HeaderMap, context: &CallContext) {
+    strip_reserved(h);
+    for name in [headers::TRACESTATE, headers::BAGGAGE] {
+        h.remove(name);
+    }
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
+    };
+    set(headers::CALLER_ORG, &context.org);
+    set(headers::CALLER_TOKEN, &context.token_id);
+    set(headers::CALLER_ROLE, context.role.as_str());
+    set(headers::CALLER_FUNCTION, &context.caller_function);
+    set(headers::CALLER_DEPLOYMENT, &context.caller_deployment);
+    set(headers::REQUEST_ID, &context.request_id);
+    set(headers::TRACEPARENT, &context.traceparent);
+    if let Some(v) = &context.tracestate {
+        set(headers::TRACESTATE, v);
+    }
+    if let Some(v) = &context.baggage {
+        set(headers::BAGGAGE, v);
+    }
 }
 
 fn set_duration(h: &mut HeaderMap, started: Instant) {
@@ -591,19 +765,13 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_is_validated() {
-        assert!(is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent("00-xyz-00f067aa0ba902b7-01"));
-    }
-
-    #[test]
     fn router_strips_credentials_and_sets_caller() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer secret"));
         h.insert("x-reactor-org", HeaderValue::from_static("acme"));
         h.insert("x-reactor-caller-role", HeaderValue::from_static("admin"));
+        h.insert("x-reactor-internal-call", HeaderValue::from_static("e30"));
+        h.insert("x-reactor-internal-spec", HeaderValue::from_static("e30"));
         let grant = crate::Grant {
             token_id: "tok_1".into(),
             org: "acme".into(),
@@ -612,10 +780,59 @@ mod tests {
         rewrite_headers(&mut h, "hello", &grant, "req_1");
         assert!(h.get("authorization").is_none());
         assert!(h.get("x-reactor-org").is_none());
+        assert!(h.get("x-reactor-internal-call").is_none());
+        assert!(h.get("x-reactor-internal-spec").is_none());
         assert_eq!(h["x-reactor-caller-role"], "invoker");
         assert_eq!(h["x-reactor-caller-token"], "tok_1");
         assert_eq!(h["x-forwarded-prefix"], "/fn/v1/hello");
-        assert!(is_traceparent(h["traceparent"].to_str().expect("ascii")));
+        assert!(TraceParent::parse(h["traceparent"].to_str().expect("ascii")).is_some());
+        // A caller's trace goes on, in a span of its own.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(tp));
+        rewrite_headers(&mut h, "hello", &grant, "req_1");
+        let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
+        assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_ne!(child.parent_id, 0x00f067aa0ba902b7);
+    }
+
+    #[test]
+    fn a_call_carries_the_context_its_worker_stamped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-reactor-caller-org", "evil"),
+            ("x-reactor-caller-function", "forged"),
+            ("x-reactor-call-depth", "1"),
+            ("baggage", "forged=1"),
+            ("x-request-id", "req_forged"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        let context = CallContext {
+            org: "acme".into(),
+            token_id: "tok_1".into(),
+            role: reactor_api::model::Role::Developer,
+            caller_function: "front".into(),
+            caller_deployment: "dep_1".into(),
+            request_id: "req_root".into(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01".into(),
+            tracestate: None,
+            baggage: Some("user=alice".into()),
+            chain: vec!["front".into()],
+            target: calls::CallTarget {
+                function: "users".into(),
+                alias: None,
+                timeout_ms: None,
+            },
+            remaining_ms: 500,
+        };
+        rewrite_call_headers(&mut h, &context);
+        assert_eq!(h["x-reactor-caller-org"], "acme");
+        assert_eq!(h["x-reactor-caller-function"], "front");
+        assert_eq!(h["x-reactor-caller-deployment"], "dep_1");
+        assert_eq!(h["x-request-id"], "req_root");
+        assert_eq!(h["baggage"], "user=alice");
+        assert!(h.get("x-reactor-call-depth").is_none(), "set by dispatch");
+        assert!(h.get("x-forwarded-prefix").is_none());
     }
 
     #[tokio::test]

@@ -1,10 +1,14 @@
-//! `reactor-data-plane`: a router as its own service. Invocations and health on `listen`;
+//! `reactor-data-plane`: a router as its own service. Invocations and health on `listen`,
+//! calls between functions from workers on `call_listen` (`calls.rs`);
 //! the routing table from the control plane's gRPC stream; functions run on the worker
 //! services that table lists.
 
 use crate::admission::{Admission, LocalAdmission};
 use crate::admission_redis::{RedisAdmission, RedisAdmissionConfig};
-use crate::{ControlPlaneEndpoint, DataPlane, RouterOptions, follow_control_plane, invoke_router};
+use crate::{
+    ControlPlaneEndpoint, DataPlane, RouterOptions, call_router, follow_control_plane,
+    invoke_router,
+};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
 use reactor_service::Lifecycle;
@@ -48,6 +52,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = ReactorConfig::load_service(args.config.as_deref())?;
     let token = config.internal_token()?.to_string();
+    let call_token = token.clone();
     let listen = args.listen.unwrap_or(config.data_plane.listen);
     let cp_url = args
         .control_plane_url
@@ -59,6 +64,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener =
         reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let call_listen = config.data_plane.call_listen;
+    let call_listener = reactor_service::bind_exclusive(call_listen)
+        .with_context(|| format!("binding {call_listen} (data_plane.call_listen)"))?;
+    let call_addr = call_listener.local_addr()?;
     let mut remote = RemoteWorkers::new(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(tls) = &tls {
         remote = remote.with_tls(tls).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -82,6 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             logs,
             max_body_bytes: config.functions.invoke_max_body_bytes,
             admission,
+            calls: config.functions.calls.clone(),
         },
     );
     follow_control_plane(dp.clone(), endpoint);
@@ -97,17 +107,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!(version = dp.version(), "routing table received; ready");
         });
     }
+    let calls_app =
+        reactor_service::public_app(call_router(dp.clone(), &call_token).merge(life.routes()));
     let app = reactor_service::public_app(invoke_router(dp).merge(life.routes()));
-    tracing::info!(%addr, control_plane = %cp_url, router_id, "reactor-data-plane listening");
-    println!("reactor-data-plane listening: invoke http://{addr}");
-    reactor_service::serve(
-        listener,
-        app,
-        reactor_service::thread_count(args.threads),
-        &life,
-        Duration::from_secs(args.grace_secs),
-    )
-    .await
+    // Calls between functions: from workers only, over mutual TLS when it is on.
+    let call_tls = match &tls {
+        Some(tls) => Some(reactor_service::ServeTls {
+            config: tls.server_config()?,
+            allowed: vec![reactor_service::tls::Role::Worker],
+        }),
+        None => None,
+    };
+    tracing::info!(%addr, %call_addr, control_plane = %cp_url, router_id, "reactor-data-plane listening");
+    let call_scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "reactor-data-plane listening: invoke http://{addr} calls {call_scheme}://{call_addr}"
+    );
+    let threads = reactor_service::thread_count(args.threads);
+    let grace = Duration::from_secs(args.grace_secs);
+    tokio::try_join!(
+        reactor_service::serve(listener, app, threads, &life, grace),
+        reactor_service::serve_with(call_listener, calls_app, threads, &life, grace, call_tls),
+    )?;
+    Ok(())
 }
 
 /// The runtimes this router runs itself: Lambda, when enabled (it signs and sends each

@@ -631,6 +631,7 @@ mod tests {
             memory_mb: 128,
             min_instances: 0,
             max_concurrency: Some(101),
+            calls: None,
         };
         let missing = std::path::Path::new("/nonexistent/bundle");
         let built = deployer

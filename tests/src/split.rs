@@ -116,6 +116,8 @@ pub struct Split {
     pub grpc_url: String,
     /// The router's invoke URL.
     pub invoke_url: String,
+    /// The router's call listener, where workers send calls between functions.
+    pub call_url: String,
 }
 
 impl Split {
@@ -162,15 +164,17 @@ impl Split {
         let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
         let admin_url = cp.url_after("admin ");
         let grpc_url = cp.url_after("grpc ");
+        let router = Self::start_router_in(dir.path(), &grpc_url);
+        let invoke_url = router.url_after("invoke ");
+        let call_url = router.url_after("calls ");
         let worker = Self::start_worker_in(
             dir.path(),
             &grpc_url,
+            &call_url,
             "reactor-worker-wasm",
             "worker",
             worker_env,
         );
-        let router = Self::start_router_in(dir.path(), &grpc_url);
-        let invoke_url = router.url_after("invoke ");
         Split {
             admin: Api {
                 url: admin_url,
@@ -180,6 +184,7 @@ impl Split {
             },
             grpc_url,
             invoke_url,
+            call_url,
             cp: Some(cp),
             router: Some(router),
             worker: Some(worker),
@@ -212,6 +217,8 @@ impl Split {
     }
 
     fn start_router_in(dir: &Path, grpc_url: &str) -> Service {
+        let mut env = vec![("REACTOR_DATA_PLANE_CALL_LISTEN", "127.0.0.1:0".to_string())];
+        env.extend(Self::tls_env(dir));
         Service::start(
             "reactor-data-plane",
             &[
@@ -220,7 +227,7 @@ impl Split {
                 "--control-plane-url".into(),
                 grpc_url.into(),
             ],
-            &Self::tls_env(dir),
+            &env,
             &dir.join("router.log"),
         )
     }
@@ -228,6 +235,7 @@ impl Split {
     fn start_worker_in(
         dir: &Path,
         grpc_url: &str,
+        call_url: &str,
         bin: &str,
         name: &str,
         env: &[(&str, String)],
@@ -242,6 +250,7 @@ impl Split {
                 dir.join(format!("{name}-cache")).display().to_string(),
             ),
             ("REACTOR_WORKER_ID", name.to_string()),
+            ("REACTOR_WORKER_ROUTER_URL", call_url.to_string()),
         ];
         all.extend(Self::tls_env(dir));
         all.extend(env.iter().cloned());
@@ -263,6 +272,7 @@ impl Split {
         Self::start_worker_in(
             self.dir.path(),
             &self.grpc_url,
+            &self.call_url,
             "reactor-worker-wasm",
             name,
             env,
@@ -274,6 +284,7 @@ impl Split {
         Self::start_worker_in(
             self.dir.path(),
             &self.grpc_url,
+            &self.call_url,
             "reactor-worker-bun",
             name,
             env,

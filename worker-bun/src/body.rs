@@ -12,6 +12,8 @@ pub(crate) struct LeasedBody {
     pub(crate) inner: hyper::body::Incoming,
     /// The invocation's output stays attributed to it while the body streams.
     pub(crate) _scope: crate::logs::InvocationScope,
+    /// The invocation's right to call: revoked, its calls cancelled, when the body goes.
+    pub(crate) _calls: crate::calls::CallGrant,
     pub(crate) _lease: Lease,
     pub(crate) deadline: Pin<Box<tokio::time::Sleep>>,
     pub(crate) request_id: String,

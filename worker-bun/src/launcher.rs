@@ -30,6 +30,9 @@ const HARNESS: &str = "/reactor/harness.js";
 const BUNFIG: &str = "/reactor/bunfig.toml";
 /// The socket's name in the process directory.
 const SOCKET: &str = "fn.sock";
+/// The worker's socket for the process's calls between functions (`calls.rs`), in the
+/// process directory.
+pub const CALL_SOCKET: &str = "call.sock";
 /// The name `build` writes its output under, in the process directory.
 pub const PREBUNDLED: &str = "prebundled.js";
 /// Size of the private `/tmp` (a tmpfs, in memory: charged to the memory group too).
@@ -42,6 +45,8 @@ struct HarnessConfig<'a> {
     name: &'a str,
     entry: String,
     socket: String,
+    /// Where "serve" sends calls between functions.
+    call_socket: String,
     /// Where `build` writes the prebundled file.
     output: String,
     env: &'a BTreeMap<String, String>,
@@ -229,6 +234,7 @@ impl Launcher {
             name: &spec.entrypoint,
             entry: entry_root.join(entry).display().to_string(),
             socket: socket_root.join(SOCKET).display().to_string(),
+            call_socket: socket_root.join(CALL_SOCKET).display().to_string(),
             output: socket_root.join(PREBUNDLED).display().to_string(),
             env,
             log_tag,

@@ -8,12 +8,14 @@
 //! switched off), under a seccomp filter, in cgroups of the deployment's memory limit and
 //! of [`MAX_TASKS`] tasks; their stdout and stderr are the function's log, each line of an
 //! invocation attributed to it and within its budget ([`MAX_LOG_BYTES`]). A caller is
-//! never shown another invocation's output. See `docs/bun.md` for the pool, the sandbox
-//! and the limits.
+//! never shown another invocation's output. Calls between functions leave a process only
+//! through the worker (`calls.rs`). See `docs/bun.md` for the pool, the sandbox and the
+//! limits.
 
 mod body;
 mod build;
 mod bundles;
+mod calls;
 mod host;
 mod launcher;
 mod logs;

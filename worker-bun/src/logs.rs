@@ -338,6 +338,7 @@ mod tests {
             memory_mb: 128,
             min_instances: 0,
             max_concurrency: None,
+            calls: None,
         };
         ProcessLogs::new(&spec, 1, sink, "t0")
     }

@@ -7,6 +7,7 @@
 //! process ended and the stderr lines attributed to that invocation, never the process's
 //! stderr, which holds other requests' output.
 
+use crate::calls::{CallDoor, CallGrant};
 use crate::host::Cgroup;
 use crate::launcher::Launcher;
 use crate::logs::{InvocationScope, ProcessLogs, Stream};
@@ -14,6 +15,7 @@ use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use reactor_api::DeploymentSpec;
+use reactor_worker_link::calls::CallScope;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,8 @@ pub struct Process {
     stopping: AtomicBool,
     exit: watch::Receiver<Option<Exit>>,
     logs: Arc<ProcessLogs>,
+    /// The socket its invocations' calls between functions come in on.
+    calls: CallDoor,
 }
 
 /// What a process runs.
@@ -84,6 +88,8 @@ impl Process {
             )
             .map_err(|e| format!("creating the process's cgroups: {e}"))?;
         let tag = crate::logs::secret_tag().map_err(|e| format!("drawing the log tag: {e}"))?;
+        let calls = CallDoor::open(&socket_dir.path().join(crate::launcher::CALL_SOCKET))
+            .map_err(|e| format!("opening the process's call socket: {e}"))?;
         let launch = launcher.command(
             "serve",
             spec,
@@ -126,6 +132,7 @@ impl Process {
             stopping: AtomicBool::new(false),
             exit,
             logs,
+            calls,
         });
         process.wait_serving(&socket, start.deadline).await?;
         // The socket's directory is writable from inside the sandbox: from now on the
@@ -167,11 +174,17 @@ impl Process {
         self.logs.begin(request_id)
     }
 
+    /// The right of an invocation on this process to make calls, until dropped.
+    pub fn grant_calls(&self, scope: Arc<CallScope>) -> CallGrant {
+        self.calls.grant(scope)
+    }
+
     /// Sends one request of `invocation`; the URI is relative to the function's mount.
     pub async fn send(
         &self,
         request: http::Request<Body>,
         invocation: &InvocationScope,
+        calls: &CallGrant,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
         let (mut parts, body) = request.into_parts();
         let path = parts
@@ -193,6 +206,17 @@ impl Process {
             http::header::HeaderName::from_static(reactor_bun_dist::INVOCATION_MARK),
             http::HeaderValue::from(invocation.id()),
         );
+        match http::HeaderValue::from_str(calls.capability()) {
+            Ok(v) => {
+                parts.headers.insert(
+                    http::header::HeaderName::from_static(reactor_bun_dist::CALL_CAPABILITY),
+                    v,
+                );
+            }
+            Err(_) => {
+                parts.headers.remove(reactor_bun_dist::CALL_CAPABILITY);
+            }
+        }
         if !parts.headers.contains_key(http::header::HOST) {
             parts.headers.insert(
                 http::header::HOST,

@@ -21,13 +21,14 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     run_worker(args.worker, Runtime::Bun, |cx| async move {
-        let options = BunWorkerOptions::from_config(
+        let mut options = BunWorkerOptions::from_config(
             &cx.config.functions,
             cx.storage,
             cx.cache_dir,
             cx.env,
             cx.logs,
         )?;
+        options.calls = cx.calls;
         BunWorker::new(options).await
     })
     .await

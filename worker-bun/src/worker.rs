@@ -11,6 +11,7 @@ use crate::pool::{Pool, PoolLimits};
 use async_trait::async_trait;
 use axum::body::Body;
 use http_body_util::BodyExt;
+use reactor_api::CallLink;
 use reactor_api::config::FunctionsConfig;
 use reactor_api::logs::LogSink;
 use reactor_api::{
@@ -18,6 +19,7 @@ use reactor_api::{
     RuntimeRole, RuntimeWorker,
 };
 use reactor_storage::Storage;
+use reactor_worker_link::calls::{CallLimits, CallScope};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -46,6 +48,10 @@ pub struct BunWorkerOptions {
     pub env: Arc<dyn EnvSource>,
     /// Where the lines processes print go besides the worker's own log.
     pub logs: Arc<dyn LogSink>,
+    /// Where calls between functions go (default: nowhere, every call refused).
+    pub calls: CallLink,
+    /// `[functions.calls]`: what bounds each invocation's calls.
+    pub call_limits: CallLimits,
 }
 
 impl BunWorkerOptions {
@@ -63,6 +69,8 @@ impl BunWorkerOptions {
         Ok(Self {
             env,
             logs,
+            calls: CallLink::new(),
+            call_limits: CallLimits::from(&config.calls),
             storage,
             cache_dir,
             bun,
@@ -86,6 +94,8 @@ pub struct BunWorker {
     pub(crate) launcher: Launcher,
     pub(crate) env: Arc<dyn EnvSource>,
     limits: PoolLimits,
+    calls: CallLink,
+    call_limits: CallLimits,
     /// Pools by deployment id.
     pools: Mutex<HashMap<String, PoolSlot>>,
 }
@@ -160,6 +170,8 @@ impl BunWorker {
             ),
             env: options.env,
             limits: options.limits,
+            calls: options.calls,
+            call_limits: options.call_limits,
             pools: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap(Arc::downgrade(&worker)));
@@ -295,11 +307,13 @@ impl RuntimeWorker for BunWorker {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
+        let path = invocation.path();
         let Invocation {
             spec,
             request,
             deadline,
             request_id,
+            chain: _,
         } = invocation;
         let timeout_ms = spec.timeout_ms;
         let timeout = || InvokeError::Timeout { timeout_ms };
@@ -331,8 +345,18 @@ impl RuntimeWorker for BunWorker {
         let process = lease.process.clone();
         // Held with the response body: the output tagged with its number is this request's.
         let scope = process.begin(&request_id);
-        let response = match tokio::time::timeout_at(deadline, process.send(request, &scope)).await
-        {
+        // Held with the response body too: the invocation's calls end with it.
+        let calls = process.grant_calls(CallScope::new(
+            self.calls.clone(),
+            self.call_limits,
+            spec.clone(),
+            request.headers(),
+            path,
+            deadline,
+            &request_id,
+        ));
+        let sent = process.send(request, &scope, &calls);
+        let response = match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 let message = process
@@ -362,6 +386,7 @@ impl RuntimeWorker for BunWorker {
         let body = LeasedBody {
             inner: body,
             _scope: scope,
+            _calls: calls,
             _lease: lease,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             request_id,

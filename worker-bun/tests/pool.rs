@@ -127,6 +127,7 @@ fn spec(deployment_id: &str, min_instances: u32) -> DeploymentSpec {
         memory_mb: 128,
         min_instances,
         max_concurrency: None,
+        calls: None,
     }
 }
 
@@ -196,6 +197,7 @@ impl Harness {
                 .expect("request"),
             deadline: tokio::time::Instant::now() + GENEROUS,
             request_id: format!("req-{path}"),
+            chain: Vec::new(),
         };
         let outcome = self.worker.invoke(invocation).await?;
         let status = outcome.response.status().as_u16();

@@ -120,6 +120,7 @@ impl Harness {
             memory_mb: 128,
             min_instances,
             max_concurrency: None,
+            calls: None,
         };
         self.storage
             .put_bytes(&spec.bundle_key, Bytes::from(archive))
@@ -137,6 +138,7 @@ impl Harness {
                 .expect("request"),
             deadline: tokio::time::Instant::now() + GENEROUS,
             request_id: format!("req-{path}"),
+            chain: Vec::new(),
         };
         let outcome = self
             .worker

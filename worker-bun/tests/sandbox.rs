@@ -60,6 +60,7 @@ async fn call(worker: &BunWorker, spec: &Arc<DeploymentSpec>, path: &str) -> ser
             .expect("request"),
         deadline: tokio::time::Instant::now() + GENEROUS,
         request_id: format!("req-{path}"),
+        chain: Vec::new(),
     };
     let outcome = worker
         .invoke(invocation)
@@ -132,6 +133,7 @@ async fn a_function_cannot_create_a_user_namespace_and_keeps_serving() {
         memory_mb: 128,
         min_instances: 0,
         max_concurrency: None,
+        calls: None,
     });
     storage
         .put_bytes(&spec.bundle_key, Bytes::from(archive))

@@ -194,6 +194,7 @@ impl Harness {
             memory_mb,
             min_instances: 0,
             max_concurrency: None,
+            calls: None,
         };
         self.storage
             .put_bytes(&spec.bundle_key, Bytes::from(archive))
@@ -217,6 +218,7 @@ async fn call(
             .expect("request"),
         deadline: tokio::time::Instant::now() + GENEROUS,
         request_id: request_id.into(),
+        chain: Vec::new(),
     };
     let outcome = worker.invoke(invocation).await?;
     let status = outcome.response.status().as_u16();

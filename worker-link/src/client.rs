@@ -34,14 +34,14 @@ thread_local! {
 /// Ids of TLS connectors (0: plain TCP), so that each thread keeps one client per config.
 static NEXT_CONNECTOR: AtomicUsize = AtomicUsize::new(1);
 
-fn http_connector() -> HttpConnector {
+pub(crate) fn http_connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
     connector
 }
 
-fn new_client(connector: reactor_service::tls::Connector) -> HttpClient {
+pub(crate) fn new_client(connector: reactor_service::tls::Connector) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .http2_only(true)
@@ -259,6 +259,7 @@ impl RemoteWorkers {
             request,
             deadline,
             request_id: _,
+            chain,
         } = invocation;
         let (mut parts, body) = request.into_parts();
         let path = parts
@@ -280,6 +281,11 @@ impl RemoteWorkers {
             protocol::TIMEOUT_MS,
             HeaderValue::from(left.as_millis() as u64),
         );
+        if !chain.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&protocol::encode_chain(&chain))
+        {
+            h.insert(protocol::CHAIN, v);
+        }
         let hint = http_body::Body::size_hint(&body);
         let slot = Arc::new(Mutex::new(Some(body)));
         let order = self.balance(workers);
@@ -498,7 +504,7 @@ async fn read_limited(body: hyper::body::Incoming) -> Bytes {
 }
 
 /// The client error with its cause (hyper's own message is terse: "client error (Connect)").
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+pub(crate) fn describe(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut message = e.to_string();
     let mut source = e.source();

@@ -177,6 +177,7 @@ mod tests {
             memory_mb: 128,
             min_instances: 0,
             max_concurrency: None,
+            calls: None,
         };
         let recorded = DeploymentEnvResponse {
             env: [("SECRET".to_string(), "s".to_string())].into(),

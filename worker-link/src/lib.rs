@@ -20,6 +20,7 @@
 //! every body chunk into protobuf messages for nothing.
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod client;
 pub mod control;
 pub mod protocol;

@@ -2,8 +2,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reactor_api::manifest::Calls;
 use reactor_api::{DeploymentSpec, InvokeError, Runtime};
-use reactor_proto::routing::FunctionRoute;
+use reactor_proto::routing::{FunctionRoute, LiveDeployment};
 use serde::{Deserialize, Serialize};
 
 /// Path prefix of invocations on a worker; health lives beside it.
@@ -30,8 +31,48 @@ pub const WORKER_MS: &str = "x-reactor-internal-worker-ms";
 /// tagged JSON ([`encode_error`]), or for a build a [`BuildFailed`].
 pub const ERROR: &str = "x-reactor-internal-error";
 
+/// Request: the functions of the call chain before this one, comma-separated
+/// (`Invocation::chain`); absent for an outside request.
+pub const CHAIN: &str = "x-reactor-internal-chain";
+/// Request to a router's call listener: the [`reactor_api::calls::CallContext`],
+/// base64url JSON.
+pub const CALL: &str = "x-reactor-internal-call";
+
+/// Path prefix of calls between functions on a router's call listener.
+pub const CALL_PREFIX: &str = "/call";
+
 /// Every internal header, removed from what crosses to or from a function.
-pub const ALL: [&str; 6] = [AUTH, SPEC, TIMEOUT_MS, COLD_START, WORKER_MS, ERROR];
+pub const ALL: [&str; 8] = [
+    AUTH, SPEC, TIMEOUT_MS, COLD_START, WORKER_MS, ERROR, CHAIN, CALL,
+];
+
+/// The `CHAIN` value of a chain.
+pub fn encode_chain(chain: &[String]) -> String {
+    chain.join(",")
+}
+
+/// A `CHAIN` value: function names only, else `None`.
+pub fn decode_chain(value: &str) -> Option<Vec<String>> {
+    if value.is_empty() {
+        return Some(Vec::new());
+    }
+    let chain: Vec<String> = value.split(',').map(str::to_string).collect();
+    (chain.len() <= reactor_api::calls::MAX_DEPTH_CAP as usize
+        && chain
+            .iter()
+            .all(|f| reactor_api::manifest::valid_function_name(f)))
+    .then_some(chain)
+}
+
+pub fn encode_call(context: &reactor_api::calls::CallContext) -> String {
+    // A struct of strings and numbers always serializes.
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(context).unwrap_or_default())
+}
+
+pub fn decode_call(value: &str) -> Option<reactor_api::calls::CallContext> {
+    let json = URL_SAFE_NO_PAD.decode(value).ok()?;
+    serde_json::from_slice(&json).ok()
+}
 
 pub fn encode_spec(spec: &DeploymentSpec) -> String {
     // Serializing a struct of strings and numbers cannot fail.
@@ -59,6 +100,16 @@ pub fn live_spec(f: &FunctionRoute, runtime: Runtime) -> Option<DeploymentSpec> 
         memory_mb: d.memory_mb,
         min_instances: d.min_instances,
         max_concurrency: d.max_concurrency,
+        calls: d.calls.as_deref().map(|json| parse_calls(f, d, json)),
+    })
+}
+
+/// A live deployment's `calls`. JSON that does not read fails closed: nothing may be
+/// called.
+fn parse_calls(f: &FunctionRoute, d: &LiveDeployment, json: &str) -> Calls {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::warn!(org = %f.org, function = %f.name, deployment_id = %d.deployment_id, error = %e, "unreadable calls: the deployment may call nothing");
+        Calls::new()
     })
 }
 
@@ -90,6 +141,7 @@ pub fn decode_error(body: &[u8]) -> InvokeError {
 mod tests {
     use super::*;
     use reactor_api::Runtime;
+    use reactor_api::manifest::CallAlias;
 
     #[test]
     fn specs_and_failures_round_trip() {
@@ -105,6 +157,13 @@ mod tests {
             memory_mb: 128,
             min_instances: 0,
             max_concurrency: None,
+            calls: Some(Calls::from([(
+                "users".to_string(),
+                CallAlias {
+                    function: "get-user".into(),
+                    timeout_ms: Some(500),
+                },
+            )])),
         };
         let header = encode_spec(&spec);
         assert!(http::HeaderValue::from_str(&header).is_ok());
@@ -128,6 +187,43 @@ mod tests {
         assert!(
             matches!(&unknown, InvokeError::Unavailable { message } if message.contains("melted")),
             "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn live_specs_carry_the_calls() {
+        let route = |calls: Option<&str>| FunctionRoute {
+            org: "acme".into(),
+            name: "hello".into(),
+            runtime: "wasm".into(),
+            live: Some(LiveDeployment {
+                deployment_id: "dep_1".into(),
+                calls: calls.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let calls = |f: FunctionRoute| live_spec(&f, Runtime::Wasm).and_then(|s| s.calls);
+        let users = Calls::from([(
+            "users".to_string(),
+            CallAlias {
+                function: "get-user".into(),
+                timeout_ms: None,
+            },
+        )]);
+        assert_eq!(
+            calls(route(Some(r#"{"users":{"function":"get-user"}}"#))),
+            Some(users)
+        );
+        assert_eq!(
+            calls(route(Some("not json"))),
+            Some(Calls::new()),
+            "unreadable calls allow nothing"
+        );
+        assert_eq!(
+            calls(route(None)),
+            None,
+            "no calls: any function of the org"
         );
     }
 }

@@ -294,6 +294,19 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let chain = match h
+        .get(protocol::CHAIN)
+        .map(|v| v.to_str().ok().and_then(protocol::decode_chain))
+    {
+        None => Vec::new(),
+        Some(Some(chain)) => chain,
+        Some(None) => {
+            return bad_request(format!(
+                "{} is not a list of function names",
+                protocol::CHAIN
+            ));
+        }
+    };
     for name in protocol::ALL {
         parts.headers.remove(name);
     }
@@ -319,6 +332,7 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         request: http::Request::from_parts(parts, body),
         deadline: started + Duration::from_millis(timeout_ms),
         request_id,
+        chain,
     };
     match link.worker.invoke(invocation).await {
         Ok(outcome) => {

@@ -48,6 +48,10 @@ pub struct WorkerContext {
     pub env: Arc<dyn reactor_api::EnvSource>,
     /// Function logs, pushed to the control plane.
     pub logs: Arc<dyn reactor_api::logs::LogSink>,
+    /// Where the calls functions make go: a router's call listener (`worker.router_url`).
+    pub calls: reactor_api::CallLink,
+    /// `[functions.calls]`: what bounds each invocation's calls.
+    pub call_limits: crate::calls::CallLimits,
 }
 
 /// How long a draining worker waits, once out of the table, for routers to see it gone.
@@ -127,7 +131,13 @@ where
             .with_context(|| format!("control plane url {cp_url}"))?;
     let logs = crate::control::PushLogs::start(endpoint.clone(), worker_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
+    let router_calls = crate::calls::RouterCalls::new(&w.router_url, &token, tls.as_ref())
+        .map_err(anyhow::Error::msg)
+        .context("worker.router_url")?;
+    let call_limits = crate::calls::CallLimits::from(&config.functions.calls);
     let runtime_impl = build(WorkerContext {
+        calls: reactor_api::CallLink::to(Arc::new(router_calls)),
+        call_limits,
         config,
         storage: storage.clone(),
         cache_dir: cache_dir.clone(),

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use reactor_api::CallLink;
 use reactor_api::logs::LogSink;
 use reactor_api::{
     Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
@@ -16,6 +17,7 @@ use reactor_api::{
 };
 use reactor_storage::seal::ArtifactSeal;
 use reactor_storage::{Storage, keys};
+use reactor_worker_link::calls::{CallLimits, CallScope};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -87,6 +89,9 @@ pub struct WasmWorker {
     instances_per_deployment: usize,
     /// Signs the artifacts this worker builds and verifies those it loads.
     seal: Arc<ArtifactSeal>,
+    /// Where calls between functions go, and what bounds each invocation's.
+    calls: CallLink,
+    call_limits: CallLimits,
     _ticker: EpochTicker,
 }
 
@@ -146,12 +151,22 @@ impl WasmWorker {
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
             seal: Arc::new(ArtifactSeal::ephemeral()),
+            calls: CallLink::new(),
+            call_limits: CallLimits::default(),
         })
     }
 
     /// Seals and verifies artifacts with `seal` (default: a key of this process only).
     pub fn with_seal(mut self, seal: ArtifactSeal) -> Self {
         self.seal = Arc::new(seal);
+        self
+    }
+
+    /// Sends the calls functions make (`http://NAME.reactor.internal`) through `link`
+    /// (default: nowhere, every call refused), each invocation's bounded by `limits`.
+    pub fn with_calls(mut self, link: CallLink, limits: CallLimits) -> Self {
+        self.calls = link;
+        self.call_limits = limits;
         self
     }
 
@@ -403,11 +418,13 @@ impl RuntimeWorker for WasmWorker {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
+        let path = invocation.path();
         let Invocation {
             spec,
             request,
             deadline,
             request_id,
+            chain: _,
         } = invocation;
         let timeout_ms = spec.timeout_ms;
         let (deployment, cold) = match tokio::time::timeout_at(deadline, self.load(&spec)).await {
@@ -445,6 +462,17 @@ impl RuntimeWorker for WasmWorker {
             }));
         };
         let target = Arc::new(LogTarget::new(&spec, &request_id, self.logs.clone()));
+        let calls = CallScope::new(
+            self.calls.clone(),
+            self.call_limits,
+            spec.clone(),
+            request.headers(),
+            path,
+            deadline,
+            &request_id,
+        );
+        // Ends the invocation's calls when its instance goes.
+        let call_guard = calls.guard();
         let wasi = WasiCtx::builder()
             .envs(env.as_slice())
             .stdout(LogStream::new(target.clone(), "stdout"))
@@ -458,7 +486,7 @@ impl RuntimeWorker for WasmWorker {
             http: WasiHttpCtx::new(),
             table: resource_table(),
             limits: Limits::new(spec.memory_mb),
-            outbound: Outbound::new(OutboundPolicy::default()),
+            outbound: Outbound::new(OutboundPolicy::default()).with_calls(calls),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
@@ -514,6 +542,7 @@ impl RuntimeWorker for WasmWorker {
                 Ok(Err(e)) => TaskEnd::Trap(format!("{e:#}")),
             };
             drop(store);
+            drop(call_guard);
             drop(slot);
             let (org, function, deployment_id) =
                 (&log_spec.org, &log_spec.function, &log_spec.deployment_id);

@@ -10,6 +10,8 @@
 use crate::outbound::OutboundPolicy;
 use http::HeaderName;
 use http::uri::Scheme;
+use http_body_util::BodyExt;
+use reactor_worker_link::calls::CallScope;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +69,9 @@ impl WasiHttpView for Host {
 pub struct Outbound {
     policy: OutboundPolicy,
     in_flight: Arc<Semaphore>,
+    /// The invocation's calls between functions: requests to `*.reactor.internal` go
+    /// there, before any address check, and never to the network.
+    calls: Option<Arc<CallScope>>,
 }
 
 impl Outbound {
@@ -74,8 +79,40 @@ impl Outbound {
         Self {
             policy,
             in_flight: Arc::new(Semaphore::new(MAX_OUTGOING_REQUESTS)),
+            calls: None,
         }
     }
+
+    /// Sends requests to `*.reactor.internal` as calls of `scope`'s invocation.
+    pub fn with_calls(mut self, scope: Arc<CallScope>) -> Self {
+        self.calls = Some(scope);
+        self
+    }
+}
+
+/// A call between functions: the guest's request through the invocation's scope, the
+/// callee's answer (or the platform's refusal) back as an ordinary response.
+fn call(
+    scope: Option<Arc<CallScope>>,
+    host: String,
+    request: http::Request<WasiBody>,
+) -> Box<dyn Future<Output = SendResult> + Send> {
+    Box::new(async move {
+        let Some(scope) = scope else {
+            // No invocation to act for (never so while serving a request).
+            return Err(HttpError::DestinationNotFound);
+        };
+        let request = request.map(|body| {
+            axum::body::Body::new(body.map_err(|e| std::io::Error::other(format!("{e:?}"))))
+        });
+        let response = scope.call(&host, request).await;
+        let response = response.map(|body| {
+            body.map_err(|e| HttpError::InternalError(Some(e.to_string())))
+                .boxed_unsync()
+        });
+        let io = async { Ok::<(), HttpError>(()) };
+        Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+    })
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -120,7 +157,13 @@ impl WasiHttpHooks for Outbound {
             let refused: SendResult = Err(HttpError::ConnectionLimitReached);
             return Box::new(std::future::ready(refused));
         };
-        let sent = self.policy.send_request(request, options, fut);
+        let sent = match reactor_worker_link::calls::internal_host(&request) {
+            Some(host) => {
+                drop(fut);
+                call(self.calls.clone(), host, request)
+            }
+            None => self.policy.send_request(request, options, fut),
+        };
         Box::new(async move {
             let (response, io) = Pin::from(sent).await?;
             let io = async move {

@@ -32,7 +32,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 env: cx.env,
                 logs: cx.logs,
             })?
-            .with_seal(seal),
+            .with_seal(seal)
+            .with_calls(cx.calls, cx.call_limits),
         ))
     })
     .await

@@ -25,6 +25,7 @@ async fn invoke(worker: &WasmWorker, spec: &Arc<DeploymentSpec>, path: &str) -> 
             .expect("request"),
         deadline: tokio::time::Instant::now() + GENEROUS,
         request_id: format!("req-{path}"),
+        chain: Vec::new(),
     };
     let outcome = worker
         .invoke(invocation)
@@ -80,6 +81,7 @@ async fn a_retired_deployment_is_unloaded_and_its_running_instance_finishes() {
         memory_mb: 128,
         min_instances: 0,
         max_concurrency: None,
+        calls: None,
     });
     let bundle_dir = dir.path().join("bundle");
     std::fs::create_dir_all(&bundle_dir).expect("bundle dir");

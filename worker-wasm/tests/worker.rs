@@ -145,6 +145,7 @@ fn spec(deployment_id: &str, timeout_ms: u64, memory_mb: u32) -> DeploymentSpec 
         memory_mb,
         min_instances: 0,
         max_concurrency: None,
+        calls: None,
     }
 }
 
@@ -194,6 +195,7 @@ impl Harness {
                 .expect("request"),
             deadline: tokio::time::Instant::now() + within,
             request_id: request_id.to_string(),
+            chain: Vec::new(),
         };
         self.worker.invoke(invocation).await
     }

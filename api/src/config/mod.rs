@@ -92,6 +92,10 @@ keys::section! {
             doc "`127.0.0.1:8080` (invoke, health)";
         control_plane_url: String = "http://127.0.0.1:7071".into(), env "CONTROL_PLANE_URL",
             doc "`http://127.0.0.1:7071`";
+        /// The internal listener for calls between functions: workers send the calls
+        /// their functions make here (never to the public `listen`).
+        call_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8081)), env "CALL_LISTEN",
+            doc "`127.0.0.1:8081` (calls between functions, from workers only: the internal token, and with `internal.tls` a worker's certificate)";
     }
 }
 
@@ -110,6 +114,8 @@ keys::section! {
         cache_dir: Option<PathBuf> = None, env "CACHE_DIR",
             doc "`{functions.workdir}/cache/{id}`";
         max_instances: u32 = 1000, env "MAX_INSTANCES", doc "1000";
+        router_url: String = "http://127.0.0.1:8081".into(), env "ROUTER_URL",
+            doc "`http://127.0.0.1:8081`: a router's `data_plane.call_listen` (a balanced address in front of every router), where calls between functions go";
         prewarm: bool = true, env "PREWARM",
             doc "true (`true`/`false`/`1`/`0`): load each live deployment of its runtime that routers send to this worker (it is among the deployment's 4 top-ranked workers), and unload those it no longer is";
     }
@@ -345,11 +351,11 @@ keys::section! {
     #[derive(Debug)]
     pub struct CallsConfig ("functions.calls", env "REACTOR_FUNCTIONS_CALLS_") {
         max_depth: u32 = 16, env "MAX_DEPTH",
-            doc "16 (at most 32; read, not yet applied: calls between functions are being built): hops in a chain of calls, an outside request being the first; a call past it gets 508 `call_depth_exceeded`";
+            doc "16 (at most 32): hops in a chain of calls, an outside request being the first; a call past it gets 508 `call_depth_exceeded`";
         max_calls_per_invocation: u32 = 50, env "MAX_CALLS_PER_INVOCATION",
-            doc "50 (read, not yet applied): calls one invocation may start; more get 429 `too_many_requests`";
+            doc "50: calls one invocation may start; more get 429 `too_many_requests`";
         deadline_margin_ms: u64 = 10, env "DEADLINE_MARGIN_MS",
-            doc "10 (read, not yet applied): taken off the caller's remaining time at each hop; a call started with no more left gets 504 `deadline_exceeded`";
+            doc "10: taken off the caller's remaining time at each hop; a call started with no more left gets 504 `deadline_exceeded`";
     }
 }
 

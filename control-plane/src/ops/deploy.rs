@@ -109,6 +109,12 @@ impl ControlPlane {
         // Checked as late as possible before the insert pins the env (not in
         // check_bundle: a resumed materialization has its env pinned already).
         self.check_env_keys(&function, &resolved).await?;
+        let calls = resolved
+            .calls
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::internal(format!("calls: {e}")))?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -125,6 +131,7 @@ impl ControlPlane {
             max_concurrency: resolved.max_concurrency,
             created_at: now(),
             policy: resolved.policy,
+            calls,
         };
         self.storage
             .put_file(&record.bundle_key, &archive)

@@ -100,6 +100,8 @@ pub struct DeploymentRecord {
     pub created_at: String,
     /// The invoke policy of the deployment's manifest (JSON).
     pub policy: Option<String>,
+    /// The manifest's `calls` (JSON); `None`: any function of the org may be called.
+    pub calls: Option<String>,
 }
 
 /// An env value as stored: plain, or a secret sealed under a data key.

@@ -160,6 +160,7 @@ fn deployment_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
         max_concurrency: max_concurrency.map(|c| c as u32),
         created_at: row.try_get("created_at").map_err(db)?,
         policy: row.try_get("policy").map_err(db)?,
+        calls: row.try_get("calls").map_err(db)?,
     })
 }
 
@@ -196,7 +197,7 @@ fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy";
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -342,7 +343,7 @@ impl Store for SqlStore {
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -358,6 +359,7 @@ impl Store for SqlStore {
             .bind(d.max_concurrency.map(i64::from))
             .bind(&d.created_at)
             .bind(&d.policy)
+            .bind(&d.calls)
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(Entity::Deployment, &d.id))?;

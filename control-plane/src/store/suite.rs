@@ -154,6 +154,7 @@ fn deployment(id: &str, org: &str, f: &str) -> DeploymentRecord {
         max_concurrency: Some(50),
         created_at: "t".into(),
         policy: None,
+        calls: None,
     }
 }
 
@@ -317,6 +318,18 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
             .expect("get"),
         Some(deployment("dep_1", "dep-a", "hello")),
         "a deployment reads back as it was written"
+    );
+    let mut manifest = deployment("dep_m", "dep-b", "hello");
+    manifest.policy = Some(r#"{"allow":[]}"#.into());
+    manifest.calls = Some(r#"{"users":{"function":"get-user","timeout_ms":500}}"#.into());
+    store.insert_deployment(&manifest).await.expect("insert");
+    assert_eq!(
+        store
+            .get_deployment("dep-b", "hello", "dep_m")
+            .await
+            .expect("get"),
+        Some(manifest),
+        "policy and calls read back as written"
     );
     assert_eq!(
         store

@@ -203,6 +203,10 @@ pub struct LiveDeployment {
     /// The invoke policy of the deployment's manifest (JSON), checked after the function's.
     #[prost(string, optional, tag = "9")]
     pub policy: ::core::option::Option<::prost::alloc::string::String>,
+    /// The manifest's `calls` (JSON): aliases to callee functions; absent: any function of
+    /// the org may be called.
+    #[prost(string, optional, tag = "10")]
+    pub calls: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// A valid API token: only its SHA-256, never the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,413 @@
+//! Calls between functions on the worker where they start (the rules are in
+//! `reactor_api::calls`). [`CallScope`] is one invocation's right to call, built from what
+//! the router stamped on its request, never from the function's code: the runtime hands
+//! it each outgoing request to `*.reactor.internal`, and it resolves the host through the
+//! caller's `calls`, counts the call, checks the deadline, stamps the context and sends
+//! it through the worker's [`CallLink`]: to a router's call listener ([`RouterCalls`]) or,
+//! in `reactor dev`, to the router in process. When the invocation ends, its
+//! [`CallGuard`] cancels every call it started that is still running, down the chain.
+
+use crate::protocol;
+use axum::body::Body;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use reactor_api::calls::{
+    self, CallContext, CallError, TraceParent, callee_timeout, check_baggage, count_call,
+};
+use reactor_api::config::CallsConfig;
+use reactor_api::model::Role;
+use reactor_api::{ApiError, CallForwarder, CallLink, DeploymentSpec, ErrorCode, headers};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// What bounds the calls of one invocation (`[functions.calls]`).
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    pub max_calls_per_invocation: u32,
+    pub deadline_margin: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self::from(&CallsConfig::default())
+    }
+}
+
+impl From<&CallsConfig> for CallLimits {
+    fn from(c: &CallsConfig) -> Self {
+        Self {
+            max_calls_per_invocation: c.max_calls_per_invocation,
+            deadline_margin: Duration::from_millis(c.deadline_margin_ms),
+        }
+    }
+}
+
+/// The host an outgoing request names (its URI's authority, else its `Host` header), when
+/// it is under `reactor.internal`: such a request is a call, never sent elsewhere.
+pub fn internal_host<B>(request: &Request<B>) -> Option<String> {
+    let host = match request.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => request
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_string(),
+    };
+    // `user@host` is not a host: refuse it as a call rather than send it outside.
+    let host = host.rsplit('@').next().unwrap_or_default().to_string();
+    calls::is_internal(&host).then_some(host)
+}
+
+/// One invocation's calls: who it acts for, where it is in its chain and trace, its
+/// deadline and how many calls it started.
+pub struct CallScope {
+    link: CallLink,
+    limits: CallLimits,
+    spec: Arc<DeploymentSpec>,
+    /// The original request's token and role, as the router stamped them.
+    identity: Option<(String, Role)>,
+    request_id: String,
+    traceparent: Option<TraceParent>,
+    tracestate: Option<String>,
+    baggage: Option<String>,
+    /// The chain, this invocation's function last.
+    chain: Vec<String>,
+    deadline: Instant,
+    started: AtomicU32,
+    cancel: CancellationToken,
+}
+
+impl CallScope {
+    /// The scope of an invocation of `spec` whose request (as the router rewrote it) has
+    /// `headers`; `chain` ends with `spec.function`.
+    pub fn new(
+        link: CallLink,
+        limits: CallLimits,
+        spec: Arc<DeploymentSpec>,
+        headers: &HeaderMap,
+        chain: Vec<String>,
+        deadline: Instant,
+        request_id: &str,
+    ) -> Arc<Self> {
+        let get = |name: &str| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        let identity =
+            get(headers::CALLER_TOKEN).zip(get(headers::CALLER_ROLE).and_then(|r| Role::parse(&r)));
+        Arc::new(Self {
+            link,
+            limits,
+            identity,
+            request_id: request_id.to_string(),
+            traceparent: get(headers::TRACEPARENT).and_then(|t| TraceParent::parse(&t)),
+            tracestate: get(headers::TRACESTATE),
+            baggage: get(headers::BAGGAGE),
+            chain,
+            deadline,
+            started: AtomicU32::new(0),
+            cancel: CancellationToken::new(),
+            spec,
+        })
+    }
+
+    /// Held while the invocation runs: dropping it cancels the calls still running.
+    pub fn guard(&self) -> CallGuard {
+        CallGuard(self.cancel.clone())
+    }
+
+    pub fn deployment(&self) -> &DeploymentSpec {
+        &self.spec
+    }
+
+    /// Makes the call `request` (to `host`, under `reactor.internal`) and answers what
+    /// the caller's code reads: the callee's response, or a refusal as the platform's
+    /// JSON error.
+    pub async fn call(&self, host: &str, request: Request<Body>) -> Response<Body> {
+        match self.prepare(host, request) {
+            Ok((forwarder, context, request)) => {
+                let cancel = self.cancel.clone();
+                let response = tokio::select! {
+                    r = forwarder.forward_call(context, request) => r,
+                    _ = cancel.cancelled() => return ended(),
+                };
+                let (parts, body) = response.into_parts();
+                let body = Body::new(Cancellable {
+                    inner: body,
+                    cancelled: Box::pin(cancel.cancelled_owned()),
+                });
+                Response::from_parts(parts, body)
+            }
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// The checks a call passes on this worker, and the context it carries.
+    fn prepare(
+        &self,
+        host: &str,
+        request: Request<Body>,
+    ) -> Result<Prepared, ApiError> {
+        if self.cancel.is_cancelled() {
+            return Err(ended_error());
+        }
+        let target = calls::resolve(host, self.spec.calls.as_ref())?.ok_or_else(|| {
+            CallError::NotAllowed {
+                target: host.to_string(),
+                reason: "functions are called at NAME.reactor.internal",
+            }
+        })?;
+        let Some((token_id, role)) = self.identity.clone() else {
+            return Err(ApiError::new(
+                ErrorCode::CallNotAllowed,
+                "this invocation carries no caller identity: calls are made only while serving a request",
+            ));
+        };
+        self.started
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                count_call(n, self.limits.max_calls_per_invocation).ok()
+            })
+            .map_err(|_| CallError::TooManyCalls {
+                max: self.limits.max_calls_per_invocation,
+            })?;
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        callee_timeout(remaining, Duration::MAX, None, self.limits.deadline_margin)?;
+        let (mut parts, body) = request.into_parts();
+        // The caller's own `baggage` is its context for the callee (checked); without
+        // one, the invocation's passes on.
+        let own_baggage: Vec<&str> = parts
+            .headers
+            .get_all(headers::BAGGAGE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let baggage = if own_baggage.is_empty() {
+            self.baggage.clone()
+        } else {
+            Some(own_baggage.join(","))
+        };
+        if let Some(b) = &baggage {
+            check_baggage(b).map_err(CallError::from)?;
+        }
+        let span = rand::random::<u64>();
+        let traceparent = match &self.traceparent {
+            Some(parent) => parent.child(span),
+            None => TraceParent::root(rand::random::<u128>(), span),
+        };
+        let Some(forwarder) = self.link.get().cloned() else {
+            return Err(ApiError::new(
+                ErrorCode::NoWorkerAvailable,
+                "calls between functions are not set up on this worker (no router to send them to)",
+            ));
+        };
+        let context = CallContext {
+            org: self.spec.org.clone(),
+            token_id,
+            role,
+            caller_function: self.spec.function.clone(),
+            caller_deployment: self.spec.deployment_id.clone(),
+            request_id: self.request_id.clone(),
+            traceparent: traceparent.to_string(),
+            tracestate: self.tracestate.clone(),
+            baggage,
+            chain: self.chain.clone(),
+            target,
+            remaining_ms: remaining.as_millis() as u64,
+        };
+        // The path and query only: the host named the callee.
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        parts.uri = path
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.headers.remove(http::header::HOST);
+        for name in protocol::ALL {
+            parts.headers.remove(name);
+        }
+        Ok((forwarder, context, Request::from_parts(parts, body)))
+    }
+}
+
+/// A call that passed this worker's checks: where it goes, what it carries, the request.
+type Prepared = (Arc<dyn CallForwarder>, CallContext, Request<Body>);
+
+/// Cancels an invocation's running calls when dropped (the invocation ended: answered,
+/// timed out, crashed or its client went away).
+pub struct CallGuard(CancellationToken);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+fn ended_error() -> ApiError {
+    ApiError::new(
+        ErrorCode::DeadlineExceeded,
+        "the calling invocation has ended: its calls are cancelled",
+    )
+}
+
+fn ended() -> Response<Body> {
+    ended_error().into_response()
+}
+
+/// A call's response body, cut when the calling invocation ends.
+struct Cancellable {
+    inner: Body,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl http_body::Body for Cancellable {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(
+                "the calling invocation has ended",
+            ))));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Sends calls to a router's call listener (`data_plane.call_listen`) over HTTP/2,
+/// authenticated with the internal token and, with `internal.tls`, the worker's
+/// certificate.
+pub struct RouterCalls {
+    base: String,
+    auth: HeaderValue,
+    client: hyper_util::client::legacy::Client<reactor_service::tls::Connector, Body>,
+}
+
+impl RouterCalls {
+    /// Calls to `router_url`; with `tls`, over mutual TLS to a router's certificate only.
+    pub fn new(
+        router_url: &str,
+        internal_token: &str,
+        tls: Option<&reactor_service::tls::InternalTls>,
+    ) -> Result<Self, String> {
+        let mut auth = HeaderValue::from_str(internal_token)
+            .map_err(|_| "the internal token is not a valid header value".to_string())?;
+        auth.set_sensitive(true);
+        let (base, connector) = match tls {
+            Some(tls) => (
+                reactor_proto::client::https_url(router_url).ok_or_else(|| {
+                    format!("worker.router_url {router_url:?} is not an http(s) URL")
+                })?,
+                tls.https_connector(
+                    crate::client::http_connector(),
+                    reactor_service::tls::Role::Router,
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            None => (
+                router_url.to_string(),
+                reactor_service::tls::plain_connector(crate::client::http_connector())
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        base.parse::<Uri>()
+            .map_err(|e| format!("worker.router_url {router_url:?} is not a URL: {e}"))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+            client: crate::client::new_client(connector),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl CallForwarder for RouterCalls {
+    async fn forward_call(&self, context: CallContext, request: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("{}{}{path}", self.base, protocol::CALL_PREFIX);
+        parts.uri = match uri.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("the call's path is not valid: {e}"),
+                )
+                .into_response();
+            }
+        };
+        parts.version = http::Version::HTTP_2;
+        parts.headers.insert(protocol::AUTH, self.auth.clone());
+        if let Ok(v) = HeaderValue::from_str(&protocol::encode_call(&context)) {
+            parts.headers.insert(protocol::CALL, v);
+        }
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => response.map(Body::new),
+            Err(e) => ApiError::new(
+                ErrorCode::WorkerUnavailable,
+                format!(
+                    "the call to {} could not reach a router: {}",
+                    context.target.function,
+                    crate::client::describe(&e)
+                ),
+            )
+            .into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_hosts_are_taken_from_the_uri_or_the_host_header() {
+        let req = Request::get("http://users.reactor.internal/x")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            internal_host(&req).as_deref(),
+            Some("users.reactor.internal")
+        );
+        let req = Request::get("/x")
+            .header("host", "Users.Reactor.Internal:8080")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            internal_host(&req).as_deref(),
+            Some("Users.Reactor.Internal:8080")
+        );
+        let req = Request::get("https://example.com/x")
+            .body(())
+            .expect("request");
+        assert_eq!(internal_host(&req), None);
+        let req = Request::get("http://a@b.reactor.internal/")
+            .body(())
+            .expect("request");
+        assert_eq!(internal_host(&req).as_deref(), Some("b.reactor.internal"));
+    }
+}
