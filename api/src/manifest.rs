@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Most aliases a manifest's `calls` may declare.
-pub const MAX_CALL_ALIASES: usize = 64;
+/// (The aliases travel with every invocation in the internal hop's headers, which HTTP/2
+/// bounds at 16 KiB together with the request's own.)
+pub const MAX_CALL_ALIASES: usize = 16;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

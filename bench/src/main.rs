@@ -15,10 +15,12 @@
 //! `reactor-bench bun` measures the Bun runtime against bare `Bun.serve`.
 //! `reactor-bench controls` measures invoke policies and the concurrency cap.
 //! `reactor-bench lambda` measures the router's hashing and SigV4 signing per Lambda request.
+//! `reactor-bench calls` measures calls between functions (one hop, a chain of three).
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
 mod bun;
+mod calls;
 mod controls;
 mod hop;
 mod lambda;
@@ -54,6 +56,8 @@ enum Cmd {
     Controls(controls::ControlsArgs),
     /// What a router adds to a Lambda invocation: body hash and SigV4 signature.
     Lambda(lambda::LambdaArgs),
+    /// Calls between functions: the cost of one hop, the throughput of a chain of three.
+    Calls(calls::CallsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Bun(args)) => bun::run(args).await,
         Some(Cmd::Controls(args)) => controls::run(args).await,
         Some(Cmd::Lambda(args)) => lambda::run(args).await,
+        Some(Cmd::Calls(args)) => calls::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

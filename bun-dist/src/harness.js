@@ -23,7 +23,8 @@
 // `http://NAME.reactor.internal/...` goes to the worker on `call_socket`, with the
 // capability the worker gave the request being served (x-reactor-call-capability, removed
 // before the function sees the request); the worker stamps the call's context itself. A
-// call ends with its invocation (its request's signal) or its own signal.
+// call ends with its invocation (its request's signal) or its own signal. Its request body
+// is read whole before it is sent; a callee's redirect is answered as it is (not followed).
 import { AsyncLocalStorage } from "node:async_hooks";
 import { format } from "node:util";
 
@@ -67,10 +68,18 @@ if (scope !== null && typeof config.call_socket === "string") {
     const h = host.toLowerCase().replace(/\.$/, "");
     return h === "reactor.internal" || h.endsWith(".reactor.internal");
   };
+  const target = (input) => {
+    try {
+      return new URL(input instanceof Request ? input.url : String(input));
+    } catch {
+      return null;
+    }
+  };
   const call = async (input, init) => {
+    const url = target(input);
+    // Anything else is Bun's own fetch, untouched.
+    if (url === null || !internal(url.hostname)) return send(input, init);
     const request = new Request(input, init);
-    const url = new URL(request.url);
-    if (!internal(url.hostname)) return send(request);
     const current = scope.getStore();
     const headers = new Headers(request.headers);
     headers.delete(CAPABILITY);

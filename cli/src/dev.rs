@@ -153,7 +153,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             ..Default::default()
         },
     );
-    calls.set(dp.clone());
+    calls.set(dp.call_forwarder());
     dp.follow(cp.routing().subscribe());
 
     let reuse = credentials::load()

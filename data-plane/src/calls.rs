@@ -9,13 +9,12 @@
 use crate::DataPlane;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use reactor_api::token::InternalToken;
-use reactor_api::{ApiError, ErrorCode, headers};
+use reactor_api::{ApiError, CallForwarder, ErrorCode, headers};
 use reactor_worker_link::protocol;
 use std::sync::Arc;
-use tokio::time::Instant;
 
 struct CallState {
     dp: Arc<DataPlane>,
@@ -37,7 +36,6 @@ pub fn call_router(dp: Arc<DataPlane>, internal_token: &str) -> Router {
 }
 
 async fn call(State(state): State<Arc<CallState>>, req: Request) -> Response {
-    let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let authorized = parts
         .headers
@@ -50,7 +48,7 @@ async fn call(State(state): State<Arc<CallState>>, req: Request) -> Response {
         )
         .into_response();
     }
-    let Some(context) = parts
+    let Some(mut context) = parts
         .headers
         .get(protocol::CALL)
         .and_then(|v| v.to_str().ok())
@@ -87,14 +85,15 @@ async fn call(State(state): State<Arc<CallState>>, req: Request) -> Response {
             .into_response();
         }
     };
-    let name = context.target.function.clone();
-    let request = axum::http::Request::from_parts(parts, body);
-    let mut response = match state.dp.call(context, request, started).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&name) {
-        response.headers_mut().insert(headers::FUNCTION, v);
+    if let Some(baggage) = parts
+        .headers
+        .get(headers::BAGGAGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        // The worker sends the context's baggage as the header itself (see
+        // `RouterCalls`): it is the largest part, kept out of the context's header.
+        context.baggage = Some(baggage.to_string());
     }
-    response
+    let request = axum::http::Request::from_parts(parts, body);
+    state.dp.forward_call(context, request).await
 }

@@ -326,6 +326,18 @@ impl DataPlane {
         // Policies see the request as the function would: no platform credentials.
         check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
         let permit = self.admit(&grant.org, name, &spec).await.map_err(refused)?;
+        // Calls also take one of the org's calls in flight: what a tree of calls can
+        // hold at once, however it branches.
+        let permit = match &call {
+            None => permit,
+            Some(_) => {
+                let calls = self.admit_call(&grant.org).await.map_err(refused)?;
+                match (permit, calls) {
+                    (Some(a), Some(b)) => Some(Permit::new((a, b))),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
         let limit = self.options.max_body_bytes;
         let declared = parts
             .headers
@@ -360,7 +372,7 @@ impl DataPlane {
                     (InvokeError::Timeout { .. }, Some(context)) if clamped => ApiError::new(
                         ErrorCode::DeadlineExceeded,
                         format!(
-                            "function {name} did not answer within the {} ms its caller {} had left",
+                            "function {name} did not answer within the {} ms its call from {} allowed (the caller's remaining time, or its alias's timeout_ms)",
                             timeout.as_millis(),
                             context.caller_function
                         ),
@@ -383,9 +395,15 @@ impl DataPlane {
         );
         if let Some(context) = &call {
             entry.message = format!(
-                "call from {} ({}), depth {}",
+                "call from {} ({}){}, depth {}",
                 context.caller_function,
                 context.caller_deployment,
+                context
+                    .target
+                    .alias
+                    .as_ref()
+                    .map(|a| format!(" as {a}"))
+                    .unwrap_or_default(),
                 context.chain.len() + 1
             );
         }
@@ -411,6 +429,27 @@ struct Routed<'a> {
     started: Instant,
     /// Set for a call between functions.
     call: Option<CallContext>,
+}
+
+impl DataPlane {
+    /// This router as where in-process workers send calls, without keeping it alive (the
+    /// router holds the workers): a call after it is gone is refused.
+    pub fn call_forwarder(self: &Arc<Self>) -> Arc<dyn CallForwarder> {
+        Arc::new(WeakRouter(Arc::downgrade(self)))
+    }
+}
+
+struct WeakRouter(std::sync::Weak<DataPlane>);
+
+#[async_trait::async_trait]
+impl CallForwarder for WeakRouter {
+    async fn forward_call(&self, context: CallContext, request: http::Request<Body>) -> Response {
+        match self.0.upgrade() {
+            Some(dp) => dp.forward_call(context, request).await,
+            None => ApiError::new(ErrorCode::NoWorkerAvailable, "the router has stopped")
+                .into_response(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -454,6 +493,31 @@ impl DataPlane {
                 // Fail open: a counter that cannot be reached must not take every
                 // function down; the workers' own bounds still hold.
                 tracing::warn!(error = %e, function = name, "admission unavailable: letting the request through");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A permit under `functions.calls.max_in_flight_per_org`, counted like
+    /// `max_concurrency` (across routers with Redis).
+    async fn admit_call(&self, org: &str) -> Result<Option<Permit>, ApiError> {
+        let limit = self.options.calls.max_in_flight_per_org;
+        match self
+            .options
+            .admission
+            .try_acquire(&format!("calls:{org}"), limit)
+            .await
+        {
+            Ok(Some(permit)) => Ok(Some(permit)),
+            Ok(None) => Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "org {org} has {limit} calls between functions running (functions.calls.max_in_flight_per_org)"
+                ),
+            )
+            .with_detail("max_in_flight_per_org", limit)),
+            Err(e) => {
+                tracing::warn!(error = %e, org, "admission unavailable: letting the call through");
                 Ok(None)
             }
         }
@@ -645,6 +709,14 @@ fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_
 /// `x-reactor-internal-*` header.
 fn strip_reserved(h: &mut HeaderMap) {
     h.remove(headers::ORG);
+    // A host under `reactor.internal` names the platform's own addresses: never passed on
+    // (a function building URLs from it would call what the client chose).
+    if h.get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(calls::is_internal)
+    {
+        h.remove(axum::http::header::HOST);
+    }
     for reserved in headers::RESERVED_FOR_ROUTER {
         h.remove(reserved);
     }

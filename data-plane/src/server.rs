@@ -31,6 +31,10 @@ pub struct Args {
     /// Invoke and health address (overrides `data_plane.listen`).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the listener for calls between functions, from workers only
+    /// (overrides `data_plane.call_listen`).
+    #[arg(long)]
+    pub call_listen: Option<SocketAddr>,
     /// The control plane's gRPC URL (overrides `data_plane.control_plane_url`).
     #[arg(long)]
     pub control_plane_url: Option<String>,
@@ -64,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener =
         reactor_service::bind_exclusive(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let call_listen = config.data_plane.call_listen;
+    let call_listen = args.call_listen.unwrap_or(config.data_plane.call_listen);
     let call_listener = reactor_service::bind_exclusive(call_listen)
         .with_context(|| format!("binding {call_listen} (data_plane.call_listen)"))?;
     let call_addr = call_listener.local_addr()?;

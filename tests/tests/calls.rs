@@ -225,6 +225,66 @@ async fn outside_requests_get_no_special_treatment() {
     assert!(h.get("x-reactor-caller-deployment").is_none(), "{v}");
     assert!(h.get("x-reactor-internal-call").is_none(), "{v}");
     assert_eq!(h["x-reactor-deadline-ms"], "30000", "its own limit: {v}");
+    // A Bun function builds its request's URL from Host: one under reactor.internal never
+    // reaches it.
+    s.deploy_live_runtime("bunback", "bun", bun_probe_bundle("v1", None))
+        .await;
+    let resp = s
+        .request(Method::GET, "/fn/v1/bunback/headers")
+        .header("host", "bunback.reactor.internal")
+        .send()
+        .await
+        .expect("send");
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!v.to_string().contains("reactor.internal"), "{v}");
+    assert_eq!(v["x-reactor-call-depth"], "1", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_and_deadlines_are_bounded() {
+    let s = Server::start_with(&[
+        ("REACTOR_FUNCTIONS_CALLS_MAX_CALLS_PER_INVOCATION", "2"),
+        ("REACTOR_FUNCTIONS_CALLS_DEADLINE_MARGIN_MS", "29000"),
+    ]);
+    s.deploy_live("fan", wasm_probe_bundle(None)).await;
+    s.deploy_live("nap", wasm_probe_bundle(None)).await;
+    let short = json!({"limits": {"timeout_ms": 1000}});
+    s.deploy_live("hasty", wasm_probe_bundle(Some(&short)))
+        .await;
+    // The third call of one invocation: 429.
+    let (status, v) = json_of(
+        get(
+            &s,
+            "/fn/v1/fan/fanout?to=nap.reactor.internal&path=%2Fsleep%3Fms%3D10&n=3",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let mut statuses: Vec<u64> = v["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 429], "{v}");
+    // With less than the margin left (1 s of its own, a 29 s margin): 504 at once.
+    let (status, v) =
+        json_of(get(&s, "/fn/v1/hasty/call?to=nap.reactor.internal&path=/echo").await).await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["error"]["code"], "deadline_exceeded", "{v}");
+    assert_eq!(v["error"]["details"]["margin_ms"], 29000, "{v}");
+    // With more: the callee gets what is left less the margin.
+    let (status, v) =
+        json_of(get(&s, "/fn/v1/fan/call?to=nap.reactor.internal&path=/echo").await).await;
+    assert_eq!(status, 200, "{v}");
+    let deadline: u64 = v["headers"]["x-reactor-deadline-ms"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("deadline");
+    assert!(deadline <= 1000, "30 s less the 29 s margin: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -406,4 +466,40 @@ async fn calls_over_mutual_tls_take_a_workers_certificate_only() {
     // A worker's certificate without the internal token: 401.
     let r = with(Some("worker")).get(&url).send().await.expect("worker");
     assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_examples_fan_out_and_merge() {
+    let s = Server::start();
+    for (runtime, dir) in [
+        ("wasm", "./examples/calls-wasm"),
+        ("bun", "./examples/calls-bun"),
+    ] {
+        for part in ["profile", "orders", "dashboard"] {
+            let name = format!("{runtime}-{part}");
+            s.cli_ok(&["functions", "create", &name, "--runtime", runtime]);
+            let out = s.cli_ok(&["functions", "deploy", &name, "--dir", dir]);
+            assert!(out.contains("is ready"), "{out}");
+            s.cli_ok(&["functions", "promote", &name]);
+        }
+        let resp = s
+            .request(
+                Method::GET,
+                &format!("/fn/v1/{runtime}-dashboard/dashboard/42"),
+            )
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .send()
+            .await
+            .expect("send");
+        let (status, v) = json_of(resp).await;
+        assert_eq!(status, 200, "{runtime}: {v}\n{}", s.logs());
+        assert_eq!(v["profile"]["name"], "user 42", "{v}");
+        let dashboard = format!("{runtime}-dashboard");
+        assert_eq!(v["profile"]["caller"], dashboard.as_str(), "{v}");
+        assert_eq!(v["orders"].as_array().map(Vec::len), Some(2), "{v}");
+        assert_eq!(v["trace_id"], TRACE, "{v}");
+        if runtime == "bun" {
+            assert_eq!(v["profile"]["tier"], "gold", "the caller's baggage: {v}");
+        }
+    }
 }

@@ -51,6 +51,9 @@ export default {
       public: process.env.PUBLIC_KEY ?? null, secret: process.env.SECRET_KEY ?? null,
       deployment: process.env.REACTOR_DEPLOYMENT_ID ?? null,
       caller_org: req.headers.get("x-reactor-caller-org"),
+      caller_function: req.headers.get("x-reactor-caller-function"),
+      deadline_ms: req.headers.get("x-reactor-deadline-ms"),
+      depth: req.headers.get("x-reactor-call-depth"),
       authorization: req.headers.get("authorization"),
     }, { headers: { "x-reactor-cold-start": "forged" } });
   },
@@ -478,6 +481,31 @@ async fn lambda_lifecycle_against_moto_and_a_signing_function_url() {
         assert_eq!(r.headers()["x-reactor-cold-start"], "false");
     }
     println!("warm invocations through the emulator: {warm_ms:.1?} ms");
+
+    // A WASM function calls the Lambda function: the same call model.
+    let caller = server
+        .deploy_live("caller", reactor_tests::wasm_probe_bundle(None))
+        .await;
+    let called = server
+        .request(
+            Method::GET,
+            "/fn/v1/caller/call?to=hello.reactor.internal&path=/called",
+        )
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(called.status(), 200);
+    let got: Value = called.json().await.expect("json");
+    assert_eq!(got["path"], "/called", "{got}");
+    assert_eq!(got["caller_function"], "caller", "{got}");
+    assert_eq!(got["caller_org"], "acme", "{got}");
+    assert_eq!(got["depth"], "2", "{got}");
+    let deadline: u64 = got["deadline_ms"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("deadline");
+    assert!(deadline <= 2000, "its own 2 s at most: {got}");
+    let _ = caller;
 
     // The response streams: the first event arrives long before the last is written.
     let t = Instant::now();

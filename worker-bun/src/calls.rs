@@ -78,18 +78,37 @@ impl Drop for CallGrant {
     }
 }
 
+/// Most connections one process may hold open to its call socket (each costs the worker a
+/// file descriptor); more wait for one to close.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve(listener: tokio::net::UnixListener, grants: Grants) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: try again shortly rather than stop serving.
+                tracing::warn!(error = %e, "accepting on a bun process's call socket");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let grants = grants.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                 let grants = grants.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&grants, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// The longest `tracestate` passed on to a callee.
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
 /// What bounds the calls of one invocation (`[functions.calls]`).
 #[derive(Clone, Copy, Debug)]
 pub struct CallLimits {
@@ -112,8 +115,10 @@ impl CallScope {
             identity,
             request_id: request_id.to_string(),
             traceparent: get(headers::TRACEPARENT).and_then(|t| TraceParent::parse(&t)),
-            tracestate: get(headers::TRACESTATE),
-            baggage: get(headers::BAGGAGE),
+            // W3C lets a hop drop a `tracestate` longer than 512 characters.
+            tracestate: get(headers::TRACESTATE).filter(|t| t.len() <= MAX_TRACESTATE_BYTES),
+            // An invalid one from outside is not passed on (the calls would all fail).
+            baggage: get(headers::BAGGAGE).filter(|b| check_baggage(b).is_ok()),
             chain,
             deadline,
             started: AtomicU32::new(0),
@@ -143,8 +148,21 @@ impl CallScope {
                     _ = cancel.cancelled() => return ended(),
                 };
                 let (parts, body) = response.into_parts();
+                let inner = Arc::new(std::sync::Mutex::new(Some(body)));
+                // Dropped when the invocation ends, even if nobody reads it any more: the
+                // callee's stream is reset then, not at its own deadline.
+                let slot = Arc::downgrade(&inner);
+                let watch = cancel.clone();
+                tokio::spawn(async move {
+                    watch.cancelled().await;
+                    if let Some(slot) = slot.upgrade()
+                        && let Ok(mut body) = slot.lock()
+                    {
+                        body.take();
+                    }
+                });
                 let body = Body::new(Cancellable {
-                    inner: body,
+                    inner,
                     cancelled: Box::pin(cancel.cancelled_owned()),
                 });
                 Response::from_parts(parts, body)
@@ -154,11 +172,7 @@ impl CallScope {
     }
 
     /// The checks a call passes on this worker, and the context it carries.
-    fn prepare(
-        &self,
-        host: &str,
-        request: Request<Body>,
-    ) -> Result<Prepared, ApiError> {
+    fn prepare(&self, host: &str, request: Request<Body>) -> Result<Prepared, ApiError> {
         if self.cancel.is_cancelled() {
             return Err(ended_error());
         }
@@ -208,7 +222,7 @@ impl CallScope {
         let Some(forwarder) = self.link.get().cloned() else {
             return Err(ApiError::new(
                 ErrorCode::NoWorkerAvailable,
-                "calls between functions are not set up on this worker (no router to send them to)",
+                "calls between functions are not set up on this worker: it has no router to send them to (worker.router_url)",
             ));
         };
         let context = CallContext {
@@ -234,7 +248,15 @@ impl CallScope {
         parts.uri = path
             .parse::<Uri>()
             .unwrap_or_else(|_| Uri::from_static("/"));
-        parts.headers.remove(http::header::HOST);
+        // What the context carries, the router sets on the callee's request.
+        for name in [
+            http::header::HOST.as_str(),
+            headers::TRACEPARENT,
+            headers::TRACESTATE,
+            headers::BAGGAGE,
+        ] {
+            parts.headers.remove(name);
+        }
         for name in protocol::ALL {
             parts.headers.remove(name);
         }
@@ -268,7 +290,7 @@ fn ended() -> Response<Body> {
 
 /// A call's response body, cut when the calling invocation ends.
 struct Cancellable {
-    inner: Body,
+    inner: Arc<std::sync::Mutex<Option<Body>>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -281,16 +303,29 @@ impl http_body::Body for Cancellable {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(axum::Error::new(
+        let ended = || {
+            Poll::Ready(Some(Err(axum::Error::new(
                 "the calling invocation has ended",
-            ))));
+            ))))
+        };
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            return ended();
         }
-        Pin::new(&mut this.inner).poll_frame(cx)
+        let Ok(mut inner) = this.inner.lock() else {
+            return ended();
+        };
+        match inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => ended(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().map(http_body::Body::size_hint))
+            .unwrap_or_default()
     }
 }
 
@@ -362,6 +397,16 @@ impl CallForwarder for RouterCalls {
         };
         parts.version = http::Version::HTTP_2;
         parts.headers.insert(protocol::AUTH, self.auth.clone());
+        // The baggage (up to 8 KiB) as itself, the rest of the context in one header:
+        // together well inside HTTP/2's 16 KiB of headers.
+        let mut context = context;
+        if let Some(v) = context
+            .baggage
+            .take()
+            .and_then(|b| HeaderValue::from_str(&b).ok())
+        {
+            parts.headers.insert(headers::BAGGAGE, v);
+        }
         if let Ok(v) = HeaderValue::from_str(&protocol::encode_call(&context)) {
             parts.headers.insert(protocol::CALL, v);
         }

@@ -354,6 +354,8 @@ keys::section! {
             doc "16 (at most 32): hops in a chain of calls, an outside request being the first; a call past it gets 508 `call_depth_exceeded`";
         max_calls_per_invocation: u32 = 50, env "MAX_CALLS_PER_INVOCATION",
             doc "50: calls one invocation may start; more get 429 `too_many_requests`";
+        max_in_flight_per_org: u32 = 1000, env "MAX_IN_FLIGHT_PER_ORG",
+            doc "1000: calls between functions of one org running at once (across routers with `functions.redis_url`), however a tree of calls branches; more get 429 `too_many_requests`";
         deadline_margin_ms: u64 = 10, env "DEADLINE_MARGIN_MS",
             doc "10: taken off the caller's remaining time at each hop; a call started with no more left gets 504 `deadline_exceeded`";
     }
@@ -367,6 +369,11 @@ impl CallsConfig {
                 "functions.calls.max_depth {} is out of range (1-{cap})",
                 self.max_depth
             )));
+        }
+        if self.max_in_flight_per_org == 0 {
+            return Err(ConfigError::Invalid(
+                "functions.calls.max_in_flight_per_org must be at least 1".into(),
+            ));
         }
         if self.max_calls_per_invocation == 0 {
             return Err(ConfigError::Invalid(
