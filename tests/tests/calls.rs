@@ -423,6 +423,32 @@ async fn calls_on_the_split_topology_go_through_the_routers_call_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_bun_worker_of_the_split_topology_calls_through_the_router() {
+    let mut s = reactor_tests::split::Split::start();
+    let _bun = s.start_bun_worker("bun", &[]);
+    let front = s
+        .admin
+        .deploy_live_runtime("bfront", "bun", bun_probe_bundle("v1", None))
+        .await;
+    s.admin.deploy_live("back", wasm_probe_bundle(None)).await;
+    let resp = s
+        .invoke(
+            Method::GET,
+            "/fn/v1/bfront/call?to=back.reactor.internal&path=/echo&baggage=k%3Dv",
+        )
+        .send()
+        .await
+        .expect("send");
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 200, "{v}\n{}", s.logs());
+    let h = &v["headers"];
+    assert_eq!(h["x-reactor-caller-function"], "bfront", "{v}");
+    assert_eq!(h["x-reactor-caller-deployment"], front.as_str(), "{v}");
+    assert_eq!(h["x-reactor-caller-org"], "acme", "{v}");
+    assert_eq!(h["baggage"], "k=v", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn calls_over_mutual_tls_take_a_workers_certificate_only() {
     let s = reactor_tests::split::Split::start_tls();
     split_calls(&s).await;
