@@ -232,6 +232,14 @@ impl DataPlane {
         started: Instant,
     ) -> Result<Response, ApiError> {
         let index = self.current_index().await?;
+        // The router resolves too: when the caller's deployment is the live one here, its
+        // `calls` must name the target the worker resolved.
+        if let Some(caller) = index.function(&context.org, &context.caller_function)
+            && let Some(live) = &caller.live
+            && live.deployment_id == context.caller_deployment
+        {
+            check_target(live.calls.as_ref(), &context.target)?;
+        }
         let grant = crate::Grant {
             token_id: context.token_id.clone(),
             org: context.org.clone(),
@@ -563,6 +571,32 @@ impl DataPlane {
     }
 }
 
+/// A call's target is one its caller's `calls` allows (any, without `calls`).
+fn check_target(
+    calls: Option<&reactor_api::manifest::Calls>,
+    target: &calls::CallTarget,
+) -> Result<(), ApiError> {
+    let Some(calls) = calls else {
+        return Ok(());
+    };
+    let allowed = target
+        .alias
+        .as_ref()
+        .and_then(|alias| calls.get(alias))
+        .is_some_and(|call| call.function == target.function);
+    if allowed {
+        return Ok(());
+    }
+    Err(calls::CallError::NotAllowed {
+        target: target
+            .alias
+            .clone()
+            .unwrap_or_else(|| target.function.clone()),
+        reason: "the caller's manifest has no such alias in calls",
+    }
+    .into())
+}
+
 fn body_too_large(name: &str, limit: u64) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
@@ -865,6 +899,34 @@ mod tests {
         let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
         assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(child.parent_id, 0x00f067aa0ba902b7);
+    }
+
+    #[test]
+    fn the_router_checks_the_target_against_the_callers_calls() {
+        let target = |function: &str, alias: Option<&str>| calls::CallTarget {
+            function: function.into(),
+            alias: alias.map(str::to_string),
+            timeout_ms: None,
+        };
+        assert!(check_target(None, &target("anything", None)).is_ok());
+        let declared: reactor_api::manifest::Calls = [(
+            "users".to_string(),
+            reactor_api::manifest::CallAlias {
+                function: "get-user".into(),
+                timeout_ms: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert!(check_target(Some(&declared), &target("get-user", Some("users"))).is_ok());
+        for bad in [
+            target("get-user", None),
+            target("admin", Some("users")),
+            target("get-user", Some("other")),
+        ] {
+            let err = check_target(Some(&declared), &bad).expect_err("not declared");
+            assert_eq!(err.code, ErrorCode::CallNotAllowed, "{bad:?}");
+        }
     }
 
     #[test]
