@@ -22,13 +22,17 @@ pub const CALLER_DEPLOYMENT: &str = "x-reactor-caller-deployment";
 pub const DEADLINE_MS: &str = "x-reactor-deadline-ms";
 pub const CALL_DEPTH: &str = "x-reactor-call-depth";
 
-/// Every header under this prefix is the platform's own: stripped from what reaches a
-/// function, whatever follows it.
+/// Every header under these prefixes is the platform's own: stripped from what reaches a
+/// function, whatever follows them (`x-reactor-internal-*` between services,
+/// `x-reactor-call-*` between a runtime and its harness: a call's capability, host and
+/// call-back URL, and the call depth).
 pub const INTERNAL_PREFIX: &str = "x-reactor-internal";
+pub const CALL_PREFIX: &str = "x-reactor-call-";
+pub const RESERVED_PREFIXES: [&str; 2] = [INTERNAL_PREFIX, CALL_PREFIX];
 
 /// Headers a caller may not set on what reaches a function: the router sets them itself
 /// (an outside request carrying the call headers gets no special treatment).
-pub const RESERVED_FOR_ROUTER: [&str; 9] = [
+pub const RESERVED_FOR_ROUTER: [&str; 8] = [
     CALLER_ORG,
     CALLER_TOKEN,
     CALLER_ROLE,
@@ -37,7 +41,6 @@ pub const RESERVED_FOR_ROUTER: [&str; 9] = [
     DEADLINE_MS,
     CALL_DEPTH,
     FORWARDED_PREFIX,
-    "x-reactor-internal",
 ];
 
 #[cfg(test)]

@@ -25,6 +25,9 @@
 // before the function sees the request); the worker stamps the call's context itself. A
 // call ends with its invocation (its request's signal) or its own signal. Its request body
 // is read whole before it is sent; a callee's redirect is answered as it is (not followed).
+// In "lambda" the router gives each request a capability and the URL to call back on
+// (x-reactor-call-url, removed too): such a `fetch` goes to `{url}/call{path}` over the
+// network, with the capability, and nothing else changes for the function.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { format } from "node:util";
 
@@ -32,12 +35,14 @@ const MARK = "x-reactor-harness";
 const INVOCATION = "x-reactor-invocation";
 const CAPABILITY = "x-reactor-call-capability";
 const CALL_HOST = "x-reactor-call-host";
+const CALL_URL = "x-reactor-call-url";
 const config = JSON.parse(await Bun.stdin.text());
+const lambda = config.mode === "lambda";
 for (const [key, value] of Object.entries(config.env ?? {})) process.env[key] = String(value);
 
-// The request being handled: { id, capability, signal } (id null: its console lines are
-// not tagged).
-const scope = config.mode === "serve" ? new AsyncLocalStorage() : null;
+// The request being handled: { id, capability, url, signal } (id null: its console lines
+// are not tagged; url: "lambda" only).
+const scope = config.mode === "serve" || lambda ? new AsyncLocalStorage() : null;
 const tagged = scope !== null && typeof config.log_tag === "string" && config.log_tag !== "";
 if (tagged) {
   const prefix = `\x1e${config.log_tag}:`;
@@ -62,7 +67,7 @@ if (tagged) {
 }
 
 // `fetch` of `*.reactor.internal`: a call, through the worker (see above).
-if (scope !== null && typeof config.call_socket === "string") {
+if (scope !== null && (typeof config.call_socket === "string" || lambda)) {
   const send = globalThis.fetch.bind(globalThis);
   const internal = (host) => {
     const h = host.toLowerCase().replace(/\.$/, "");
@@ -81,19 +86,27 @@ if (scope !== null && typeof config.call_socket === "string") {
     if (url === null || !internal(url.hostname)) return send(input, init);
     const request = new Request(input, init);
     const current = scope.getStore();
+    if (lambda && !current?.url) {
+      return Response.json(
+        { error: { code: "call_not_allowed", message: "calls between functions are made while serving a request routed by Reactor, from its own code" } },
+        { status: 403 },
+      );
+    }
     const headers = new Headers(request.headers);
     headers.delete(CAPABILITY);
+    headers.delete(CALL_URL);
     if (current?.capability) headers.set(CAPABILITY, current.capability);
     headers.set(CALL_HOST, url.host);
     const signals = [request.signal, current?.signal].filter(Boolean);
     const body = request.method === "GET" || request.method === "HEAD" ? undefined : await request.arrayBuffer();
-    return send(`http://localhost${url.pathname}${url.search}`, {
+    const path = `${url.pathname}${url.search}`;
+    return send(lambda ? `${current.url}/call${path}` : `http://localhost${path}`, {
       method: request.method,
       headers,
       body,
       redirect: "manual",
       signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
-      unix: config.call_socket,
+      ...(lambda ? {} : { unix: config.call_socket }),
     });
   };
   globalThis.fetch = Object.assign(call, { preconnect: send.preconnect });
@@ -155,7 +168,6 @@ function crashed(e) {
   return new Response(text.slice(0, 8192), { status: 500, headers: { [MARK]: "crashed" } });
 }
 
-const lambda = config.mode === "lambda";
 const COLD = "x-reactor-cold-start";
 let served = 0;
 // In "lambda" mode: the marks the router reads (a function cannot set them itself).
@@ -179,11 +191,14 @@ Bun.serve({
     if (scope === null) return handle(request, server);
     const id = request.headers.get(INVOCATION);
     const capability = request.headers.get(CAPABILITY);
+    const url = lambda ? request.headers.get(CALL_URL) : null;
     request.headers.delete(INVOCATION);
     request.headers.delete(CAPABILITY);
+    request.headers.delete(CALL_URL);
     const current = {
       id: tagged && id !== null && /^[0-9]{1,19}$/.test(id) ? id : null,
       capability,
+      url: url && /^https?:\/\/[^\s?#]+$/.test(url) ? url.replace(/\/+$/, "") : null,
       signal: request.signal,
     };
     return scope.run(current, () => handle(request, server));

@@ -8,7 +8,7 @@ use reactor_api::config::ReactorConfig;
 use reactor_api::{Builders, CallLink, Releases, Runtime, Runtimes};
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::{Bootstrap, ControlPlane, ControlPlaneOptions, RuntimeRoles};
-use reactor_data_plane::{DataPlane, RouterOptions};
+use reactor_data_plane::{DataPlane, LambdaCallListener, LambdaCalls, RouterOptions};
 use reactor_service::Lifecycle;
 use reactor_worker_bun::{BunWorker, BunWorkerOptions};
 use reactor_worker_link::calls::CallLimits;
@@ -54,6 +54,8 @@ pub struct DevServer {
     pub bootstrap: Bootstrap,
     pub app: Router,
     pub listener: tokio::net::TcpListener,
+    /// With the Lambda runtime: where its functions' calls come back.
+    pub lambda_calls: Option<LambdaCallListener>,
     pub life: Lifecycle,
 }
 
@@ -122,13 +124,18 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             }
         }
     }
+    let mut lambda_calls = None;
     if let Some(lambda) = reactor_lambda::from_config(&config, env.clone())
         .await
         .context("the lambda runtime is enabled (functions.runtimes)")?
     {
+        // Lambda functions run out of reach: their calls come back on a listener of
+        // their own, each with its invocation's capability.
+        let (door, listener) = LambdaCalls::bind(&config.lambda, calls.clone(), call_limits)?;
+        lambda_calls = Some(listener);
         roles.builders = roles.builders.with(lambda.clone());
         roles.releases = roles.releases.with(lambda.clone());
-        roles.workers = roles.workers.with(lambda);
+        roles.workers = roles.workers.with(door.wrap(lambda));
     }
     let runtimes = roles.workers.clone();
     let call_config = config.calls.clone();
@@ -190,6 +197,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         bootstrap,
         app,
         listener,
+        lambda_calls,
         life,
     })
 }
@@ -221,6 +229,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for note in &server.notes {
         println!("{note}");
     }
+    if let Some(l) = &server.lambda_calls {
+        println!("Lambda functions call back on {}", l.url);
+    }
     println!(
         "export REACTOR_URL={url} REACTOR_TOKEN={} REACTOR_ORG={}",
         b.token, b.org
@@ -242,12 +253,17 @@ pub async fn serve(
     let life = server.life.clone();
     life.stop_on_signal(Duration::ZERO);
     life.set_ready(true);
-    reactor_service::serve(
-        server.listener,
-        server.app,
-        reactor_service::thread_count(threads),
-        &life,
-        Duration::from_secs(grace_secs),
-    )
-    .await
+    let threads = reactor_service::thread_count(threads);
+    let grace = Duration::from_secs(grace_secs);
+    let lambda = async {
+        match server.lambda_calls {
+            Some(l) => reactor_service::serve(l.listener, l.app, threads, &life, grace).await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(
+        reactor_service::serve(server.listener, server.app, threads, &life, grace),
+        lambda,
+    )?;
+    Ok(())
 }

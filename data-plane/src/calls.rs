@@ -9,7 +9,6 @@
 use crate::DataPlane;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use reactor_api::token::InternalToken;
 use reactor_api::{ApiError, CallForwarder, ErrorCode, headers};
@@ -63,27 +62,9 @@ async fn call(State(state): State<Arc<CallState>>, req: Request) -> Response {
     for name in protocol::ALL {
         parts.headers.remove(name);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .strip_prefix(protocol::CALL_PREFIX)
-        .unwrap_or("/");
-    let path = if path.is_empty() || path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    parts.uri = match path.parse::<Uri>() {
+    parts.uri = match protocol::relative_path(&parts.uri, protocol::CALL_PREFIX) {
         Ok(uri) => uri,
-        Err(e) => {
-            return ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("the call's path is not valid: {e}"),
-            )
-            .into_response();
-        }
+        Err(message) => return ApiError::new(ErrorCode::InvalidInput, message).into_response(),
     };
     if let Some(baggage) = parts
         .headers

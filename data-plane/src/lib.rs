@@ -12,11 +12,13 @@ pub mod admission_redis;
 mod body;
 pub mod calls;
 mod follow;
+pub mod lambda_calls;
 mod router;
 pub mod server;
 mod table;
 
 pub use calls::call_router;
 pub use follow::{ControlPlaneEndpoint, follow_control_plane};
+pub use lambda_calls::{LambdaCallListener, LambdaCalls};
 pub use router::{DataPlane, RouterOptions, invoke_router};
 pub use table::{Grant, RouteIndex};

@@ -740,7 +740,7 @@ fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_
 }
 
 /// Removes what only the platform sets: `X-Reactor-Org`, the router's headers and every
-/// `x-reactor-internal-*` header.
+/// `x-reactor-internal-*` and `x-reactor-call-*` header.
 fn strip_reserved(h: &mut HeaderMap) {
     h.remove(headers::ORG);
     // A host under `reactor.internal` names the platform's own addresses: never passed on
@@ -756,7 +756,11 @@ fn strip_reserved(h: &mut HeaderMap) {
     }
     let internal: Vec<HeaderName> = h
         .keys()
-        .filter(|k| k.as_str().starts_with(headers::INTERNAL_PREFIX))
+        .filter(|k| {
+            headers::RESERVED_PREFIXES
+                .iter()
+                .any(|p| k.as_str().starts_with(p))
+        })
         .cloned()
         .collect();
     for name in internal {
@@ -878,6 +882,14 @@ mod tests {
         h.insert("x-reactor-caller-role", HeaderValue::from_static("admin"));
         h.insert("x-reactor-internal-call", HeaderValue::from_static("e30"));
         h.insert("x-reactor-internal-spec", HeaderValue::from_static("e30"));
+        h.insert(
+            "x-reactor-call-url",
+            HeaderValue::from_static("http://evil"),
+        );
+        h.insert(
+            "x-reactor-call-capability",
+            HeaderValue::from_static("forged"),
+        );
         let grant = crate::Grant {
             token_id: "tok_1".into(),
             org: "acme".into(),
@@ -888,6 +900,8 @@ mod tests {
         assert!(h.get("x-reactor-org").is_none());
         assert!(h.get("x-reactor-internal-call").is_none());
         assert!(h.get("x-reactor-internal-spec").is_none());
+        assert!(h.get("x-reactor-call-url").is_none());
+        assert!(h.get("x-reactor-call-capability").is_none());
         assert_eq!(h["x-reactor-caller-role"], "invoker");
         assert_eq!(h["x-reactor-caller-token"], "tok_1");
         assert_eq!(h["x-forwarded-prefix"], "/fn/v1/hello");

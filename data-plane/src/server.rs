@@ -1,5 +1,6 @@
 //! `reactor-data-plane`: a router as its own service. Invocations and health on `listen`,
-//! calls between functions from workers on `call_listen` (`calls.rs`);
+//! calls between functions from workers on `call_listen` (`calls.rs`), and with the Lambda
+//! runtime those of Lambda functions on `functions.lambda.call_listen` (`lambda_calls.rs`);
 //! the routing table from the control plane's gRPC stream; functions run on the worker
 //! services that table lists.
 
@@ -88,8 +89,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let logs = reactor_worker_link::control::PushLogs::start(endpoint.clone(), router_id.clone())
         .with_context(|| format!("control plane url {cp_url}"))?;
     let admission = build_admission(config.functions.redis_url.as_deref(), &router_id).await?;
+    // Calls that Lambda functions make come back to this router, once it is built.
+    let lambda_link = reactor_api::CallLink::new();
+    let (runtimes, lambda_calls) = lambda_runtimes(&config.functions, lambda_link.clone()).await?;
     let dp = DataPlane::build(
-        lambda_runtimes(&config.functions).await?,
+        runtimes,
         Some(remote),
         RouterOptions {
             logs,
@@ -98,6 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             calls: config.functions.calls.clone(),
         },
     );
+    lambda_link.set(dp.call_forwarder());
     follow_control_plane(dp.clone(), endpoint);
     let life = Lifecycle::new();
     life.stop_on_signal(Duration::from_millis(args.drain_delay_ms));
@@ -129,34 +134,58 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let threads = reactor_service::thread_count(args.threads);
     let grace = Duration::from_secs(args.grace_secs);
+    let lambda = async {
+        match lambda_calls {
+            Some(l) => {
+                let app = l.app.merge(life.routes());
+                println!(
+                    "reactor-data-plane: Lambda functions call back on {} (listening on {})",
+                    l.url,
+                    l.listener.local_addr()?
+                );
+                reactor_service::serve(l.listener, app, threads, &life, grace).await
+            }
+            None => Ok(()),
+        }
+    };
     tokio::try_join!(
         reactor_service::serve(listener, app, threads, &life, grace),
         reactor_service::serve_with(call_listener, calls_app, threads, &life, grace, call_tls),
+        lambda,
     )?;
     Ok(())
 }
 
 /// The runtimes this router runs itself: Lambda, when enabled (it signs and sends each
-/// invocation to the Function URL; there is no Lambda worker service). Every other
-/// runtime runs on the worker services the routing table lists.
+/// invocation to the Function URL; there is no Lambda worker service), with the listener
+/// its functions' calls come back on, made through `link` (`lambda_calls.rs`). Every
+/// other runtime runs on the worker services the routing table lists.
 pub async fn lambda_runtimes(
     config: &reactor_api::config::FunctionsConfig,
-) -> anyhow::Result<reactor_api::Runtimes> {
+    link: reactor_api::CallLink,
+) -> anyhow::Result<(reactor_api::Runtimes, Option<crate::LambdaCallListener>)> {
     let runtimes = reactor_api::Runtimes::new();
     #[cfg(feature = "lambda")]
     if let Some(lambda) = reactor_lambda::from_config(config, Arc::new(reactor_api::invoke::NoEnv))
         .await
         .context("the lambda runtime is enabled (functions.runtimes)")?
     {
-        return Ok(runtimes.with(lambda));
+        let (calls, listener) = crate::LambdaCalls::bind(
+            &config.lambda,
+            link,
+            reactor_worker_link::calls::CallLimits::from(&config.calls),
+        )?;
+        return Ok((runtimes.with(calls.wrap(lambda)), Some(listener)));
     }
+    #[cfg(not(feature = "lambda"))]
+    let _ = link;
     #[cfg(not(feature = "lambda"))]
     if config.runtimes.contains(&reactor_api::Runtime::Lambda) {
         anyhow::bail!(
             "functions.runtimes enables lambda, but this reactor-data-plane was built without the `lambda` feature"
         );
     }
-    Ok(runtimes)
+    Ok((runtimes, None))
 }
 
 /// The concurrency cap's counter: across routers in Redis when `functions.redis_url` is

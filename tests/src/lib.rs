@@ -619,6 +619,29 @@ pub fn dir_with(name: &str, bytes: &[u8]) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// An HTTPS client that trusts the CA under `tls` (`ca.pem`), reaches `name` at `addr`,
+/// and presents the certificate of `role` (`{role}.pem`, `{role}.key`) when given.
+pub fn tls_client(
+    tls: &Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+    role: Option<&str>,
+) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&read(&tls.join("ca.pem"))).expect("ca");
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve(name, addr)
+        .timeout(Duration::from_secs(5));
+    if let Some(role) = role {
+        let mut pem = read(&tls.join(format!("{role}.pem")));
+        pem.extend(read(&tls.join(format!("{role}.key"))));
+        b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+    }
+    b.build().expect("client")
+}
+
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path)
         .with_context(|| path.display().to_string())

@@ -458,21 +458,7 @@ async fn calls_over_mutual_tls_take_a_workers_certificate_only() {
         .trim_start_matches("https://")
         .parse()
         .expect("the call listener's address");
-    let ca = reqwest::Certificate::from_pem(&read(&tls.join("ca.pem"))).expect("ca");
-    let with = |role: Option<&str>| {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca.clone())
-            .resolve("router.reactor.internal", addr)
-            .timeout(Duration::from_secs(5));
-        if let Some(role) = role {
-            let mut pem = read(&tls.join(format!("{role}.pem")));
-            pem.extend(read(&tls.join(format!("{role}.key"))));
-            b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
-        }
-        b.build().expect("client")
-    };
+    let with = |role: Option<&str>| tls_client(&tls, "router.reactor.internal", addr, role);
     let url = format!("https://router.reactor.internal:{}/call/echo", addr.port());
     // A router's or the control plane's certificate is dropped at the handshake; none
     // reaches health checks only.

@@ -8,8 +8,8 @@
 //! alias's version, and streams its answer back. See docs/lambda.md for what this shows
 //! and what only real AWS can.
 
-use reactor_tests::topology::Moto;
-use reactor_tests::{Server, bun_bin, bundle, root, sha256_hex};
+use reactor_tests::topology::{Moto, free_port};
+use reactor_tests::{Server, bun_bin, bundle, root, sha256_hex, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
@@ -39,6 +39,21 @@ export default {
       return new Response(stream, { headers: { "content-type": "text/event-stream" } });
     }
     if (p.endsWith("/crash")) throw new Error("boom from lambda");
+    if (p.endsWith("/call")) {
+      // A call between functions: plain fetch, passed on as it streams.
+      const to = url.searchParams.get("to");
+      const r = await fetch(`http://${to}${url.searchParams.get("path") ?? "/"}`, {
+        headers: { "x-reactor-caller-function": "forged", "x-request-id": "req_forged" },
+      });
+      return new Response(r.body, { status: r.status, headers: r.headers });
+    }
+    if (p.endsWith("/fanout")) {
+      // Three calls in flight at once, awaited together.
+      const t = Date.now();
+      const ms = url.searchParams.get("ms") ?? "600";
+      const all = await Promise.all([1, 2, 3].map(() => fetch(`http://back.reactor.internal/sleep?ms=${ms}`)));
+      return Response.json({ statuses: all.map((r) => r.status), elapsed_ms: Date.now() - t });
+    }
     if (p.endsWith("/sleep")) {
       await Bun.sleep(Number(url.searchParams.get("ms") ?? "1000"));
       return new Response("slept");
@@ -55,6 +70,8 @@ export default {
       deadline_ms: req.headers.get("x-reactor-deadline-ms"),
       depth: req.headers.get("x-reactor-call-depth"),
       authorization: req.headers.get("authorization"),
+      call_url: req.headers.get("x-reactor-call-url"),
+      capability: req.headers.get("x-reactor-call-capability"),
     }, { headers: { "x-reactor-cold-start": "forged" } });
   },
 };
@@ -67,6 +84,7 @@ fn function_bundle(version: &str, memory_mb: u32) -> Vec<u8> {
         "env_keys": ["PUBLIC_KEY"],
         "secret_keys": ["SECRET_KEY"],
         "concurrency": {"max_concurrency": 5},
+        "calls": {"back": {"function": "back"}, "streamer": {"function": "streamer"}},
         "limits": {"timeout_ms": 2000, "memory_mb": memory_mb},
     })
     .to_string();
@@ -302,6 +320,173 @@ async fn declared_too_large(server: &Server, length: usize) -> (u16, Value) {
     (status, json)
 }
 
+/// The Lambda function (deployment `dep`) calls other functions: the same call model as
+/// WASM and Bun, through the router's `functions.lambda.call_listen`.
+async fn lambda_calls(server: &Server, call_listen: &str, dep: &str) {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    server
+        .deploy_live("back", reactor_tests::wasm_probe_bundle(None))
+        .await;
+    server
+        .deploy_live_runtime(
+            "streamer",
+            "bun",
+            reactor_tests::bun_probe_bundle("v1", None),
+        )
+        .await;
+    let direct: Value = server
+        .request(Method::GET, "/fn/v1/back/echo")
+        .send()
+        .await
+        .expect("echo")
+        .json()
+        .await
+        .expect("json");
+    let (token, role) = (
+        &direct["headers"]["x-reactor-caller-token"],
+        &direct["headers"]["x-reactor-caller-role"],
+    );
+    assert!(token.is_string() && role.is_string(), "{direct}");
+
+    // The context: a child span of the caller's trace, its baggage, the original
+    // identity, the caller and a deadline within its own 2 s; the forged headers of the
+    // function's own code are overwritten.
+    let resp = server
+        .request(
+            Method::GET,
+            "/fn/v1/hello/call?to=back.reactor.internal&path=/echo",
+        )
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("baggage", "user=alice,tier=gold")
+        .send()
+        .await
+        .expect("call");
+    let request_id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(status, 200, "{text}\n{}", server.logs());
+    let got: Value = serde_json::from_str(&text).expect("json");
+    let h = &got["headers"];
+    let traceparent: Vec<&str> = h["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .split('-')
+        .collect();
+    assert_eq!(traceparent[1], TRACE, "{got}");
+    assert_ne!(traceparent[2], PARENT, "{got}");
+    assert_eq!(h["baggage"], "user=alice,tier=gold", "{got}");
+    assert_eq!(h["x-reactor-caller-org"], "acme", "{got}");
+    assert_eq!(&h["x-reactor-caller-token"], token, "{got}");
+    assert_eq!(&h["x-reactor-caller-role"], role, "{got}");
+    assert_eq!(h["x-reactor-caller-function"], "hello", "{got}");
+    assert_eq!(h["x-reactor-caller-deployment"], dep, "{got}");
+    assert_eq!(h["x-request-id"], request_id.as_str(), "{got}");
+    assert_eq!(h["x-reactor-call-depth"], "2", "{got}");
+    let deadline: u64 = h["x-reactor-deadline-ms"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a deadline");
+    assert!(deadline > 0 && deadline < 2000, "{got}");
+    for leaked in [
+        "x-reactor-call-url",
+        "x-reactor-call-capability",
+        "x-reactor-call-host",
+    ] {
+        assert!(
+            h.get(leaked).is_none(),
+            "{leaked} reached the callee: {got}"
+        );
+    }
+
+    // Outside its `calls`: refused.
+    let refused = server
+        .request(
+            Method::GET,
+            "/fn/v1/hello/call?to=caller.reactor.internal&path=/echo",
+        )
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(refused.status(), 403);
+    let e: Value = refused.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "call_not_allowed", "{e}");
+
+    // Three calls started together take the time of the slowest, not the sum.
+    let fan: Value = server
+        .request(Method::GET, "/fn/v1/hello/fanout?ms=500")
+        .send()
+        .await
+        .expect("fanout")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(fan["statuses"], json!([200, 200, 200]), "{fan}");
+    let elapsed = fan["elapsed_ms"].as_u64().expect("elapsed");
+    assert!(
+        (500..1300).contains(&elapsed),
+        "three 500 ms calls in {elapsed} ms"
+    );
+
+    // The call-back headers are the router's: an outside request's never reach the
+    // function, and a capability nobody was given opens nothing.
+    let forged: Value = server
+        .request(Method::GET, "/fn/v1/hello/echo")
+        .header("x-reactor-call-url", "http://127.0.0.1:1")
+        .header("x-reactor-call-capability", "forged")
+        .send()
+        .await
+        .expect("echo")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(forged["call_url"], Value::Null, "{forged}");
+    assert_eq!(forged["capability"], Value::Null, "{forged}");
+    let door = reqwest::Client::new()
+        .get(format!("http://{call_listen}/call/echo"))
+        .header("x-reactor-call-capability", "00".repeat(24))
+        .header("x-reactor-call-host", "back.reactor.internal")
+        .send()
+        .await
+        .expect("call door");
+    assert_eq!(door.status(), 403);
+    let e: Value = door.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "call_not_allowed", "{e}");
+
+    // The client going away ends the Lambda invocation's calls: its streaming callee sees
+    // the abort long before the 2 s deadline would have cut it.
+    let before = server.logs().matches("probe: stream aborted").count();
+    let t = Instant::now();
+    let mut stream = server
+        .request(
+            Method::GET,
+            "/fn/v1/hello/call?to=streamer.reactor.internal&path=/stream",
+        )
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.expect("chunk").expect("a first line");
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("line 0"),
+        "{first:?}"
+    );
+    drop(stream);
+    let dropped_at = t.elapsed();
+    let aborted = wait_until(Duration::from_secs(5), || async {
+        (server.logs().matches("probe: stream aborted").count() > before).then(|| t.elapsed())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the callee saw no abort:\n{}", server.logs()));
+    assert!(
+        aborted < Duration::from_millis(1800),
+        "dropped at {dropped_at:?}, the callee aborted at {aborted:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lambda_lifecycle_against_moto_and_a_signing_function_url() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -318,7 +503,10 @@ async fn lambda_lifecycle_against_moto_and_a_signing_function_url() {
     let lwa = layers.next().expect("lwa layer").to_string();
     let bun = layers.next().expect("bun layer").to_string();
     let emulator = FunctionUrl::start();
+    // Where the Lambda function's calls come back (the emulator runs it on this host).
+    let call_listen = format!("127.0.0.1:{}", free_port());
     let server = Server::start_with(&[
+        ("REACTOR_FUNCTIONS_LAMBDA_CALL_LISTEN", &call_listen),
         ("REACTOR_FUNCTIONS_RUNTIMES", "wasm,bun,lambda"),
         ("REACTOR_FUNCTIONS_LAMBDA_REGION", REGION),
         ("REACTOR_FUNCTIONS_LAMBDA_ROLE_ARN", ROLE),
@@ -506,6 +694,8 @@ async fn lambda_lifecycle_against_moto_and_a_signing_function_url() {
         .expect("deadline");
     assert!(deadline <= 2000, "its own 2 s at most: {got}");
     let _ = caller;
+
+    lambda_calls(&server, &call_listen, &v1).await;
 
     // The response streams: the first event arrives long before the last is written.
     let t = Instant::now();

@@ -11,29 +11,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
-/// An HTTPS client that trusts the cluster's CA, reaches `name` at `addr`, and presents
-/// the certificate of `role` when given.
-fn client(
-    tls: &Path,
-    name: &str,
-    addr: std::net::SocketAddr,
-    role: Option<&str>,
-) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&read(&tls.join("ca.pem"))).expect("ca");
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .resolve(name, addr)
-        .timeout(Duration::from_secs(5));
-    if let Some(role) = role {
-        let mut pem = read(&tls.join(format!("{role}.pem")));
-        pem.extend(read(&tls.join(format!("{role}.key"))));
-        b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
-    }
-    b.build().expect("client")
-}
-
 fn grpc_tls(tls: &Path, role: Option<&str>) -> tonic::transport::ClientTlsConfig {
     let ca = tonic::transport::Certificate::from_pem(read(&tls.join("ca.pem")));
     let mut c = tonic::transport::ClientTlsConfig::new()
@@ -134,7 +111,7 @@ async fn every_internal_hop_is_mutual_tls_and_each_certificate_serves_its_role_o
         (Some("router"), "/invoke/", Some(401)),
         (Some("control-plane"), "/invoke/", Some(401)),
     ] {
-        let r = client(&tls, "worker.reactor.internal", worker_addr, role)
+        let r = tls_client(&tls, "worker.reactor.internal", worker_addr, role)
             .get(format!("{url}{path}"))
             .send()
             .await;
@@ -145,7 +122,7 @@ async fn every_internal_hop_is_mutual_tls_and_each_certificate_serves_its_role_o
         }
     }
     // A worker verifies as a worker only: the control plane's name does not pass for it.
-    let wrong_name = client(
+    let wrong_name = tls_client(
         &tls,
         "control-plane.reactor.internal",
         worker_addr,

@@ -8,25 +8,18 @@
 //! of the process it was given to.
 
 use axum::body::Body;
-use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use reactor_api::{ApiError, ErrorCode};
-use reactor_worker_link::calls::{CallGuard, CallScope};
-use std::collections::HashMap;
+use reactor_worker_link::calls::{CallGrants, CallScope};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
-/// The request header the worker gives an invocation's capability in (the harness takes
-/// it off before the function sees the request) and the harness sends it back in.
-pub use reactor_bun_dist::{CALL_CAPABILITY, CALL_HOST};
-
-type Grants = Arc<Mutex<HashMap<String, Arc<CallScope>>>>;
+pub use reactor_worker_link::calls::CallGrant;
 
 /// A process's call socket and the capabilities of its running invocations.
 pub struct CallDoor {
-    grants: Grants,
+    grants: CallGrants,
     _server: AbortOnDropHandle<()>,
 }
 
@@ -34,7 +27,7 @@ impl CallDoor {
     /// Listens on `path` (inside the process directory, before the process starts).
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let listener = tokio::net::UnixListener::bind(path)?;
-        let grants = Grants::default();
+        let grants = CallGrants::default();
         let server = tokio::spawn(serve(listener, grants.clone()));
         Ok(Self {
             grants,
@@ -44,37 +37,7 @@ impl CallDoor {
 
     /// A capability for `scope`'s invocation, valid until the grant is dropped.
     pub fn grant(&self, scope: Arc<CallScope>) -> CallGrant {
-        let capability = hex::encode(rand::random::<[u8; 24]>());
-        let guard = scope.guard();
-        if let Ok(mut grants) = self.grants.lock() {
-            grants.insert(capability.clone(), scope);
-        }
-        CallGrant {
-            capability,
-            grants: self.grants.clone(),
-            _guard: guard,
-        }
-    }
-}
-
-/// An invocation's right to call, revoked (and its running calls cancelled) on drop.
-pub struct CallGrant {
-    capability: String,
-    grants: Grants,
-    _guard: CallGuard,
-}
-
-impl CallGrant {
-    pub fn capability(&self) -> &str {
-        &self.capability
-    }
-}
-
-impl Drop for CallGrant {
-    fn drop(&mut self) {
-        if let Ok(mut grants) = self.grants.lock() {
-            grants.remove(&self.capability);
-        }
+        self.grants.grant(scope)
     }
 }
 
@@ -84,7 +47,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send a request's headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn serve(listener: tokio::net::UnixListener, grants: Grants) {
+async fn serve(listener: tokio::net::UnixListener, grants: CallGrants) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -116,35 +79,9 @@ async fn serve(listener: tokio::net::UnixListener, grants: Grants) {
 }
 
 /// One call from the process: its invocation's scope by capability, then the call.
-async fn handle(grants: &Grants, req: http::Request<Incoming>) -> http::Response<Body> {
-    let (mut parts, body) = req.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let scope = header(CALL_CAPABILITY)
-        .and_then(|capability| grants.lock().ok().and_then(|g| g.get(&capability).cloned()));
-    let Some(scope) = scope else {
-        return ApiError::new(
-            ErrorCode::CallNotAllowed,
-            "calls between functions are made while serving a request, from its own code",
-        )
-        .into_response();
-    };
-    let Some(host) = header(CALL_HOST) else {
-        return ApiError::new(
-            ErrorCode::InvalidInput,
-            "the call names no host (the harness sends it)",
-        )
-        .into_response();
-    };
-    parts.headers.remove(CALL_CAPABILITY);
-    parts.headers.remove(CALL_HOST);
-    parts.headers.remove(http::header::HOST);
-    scope
-        .call(&host, http::Request::from_parts(parts, Body::new(body)))
+async fn handle(grants: &CallGrants, req: http::Request<Incoming>) -> http::Response<Body> {
+    let (parts, body) = req.into_parts();
+    grants
+        .answer(http::Request::from_parts(parts, Body::new(body)))
         .await
 }

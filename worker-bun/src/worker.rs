@@ -307,7 +307,8 @@ impl RuntimeWorker for BunWorker {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
-        let path = invocation.path();
+        let call_scope =
+            CallScope::for_invocation(self.calls.clone(), self.call_limits, &invocation);
         let Invocation {
             spec,
             request,
@@ -346,15 +347,7 @@ impl RuntimeWorker for BunWorker {
         // Held with the response body: the output tagged with its number is this request's.
         let scope = process.begin(&request_id);
         // Held with the response body too: the invocation's calls end with it.
-        let calls = process.grant_calls(CallScope::new(
-            self.calls.clone(),
-            self.call_limits,
-            spec.clone(),
-            request.headers(),
-            path,
-            deadline,
-            &request_id,
-        ));
+        let calls = process.grant_calls(call_scope);
         let sent = process.send(request, &scope, &calls);
         let response = match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => response,

@@ -6,6 +6,10 @@
 //! it through the worker's [`CallLink`]: to a router's call listener ([`RouterCalls`]) or,
 //! in `reactor dev`, to the router in process. When the invocation ends, its
 //! [`CallGuard`] cancels every call it started that is still running, down the chain.
+//!
+//! Code that runs out of the worker's reach (a Bun process, a Lambda function) sends its
+//! calls back with a capability: [`CallGrants`] maps each running invocation's capability
+//! to its scope, and revokes it when the invocation ends.
 
 use crate::protocol;
 use axum::body::Body;
@@ -17,7 +21,10 @@ use reactor_api::calls::{
 };
 use reactor_api::config::CallsConfig;
 use reactor_api::model::Role;
-use reactor_api::{ApiError, CallForwarder, CallLink, DeploymentSpec, ErrorCode, headers};
+use reactor_api::{
+    ApiError, CallForwarder, CallLink, DeploymentSpec, ErrorCode, Invocation, headers,
+};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -125,6 +132,24 @@ impl CallScope {
             cancel: CancellationToken::new(),
             spec,
         })
+    }
+
+    /// The scope of `invocation`, as the router sent it (before the runtime changes its
+    /// request).
+    pub fn for_invocation(
+        link: CallLink,
+        limits: CallLimits,
+        invocation: &Invocation,
+    ) -> Arc<Self> {
+        Self::new(
+            link,
+            limits,
+            invocation.spec.clone(),
+            invocation.request.headers(),
+            invocation.path(),
+            invocation.deadline,
+            &invocation.request_id,
+        )
     }
 
     /// Held while the invocation runs: dropping it cancels the calls still running.
@@ -329,6 +354,138 @@ impl http_body::Body for Cancellable {
     }
 }
 
+/// The request headers of the capability protocol: the runtime gives an invocation its
+/// capability (and, to Lambda, the URL to call back) on its request; the harness sends
+/// the capability and the host the function named back with each call.
+pub use reactor_bun_dist::{CALL_CAPABILITY, CALL_HOST, CALL_URL};
+
+/// The capabilities of running invocations, each mapped to its [`CallScope`]. A
+/// capability is 24 random bytes: unguessable, good only while its invocation runs, and
+/// only for calls as that invocation.
+#[derive(Clone, Default)]
+pub struct CallGrants(Arc<std::sync::Mutex<HashMap<String, Arc<CallScope>>>>);
+
+impl CallGrants {
+    /// A capability for `scope`'s invocation, valid until the grant is dropped.
+    pub fn grant(&self, scope: Arc<CallScope>) -> CallGrant {
+        let capability = hex::encode(rand::random::<[u8; 24]>());
+        let guard = scope.guard();
+        if let Ok(mut grants) = self.0.lock() {
+            grants.insert(capability.clone(), scope);
+        }
+        CallGrant {
+            capability,
+            grants: self.clone(),
+            _guard: guard,
+        }
+    }
+
+    /// How many invocations hold a capability now.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|g| g.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One call sent back with a capability ([`CALL_CAPABILITY`]) and the host the function
+    /// named ([`CALL_HOST`]); `request`'s URI is the call's path and query. Without a
+    /// capability that is running, 403 `call_not_allowed`.
+    pub async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let scope = header(CALL_CAPABILITY)
+            .and_then(|capability| self.0.lock().ok().and_then(|g| g.get(&capability).cloned()));
+        let Some(scope) = scope else {
+            return ApiError::new(
+                ErrorCode::CallNotAllowed,
+                "calls between functions are made while serving a request, from its own code (this capability is unknown or its invocation has ended)",
+            )
+            .into_response();
+        };
+        let Some(host) = header(CALL_HOST) else {
+            return ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("the call names no host ({CALL_HOST}, which the harness sends)"),
+            )
+            .into_response();
+        };
+        for name in [
+            CALL_CAPABILITY,
+            CALL_HOST,
+            CALL_URL,
+            http::header::HOST.as_str(),
+        ] {
+            parts.headers.remove(name);
+        }
+        scope.call(&host, Request::from_parts(parts, body)).await
+    }
+}
+
+/// An invocation's right to call: revoked (and its calls still running cancelled) when
+/// dropped.
+pub struct CallGrant {
+    capability: String,
+    grants: CallGrants,
+    _guard: CallGuard,
+}
+
+impl CallGrant {
+    pub fn capability(&self) -> &str {
+        &self.capability
+    }
+}
+
+impl Drop for CallGrant {
+    fn drop(&mut self) {
+        if let Ok(mut grants) = self.grants.0.lock() {
+            grants.remove(&self.capability);
+        }
+    }
+}
+
+/// A response body that holds its invocation's [`CallGrant`] until it is done or dropped.
+pub struct GrantedBody {
+    inner: Body,
+    _grant: CallGrant,
+}
+
+impl GrantedBody {
+    pub fn new(inner: Body, grant: CallGrant) -> Self {
+        Self {
+            inner,
+            _grant: grant,
+        }
+    }
+}
+
+impl http_body::Body for GrantedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Sends calls to a router's call listener (`data_plane.call_listen`) over HTTP/2,
 /// authenticated with the internal token and, with `internal.tls`, the worker's
 /// certificate.
@@ -454,5 +611,82 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(internal_host(&req).as_deref(), Some("b.reactor.internal"));
+    }
+
+    /// Answers every call with the function it was for and the caller's depth.
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl CallForwarder for Echo {
+        async fn forward_call(&self, context: CallContext, _: Request<Body>) -> Response<Body> {
+            Response::new(Body::from(format!(
+                "{} from {} at {}",
+                context.target.function,
+                context.caller_function,
+                context.chain.len()
+            )))
+        }
+    }
+
+    fn scope() -> Arc<CallScope> {
+        let spec = DeploymentSpec {
+            org: "acme".into(),
+            function: "front".into(),
+            deployment_id: "dep_1".into(),
+            runtime: reactor_api::Runtime::Lambda,
+            entrypoint: "index.js".into(),
+            bundle_key: String::new(),
+            sha256: String::new(),
+            timeout_ms: 5_000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
+            calls: None,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(headers::CALLER_TOKEN, HeaderValue::from_static("tok_1"));
+        h.insert(headers::CALLER_ROLE, HeaderValue::from_static("invoker"));
+        CallScope::new(
+            CallLink::to(Arc::new(Echo)),
+            CallLimits::default(),
+            Arc::new(spec),
+            &h,
+            vec!["front".into()],
+            Instant::now() + Duration::from_secs(5),
+            "req_1",
+        )
+    }
+
+    async fn answer(grants: &CallGrants, capability: &str) -> (u16, String) {
+        let req = Request::get("/x")
+            .header(CALL_CAPABILITY, capability)
+            .header(CALL_HOST, "back.reactor.internal")
+            .body(Body::empty())
+            .expect("request");
+        let resp = grants.answer(req).await;
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_capability_calls_as_its_invocation_until_it_is_revoked() {
+        let grants = CallGrants::default();
+        let grant = grants.grant(scope());
+        let capability = grant.capability().to_string();
+        assert_eq!(capability.len(), 48);
+        assert_eq!(grants.len(), 1);
+        let (status, body) = answer(&grants, &capability).await;
+        assert_eq!((status, body.as_str()), (200, "back from front at 1"));
+        let (status, body) = answer(&grants, &"0".repeat(48)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("call_not_allowed"), "{body}");
+        drop(grant);
+        assert!(grants.is_empty());
+        let (status, body) = answer(&grants, &capability).await;
+        assert_eq!(status, 403, "revoked with its invocation: {body}");
     }
 }

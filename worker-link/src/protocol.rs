@@ -46,6 +46,26 @@ pub const ALL: [&str; 8] = [
     AUTH, SPEC, TIMEOUT_MS, COLD_START, WORKER_MS, ERROR, CHAIN, CALL,
 ];
 
+/// The path and query of `uri` below `prefix` (`/call/a?b` → `/a?b`; the prefix alone,
+/// or with only a query, → `/`), as the function sees it.
+pub fn relative_path(uri: &http::Uri, prefix: &str) -> Result<http::Uri, String> {
+    let rest = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .strip_prefix(prefix)
+        .unwrap_or("/");
+    let rest = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    http::Uri::builder()
+        .path_and_query(rest)
+        .build()
+        .map_err(|e| format!("the request path is not valid: {e}"))
+}
+
 /// The `CHAIN` value of a chain.
 pub fn encode_chain(chain: &[String]) -> String {
     chain.join(",")
@@ -142,6 +162,20 @@ mod tests {
     use super::*;
     use reactor_api::Runtime;
     use reactor_api::manifest::CallAlias;
+
+    #[test]
+    fn paths_are_relative_to_their_prefix() {
+        let rel = |uri: &str| {
+            relative_path(&uri.parse().expect("uri"), CALL_PREFIX)
+                .expect("valid")
+                .to_string()
+        };
+        assert_eq!(rel("/call"), "/");
+        assert_eq!(rel("/call?a=1"), "/?a=1");
+        assert_eq!(rel("/call/"), "/");
+        assert_eq!(rel("/call/a%20b/c?x=%2F"), "/a%20b/c?x=%2F");
+        assert_eq!(rel("/other"), "/");
+    }
 
     #[test]
     fn specs_and_failures_round_trip() {

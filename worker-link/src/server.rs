@@ -5,7 +5,7 @@
 use crate::protocol;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use reactor_api::token::InternalToken;
 use reactor_api::{
@@ -311,21 +311,9 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         parts.headers.remove(name);
     }
     // The function sees the path relative to its mount, as in the embedded default.
-    let sub = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .strip_prefix(protocol::INVOKE_PREFIX)
-        .unwrap_or("/");
-    let sub = if sub.is_empty() || sub.starts_with('?') {
-        format!("/{sub}")
-    } else {
-        sub.to_string()
-    };
-    parts.uri = match Uri::builder().path_and_query(sub).build() {
+    parts.uri = match protocol::relative_path(&parts.uri, protocol::INVOKE_PREFIX) {
         Ok(uri) => uri,
-        Err(e) => return bad_request(format!("request path is not valid: {e}")),
+        Err(message) => return bad_request(message),
     };
     let invocation = Invocation {
         spec: Arc::new(spec),

@@ -418,7 +418,7 @@ impl RuntimeWorker for WasmWorker {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
-        let path = invocation.path();
+        let calls = CallScope::for_invocation(self.calls.clone(), self.call_limits, &invocation);
         let Invocation {
             spec,
             request,
@@ -462,15 +462,6 @@ impl RuntimeWorker for WasmWorker {
             }));
         };
         let target = Arc::new(LogTarget::new(&spec, &request_id, self.logs.clone()));
-        let calls = CallScope::new(
-            self.calls.clone(),
-            self.call_limits,
-            spec.clone(),
-            request.headers(),
-            path,
-            deadline,
-            &request_id,
-        );
         // Ends the invocation's calls when its instance goes.
         let call_guard = calls.guard();
         let wasi = WasiCtx::builder()

@@ -342,6 +342,29 @@ keys::section! {
             doc "none: the Function URL AWS returned; else requests go to this base URL";
         max_reserved_concurrency: u32 = 100, env "MAX_RESERVED_CONCURRENCY",
             doc "100: the most a deployment's `concurrency.max_concurrency` may reserve of the account's Lambda concurrency; more fails the deployment";
+        /// Routers: where Lambda functions send the calls they make to other functions,
+        /// each with its invocation's capability (never the public listener).
+        call_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8082)), env "CALL_LISTEN",
+            doc "`127.0.0.1:8082` (routers: calls that Lambda functions make, each with its invocation's capability)";
+        call_url: Option<String> = None, env "CALL_URL",
+            doc "`http://` + `call_listen`: the base URL Lambda functions are given for their calls, an address they can reach; in production `https://` through a TLS-terminating balancer";
+    }
+}
+
+impl LambdaConfig {
+    /// The base URL Lambda functions call back on: `call_url`, else `call_listen`'s.
+    pub fn call_url(&self) -> Result<String, ConfigError> {
+        let url = match self.call_url.as_deref().map(str::trim) {
+            Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
+            _ => format!("http://{}", self.call_listen),
+        };
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.parse::<http::Uri>().is_err() || url.contains(['?', '#']) {
+            return Err(ConfigError::Invalid(format!(
+                "functions.lambda.call_url {url:?} is not an http(s) base URL"
+            )));
+        }
+        Ok(url)
     }
 }
 
@@ -732,6 +755,7 @@ impl FunctionsConfig {
         }
         if self.runtimes.contains(&Runtime::Lambda) {
             self.lambda.settings()?;
+            self.lambda.call_url()?;
         }
         self.calls.validate()?;
         if self.calls.deadline_margin_ms >= self.invoke_max_timeout_ms {
