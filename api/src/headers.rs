@@ -27,8 +27,8 @@ pub const CALL_DEPTH: &str = "x-reactor-call-depth";
 /// `x-reactor-call-*` between a runtime and its harness: a call's capability, host and
 /// call-back URL, and the call depth).
 pub const INTERNAL_PREFIX: &str = "x-reactor-internal";
-pub const CALL_PREFIX: &str = "x-reactor-call-";
-pub const RESERVED_PREFIXES: [&str; 2] = [INTERNAL_PREFIX, CALL_PREFIX];
+pub const CALL_HEADER_PREFIX: &str = "x-reactor-call-";
+pub const RESERVED_PREFIXES: [&str; 2] = [INTERNAL_PREFIX, CALL_HEADER_PREFIX];
 
 /// Headers a caller may not set on what reaches a function: the router sets them itself
 /// (an outside request carrying the call headers gets no special treatment).

@@ -100,14 +100,25 @@ if (scope !== null && (typeof config.call_socket === "string" || lambda)) {
     const signals = [request.signal, current?.signal].filter(Boolean);
     const body = request.method === "GET" || request.method === "HEAD" ? undefined : await request.arrayBuffer();
     const path = `${url.pathname}${url.search}`;
-    return send(lambda ? `${current.url}/call${path}` : `http://localhost${path}`, {
-      method: request.method,
-      headers,
-      body,
-      redirect: "manual",
-      signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
-      ...(lambda ? {} : { unix: config.call_socket }),
-    });
+    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+    try {
+      return await send(lambda ? `${current.url}/call${path}` : `http://localhost${path}`, {
+        method: request.method,
+        headers,
+        body,
+        redirect: "manual",
+        signal,
+        ...(lambda ? {} : { unix: config.call_socket }),
+      });
+    } catch (e) {
+      // An abort is the caller's own: it throws, as fetch does. The router out of reach
+      // is the platform's: its JSON error, naming where the call went.
+      if (!lambda || signal?.aborted) throw e;
+      return Response.json(
+        { error: { code: "worker_unavailable", message: `the call could not reach the router at ${current.url} (functions.lambda.call_url): ${e?.message ?? e}` } },
+        { status: 502 },
+      );
+    }
   };
   globalThis.fetch = Object.assign(call, { preconnect: send.preconnect });
 }

@@ -22,7 +22,7 @@ pub const CALL_CAPABILITY: &str = "x-reactor-call-capability";
 /// Request header of a call from the harness: the host the function's `fetch` named.
 pub const CALL_HOST: &str = "x-reactor-call-host";
 /// Request header ("lambda" mode): the base URL the harness sends the invocation's calls
-/// to (`{url}/call/{path}`, with the capability), given by the router on each request.
+/// to (`{url}/call{path}`, with the capability), given by the router on each request.
 pub const CALL_URL: &str = "x-reactor-call-url";
 
 /// The Bun version the project pins (package.json); another version works but is warned.

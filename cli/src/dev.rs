@@ -255,15 +255,20 @@ pub async fn serve(
     life.set_ready(true);
     let threads = reactor_service::thread_count(threads);
     let grace = Duration::from_secs(grace_secs);
+    // Lambda functions' calls come back until the invoke listener has drained.
+    let calls_life = Lifecycle::new();
+    let invoke = async {
+        let served =
+            reactor_service::serve(server.listener, server.app, threads, &life, grace).await;
+        calls_life.stop();
+        served
+    };
     let lambda = async {
         match server.lambda_calls {
-            Some(l) => reactor_service::serve(l.listener, l.app, threads, &life, grace).await,
+            Some(l) => reactor_service::serve(l.listener, l.app, threads, &calls_life, grace).await,
             None => Ok(()),
         }
     };
-    tokio::try_join!(
-        reactor_service::serve(server.listener, server.app, threads, &life, grace),
-        lambda,
-    )?;
+    tokio::try_join!(invoke, lambda)?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! request it is about to sign, grants it a capability, and gives the function that
 //! capability and the URL to call back on (`functions.lambda.call_url`) as two request
 //! headers, which the harness takes off before the function sees the request. The
-//! harness sends each call to `{call_url}/call/{path}` with the capability and the host the
+//! harness sends each call to `{call_url}/call{path}` with the capability and the host the
 //! function named; this listener (`functions.lambda.call_listen`, never the public one)
 //! maps the capability back to its scope and makes the call as for any runtime. The
 //! capability is revoked, and the calls still running cancelled, when the invocation
@@ -72,6 +72,9 @@ impl LambdaCalls {
                 config.call_listen
             )
         })?;
+        if let Some(warning) = config.call_url_warning() {
+            tracing::warn!("{warning}");
+        }
         let calls = Self::new(&url, link, limits)?;
         let app = reactor_service::public_app(calls.router());
         Ok((calls, LambdaCallListener { listener, app, url }))
@@ -134,10 +137,9 @@ impl RuntimeWorker for Calling {
         let grant = calls.grants.grant(scope);
         let h = invocation.request.headers_mut();
         h.insert(HeaderName::from_static(CALL_URL), calls.url.clone());
-        match HeaderValue::from_str(grant.capability()) {
-            Ok(v) => h.insert(HeaderName::from_static(CALL_CAPABILITY), v),
-            Err(_) => h.remove(CALL_CAPABILITY),
-        };
+        if let Ok(v) = HeaderValue::from_str(grant.capability()) {
+            h.insert(HeaderName::from_static(CALL_CAPABILITY), v);
+        }
         let outcome = self.inner.invoke(invocation).await?;
         Ok(InvokeOutcome {
             response: outcome
@@ -149,5 +151,145 @@ impl RuntimeWorker for Calling {
 
     async fn retire(&self, deployment_id: &str) {
         self.inner.retire(deployment_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    /// Answers with a body that streams until the test drops it; keeps the request's
+    /// headers.
+    #[derive(Default)]
+    struct Fake {
+        seen: Mutex<Option<http::HeaderMap>>,
+    }
+
+    impl RuntimeRole for Fake {
+        fn runtime(&self) -> Runtime {
+            Runtime::Lambda
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl RuntimeWorker for Fake {
+        async fn prepare(&self, _: &DeploymentSpec) -> Result<(), reactor_api::InvokeError> {
+            Ok(())
+        }
+
+        async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
+            if let Ok(mut seen) = self.seen.lock() {
+                *seen = Some(invocation.request.headers().clone());
+            }
+            let chunks =
+                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("one"))])
+                    .chain(futures::stream::pending());
+            Ok(InvokeOutcome {
+                response: http::Response::new(Body::from_stream(chunks)),
+                cold_start: false,
+            })
+        }
+    }
+
+    fn invocation() -> Invocation {
+        let spec = DeploymentSpec {
+            org: "acme".into(),
+            function: "hello".into(),
+            deployment_id: "dep_1".into(),
+            runtime: Runtime::Lambda,
+            entrypoint: "index.js".into(),
+            bundle_key: String::new(),
+            sha256: String::new(),
+            timeout_ms: 5_000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
+            calls: None,
+        };
+        Invocation {
+            spec: Arc::new(spec),
+            request: http::Request::new(Body::empty()),
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+            request_id: "req_1".into(),
+            chain: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invocation_holds_its_capability_until_its_answer_is_gone() {
+        let calls = LambdaCalls::new(
+            "https://r1.calls.example.com",
+            CallLink::new(),
+            CallLimits::default(),
+        )
+        .expect("calls");
+        let fake = Arc::new(Fake::default());
+        let worker = calls.wrap(fake.clone());
+        let outcome = worker.invoke(invocation()).await.expect("invoked");
+        let seen = fake.seen.lock().expect("lock").clone().expect("a request");
+        assert_eq!(seen[CALL_URL], "https://r1.calls.example.com");
+        let capability = seen[CALL_CAPABILITY].to_str().expect("text").to_string();
+        assert_eq!(capability.len(), 48);
+        assert_eq!(calls.grants.len(), 1, "granted while the answer streams");
+        let mut body = outcome.response.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "one");
+        drop(body);
+        assert!(
+            calls.grants.is_empty(),
+            "revoked when the answer is dropped"
+        );
+        // The capability opens nothing any more.
+        let answer = calls
+            .router()
+            .oneshot(
+                http::Request::get("/call/x")
+                    .header(CALL_CAPABILITY, &capability)
+                    .header(
+                        reactor_worker_link::calls::CALL_HOST,
+                        "back.reactor.internal",
+                    )
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), 403);
+    }
+
+    #[tokio::test]
+    async fn a_failed_invocation_leaves_no_capability() {
+        struct Failing;
+        impl RuntimeRole for Failing {
+            fn runtime(&self) -> Runtime {
+                Runtime::Lambda
+            }
+        }
+        #[async_trait::async_trait]
+        impl RuntimeWorker for Failing {
+            async fn prepare(&self, _: &DeploymentSpec) -> Result<(), reactor_api::InvokeError> {
+                Ok(())
+            }
+            async fn invoke(&self, _: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
+                Err(InvokeFailure {
+                    error: reactor_api::InvokeError::Timeout { timeout_ms: 1 },
+                    cold_start: false,
+                })
+            }
+        }
+        let calls = LambdaCalls::new("http://127.0.0.1:1", CallLink::new(), CallLimits::default())
+            .expect("calls");
+        assert!(
+            calls
+                .wrap(Arc::new(Failing))
+                .invoke(invocation())
+                .await
+                .is_err()
+        );
+        assert!(calls.grants.is_empty());
     }
 }

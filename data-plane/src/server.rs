@@ -134,6 +134,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let threads = reactor_service::thread_count(args.threads);
     let grace = Duration::from_secs(args.grace_secs);
+    // The call listeners stop once the invoke listener has drained: invocations still
+    // running in its grace period may go on making calls.
+    let calls_life = Lifecycle::new();
+    let invoke = async {
+        let served = reactor_service::serve(listener, app, threads, &life, grace).await;
+        calls_life.stop();
+        served
+    };
     let lambda = async {
         match lambda_calls {
             Some(l) => {
@@ -143,14 +151,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     l.url,
                     l.listener.local_addr()?
                 );
-                reactor_service::serve(l.listener, app, threads, &life, grace).await
+                reactor_service::serve(l.listener, app, threads, &calls_life, grace).await
             }
             None => Ok(()),
         }
     };
     tokio::try_join!(
-        reactor_service::serve(listener, app, threads, &life, grace),
-        reactor_service::serve_with(call_listener, calls_app, threads, &life, grace, call_tls),
+        invoke,
+        reactor_service::serve_with(
+            call_listener,
+            calls_app,
+            threads,
+            &calls_life,
+            grace,
+            call_tls
+        ),
         lambda,
     )?;
     Ok(())

@@ -445,6 +445,29 @@ async fn lambda_calls(server: &Server, call_listen: &str, dep: &str) {
         .expect("json");
     assert_eq!(forged["call_url"], Value::Null, "{forged}");
     assert_eq!(forged["capability"], Value::Null, "{forged}");
+    // (The harness takes them off too: a function of another runtime shows the router's
+    // stripping alone.)
+    let echoed: Value = server
+        .request(Method::GET, "/fn/v1/back/echo")
+        .header("x-reactor-call-url", "http://127.0.0.1:1")
+        .header("x-reactor-call-capability", "forged")
+        .header("x-reactor-call-host", "back.reactor.internal")
+        .send()
+        .await
+        .expect("echo")
+        .json()
+        .await
+        .expect("json");
+    for forged in [
+        "x-reactor-call-url",
+        "x-reactor-call-capability",
+        "x-reactor-call-host",
+    ] {
+        assert!(
+            echoed["headers"].get(forged).is_none(),
+            "{forged}: {echoed}"
+        );
+    }
     let door = reqwest::Client::new()
         .get(format!("http://{call_listen}/call/echo"))
         .header("x-reactor-call-capability", "00".repeat(24))

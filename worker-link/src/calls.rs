@@ -451,17 +451,17 @@ impl Drop for CallGrant {
     }
 }
 
-/// A response body that holds its invocation's [`CallGrant`] until it is done or dropped.
+/// A response body that holds its invocation's [`CallGrant`] until it ends or is dropped.
 pub struct GrantedBody {
     inner: Body,
-    _grant: CallGrant,
+    grant: Option<CallGrant>,
 }
 
 impl GrantedBody {
     pub fn new(inner: Body, grant: CallGrant) -> Self {
         Self {
             inner,
-            _grant: grant,
+            grant: Some(grant),
         }
     }
 }
@@ -474,7 +474,13 @@ impl http_body::Body for GrantedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // The answer is complete: the invocation is over, whoever holds the body.
+            this.grant = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

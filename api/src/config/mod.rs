@@ -347,7 +347,7 @@ keys::section! {
         call_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8082)), env "CALL_LISTEN",
             doc "`127.0.0.1:8082` (routers: calls that Lambda functions make, each with its invocation's capability)";
         call_url: Option<String> = None, env "CALL_URL",
-            doc "`http://` + `call_listen`: the base URL Lambda functions are given for their calls, an address they can reach; in production `https://` through a TLS-terminating balancer";
+            doc "`http://` + `call_listen`: the base URL (no path) Lambda functions are given for their calls: this router's own address as they reach it (each router its own); in production `https://`";
     }
 }
 
@@ -358,13 +358,42 @@ impl LambdaConfig {
             Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
             _ => format!("http://{}", self.call_listen),
         };
-        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme_ok || url.parse::<http::Uri>().is_err() || url.contains(['?', '#']) {
-            return Err(ConfigError::Invalid(format!(
-                "functions.lambda.call_url {url:?} is not an http(s) base URL"
-            )));
+        let invalid = || {
+            ConfigError::Invalid(format!(
+                "functions.lambda.call_url {url:?} is not an http(s) base URL with no path (the functions call {{call_url}}/call/...)"
+            ))
+        };
+        let uri = url.parse::<http::Uri>().map_err(|_| invalid())?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        let bare = uri.path() == "/" || uri.path().is_empty();
+        if !scheme_ok || uri.host().is_none() || !bare || uri.query().is_some() {
+            return Err(invalid());
         }
         Ok(url)
+    }
+
+    /// Why `call_url` will not serve Lambda functions in AWS, if it will not: a loopback
+    /// or unspecified host (the function's own), or plain HTTP off this host (capabilities
+    /// in clear). Only with real AWS (no `function_url_endpoint`).
+    pub fn call_url_warning(&self) -> Option<String> {
+        if self.function_url_endpoint.is_some() {
+            return None;
+        }
+        let url = self.call_url().ok()?;
+        let uri = url.parse::<http::Uri>().ok()?;
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        if local {
+            return Some(format!(
+                "functions.lambda.call_url is {url}, which Lambda functions in AWS cannot reach: their calls to other functions will fail until it is set to this router's own address as they see it"
+            ));
+        }
+        (uri.scheme_str() == Some("http")).then(|| format!(
+            "functions.lambda.call_url {url} is plain HTTP: each invocation's call capability crosses the network in clear; put TLS in front (https://)"
+        ))
     }
 }
 
@@ -1189,6 +1218,35 @@ prewarm = false
                 .contains("REACTOR_FUNCTIONS_CALLS_MAX_CALLS_PER_INVOCATION"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_lambda_call_url_is_a_bare_base_url_and_warned_when_aws_cannot_use_it() {
+        let mut l = LambdaConfig::default();
+        assert_eq!(l.call_url().expect("default"), "http://127.0.0.1:8082");
+        assert!(
+            l.call_url_warning()
+                .expect("loopback")
+                .contains("cannot reach")
+        );
+        l.function_url_endpoint = Some("http://127.0.0.1:9000".into());
+        assert_eq!(l.call_url_warning(), None, "an emulator on this host");
+        l.function_url_endpoint = None;
+        l.call_url = Some("https://r1.calls.example.com/".into());
+        assert_eq!(l.call_url().expect("https"), "https://r1.calls.example.com");
+        assert_eq!(l.call_url_warning(), None);
+        l.call_url = Some("http://10.0.0.7:8082".into());
+        assert!(l.call_url_warning().expect("clear").contains("plain HTTP"));
+        for bad in [
+            "ftp://x",
+            "https://lb/r1",
+            "https://lb?x=1",
+            "calls.example.com",
+            "http://",
+        ] {
+            l.call_url = Some(bad.into());
+            assert!(l.call_url().is_err(), "{bad}");
+        }
     }
 
     #[test]
