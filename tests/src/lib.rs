@@ -619,6 +619,46 @@ pub fn dir_with(name: &str, bytes: &[u8]) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// The trace of the tests' outside requests that make calls
+/// (`traceparent: 00-{CALL_TRACE}-{CALL_PARENT}-01`).
+pub const CALL_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const CALL_PARENT: &str = "00f067aa0ba902b7";
+
+/// Checks what a called function saw (`h`: its request headers as JSON) of a call made by
+/// `caller` = (function, deployment) for an outside request of `org` by `identity` =
+/// (token id, role), sent with [`CALL_TRACE`] and `baggage`; the caller had less than
+/// `max_deadline_ms` in all.
+pub fn check_call_context(
+    h: &serde_json::Value,
+    org: &str,
+    (token, role): (&str, &str),
+    (caller, caller_dep): (&str, &str),
+    baggage: &str,
+    max_deadline_ms: u64,
+) {
+    let traceparent = h["traceparent"].as_str().expect("traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], CALL_TRACE, "the caller's trace goes on: {h}");
+    assert_ne!(parts[2], CALL_PARENT, "in a span of its own: {h}");
+    assert_eq!(h["baggage"], baggage, "{h}");
+    assert_eq!(h["x-reactor-caller-org"], org, "{h}");
+    assert_eq!(h["x-reactor-caller-token"], token, "{h}");
+    assert_eq!(h["x-reactor-caller-role"], role, "{h}");
+    assert_eq!(h["x-reactor-caller-function"], caller, "{h}");
+    assert_eq!(h["x-reactor-caller-deployment"], caller_dep, "{h}");
+    assert_eq!(h["x-reactor-call-depth"], "2", "{h}");
+    let deadline: u64 = h["x-reactor-deadline-ms"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a deadline");
+    assert!(
+        deadline > 0 && deadline < max_deadline_ms,
+        "less than the caller's {max_deadline_ms} ms: {h}"
+    );
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
+}
+
 /// An HTTPS client that trusts the CA under `tls` (`ca.pem`), reaches `name` at `addr`,
 /// and presents the certificate of `role` (`{role}.pem`, `{role}.key`) when given.
 pub fn tls_client(

@@ -9,8 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const PARENT: &str = "00f067aa0ba902b7";
+use reactor_tests::{CALL_PARENT as PARENT, CALL_TRACE as TRACE};
 
 async fn get(s: &Server, path: &str) -> reqwest::Response {
     s.request(Method::GET, path).send().await.expect("send")
@@ -45,8 +44,8 @@ async fn identity(s: &Server, echo: &str) -> (String, String) {
     )
 }
 
-/// Checks what a callee saw of a call made by `caller` (deployment `caller_dep`) for a
-/// request sent with the test's trace and `baggage`.
+/// What a callee saw of a call by `caller` (deployment `caller_dep`) for the test's
+/// outside request, which had 30 s.
 fn check_context(
     h: &Value,
     s: &Server,
@@ -55,27 +54,14 @@ fn check_context(
     caller_dep: &str,
     baggage: &str,
 ) {
-    let traceparent = h["traceparent"].as_str().expect("traceparent");
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "{traceparent}");
-    assert_eq!(parts[1], TRACE, "the caller's trace goes on: {h}");
-    assert_ne!(parts[2], PARENT, "in a span of its own: {h}");
-    assert_eq!(h["baggage"], baggage, "{h}");
-    assert_eq!(h["x-reactor-caller-org"], s.org.as_str(), "{h}");
-    assert_eq!(h["x-reactor-caller-token"], token.as_str(), "{h}");
-    assert_eq!(h["x-reactor-caller-role"], role.as_str(), "{h}");
-    assert_eq!(h["x-reactor-caller-function"], caller, "{h}");
-    assert_eq!(h["x-reactor-caller-deployment"], caller_dep, "{h}");
-    assert_eq!(h["x-reactor-call-depth"], "2", "{h}");
-    let deadline: u64 = h["x-reactor-deadline-ms"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .expect("a deadline");
-    assert!(
-        deadline > 0 && deadline < 30_000,
-        "less than the caller's 30 s: {h}"
+    check_call_context(
+        h,
+        &s.org,
+        (token, role),
+        (caller, caller_dep),
+        baggage,
+        30_000,
     );
-    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
 }
 
 async fn call_with_context(s: &Server, path: &str) -> (u16, Value, String) {

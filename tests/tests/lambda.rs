@@ -9,7 +9,10 @@
 //! and what only real AWS can.
 
 use reactor_tests::topology::{Moto, free_port};
-use reactor_tests::{Server, bun_bin, bundle, root, sha256_hex, wait_until};
+use reactor_tests::{
+    CALL_PARENT, CALL_TRACE, Server, bun_bin, bundle, check_call_context, root, sha256_hex,
+    wait_until,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
@@ -323,8 +326,6 @@ async fn declared_too_large(server: &Server, length: usize) -> (u16, Value) {
 /// The Lambda function (deployment `dep`) calls other functions: the same call model as
 /// WASM and Bun, through the router's `functions.lambda.call_listen`.
 async fn lambda_calls(server: &Server, call_listen: &str, dep: &str) {
-    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const PARENT: &str = "00f067aa0ba902b7";
     server
         .deploy_live("back", reactor_tests::wasm_probe_bundle(None))
         .await;
@@ -357,7 +358,7 @@ async fn lambda_calls(server: &Server, call_listen: &str, dep: &str) {
             Method::GET,
             "/fn/v1/hello/call?to=back.reactor.internal&path=/echo",
         )
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("traceparent", format!("00-{CALL_TRACE}-{CALL_PARENT}-01"))
         .header("baggage", "user=alice,tier=gold")
         .send()
         .await
@@ -371,26 +372,16 @@ async fn lambda_calls(server: &Server, call_listen: &str, dep: &str) {
     assert_eq!(status, 200, "{text}\n{}", server.logs());
     let got: Value = serde_json::from_str(&text).expect("json");
     let h = &got["headers"];
-    let traceparent: Vec<&str> = h["traceparent"]
-        .as_str()
-        .expect("traceparent")
-        .split('-')
-        .collect();
-    assert_eq!(traceparent[1], TRACE, "{got}");
-    assert_ne!(traceparent[2], PARENT, "{got}");
-    assert_eq!(h["baggage"], "user=alice,tier=gold", "{got}");
-    assert_eq!(h["x-reactor-caller-org"], "acme", "{got}");
-    assert_eq!(&h["x-reactor-caller-token"], token, "{got}");
-    assert_eq!(&h["x-reactor-caller-role"], role, "{got}");
-    assert_eq!(h["x-reactor-caller-function"], "hello", "{got}");
-    assert_eq!(h["x-reactor-caller-deployment"], dep, "{got}");
+    let identity = (token.as_str().expect("token"), role.as_str().expect("role"));
+    check_call_context(
+        h,
+        "acme",
+        identity,
+        ("hello", dep),
+        "user=alice,tier=gold",
+        2000,
+    );
     assert_eq!(h["x-request-id"], request_id.as_str(), "{got}");
-    assert_eq!(h["x-reactor-call-depth"], "2", "{got}");
-    let deadline: u64 = h["x-reactor-deadline-ms"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .expect("a deadline");
-    assert!(deadline > 0 && deadline < 2000, "{got}");
     for leaked in [
         "x-reactor-call-url",
         "x-reactor-call-capability",
