@@ -437,6 +437,7 @@ mod tests {
                 let call = CallAlias {
                     function: function.to_string(),
                     timeout_ms: *timeout_ms,
+                    interceptors: None,
                 };
                 (alias.to_string(), call)
             })

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     CallNotAllowed,
     /// A call made with less time left than the deadline margin.
     DeadlineExceeded,
+    /// The function's circuit breaker is open (`interceptors.circuit_breaker`).
+    CircuitOpen,
     Internal,
 }
 
@@ -152,6 +154,11 @@ impl ErrorCode {
                 "deadline_exceeded",
                 StatusCode::GATEWAY_TIMEOUT,
                 G::DeadlineExceeded,
+            ),
+            CircuitOpen => (
+                "circuit_open",
+                StatusCode::SERVICE_UNAVAILABLE,
+                G::Unavailable,
             ),
         }
     }
@@ -305,10 +312,22 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = self.to_body();
         let mut response = (status, axum::Json(body)).into_response();
-        if self.code == ErrorCode::TooManyRequests {
+        // 429 and an open breaker say when to come back: a second, or what the breaker
+        // has left (`retry_after_secs`).
+        let retry_after = match self.code {
+            ErrorCode::TooManyRequests => Some(1),
+            ErrorCode::CircuitOpen => Some(
+                self.details
+                    .get("retry_after_secs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1),
+            ),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+                .insert("retry-after", HeaderValue::from(secs));
         }
         response
     }
@@ -363,6 +382,14 @@ mod tests {
             contract(ErrorCode::DeadlineExceeded),
             ("deadline_exceeded", 504, GrpcCode::DeadlineExceeded)
         );
+        assert_eq!(
+            contract(ErrorCode::CircuitOpen),
+            ("circuit_open", 503, GrpcCode::Unavailable)
+        );
+        let open = ApiError::new(ErrorCode::CircuitOpen, "open")
+            .with_detail("retry_after_secs", 7)
+            .into_response();
+        assert_eq!(open.headers()["retry-after"], "7");
         // The platform's function timeout stays a different code.
         assert_ne!(
             ErrorCode::DeadlineExceeded.as_str(),

@@ -21,6 +21,10 @@ pub const CALLER_FUNCTION: &str = "x-reactor-caller-function";
 pub const CALLER_DEPLOYMENT: &str = "x-reactor-caller-deployment";
 pub const DEADLINE_MS: &str = "x-reactor-deadline-ms";
 pub const CALL_DEPTH: &str = "x-reactor-call-depth";
+// Interceptors (`crate::interceptors`): the key a retried request keeps across attempts
+// (set by the router when the caller sent none), and the attempts made, on the response.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const ATTEMPTS: &str = "x-reactor-attempts";
 
 /// Every header under these prefixes is the platform's own: stripped from what reaches a
 /// function, whatever follows them (`x-reactor-internal-*` between services,
@@ -58,6 +62,8 @@ mod tests {
             REQUEST_ID,
             TRACEPARENT,
             TRACESTATE,
+            IDEMPOTENCY_KEY,
+            ATTEMPTS,
             BAGGAGE,
             FORWARDED_PREFIX,
             BUNDLE_SHA256,

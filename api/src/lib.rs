@@ -10,6 +10,7 @@ pub mod calls;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod interceptors;
 pub mod invoke;
 pub mod logs;
 pub mod manifest;

@@ -3,6 +3,7 @@
 
 use crate::Runtime;
 use crate::calls::{CallError, CallTarget};
+use crate::interceptors::Interceptors;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,12 +43,16 @@ pub struct Manifest {
     /// `http://users.reactor.internal`). When set, nothing else may be called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls: Option<Calls>,
+    /// What the router wraps around each invocation of this function (retry, circuit
+    /// breaker), in the order of [`crate::interceptors`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interceptors: Option<Interceptors>,
 }
 
 /// A manifest's `calls`: alias to callee (`{"users": {"function": "get-user"}}`).
 pub type Calls = BTreeMap<String, CallAlias>;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallAlias {
     /// The function of the same org the alias calls.
@@ -55,6 +60,9 @@ pub struct CallAlias {
     /// A limit of its own for calls through this alias, below the callee's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Interceptors of calls through this alias, each kind in place of the callee's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interceptors: Option<Interceptors>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -86,7 +94,7 @@ pub struct Build {
 }
 
 /// What a valid manifest (or its absence) settles for a deployment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
     pub entrypoint: String,
     pub timeout_ms: u64,
@@ -99,6 +107,8 @@ pub struct Resolved {
     pub policy: Option<String>,
     /// The manifest's `calls`, validated; `None`: any function of the org may be called.
     pub calls: Option<Calls>,
+    /// The manifest's `interceptors`, validated; `None` when it has none.
+    pub interceptors: Option<Interceptors>,
 }
 
 /// Server-wide defaults and bounds a manifest is resolved with
@@ -195,8 +205,12 @@ impl Manifest {
         if let Some(calls) = &m.calls {
             check_calls(calls, bounds.max_timeout_ms)?;
         }
+        if let Some(i) = &m.interceptors {
+            i.check("interceptors")?;
+        }
         let policy = m.policy.as_ref().map(|p| p.to_string());
         Ok(Resolved {
+            interceptors: m.interceptors.clone().filter(|i| !i.is_empty()),
             policy,
             calls: m.calls.clone(),
             entrypoint,
@@ -242,6 +256,9 @@ fn check_calls(calls: &Calls, max_timeout_ms: u64) -> Result<(), String> {
             return Err(format!(
                 "calls.{alias}.timeout_ms {t} is out of range (1-{max_timeout_ms})"
             ));
+        }
+        if let Some(i) = &call.interceptors {
+            i.check(&format!("calls.{alias}.interceptors"))?;
         }
     }
     Ok(())

@@ -28,6 +28,7 @@ pub(crate) fn route(f: FunctionRecord, live: Option<DeploymentRecord>) -> Functi
             max_concurrency: d.max_concurrency,
             policy: d.policy,
             calls: d.calls,
+            interceptors: d.interceptors,
         }),
     }
 }

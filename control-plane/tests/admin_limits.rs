@@ -499,6 +499,7 @@ async fn garbage_collection_keeps_the_live_deployment_and_rollback_targets() {
             created_at: format!("2020-01-01T00:00:0{i}.000Z"),
             policy: None,
             calls: None,
+            interceptors: None,
         };
         storage
             .put_bytes(&d.bundle_key, Bytes::from_static(b"tar.gz"))

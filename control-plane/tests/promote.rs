@@ -284,6 +284,7 @@ async fn ready(store: &dyn Store, org: &str, function: &str, id: &str) {
             created_at: "2026-12-06T00:00:00.000Z".into(),
             policy: None,
             calls: None,
+            interceptors: None,
         })
         .await
         .expect("deployment");

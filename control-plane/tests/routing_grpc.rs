@@ -411,6 +411,7 @@ async fn a_deployments_env_goes_only_to_the_workers_it_is_routed_to() {
             created_at: "2026-12-06T00:00:00.000Z".into(),
             policy: None,
             calls: None,
+            interceptors: None,
         })
         .await
         .expect("deployment");

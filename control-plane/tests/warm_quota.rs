@@ -112,6 +112,7 @@ impl Harness {
                 created_at: "2026-12-06T00:00:00.000Z".into(),
                 policy: None,
                 calls: None,
+                interceptors: None,
             })
             .await
             .expect("deployment");

@@ -4,7 +4,9 @@
 //! loses nothing), authenticates callers against the token hashes in it without calling
 //! the control plane, rewrites the request to the path the function sees, forwards it to
 //! the worker of the function's runtime and streams the response back with the
-//! `X-Reactor-*` headers. It keeps serving its last table while the control plane is away.
+//! `X-Reactor-*` headers, through the interceptors of [`interceptors`] (timeout, retry,
+//! circuit breaker, admission). It keeps serving its last table while the control plane
+//! is away.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -12,6 +14,7 @@ pub mod admission_redis;
 mod body;
 pub mod calls;
 mod follow;
+pub mod interceptors;
 pub mod lambda_calls;
 mod router;
 pub mod server;

@@ -1,21 +1,29 @@
 //! The invoke path, in this order: authenticate (token hashes of the table) → look up →
 //! pick the worker → rewrite (path relative to the mount, platform credentials out,
 //! caller headers in) → invoke policies, on the rewritten request as the function would
-//! see it (refused requests cost nothing further) → admission (the concurrency cap, a
-//! permit held until the response body ends) → body limit → forward with the deadline →
-//! stream back, then log the invocation.
+//! see it (refused requests cost nothing further) → body limit → the layers of
+//! [`crate::interceptors`]: timeout → retry → breaker → admission (the concurrency caps,
+//! a permit held until the response body ends) → forward with the deadline → stream back,
+//! then log the invocation.
 
-use crate::admission::{Admission, LocalAdmission, Permit};
+use crate::admission::{Admission, LocalAdmission};
 use crate::body::{Counted, Tail};
+use crate::interceptors::retry::RetryLayer;
+use crate::interceptors::{
+    AdmissionLayer, Answer, Attempt, BreakerLayer, Cap, Forward, ForwardService, Outcome, Registry,
+    TimeoutLayer,
+};
 use crate::table::{Policy, RouteIndex};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use reactor_api::calls::{self, CallContext, TraceParent};
 use reactor_api::config::CallsConfig;
 use reactor_api::error::request_id::RequestId;
+use reactor_api::interceptors::{CircuitBreaker, Retry};
 use reactor_api::logs::{LogEntry, LogSink, NoLogs};
 use reactor_api::token::{bearer, token_hash};
 use reactor_api::{
@@ -28,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt};
 
 pub const INVOKE_PREFIX: &str = "/fn/v1/";
 
@@ -67,6 +76,8 @@ pub struct DataPlane {
     /// An in-process table source (the embedded default), checked before each lookup so
     /// that a request right after a promote never sees the table before it.
     local_source: std::sync::OnceLock<watch::Receiver<Arc<RoutingTable>>>,
+    /// Circuit breakers and retry budgets, per function or call alias.
+    interceptors: Registry,
 }
 
 impl DataPlane {
@@ -93,6 +104,7 @@ impl DataPlane {
             runtimes,
             remote,
             local_source: std::sync::OnceLock::new(),
+            interceptors: Registry::default(),
         })
     }
 
@@ -261,8 +273,8 @@ impl DataPlane {
     }
 
     /// Everything after authentication, for outside requests and calls alike: look up →
-    /// depth and deadline (calls) → pick → policies → admission → body limit → forward →
-    /// log.
+    /// depth and deadline (calls) → pick → policies → body limit → timeout → retry →
+    /// breaker → admission → forward → log.
     async fn dispatch(&self, index: &RouteIndex, r: Routed<'_>) -> Result<Response, ApiError> {
         let Routed {
             name,
@@ -327,25 +339,12 @@ impl DataPlane {
                 if urls.is_empty() {
                     return Err(Runtimes::no_worker(entry.runtime));
                 }
-                Target::Remote(remote, urls)
+                Target::Remote(remote.clone(), urls)
             }
             (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
         };
         // Policies see the request as the function would: no platform credentials.
         check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
-        let permit = self.admit(&grant.org, name, &spec).await.map_err(refused)?;
-        // Calls also take one of the org's calls in flight: what a tree of calls can
-        // hold at once, however it branches.
-        let permit = match &call {
-            None => permit,
-            Some(_) => {
-                let calls = self.admit_call(&grant.org).await.map_err(refused)?;
-                match (permit, calls) {
-                    (Some(a), Some(b)) => Some(Permit::new((a, b))),
-                    (a, b) => a.or(b),
-                }
-            }
-        };
         let limit = self.options.max_body_bytes;
         let declared = parts
             .headers
@@ -356,24 +355,63 @@ impl DataPlane {
             return Err(refused(body_too_large(name, limit)));
         }
         let (body, exceeded) = Counted::wrap(body, limit);
-        let request_id_for_log = request_id.clone();
-        let invocation = Invocation {
+        let deadline = started + timeout;
+        let interceptors = self.interceptors_for(index, entry, call.as_ref());
+        let with_retry = interceptors.retry.is_some();
+        let forward = Forwarder {
             spec: spec.clone(),
-            request: axum::http::Request::from_parts(parts, body),
-            deadline: started + timeout,
-            request_id,
+            target,
+            deadline,
+            request_id: request_id.clone(),
             chain,
         };
-        let result = match target {
-            Target::Local(worker) => worker.invoke(invocation).await,
-            Target::Remote(remote, urls) => remote.invoke(&urls, invocation).await,
+        let stack = ServiceBuilder::new()
+            .layer(TimeoutLayer {
+                deadline,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .option_layer(interceptors.retry.map(|(key, policy)| RetryLayer {
+                budget: self.interceptors.budget(&key, &policy),
+                policy: Arc::new(policy),
+                deadline,
+                margin: Duration::from_millis(self.options.calls.deadline_margin_ms),
+            }))
+            .option_layer(
+                interceptors
+                    .circuit_breaker
+                    .map(|(key, policy)| BreakerLayer {
+                        breaker: self.interceptors.breaker(&key, &policy),
+                        function: name.to_string(),
+                    }),
+            )
+            .layer(AdmissionLayer {
+                admission: self.options.admission.clone(),
+                caps: Arc::new(self.caps(&grant.org, name, &spec, call.is_some())),
+            })
+            .service(ForwardService(Arc::new(forward)));
+        let attempt = Attempt {
+            parts,
+            body,
+            number: 1,
+            avoid: Vec::new(),
         };
-        let (mut response, cold) = match result {
+        let Ok(answer) = stack.oneshot(attempt).await;
+        let attempts = answer.attempts;
+        let mut refusal = None;
+        let (mut response, cold, permit) = match answer.outcome {
             _ if exceeded.load(std::sync::atomic::Ordering::Acquire) => {
-                (body_too_large(name, limit).into_response(), false)
+                (body_too_large(name, limit).into_response(), false, None)
             }
-            Ok(outcome) => (outcome.response, outcome.cold_start),
-            Err(failure) => {
+            Outcome::Response {
+                response,
+                cold,
+                permit,
+            } => (response, cold, permit),
+            Outcome::Refused(e) => {
+                refusal = Some(e.message.clone());
+                (e.into_response(), false, None)
+            }
+            Outcome::Failed(failure) => {
                 self.log_failure(&spec, &failure.error);
                 let error = match (&failure.error, &call) {
                     // Cut short by the caller's deadline, not the function's own limit.
@@ -389,14 +427,14 @@ impl DataPlane {
                     .with_detail("deployment_id", spec.deployment_id.clone()),
                     _ => failure.error.to_api_error(&spec, started.elapsed()),
                 };
-                (error.into_response(), failure.cold_start)
+                (error.into_response(), failure.cold_start, None)
             }
         };
         let mut entry = LogEntry::invocation(
             &spec.org,
             &spec.function,
             Some(&spec.deployment_id),
-            &request_id_for_log,
+            &request_id,
             response.status().as_u16(),
             started.elapsed(),
             cold,
@@ -415,9 +453,20 @@ impl DataPlane {
                 context.chain.len() + 1
             );
         }
+        if let Some(why) = refusal {
+            entry.message = format!("refused: {why}");
+        }
+        if attempts > 1 {
+            entry.message = format!("{} ({attempts} attempts)", entry.message)
+                .trim_start()
+                .to_string();
+        }
         let tail = Tail::new(permit, self.options.logs.clone(), entry, started);
         response = tail.attach(response);
         let h = response.headers_mut();
+        if with_retry {
+            h.insert(headers::ATTEMPTS, HeaderValue::from(attempts));
+        }
         h.insert(
             headers::COLD_START,
             HeaderValue::from_static(if cold { "true" } else { "false" }),
@@ -477,57 +526,87 @@ impl CallForwarder for DataPlane {
 }
 
 impl DataPlane {
-    /// A permit under the live deployment's `max_concurrency`, if it has one.
-    async fn admit(
-        &self,
-        org: &str,
-        name: &str,
-        spec: &DeploymentSpec,
-    ) -> Result<Option<Permit>, ApiError> {
-        let Some(limit) = spec.max_concurrency else {
-            return Ok(None);
-        };
-        let key = format!("{org}/{name}");
-        match self.options.admission.try_acquire(&key, limit).await {
-            Ok(Some(permit)) => Ok(Some(permit)),
-            Ok(None) => Err(ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!(
-                    "function {name} is at its concurrency cap ({limit} requests at once, concurrency.max_concurrency)"
-                ),
-            )
-            .with_detail("max_concurrency", limit)),
-            Err(e) => {
-                // Fail open: a counter that cannot be reached must not take every
-                // function down; the workers' own bounds still hold.
-                tracing::warn!(error = %e, function = name, "admission unavailable: letting the request through");
-                Ok(None)
-            }
+    /// The concurrency caps a request passes ([`AdmissionLayer`]): the live deployment's
+    /// `max_concurrency`, if it has one, and for a call one of the org's calls in flight
+    /// (`functions.calls.max_in_flight_per_org`): what a tree of calls can hold at once,
+    /// however it branches. Both are counted across routers with Redis.
+    fn caps(&self, org: &str, name: &str, spec: &DeploymentSpec, is_call: bool) -> Vec<Cap> {
+        let mut caps = Vec::new();
+        if let Some(limit) = spec.max_concurrency {
+            caps.push(Cap {
+                key: format!("{org}/{name}"),
+                limit,
+                refusal: ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "function {name} is at its concurrency cap ({limit} requests at once, concurrency.max_concurrency)"
+                    ),
+                )
+                .with_detail("max_concurrency", limit),
+            });
         }
+        if is_call {
+            let limit = self.options.calls.max_in_flight_per_org;
+            caps.push(Cap {
+                key: format!("calls:{org}"),
+                limit,
+                refusal: ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "org {org} has {limit} calls between functions running (functions.calls.max_in_flight_per_org)"
+                    ),
+                )
+                .with_detail("max_in_flight_per_org", limit),
+            });
+        }
+        caps
     }
 
-    /// A permit under `functions.calls.max_in_flight_per_org`, counted like
-    /// `max_concurrency` (across routers with Redis).
-    async fn admit_call(&self, org: &str) -> Result<Option<Permit>, ApiError> {
-        let limit = self.options.calls.max_in_flight_per_org;
-        match self
-            .options
-            .admission
-            .try_acquire(&format!("calls:{org}"), limit)
-            .await
-        {
-            Ok(Some(permit)) => Ok(Some(permit)),
-            Ok(None) => Err(ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!(
-                    "org {org} has {limit} calls between functions running (functions.calls.max_in_flight_per_org)"
-                ),
-            )
-            .with_detail("max_in_flight_per_org", limit)),
-            Err(e) => {
-                tracing::warn!(error = %e, org, "admission unavailable: letting the call through");
-                Ok(None)
+    /// The interceptors of this request, each with the key of its state (breaker, retry
+    /// budget): the function's, or for a call through an alias that sets its own, the
+    /// alias's (kept per caller and alias).
+    fn interceptors_for(
+        &self,
+        index: &RouteIndex,
+        callee: &crate::table::FunctionEntry,
+        call: Option<&CallContext>,
+    ) -> Chosen {
+        let function = callee.interceptors.as_deref();
+        let org_fn = callee
+            .live
+            .as_ref()
+            .map(|s| format!("{}/{}", s.org, s.function))
+            .unwrap_or_default();
+        let alias = call.and_then(|c| {
+            let name = c.target.alias.as_ref()?;
+            let caller = index.function(&c.org, &c.caller_function)?;
+            let live = caller.live.as_ref()?;
+            let own = live.calls.as_ref()?.get(name)?.interceptors.clone()?;
+            Some((format!("{}/{}@{name}", c.org, c.caller_function), own))
+        });
+        fn pick<T>(
+            from_alias: Option<(String, Option<T>)>,
+            from_fn: Option<T>,
+            org_fn: &str,
+        ) -> Option<(String, T)> {
+            match from_alias {
+                Some((key, Some(p))) => Some((format!("alias:{key}"), p)),
+                _ => from_fn.map(|p| (format!("fn:{org_fn}"), p)),
             }
+        }
+        Chosen {
+            retry: pick(
+                alias.as_ref().map(|(k, i)| (k.clone(), i.retry.clone())),
+                function.and_then(|f| f.retry.clone()),
+                &org_fn,
+            ),
+            circuit_breaker: pick(
+                alias
+                    .as_ref()
+                    .map(|(k, i)| (k.clone(), i.circuit_breaker.clone())),
+                function.and_then(|f| f.circuit_breaker.clone()),
+                &org_fn,
+            ),
         }
     }
 
@@ -689,11 +768,71 @@ fn policy_path(raw: &str) -> String {
     out
 }
 
+/// The interceptors a request runs through, each with the key of its state.
+struct Chosen {
+    retry: Option<(String, Retry)>,
+    circuit_breaker: Option<(String, CircuitBreaker)>,
+}
+
 /// Where an invocation runs.
-enum Target<'a> {
+enum Target {
     Local(Arc<dyn RuntimeWorker>),
-    /// The chosen worker, then one to fall back to.
-    Remote(&'a RemoteWorkers, Vec<Arc<str>>),
+    /// The chosen worker, then others to fall back to.
+    Remote(RemoteWorkers, Vec<Arc<str>>),
+}
+
+/// The forward step of one request: each attempt as an [`Invocation`] of the live
+/// deployment, on the in-process worker or on the first remote one no earlier attempt
+/// failed on.
+struct Forwarder {
+    spec: Arc<DeploymentSpec>,
+    target: Target,
+    deadline: Instant,
+    request_id: String,
+    chain: Vec<String>,
+}
+
+impl Forward for Forwarder {
+    fn forward(&self, attempt: Attempt) -> BoxFuture<'static, Answer> {
+        let invocation = Invocation {
+            spec: self.spec.clone(),
+            request: axum::http::Request::from_parts(attempt.parts, attempt.body),
+            deadline: self.deadline,
+            request_id: self.request_id.clone(),
+            chain: self.chain.clone(),
+        };
+        let answer = |result: Result<reactor_api::InvokeOutcome, reactor_api::InvokeFailure>,
+                      instance: Option<Arc<str>>| {
+            let outcome = match result {
+                Ok(o) => Outcome::Response {
+                    response: o.response,
+                    cold: o.cold_start,
+                    permit: None,
+                },
+                Err(f) => Outcome::Failed(f),
+            };
+            Answer::new(outcome, instance)
+        };
+        match &self.target {
+            Target::Local(worker) => {
+                let worker = worker.clone();
+                Box::pin(async move { answer(worker.invoke(invocation).await, None) })
+            }
+            Target::Remote(remote, urls) => {
+                let remote = remote.clone();
+                // Workers an earlier attempt failed on go last.
+                let (fresh, failed): (Vec<_>, Vec<_>) = urls
+                    .iter()
+                    .cloned()
+                    .partition(|u| !attempt.avoid.contains(u));
+                let order: Vec<Arc<str>> = fresh.into_iter().chain(failed).collect();
+                Box::pin(async move {
+                    let (instance, result) = remote.invoke_reporting(&order, invocation).await;
+                    answer(result, instance)
+                })
+            }
+        }
+    }
 }
 
 /// The grant of the request's bearer token, checked against `X-Reactor-Org`.
@@ -928,6 +1067,7 @@ mod tests {
             reactor_api::manifest::CallAlias {
                 function: "get-user".into(),
                 timeout_ms: None,
+                interceptors: None,
             },
         )]
         .into_iter()

@@ -1,6 +1,7 @@
 //! The routing table as a router looks it up: indexed once per version, never locked
 //! across an await.
 
+use reactor_api::interceptors::Interceptors;
 use reactor_api::model::Role;
 use reactor_api::{DeploymentSpec, Runtime};
 use reactor_policy::CompiledPolicy;
@@ -24,6 +25,8 @@ pub struct FunctionEntry {
     pub live: Option<Arc<DeploymentSpec>>,
     /// The function's policy, then the live deployment's: a request must pass both.
     pub policies: Vec<Arc<Policy>>,
+    /// The live deployment's `interceptors`.
+    pub interceptors: Option<Arc<Interceptors>>,
 }
 
 /// An invoke policy as the router checks it.
@@ -127,12 +130,26 @@ impl RouteIndex {
                 .flatten()
                 .map(&mut policy)
                 .collect();
+                let interceptors = f
+                    .live
+                    .as_ref()
+                    .and_then(|d| d.interceptors.as_deref())
+                    .and_then(|json| match serde_json::from_str::<Interceptors>(json) {
+                        Ok(i) => Some(Arc::new(i)),
+                        Err(e) => {
+                            // Checked at deploy: routers and control plane disagree. Without
+                            // them requests are sent once and never refused by a breaker.
+                            tracing::error!(org = %f.org, function = %f.name, error = %e, "unreadable interceptors in the routing table: running without them");
+                            None
+                        }
+                    });
                 Some((
                     (f.org.clone(), f.name.clone()),
                     FunctionEntry {
                         runtime,
                         live,
                         policies,
+                        interceptors,
                     },
                 ))
             })

@@ -254,6 +254,27 @@ impl RemoteWorkers {
         workers: &[Arc<str>],
         invocation: Invocation,
     ) -> Result<InvokeOutcome, InvokeFailure> {
+        self.invoke_reporting(workers, invocation).await.1
+    }
+
+    /// [`RemoteWorkers::invoke`], saying which worker answered or failed last (for a
+    /// retry to go elsewhere).
+    pub async fn invoke_reporting(
+        &self,
+        workers: &[Arc<str>],
+        invocation: Invocation,
+    ) -> (Option<Arc<str>>, Result<InvokeOutcome, InvokeFailure>) {
+        let mut last = None;
+        let result = self.try_in_order(workers, invocation, &mut last).await;
+        (last, result)
+    }
+
+    async fn try_in_order(
+        &self,
+        workers: &[Arc<str>],
+        invocation: Invocation,
+        last_tried: &mut Option<Arc<str>>,
+    ) -> Result<InvokeOutcome, InvokeFailure> {
         let Invocation {
             spec,
             request,
@@ -291,6 +312,7 @@ impl RemoteWorkers {
         let order = self.balance(workers);
         let mut refused = None;
         for (i, (base_url, load)) in order.iter().enumerate() {
+            *last_tried = Some(base_url.clone());
             let base_url: &str = base_url;
             let last = i + 1 == order.len();
             let uri: Uri = format!(

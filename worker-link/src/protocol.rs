@@ -196,6 +196,7 @@ mod tests {
                 CallAlias {
                     function: "get-user".into(),
                     timeout_ms: Some(500),
+                    interceptors: None,
                 },
             )])),
         };
@@ -243,6 +244,7 @@ mod tests {
             CallAlias {
                 function: "get-user".into(),
                 timeout_ms: None,
+                interceptors: None,
             },
         )]);
         assert_eq!(

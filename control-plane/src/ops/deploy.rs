@@ -115,6 +115,12 @@ impl ControlPlane {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| ApiError::internal(format!("calls: {e}")))?;
+        let interceptors = resolved
+            .interceptors
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::internal(format!("interceptors: {e}")))?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -132,6 +138,7 @@ impl ControlPlane {
             created_at: now(),
             policy: resolved.policy,
             calls,
+            interceptors,
         };
         self.storage
             .put_file(&record.bundle_key, &archive)

@@ -102,6 +102,8 @@ pub struct DeploymentRecord {
     pub policy: Option<String>,
     /// The manifest's `calls` (JSON); `None`: any function of the org may be called.
     pub calls: Option<String>,
+    /// The manifest's `interceptors` (JSON); `None`: none.
+    pub interceptors: Option<String>,
 }
 
 /// An env value as stored: plain, or a secret sealed under a data key.

@@ -161,6 +161,7 @@ fn deployment_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
         created_at: row.try_get("created_at").map_err(db)?,
         policy: row.try_get("policy").map_err(db)?,
         calls: row.try_get("calls").map_err(db)?,
+        interceptors: row.try_get("interceptors").map_err(db)?,
     })
 }
 
@@ -197,7 +198,7 @@ fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls";
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -343,7 +344,7 @@ impl Store for SqlStore {
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -360,6 +361,7 @@ impl Store for SqlStore {
             .bind(&d.created_at)
             .bind(&d.policy)
             .bind(&d.calls)
+            .bind(&d.interceptors)
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(Entity::Deployment, &d.id))?;

@@ -155,6 +155,7 @@ fn deployment(id: &str, org: &str, f: &str) -> DeploymentRecord {
         created_at: "t".into(),
         policy: None,
         calls: None,
+        interceptors: None,
     }
 }
 
@@ -322,6 +323,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
     let mut manifest = deployment("dep_m", "dep-b", "hello");
     manifest.policy = Some(r#"{"allow":[]}"#.into());
     manifest.calls = Some(r#"{"users":{"function":"get-user","timeout_ms":500}}"#.into());
+    manifest.interceptors = Some(r#"{"retry":{"max_attempts":2}}"#.into());
     store.insert_deployment(&manifest).await.expect("insert");
     assert_eq!(
         store
@@ -329,7 +331,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
             .await
             .expect("get"),
         Some(manifest),
-        "policy and calls read back as written"
+        "policy, calls and interceptors read back as written"
     );
     assert_eq!(
         store

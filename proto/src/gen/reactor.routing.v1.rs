@@ -207,6 +207,9 @@ pub struct LiveDeployment {
     /// the org may be called.
     #[prost(string, optional, tag = "10")]
     pub calls: ::core::option::Option<::prost::alloc::string::String>,
+    /// The manifest's `interceptors` (JSON): retry and circuit breaker, run by routers.
+    #[prost(string, optional, tag = "11")]
+    pub interceptors: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// A valid API token: only its SHA-256, never the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
