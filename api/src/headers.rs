@@ -25,6 +25,8 @@ pub const CALL_DEPTH: &str = "x-reactor-call-depth";
 // (set by the router when the caller sent none), and the attempts made, on the response.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const ATTEMPTS: &str = "x-reactor-attempts";
+// An adaptive pool's current concurrency limit on this router, on each response.
+pub const POOL_LIMIT: &str = "x-reactor-pool-limit";
 
 /// Every header under these prefixes is the platform's own: stripped from what reaches a
 /// function, whatever follows them (`x-reactor-internal-*` between services,
@@ -64,6 +66,7 @@ mod tests {
             TRACESTATE,
             IDEMPOTENCY_KEY,
             ATTEMPTS,
+            POOL_LIMIT,
             BAGGAGE,
             FORWARDED_PREFIX,
             BUNDLE_SHA256,

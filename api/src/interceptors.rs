@@ -40,17 +40,6 @@ impl Interceptors {
         }
         Ok(())
     }
-
-    /// The interceptors of a call through an alias: the alias's own, kind by kind, else
-    /// the callee's.
-    pub fn overlay(alias: Option<&Interceptors>, function: Option<&Interceptors>) -> Interceptors {
-        let pick = |a: Option<&Interceptors>| a.cloned().unwrap_or_default();
-        let (a, f) = (pick(alias), pick(function));
-        Interceptors {
-            retry: a.retry.or(f.retry),
-            circuit_breaker: a.circuit_breaker.or(f.circuit_breaker),
-        }
-    }
 }
 
 /// Retry with exponential backoff: attempt `n` (from 1) waits
@@ -77,8 +66,9 @@ pub struct Retry {
     /// retried too. Without it only GET, HEAD, OPTIONS, PUT, DELETE and TRACE are.
     #[serde(default)]
     pub idempotent: bool,
-    /// Statuses that are retried (defaults: 429, 502, 503, 504). Only 408, 429 and 5xx
-    /// may be listed; 4xx answers are the caller's mistake and never retried.
+    /// Statuses that are retried (defaults: 429, 502, 503, 504). Only 429 and 5xx may be
+    /// listed: other 4xx answers are the caller's mistake, and a timeout spent the
+    /// deadline.
     #[serde(default = "defaults::on_status")]
     pub on_status: Vec<u16>,
     /// The retry budget: retries may add at most this fraction of the requests of the
@@ -158,10 +148,10 @@ impl Retry {
         if let Some(s) = self
             .on_status
             .iter()
-            .find(|s| !(**s == 408 || **s == 429 || (500..=599).contains(*s)))
+            .find(|s| !(**s == 429 || (500..=599).contains(*s)))
         {
             return Err(format!(
-                "{at}.on_status {s} may not be retried (only 408, 429 and 5xx)"
+                "{at}.on_status {s} may not be retried (only 429 and 5xx)"
             ));
         }
         Ok(())
@@ -236,7 +226,7 @@ impl CircuitBreaker {
             1,
             10_000,
         )?;
-        range("window_secs", self.window_secs, 1, 3600)?;
+        range("window_secs", self.window_secs, 1, 600)?;
         range("min_requests", self.min_requests.into(), 1, 100_000)?;
         range("open_secs", self.open_secs, 1, 3600)?;
         range("half_open_probes", self.half_open_probes.into(), 1, 100)?;
@@ -355,24 +345,5 @@ mod tests {
             ..Retry::default()
         };
         assert!(marked.may_repeat(&http::Method::POST));
-    }
-
-    #[test]
-    fn an_alias_overrides_its_callee_kind_by_kind() {
-        let function = Interceptors {
-            retry: Some(Retry::default()),
-            circuit_breaker: Some(CircuitBreaker::default()),
-        };
-        let alias = Interceptors {
-            retry: Some(Retry {
-                max_attempts: 5,
-                ..Retry::default()
-            }),
-            circuit_breaker: None,
-        };
-        let both = Interceptors::overlay(Some(&alias), Some(&function));
-        assert_eq!(both.retry.map(|r| r.max_attempts), Some(5));
-        assert!(both.circuit_breaker.is_some());
-        assert!(Interceptors::overlay(None, None).is_empty());
     }
 }

@@ -34,6 +34,9 @@ pub struct DeploymentSpec {
     /// of its org.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls: Option<crate::manifest::Calls>,
+    /// The manifest's `pool`; `None`: the worker's own settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<crate::pool::Pool>,
 }
 
 impl DeploymentSpec {

@@ -15,6 +15,7 @@ pub mod invoke;
 pub mod logs;
 pub mod manifest;
 pub mod model;
+pub mod pool;
 pub mod roles;
 pub mod runtime;
 pub mod token;

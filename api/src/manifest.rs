@@ -4,6 +4,7 @@
 use crate::Runtime;
 use crate::calls::{CallError, CallTarget};
 use crate::interceptors::Interceptors;
+use crate::pool::{Pool, PoolSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -47,6 +48,9 @@ pub struct Manifest {
     /// breaker), in the order of [`crate::interceptors`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interceptors: Option<Interceptors>,
+    /// How the function's instances are kept and sized ([`crate::pool`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
 }
 
 /// A manifest's `calls`: alias to callee (`{"users": {"function": "get-user"}}`).
@@ -109,6 +113,8 @@ pub struct Resolved {
     pub calls: Option<Calls>,
     /// The manifest's `interceptors`, validated; `None` when it has none.
     pub interceptors: Option<Interceptors>,
+    /// The manifest's `pool`, settled; `None`: the workers' own settings.
+    pub pool: Option<Pool>,
 }
 
 /// Server-wide defaults and bounds a manifest is resolved with
@@ -119,6 +125,9 @@ pub struct ManifestBounds {
     pub max_timeout_ms: u64,
     /// Most `concurrency.min_instances`: processes each worker keeps started.
     pub max_min_instances: u32,
+    /// Requests one instance serves at once (`bun_concurrency_per_process`), to count a
+    /// static pool's `workers` in instances.
+    pub per_instance: u32,
 }
 
 impl Manifest {
@@ -184,7 +193,7 @@ impl Manifest {
                 "limits.memory_mb {memory_mb} is out of range for {runtime} ({lo}-{hi})"
             ));
         }
-        let concurrency = m.concurrency.clone().unwrap_or_default();
+        let mut concurrency = m.concurrency.clone().unwrap_or_default();
         if concurrency.max_concurrency == Some(0) {
             return Err("concurrency.max_concurrency must be at least 1".to_string());
         }
@@ -194,6 +203,25 @@ impl Manifest {
                 "concurrency.min_instances {} is out of range (0-{max_min}, functions.max_min_instances)",
                 concurrency.min_instances
             ));
+        }
+        let pool = m.pool.as_ref().map(PoolSpec::resolve).transpose()?;
+        // A static pool's instances are kept started: they are its `min_instances`, under
+        // the same bound and the org's warm quota.
+        if let Some(Pool::Static { workers, .. }) = pool {
+            if concurrency.min_instances != 0 {
+                return Err(
+                    "concurrency.min_instances and a static pool both say what is kept started: set pool.workers only".into(),
+                );
+            }
+            if runtime == Runtime::Bun {
+                let instances = workers.div_ceil(bounds.per_instance.max(1));
+                if instances > max_min {
+                    return Err(format!(
+                        "pool.workers {workers} needs {instances} instances kept started, more than {max_min} (functions.max_min_instances)"
+                    ));
+                }
+                concurrency.min_instances = instances;
+            }
         }
         for key in m.env_keys.iter().chain(&m.secret_keys) {
             if !valid_env_key(key) {
@@ -211,6 +239,7 @@ impl Manifest {
         let policy = m.policy.as_ref().map(|p| p.to_string());
         Ok(Resolved {
             interceptors: m.interceptors.clone().filter(|i| !i.is_empty()),
+            pool,
             policy,
             calls: m.calls.clone(),
             entrypoint,
@@ -327,7 +356,47 @@ mod tests {
         default_timeout_ms: 30_000,
         max_timeout_ms: 300_000,
         max_min_instances: 10,
+        per_instance: 32,
     };
+
+    #[test]
+    fn a_static_bun_pool_keeps_its_instances_started_within_the_bound() {
+        let resolve = |json: &str, runtime| {
+            let m = Manifest::parse(json.as_bytes()).expect("parses");
+            let files = files(&["index.ts", "a.wasm"]);
+            let entry = if runtime == Runtime::Bun {
+                "index.ts"
+            } else {
+                "a.wasm"
+            };
+            let m = Manifest {
+                entrypoint: Some(entry.into()),
+                ..m
+            };
+            Manifest::resolve(Some(&m), "hello", runtime, &files, T)
+        };
+        let r = resolve(r#"{"pool":{"workers":40,"buffer":8}}"#, Runtime::Bun).expect("valid");
+        assert_eq!(r.min_instances, 2, "40 slots of 32 per process");
+        assert_eq!(
+            r.pool,
+            Some(Pool::Static {
+                workers: 40,
+                buffer: 8
+            })
+        );
+        let r = resolve(r#"{"pool":{"workers":4}}"#, Runtime::Wasm).expect("valid");
+        assert_eq!(r.min_instances, 0, "a WASM instance is made per request");
+        let e = resolve(r#"{"pool":{"workers":400}}"#, Runtime::Bun).expect_err("too many");
+        assert!(e.contains("functions.max_min_instances"), "{e}");
+        let e = resolve(
+            r#"{"pool":{"workers":2},"concurrency":{"min_instances":1}}"#,
+            Runtime::Bun,
+        )
+        .expect_err("both");
+        assert!(e.contains("pool.workers only"), "{e}");
+        let e = resolve(r#"{"pool":{"type":"lazy"}}"#, Runtime::Bun).expect_err("no size");
+        assert!(e.contains("pool.max_size is required"), "{e}");
+    }
 
     fn files(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

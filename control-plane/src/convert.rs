@@ -29,6 +29,7 @@ pub(crate) fn route(f: FunctionRecord, live: Option<DeploymentRecord>) -> Functi
             policy: d.policy,
             calls: d.calls,
             interceptors: d.interceptors,
+            pool: d.pool,
         }),
     }
 }

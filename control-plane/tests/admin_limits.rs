@@ -500,6 +500,7 @@ async fn garbage_collection_keeps_the_live_deployment_and_rollback_targets() {
             policy: None,
             calls: None,
             interceptors: None,
+            pool: None,
         };
         storage
             .put_bytes(&d.bundle_key, Bytes::from_static(b"tar.gz"))

@@ -285,6 +285,7 @@ async fn ready(store: &dyn Store, org: &str, function: &str, id: &str) {
             policy: None,
             calls: None,
             interceptors: None,
+            pool: None,
         })
         .await
         .expect("deployment");

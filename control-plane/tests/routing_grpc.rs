@@ -412,6 +412,7 @@ async fn a_deployments_env_goes_only_to_the_workers_it_is_routed_to() {
             policy: None,
             calls: None,
             interceptors: None,
+            pool: None,
         })
         .await
         .expect("deployment");

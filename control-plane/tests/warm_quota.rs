@@ -113,6 +113,7 @@ impl Harness {
                 policy: None,
                 calls: None,
                 interceptors: None,
+                pool: None,
             })
             .await
             .expect("deployment");

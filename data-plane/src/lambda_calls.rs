@@ -209,6 +209,7 @@ mod tests {
             min_instances: 0,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         Invocation {
             spec: Arc::new(spec),

@@ -2,16 +2,16 @@
 //! pick the worker → rewrite (path relative to the mount, platform credentials out,
 //! caller headers in) → invoke policies, on the rewritten request as the function would
 //! see it (refused requests cost nothing further) → body limit → the layers of
-//! [`crate::interceptors`]: timeout → retry → breaker → admission (the concurrency caps,
-//! a permit held until the response body ends) → forward with the deadline → stream back,
-//! then log the invocation.
+//! [`crate::interceptors`]: timeout → retry → breaker → admission (the concurrency caps
+//! and an adaptive pool's limit, held until the response body ends) → forward with the
+//! deadline → stream back, then log the invocation.
 
 use crate::admission::{Admission, LocalAdmission};
 use crate::body::{Counted, Tail};
 use crate::interceptors::retry::RetryLayer;
 use crate::interceptors::{
-    AdmissionLayer, Answer, Attempt, BreakerLayer, Cap, Forward, ForwardService, Outcome, Registry,
-    TimeoutLayer,
+    AdaptiveLayer, AdmissionLayer, Answer, Attempt, BreakerLayer, Cap, Forward, ForwardService,
+    Outcome, Registry, TimeoutLayer,
 };
 use crate::table::{Policy, RouteIndex};
 use axum::Router;
@@ -358,6 +358,15 @@ impl DataPlane {
         let deadline = started + timeout;
         let interceptors = self.interceptors_for(index, entry, call.as_ref());
         let with_retry = interceptors.retry.is_some();
+        let breaker = |i: usize| {
+            interceptors
+                .breakers
+                .get(i)
+                .map(|(key, policy)| BreakerLayer {
+                    breaker: self.interceptors.breaker(key, policy),
+                    function: name.to_string(),
+                })
+        };
         let forward = Forwarder {
             spec: spec.clone(),
             target,
@@ -376,18 +385,24 @@ impl DataPlane {
                 deadline,
                 margin: Duration::from_millis(self.options.calls.deadline_margin_ms),
             }))
-            .option_layer(
-                interceptors
-                    .circuit_breaker
-                    .map(|(key, policy)| BreakerLayer {
-                        breaker: self.interceptors.breaker(&key, &policy),
-                        function: name.to_string(),
-                    }),
-            )
+            .option_layer(breaker(0))
+            .option_layer(breaker(1))
             .layer(AdmissionLayer {
                 admission: self.options.admission.clone(),
                 caps: Arc::new(self.caps(&grant.org, name, &spec, call.is_some())),
             })
+            .option_layer(
+                spec.pool
+                    .as_ref()
+                    .and_then(|pool| {
+                        self.interceptors
+                            .limiter(&format!("{}/{name}", grant.org), pool)
+                    })
+                    .map(|limiter| AdaptiveLayer {
+                        limiter,
+                        function: name.to_string(),
+                    }),
+            )
             .service(ForwardService(Arc::new(forward)));
         let attempt = Attempt {
             parts,
@@ -562,9 +577,11 @@ impl DataPlane {
         caps
     }
 
-    /// The interceptors of this request, each with the key of its state (breaker, retry
-    /// budget): the function's, or for a call through an alias that sets its own, the
-    /// alias's (kept per caller and alias).
+    /// The interceptors of this request, each with the key of its state. A call through
+    /// an alias with a `retry` of its own retries by it (the callee's `idempotent` still
+    /// decides whether a POST may repeat: only the callee knows whether it deduplicates);
+    /// the budget is always the callee's, so that callers cannot multiply its load. An
+    /// alias's `circuit_breaker` runs before the callee's, never in its place.
     fn interceptors_for(
         &self,
         index: &RouteIndex,
@@ -584,29 +601,39 @@ impl DataPlane {
             let own = live.calls.as_ref()?.get(name)?.interceptors.clone()?;
             Some((format!("{}/{}@{name}", c.org, c.caller_function), own))
         });
-        fn pick<T>(
-            from_alias: Option<(String, Option<T>)>,
-            from_fn: Option<T>,
-            org_fn: &str,
-        ) -> Option<(String, T)> {
-            match from_alias {
-                Some((key, Some(p))) => Some((format!("alias:{key}"), p)),
-                _ => from_fn.map(|p| (format!("fn:{org_fn}"), p)),
-            }
+        let own_retry = function.and_then(|f| f.retry.clone());
+        let retry = match alias.as_ref().and_then(|(_, i)| i.retry.clone()) {
+            Some(r) => Some(match &own_retry {
+                Some(own) => Retry {
+                    idempotent: own.idempotent,
+                    budget_ratio: own.budget_ratio,
+                    budget_min_per_sec: own.budget_min_per_sec,
+                    ..r
+                },
+                None => Retry {
+                    idempotent: false,
+                    ..r
+                },
+            }),
+            None => own_retry,
+        };
+        let mut breakers = Vec::new();
+        if let Some((key, i)) = &alias
+            && let Some(b) = &i.circuit_breaker
+        {
+            breakers.push((format!("alias:{key}"), b.clone()));
+        }
+        if let Some(b) = function.and_then(|f| f.circuit_breaker.clone()) {
+            breakers.push((format!("fn:{org_fn}"), b));
         }
         Chosen {
-            retry: pick(
-                alias.as_ref().map(|(k, i)| (k.clone(), i.retry.clone())),
-                function.and_then(|f| f.retry.clone()),
-                &org_fn,
-            ),
-            circuit_breaker: pick(
-                alias
-                    .as_ref()
-                    .map(|(k, i)| (k.clone(), i.circuit_breaker.clone())),
-                function.and_then(|f| f.circuit_breaker.clone()),
-                &org_fn,
-            ),
+            // Keyed by its settings too: callers whose aliases set different budgets for a
+            // callee without one of its own each get one, none resets another's.
+            retry: retry.map(|r| {
+                let key = format!("fn:{org_fn}#{}/{}", r.budget_ratio, r.budget_min_per_sec);
+                (key, r)
+            }),
+            breakers,
         }
     }
 
@@ -771,7 +798,8 @@ fn policy_path(raw: &str) -> String {
 /// The interceptors a request runs through, each with the key of its state.
 struct Chosen {
     retry: Option<(String, Retry)>,
-    circuit_breaker: Option<(String, CircuitBreaker)>,
+    /// Outermost first: an alias's, then the callee's.
+    breakers: Vec<(String, CircuitBreaker)>,
 }
 
 /// Where an invocation runs.
@@ -794,9 +822,18 @@ struct Forwarder {
 
 impl Forward for Forwarder {
     fn forward(&self, attempt: Attempt) -> BoxFuture<'static, Answer> {
+        let mut parts = attempt.parts;
+        if attempt.number > 1
+            && let Ok(v) = HeaderValue::from_str(&calls::deadline_header(
+                self.deadline.saturating_duration_since(Instant::now()),
+            ))
+        {
+            // What a retry has left, not what the first attempt had.
+            parts.headers.insert(headers::DEADLINE_MS, v);
+        }
         let invocation = Invocation {
             spec: self.spec.clone(),
-            request: axum::http::Request::from_parts(attempt.parts, attempt.body),
+            request: axum::http::Request::from_parts(parts, attempt.body),
             deadline: self.deadline,
             request_id: self.request_id.clone(),
             chain: self.chain.clone(),
@@ -820,12 +857,12 @@ impl Forward for Forwarder {
             }
             Target::Remote(remote, urls) => {
                 let remote = remote.clone();
-                // Workers an earlier attempt failed on go last.
+                // Workers an earlier attempt failed on only when there is no other.
                 let (fresh, failed): (Vec<_>, Vec<_>) = urls
                     .iter()
                     .cloned()
                     .partition(|u| !attempt.avoid.contains(u));
-                let order: Vec<Arc<str>> = fresh.into_iter().chain(failed).collect();
+                let order: Vec<Arc<str>> = if fresh.is_empty() { failed } else { fresh };
                 Box::pin(async move {
                     let (instance, result) = remote.invoke_reporting(&order, invocation).await;
                     answer(result, instance)

@@ -134,7 +134,10 @@ impl RouteIndex {
                     .live
                     .as_ref()
                     .and_then(|d| d.interceptors.as_deref())
-                    .and_then(|json| match serde_json::from_str::<Interceptors>(json) {
+                    .and_then(|json| match serde_json::from_str::<Interceptors>(json)
+                        .map_err(|e| e.to_string())
+                        .and_then(|i| i.check("interceptors").map(|()| i))
+                    {
                         Ok(i) => Some(Arc::new(i)),
                         Err(e) => {
                             // Checked at deploy: routers and control plane disagree. Without

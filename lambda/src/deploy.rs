@@ -632,6 +632,7 @@ mod tests {
             min_instances: 0,
             max_concurrency: Some(101),
             calls: None,
+            pool: None,
         };
         let missing = std::path::Path::new("/nonexistent/bundle");
         let built = deployer

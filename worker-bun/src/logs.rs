@@ -339,6 +339,7 @@ mod tests {
             min_instances: 0,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         ProcessLogs::new(&spec, 1, sink, "t0")
     }

@@ -7,6 +7,7 @@
 //! the table no longer lists the deployment, [`Pool::stop_all`] stops its processes at once.
 
 use crate::process::{Process, Start};
+use reactor_api::pool::Pool as Shape;
 use reactor_api::{DeploymentSpec, InvokeError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +24,49 @@ pub struct PoolLimits {
     pub per_process: usize,
     pub queue: usize,
     pub idle_ttl: Duration,
+}
+
+impl PoolLimits {
+    /// These limits as the deployment's manifest `pool` shapes them. A pool's size counts
+    /// requests at once; it is held on as few processes as can hold it (each serving up to
+    /// `per_process`), never more processes than this worker allows:
+    /// - static: `workers` at once (the processes are kept started: the control plane
+    ///   made them the deployment's `min_instances`), `buffer` queued, then 429;
+    /// - lazy: up to `max_size` at once, processes idle for `idle_ttl_secs` stopped;
+    /// - adaptive, or none: the worker's own limits (an adaptive pool is sized by routers).
+    pub fn for_pool(self, pool: Option<&Shape>) -> PoolLimits {
+        let fit = |slots: u32| {
+            let slots = (slots as usize).max(1);
+            let processes = slots
+                .div_ceil(self.per_process.max(1))
+                .clamp(1, self.max_processes.max(1));
+            (processes, slots.div_ceil(processes).min(self.per_process))
+        };
+        match pool {
+            Some(Shape::Static { workers, buffer }) => {
+                let (max_processes, per_process) = fit(*workers);
+                PoolLimits {
+                    max_processes,
+                    per_process,
+                    queue: *buffer as usize,
+                    ..self
+                }
+            }
+            Some(Shape::Lazy {
+                max_size,
+                idle_ttl_secs,
+            }) => {
+                let (max_processes, per_process) = fit(*max_size);
+                PoolLimits {
+                    max_processes,
+                    per_process,
+                    idle_ttl: Duration::from_secs(*idle_ttl_secs),
+                    ..self
+                }
+            }
+            Some(Shape::Adaptive { .. }) | None => self,
+        }
+    }
 }
 
 /// How long a process of a retired deployment may stay idle before it is stopped: routers
@@ -106,6 +150,7 @@ impl Pool {
         limits: PoolLimits,
         env: Arc<BTreeMap<String, String>>,
     ) -> Arc<Self> {
+        let limits = limits.for_pool(spec.pool.as_ref());
         Arc::new(Self {
             env,
             spec,
@@ -356,12 +401,63 @@ impl Pool {
                     if retired {
                         "its deployment is no longer live"
                     } else {
-                        "idle past bun_idle_ttl_secs"
+                        "idle past its idle TTL (pool.idle_ttl_secs or bun_idle_ttl_secs)"
                     },
                 );
                 alive -= 1;
             }
         }
         retired && s.processes.is_empty() && s.starting == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKER: PoolLimits = PoolLimits {
+        max_processes: 8,
+        per_process: 32,
+        queue: 64,
+        idle_ttl: Duration::from_secs(300),
+    };
+
+    fn shape(pool: Shape) -> (usize, usize, usize, u64) {
+        let l = WORKER.for_pool(Some(&pool));
+        (
+            l.max_processes,
+            l.per_process,
+            l.queue,
+            l.idle_ttl.as_secs(),
+        )
+    }
+
+    #[test]
+    fn a_pools_size_is_held_on_as_few_processes_as_the_worker_allows() {
+        let stat = |workers, buffer| Shape::Static { workers, buffer };
+        assert_eq!(
+            shape(stat(1, 2)),
+            (1, 1, 2, 300),
+            "one at a time, two queued"
+        );
+        assert_eq!(shape(stat(40, 0)), (2, 20, 0, 300));
+        assert_eq!(
+            shape(stat(1000, 5)),
+            (8, 32, 5, 300),
+            "the worker's bounds hold"
+        );
+        let lazy = |max_size, idle_ttl_secs| Shape::Lazy {
+            max_size,
+            idle_ttl_secs,
+        };
+        assert_eq!(shape(lazy(3, 1)), (1, 3, 64, 1));
+        assert_eq!(shape(lazy(64, 60)), (2, 32, 64, 60));
+        let adaptive = Shape::Adaptive {
+            min_size: 1,
+            max_size: 10,
+            algorithm: Default::default(),
+        };
+        assert_eq!(shape(adaptive), (8, 32, 64, 300), "sized by routers");
+        assert_eq!(WORKER.for_pool(None).max_processes, 8);
     }
 }

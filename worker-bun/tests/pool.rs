@@ -128,6 +128,7 @@ fn spec(deployment_id: &str, min_instances: u32) -> DeploymentSpec {
         min_instances,
         max_concurrency: None,
         calls: None,
+        pool: None,
     }
 }
 

@@ -121,6 +121,7 @@ impl Harness {
             min_instances,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         self.storage
             .put_bytes(&spec.bundle_key, Bytes::from(archive))

@@ -134,6 +134,7 @@ async fn a_function_cannot_create_a_user_namespace_and_keeps_serving() {
         min_instances: 0,
         max_concurrency: None,
         calls: None,
+        pool: None,
     });
     storage
         .put_bytes(&spec.bundle_key, Bytes::from(archive))

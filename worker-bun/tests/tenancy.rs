@@ -195,6 +195,7 @@ impl Harness {
             min_instances: 0,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         self.storage
             .put_bytes(&spec.bundle_key, Bytes::from(archive))

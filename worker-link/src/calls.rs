@@ -648,6 +648,7 @@ mod tests {
             min_instances: 0,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         let mut h = HeaderMap::new();
         h.insert(headers::CALLER_TOKEN, HeaderValue::from_static("tok_1"));

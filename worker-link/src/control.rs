@@ -178,6 +178,7 @@ mod tests {
             min_instances: 0,
             max_concurrency: None,
             calls: None,
+            pool: None,
         };
         let recorded = DeploymentEnvResponse {
             env: [("SECRET".to_string(), "s".to_string())].into(),

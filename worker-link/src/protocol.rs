@@ -121,6 +121,13 @@ pub fn live_spec(f: &FunctionRoute, runtime: Runtime) -> Option<DeploymentSpec> 
         min_instances: d.min_instances,
         max_concurrency: d.max_concurrency,
         calls: d.calls.as_deref().map(|json| parse_calls(f, d, json)),
+        pool: d.pool.as_deref().and_then(|json| {
+            serde_json::from_str(json)
+                .inspect_err(|e| {
+                    tracing::warn!(org = %f.org, function = %f.name, deployment_id = %d.deployment_id, error = %e, "unreadable pool: the worker's own settings apply");
+                })
+                .ok()
+        }),
     })
 }
 
@@ -199,6 +206,10 @@ mod tests {
                     interceptors: None,
                 },
             )])),
+            pool: Some(reactor_api::pool::Pool::Static {
+                workers: 2,
+                buffer: 4,
+            }),
         };
         let header = encode_spec(&spec);
         assert!(http::HeaderValue::from_str(&header).is_ok());

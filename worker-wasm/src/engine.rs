@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use reactor_api::CallLink;
 use reactor_api::logs::LogSink;
+use reactor_api::pool::Pool;
 use reactor_api::{
     Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
     Runtime, RuntimeRole, RuntimeWorker,
@@ -70,6 +71,11 @@ struct Deployment {
     pre: Loaded,
     env: Arc<Vec<(String, String)>>,
     instances: Arc<Semaphore>,
+    /// Most instances at once: the manifest's pool size, else the worker's default.
+    size: usize,
+    /// A static pool's `buffer`: requests that may wait for an instance until their
+    /// deadline, and how many wait. Without it a request waits [`INSTANCE_WAIT`] at most.
+    buffer: Option<(usize, Arc<std::sync::atomic::AtomicUsize>)>,
 }
 
 /// A deployment, loaded once by whoever asks first.
@@ -87,6 +93,8 @@ pub struct WasmWorker {
     logs: Arc<dyn LogSink>,
     /// Most instances of one deployment alive at once.
     instances_per_deployment: usize,
+    /// The pooling allocator's size: no pool may ask for more.
+    max_instances: u32,
     /// Signs the artifacts this worker builds and verifies those it loads.
     seal: Arc<ArtifactSeal>,
     /// Where calls between functions go, and what bounds each invocation's.
@@ -150,6 +158,7 @@ impl WasmWorker {
             env: options.env,
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
+            max_instances: options.max_instances,
             seal: Arc::new(ArtifactSeal::ephemeral()),
             calls: CallLink::new(),
             call_limits: CallLimits::default(),
@@ -254,10 +263,20 @@ impl WasmWorker {
             org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
             source, ms = started.elapsed().as_secs_f64() * 1e3, "deployment loaded"
         );
+        // A pool's size bounds instances at once (an instance lives for one request, so a
+        // lazy pool's idle TTL has nothing to reap); never more than the allocator holds.
+        let (size, buffer) = match spec.pool {
+            Some(Pool::Static { workers, buffer }) => (workers as usize, Some(buffer as usize)),
+            Some(Pool::Lazy { max_size, .. }) => (max_size as usize, None),
+            Some(Pool::Adaptive { .. }) | None => (self.instances_per_deployment, None),
+        };
+        let size = size.clamp(1, self.max_instances.max(1) as usize);
         Ok(Deployment {
             pre,
             env,
-            instances: Arc::new(Semaphore::new(self.instances_per_deployment)),
+            instances: Arc::new(Semaphore::new(size)),
+            size,
+            buffer: buffer.map(|b| (b, Arc::new(std::sync::atomic::AtomicUsize::new(0)))),
         })
     }
 
@@ -450,16 +469,52 @@ impl RuntimeWorker for WasmWorker {
             pre,
             env,
             instances,
+            size,
+            buffer,
         } = deployment;
-        // The instance's slot, held by its task until the instance is dropped.
-        let wait = deadline.min(Instant::now() + INSTANCE_WAIT);
-        let Ok(Ok(slot)) = tokio::time::timeout_at(wait, instances.acquire_owned()).await else {
-            return Err(fail(InvokeError::TooManyRequests {
+        let busy = |queued: &str| {
+            fail(InvokeError::TooManyRequests {
                 message: format!(
-                    "{} instances of deployment {} are already running on this worker",
-                    self.instances_per_deployment, spec.deployment_id
+                    "{size} instances of deployment {} are already running on this worker{queued}",
+                    spec.deployment_id
                 ),
-            }));
+            })
+        };
+        // The instance's slot, held by its task until the instance is dropped.
+        let slot = match buffer {
+            // A static pool: wait in its buffer until the deadline, if there is room.
+            Some((room, waiting)) => match instances.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    use std::sync::atomic::Ordering::AcqRel;
+                    if waiting
+                        .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                            (n < room).then_some(n + 1)
+                        })
+                        .is_err()
+                    {
+                        return Err(busy(&format!(" and {room} are waiting (pool.buffer)")));
+                    }
+                    let got = tokio::time::timeout_at(deadline, instances.acquire_owned()).await;
+                    waiting.fetch_sub(1, AcqRel);
+                    match got {
+                        Ok(Ok(slot)) => slot,
+                        _ => {
+                            return Err(fail(InvokeError::Timeout {
+                                timeout_ms: spec.timeout_ms,
+                            }));
+                        }
+                    }
+                }
+            },
+            None => {
+                let wait = deadline.min(Instant::now() + INSTANCE_WAIT);
+                let Ok(Ok(slot)) = tokio::time::timeout_at(wait, instances.acquire_owned()).await
+                else {
+                    return Err(busy(""));
+                };
+                slot
+            }
         };
         let target = Arc::new(LogTarget::new(&spec, &request_id, self.logs.clone()));
         // Ends the invocation's calls when its instance goes.

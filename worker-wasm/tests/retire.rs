@@ -82,6 +82,7 @@ async fn a_retired_deployment_is_unloaded_and_its_running_instance_finishes() {
         min_instances: 0,
         max_concurrency: None,
         calls: None,
+        pool: None,
     });
     let bundle_dir = dir.path().join("bundle");
     std::fs::create_dir_all(&bundle_dir).expect("bundle dir");

@@ -146,6 +146,7 @@ fn spec(deployment_id: &str, timeout_ms: u64, memory_mb: u32) -> DeploymentSpec 
         min_instances: 0,
         max_concurrency: None,
         calls: None,
+        pool: None,
     }
 }
 

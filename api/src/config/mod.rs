@@ -801,6 +801,7 @@ impl FunctionsConfig {
             default_timeout_ms: self.invoke_default_timeout_ms,
             max_timeout_ms: self.invoke_max_timeout_ms,
             max_min_instances: self.max_min_instances,
+            per_instance: self.bun_concurrency_per_process,
         }
     }
 }

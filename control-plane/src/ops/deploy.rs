@@ -121,6 +121,12 @@ impl ControlPlane {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| ApiError::internal(format!("interceptors: {e}")))?;
+        let pool = resolved
+            .pool
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::internal(format!("pool: {e}")))?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -139,6 +145,7 @@ impl ControlPlane {
             policy: resolved.policy,
             calls,
             interceptors,
+            pool,
         };
         self.storage
             .put_file(&record.bundle_key, &archive)

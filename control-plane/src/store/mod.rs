@@ -104,6 +104,8 @@ pub struct DeploymentRecord {
     pub calls: Option<String>,
     /// The manifest's `interceptors` (JSON); `None`: none.
     pub interceptors: Option<String>,
+    /// The manifest's `pool`, settled (JSON); `None`: the workers' own settings.
+    pub pool: Option<String>,
 }
 
 /// An env value as stored: plain, or a secret sealed under a data key.

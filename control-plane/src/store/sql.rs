@@ -162,6 +162,7 @@ fn deployment_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
         policy: row.try_get("policy").map_err(db)?,
         calls: row.try_get("calls").map_err(db)?,
         interceptors: row.try_get("interceptors").map_err(db)?,
+        pool: row.try_get("pool").map_err(db)?,
     })
 }
 
@@ -198,7 +199,7 @@ fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors";
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -344,7 +345,7 @@ impl Store for SqlStore {
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -362,6 +363,7 @@ impl Store for SqlStore {
             .bind(&d.policy)
             .bind(&d.calls)
             .bind(&d.interceptors)
+            .bind(&d.pool)
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(Entity::Deployment, &d.id))?;

@@ -156,6 +156,7 @@ fn deployment(id: &str, org: &str, f: &str) -> DeploymentRecord {
         policy: None,
         calls: None,
         interceptors: None,
+        pool: None,
     }
 }
 
@@ -324,6 +325,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
     manifest.policy = Some(r#"{"allow":[]}"#.into());
     manifest.calls = Some(r#"{"users":{"function":"get-user","timeout_ms":500}}"#.into());
     manifest.interceptors = Some(r#"{"retry":{"max_attempts":2}}"#.into());
+    manifest.pool = Some(r#"{"type":"lazy","max_size":4,"idle_ttl_secs":60}"#.into());
     store.insert_deployment(&manifest).await.expect("insert");
     assert_eq!(
         store
@@ -331,7 +333,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
             .await
             .expect("get"),
         Some(manifest),
-        "policy, calls and interceptors read back as written"
+        "policy, calls, interceptors and pool read back as written"
     );
     assert_eq!(
         store

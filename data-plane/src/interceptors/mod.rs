@@ -11,7 +11,8 @@
 //!   without forwarding while the function keeps failing; every attempt passes it, so an
 //!   open breaker also stops retries;
 //! - **admission** takes the concurrency permits (the function's cap, the org's calls in
-//!   flight), held until the response body ends;
+//!   flight), held until the response body ends, then for an adaptive pool a slot under
+//!   the limit [`limit`] sizes from the latency it measures;
 //! - **forward** runs the attempt on the in-process worker or on a remote one.
 //!
 //! Each attempt is an [`Attempt`]; what it comes to is an [`Answer`]. The stack is built per
@@ -19,6 +20,7 @@
 //! long as the router ([`Registry`]), one per function or call alias.
 
 pub mod breaker;
+pub mod limit;
 pub mod retry;
 
 use crate::admission::{Admission, Permit};
@@ -26,13 +28,13 @@ use axum::body::Body;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use reactor_api::interceptors::{CircuitBreaker, Retry};
+use reactor_api::pool::Pool;
 use reactor_api::{ApiError, ErrorCode, InvokeError, InvokeFailure};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
-use tower::retry::budget::TpsBudget;
 use tower::{Layer, Service};
 
 /// One attempt at running the request.
@@ -124,14 +126,12 @@ fn failure_status(e: &InvokeError) -> u16 {
 #[derive(Default)]
 pub struct Registry {
     breakers: Mutex<HashMap<String, (CircuitBreaker, Arc<breaker::Breaker>)>>,
-    budgets: Mutex<HashMap<String, (BudgetSettings, Arc<TpsBudget>)>>,
+    budgets: Mutex<HashMap<String, (BudgetSettings, Arc<retry::Budget>)>>,
+    limiters: Mutex<HashMap<String, (Pool, Arc<limit::Limiter>)>>,
 }
 
 /// A budget's ratio (per mille) and minimum per second, compared exactly.
 type BudgetSettings = (u32, u32);
-
-/// Budgets count requests over this long.
-const BUDGET_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Registry {
     pub fn breaker(&self, key: &str, policy: &CircuitBreaker) -> Arc<breaker::Breaker> {
@@ -139,14 +139,35 @@ impl Registry {
         match map.get(key) {
             Some((p, b)) if p == policy => b.clone(),
             _ => {
-                let b = Arc::new(breaker::Breaker::new(policy.clone()));
+                let b = Arc::new(breaker::Breaker::new(policy.clone(), key));
                 map.insert(key.to_string(), (policy.clone(), b.clone()));
                 b
             }
         }
     }
 
-    pub fn budget(&self, key: &str, policy: &Retry) -> Arc<TpsBudget> {
+    /// The limiter of an adaptive pool (`None` for another pool).
+    pub fn limiter(&self, key: &str, pool: &Pool) -> Option<Arc<limit::Limiter>> {
+        let Pool::Adaptive {
+            min_size,
+            max_size,
+            algorithm,
+        } = *pool
+        else {
+            return None;
+        };
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((p, l)) if p == pool => Some(l.clone()),
+            _ => {
+                let l = Arc::new(limit::Limiter::new(algorithm, min_size, max_size));
+                map.insert(key.to_string(), (*pool, l.clone()));
+                Some(l)
+            }
+        }
+    }
+
+    pub fn budget(&self, key: &str, policy: &Retry) -> Arc<retry::Budget> {
         // The ratio as a whole per mille, so that the settings compare exactly.
         let settings = (
             (policy.budget_ratio * 1000.0).round() as u32,
@@ -156,10 +177,9 @@ impl Registry {
         match map.get(key) {
             Some((s, b)) if *s == settings => b.clone(),
             _ => {
-                let b = Arc::new(TpsBudget::new(
-                    BUDGET_WINDOW,
+                let b = Arc::new(retry::Budget::new(
+                    policy.budget_ratio,
                     policy.budget_min_per_sec,
-                    policy.budget_ratio as f32,
                 ));
                 map.insert(key.to_string(), (settings, b.clone()));
                 b
@@ -258,6 +278,91 @@ where
             {
                 permits.extend(permit.take());
                 *permit = Some(Permit::new(permits));
+            }
+            Ok(answer)
+        })
+    }
+}
+
+/// An adaptive pool: a slot under the limiter's current limit (429 over it), held until
+/// the response body ends; each warm answer is a latency sample. The limit is on every
+/// response (`X-Reactor-Pool-Limit`).
+#[derive(Clone)]
+pub struct AdaptiveLayer {
+    pub limiter: Arc<limit::Limiter>,
+    /// Named in the refusal.
+    pub function: String,
+}
+
+impl<S> Layer<S> for AdaptiveLayer {
+    type Service = Adaptive<S>;
+    fn layer(&self, inner: S) -> Adaptive<S> {
+        Adaptive {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Adaptive<S> {
+    layer: AdaptiveLayer,
+    inner: S,
+}
+
+impl<S> Service<Attempt> for Adaptive<S>
+where
+    S: Service<Attempt, Response = Answer, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Answer, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let layer = self.layer.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let limiter = layer.limiter;
+            let Some(slot) = limiter.try_acquire() else {
+                let limit = limiter.limit();
+                return Ok(Answer::refused(
+                    ApiError::new(
+                        ErrorCode::TooManyRequests,
+                        format!(
+                            "function {} is at its adaptive pool's limit ({limit} requests at once on this router, sized from its latency)",
+                            layer.function
+                        ),
+                    )
+                    .with_detail("pool_limit", limit),
+                ));
+            };
+            let started = Instant::now();
+            let mut answer = inner.call(attempt).await?;
+            let failed = answer.is_failure();
+            let cold = match &answer.outcome {
+                Outcome::Response { cold, .. } => Some(*cold),
+                Outcome::Failed(f) => Some(f.cold_start),
+                Outcome::Refused(_) => None,
+            };
+            // Cold starts measure the start, not the load: no sample.
+            if cold == Some(false) {
+                limiter.sample(started.elapsed(), slot.in_flight, failed);
+            }
+            if let Outcome::Response {
+                response, permit, ..
+            } = &mut answer.outcome
+            {
+                response.headers_mut().insert(
+                    reactor_api::headers::POOL_LIMIT,
+                    http::HeaderValue::from(limiter.limit()),
+                );
+                let held = permit.take();
+                *permit = Some(Permit::new((held, slot)));
             }
             Ok(answer)
         })

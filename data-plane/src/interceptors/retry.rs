@@ -1,7 +1,8 @@
 //! The retry layer. What it will not do, whatever the manifest says:
 //! - repeat a POST or PATCH unless `retry.idempotent` marks the function as deduplicating
 //!   (by the `Idempotency-Key` it stamps, one per logical request, kept across attempts);
-//! - retry a 4xx other than 429 (or 408 when listed): those are the caller's mistake;
+//! - retry a 4xx other than 429 (the caller's mistake), or a timeout (it spent the
+//!   deadline);
 //! - retry once a response has been handed on: it decides on the status alone, before
 //!   anything of the body reaches the client;
 //! - retry when the wait and a margin would not fit before the deadline;
@@ -21,13 +22,80 @@ use http_body_util::BodyExt;
 use rand::Rng;
 use reactor_api::interceptors::Retry;
 use reactor_api::{InvokeError, headers};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
+
+/// The retry budget of a function: over the last [`BUDGET_SECS`] seconds, retries may
+/// number at most `ratio` × the requests plus `min_per_sec` × [`BUDGET_SECS`]. Counted
+/// per second, so it costs the same whatever the rate.
+pub struct Budget {
+    ratio: f64,
+    reserve: f64,
+    window: Mutex<Window>,
+}
+
+/// Seconds a budget looks back.
+pub const BUDGET_SECS: u64 = 10;
+
+struct Window {
+    epoch: Instant,
+    /// (second since `epoch`, requests, retries), oldest first, at most BUDGET_SECS.
+    seconds: VecDeque<(u64, u64, u64)>,
+}
+
+impl Budget {
+    pub fn new(ratio: f64, min_per_sec: u32) -> Self {
+        Self {
+            ratio: ratio.clamp(0.0, 1.0),
+            reserve: f64::from(min_per_sec) * BUDGET_SECS as f64,
+            window: Mutex::new(Window {
+                epoch: Instant::now(),
+                seconds: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The current second's counts (requests, retries), older seconds dropped.
+    fn with_now<T>(&self, f: impl FnOnce(&mut (u64, u64, u64), (u64, u64)) -> T) -> T {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let now = w.epoch.elapsed().as_secs();
+        while w.seconds.front().is_some_and(|s| s.0 + BUDGET_SECS <= now) {
+            w.seconds.pop_front();
+        }
+        if w.seconds.back().is_none_or(|s| s.0 != now) {
+            w.seconds.push_back((now, 0, 0));
+        }
+        let totals = w
+            .seconds
+            .iter()
+            .fold((0, 0), |(r, t), s| (r + s.1, t + s.2));
+        let current = w.seconds.back_mut().expect("pushed above");
+        f(current, totals)
+    }
+
+    /// A request (its first attempt).
+    pub fn deposit(&self) {
+        self.with_now(|s, _| s.1 += 1);
+    }
+
+    /// Whether one more retry fits; if so it is counted.
+    pub fn withdraw(&self) -> bool {
+        self.with_now(|s, (requests, retries)| {
+            let allowed = self.ratio * requests as f64 + self.reserve;
+            let fits = (retries + 1) as f64 <= allowed;
+            if fits {
+                s.2 += 1;
+            }
+            fits
+        })
+    }
+}
 
 /// Request bodies up to this size are kept to be sent again.
 pub const REPLAY_LIMIT: u64 = 1024 * 1024;
@@ -35,7 +103,7 @@ pub const REPLAY_LIMIT: u64 = 1024 * 1024;
 #[derive(Clone)]
 pub struct RetryLayer {
     pub policy: Arc<Retry>,
-    pub budget: Arc<TpsBudget>,
+    pub budget: Arc<Budget>,
     pub deadline: Instant,
     /// No retry with less than this left before the deadline after the wait.
     pub margin: Duration,
@@ -67,10 +135,12 @@ pub enum Verdict {
 /// Whether `answer` calls for another attempt under `policy` (its status alone).
 pub fn retryable(policy: &Retry, answer: &Answer) -> bool {
     match &answer.outcome {
-        // The worker could not be reached or could not answer: nothing ran, or nothing
-        // that answered.
+        // The worker could not be reached, or failed before the function answered (the
+        // function may have run: only requests that may be repeated get here). One that
+        // gave no answer within the deadline is not retried: the margin stops it.
         Outcome::Failed(f) if matches!(f.error, InvokeError::Unavailable { .. }) => true,
         // A timeout spent the deadline; a crash is a 500 the function produced.
+        Outcome::Failed(f) if matches!(f.error, InvokeError::Timeout { .. }) => false,
         Outcome::Failed(_) => policy.on_status.contains(&answer.status()),
         Outcome::Response { .. } => policy.on_status.contains(&answer.status()),
         // Only the concurrency cap is worth another try; an open breaker is not.
@@ -119,6 +189,13 @@ where
             };
             let bytes = match body {
                 Kept::Bytes(b) => b,
+                // The body broke while being read (the client went away): nothing is sent.
+                Kept::Broken(message) => {
+                    return Ok(Answer::new(
+                        Outcome::Failed(InvokeError::InvalidRequest { message }.into()),
+                        None,
+                    ));
+                }
                 Kept::Once(body) => {
                     let attempt = Attempt {
                         parts,
@@ -175,7 +252,7 @@ fn decide(
     number: u32,
     deadline: Instant,
     margin: Duration,
-    budget: &TpsBudget,
+    budget: &Budget,
 ) -> Verdict {
     if !retryable(policy, answer) {
         return Verdict::Final("not retryable");
@@ -207,6 +284,7 @@ fn jittered(wait: Duration, jitter: f64) -> Duration {
 enum Kept {
     Bytes(Bytes),
     Once(Body),
+    Broken(String),
 }
 
 /// The body in memory when its length is known and at most [`REPLAY_LIMIT`].
@@ -218,10 +296,7 @@ async fn keep(body: Body) -> Kept {
     }
     match body.collect().await {
         Ok(collected) => Kept::Bytes(collected.to_bytes()),
-        // The client went away or the body broke: the one attempt fails as it would have.
-        Err(e) => Kept::Once(Body::new(http_body_util::Full::new(Bytes::new()).map_err(
-            move |_: Infallible| axum::Error::new(format!("the request body failed: {e}")),
-        ))),
+        Err(e) => Kept::Broken(format!("the request body could not be read: {e}")),
     }
 }
 
@@ -315,11 +390,7 @@ mod tests {
 
     async fn run(policy: Retry, script: &Arc<Script>, method: &str, body: &'static str) -> Answer {
         let layer = RetryLayer {
-            budget: Arc::new(TpsBudget::new(
-                Duration::from_secs(10),
-                policy.budget_min_per_sec,
-                policy.budget_ratio as f32,
-            )),
+            budget: Arc::new(Budget::new(policy.budget_ratio, policy.budget_min_per_sec)),
             policy: Arc::new(policy),
             deadline: Instant::now() + Duration::from_secs(30),
             margin: Duration::from_millis(100),
@@ -407,7 +478,7 @@ mod tests {
             ..quick()
         };
         // A minimum of 1 per second over the 10 s window: 10 retries, then none.
-        let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.0));
+        let budget = Arc::new(Budget::new(0.0, 1));
         let mut retried = 0;
         for _ in 0..30 {
             let s = script(&[503, 200]);
@@ -441,7 +512,7 @@ mod tests {
         let s = script(&[503, 200]);
         let layer = RetryLayer {
             policy: Arc::new(quick()),
-            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+            budget: Arc::new(Budget::new(0.2, 10)),
             deadline: Instant::now() + Duration::from_millis(110),
             margin: Duration::from_millis(100),
         };

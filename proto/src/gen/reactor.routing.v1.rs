@@ -210,6 +210,10 @@ pub struct LiveDeployment {
     /// The manifest's `interceptors` (JSON): retry and circuit breaker, run by routers.
     #[prost(string, optional, tag = "11")]
     pub interceptors: ::core::option::Option<::prost::alloc::string::String>,
+    /// The manifest's `pool`, settled (JSON): static, lazy or adaptive; absent: the
+    /// workers' own settings.
+    #[prost(string, optional, tag = "12")]
+    pub pool: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// A valid API token: only its SHA-256, never the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

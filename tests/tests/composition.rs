@@ -1,8 +1,10 @@
-//! The manifest's `interceptors`, end to end through the real `reactor dev` and a Bun
-//! function that fails on request (`/flaky?fail=N&status=S`: the first N attempts of each
-//! Idempotency-Key answer S): retry counts, backoff timing, what is never retried, the
-//! retry budget, per-alias retry, and the circuit breaker opening, answering 503,
-//! half-opening and closing. Unknown interceptor types are refused at deploy.
+//! Composition settings of the manifest, end to end through the real `reactor dev`:
+//! - `interceptors`, with a Bun function that fails on request (`/flaky?fail=N&status=S`:
+//!   the first N attempts of each Idempotency-Key answer S): retry counts, backoff timing,
+//!   what is never retried, the retry budget, per-alias retry, and the circuit breaker
+//!   opening, answering 503, half-opening and closing; unknown types refused at deploy;
+//! - `pool`: a static pool queueing then refusing, a lazy one growing and reaping, an
+//!   adaptive one whose limit falls when latency rises and recovers, bounded throughout.
 
 use reactor_tests::*;
 use reqwest::Method;
@@ -239,4 +241,157 @@ async fn unknown_interceptors_and_bad_settings_are_refused_at_deploy() {
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(expect), "{message}");
     }
+}
+
+/// A slow request's status, instance and cold flag.
+async fn slow(s: &Server, function: &str, ms: u64) -> (u16, String, bool, Option<u32>) {
+    let resp = s
+        .request(Method::GET, &format!("/fn/v1/{function}/slow?ms={ms}"))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let cold = resp.headers()["x-reactor-cold-start"] == "true";
+    let limit = resp
+        .headers()
+        .get("x-reactor-pool-limit")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let instance = v["instance"].as_str().unwrap_or_default().to_string();
+    // A refusal by the adaptive pool names its limit in the error's details.
+    let limit = limit.or_else(|| {
+        v["error"]["details"]["pool_limit"]
+            .as_u64()
+            .map(|l| l as u32)
+    });
+    (status, instance, cold, limit)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_pools_queue_then_refuse_and_lazy_pools_grow_and_reap() {
+    // One request per Bun process, so that a pool's size is its processes.
+    let s = Server::start_with(&[("REACTOR_FUNCTIONS_BUN_CONCURRENCY_PER_PROCESS", "1")]);
+    let fixed = json!({"pool": {"type": "static", "workers": 1, "buffer": 1}});
+    s.deploy_live_runtime("fixed", "bun", bun_probe_bundle("v1", Some(&fixed)))
+        .await;
+    // Warm it: the first start is not what this measures.
+    assert_eq!(slow(&s, "fixed", 1).await.0, 200);
+    let (a, b, c) = tokio::join!(
+        slow(&s, "fixed", 1500),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slow(&s, "fixed", 10).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let started = Instant::now();
+            (slow(&s, "fixed", 10).await, started.elapsed())
+        },
+    );
+    assert_eq!(a.0, 200);
+    assert_eq!(b.0, 200, "the second waits in the buffer");
+    assert_eq!(a.1, b.1, "on the one worker");
+    assert_eq!(c.0.0, 429, "the third finds the buffer full");
+    assert!(
+        c.1 < Duration::from_millis(500),
+        "refused at once: {:?}",
+        c.1
+    );
+
+    let lazy = json!({"pool": {"type": "lazy", "max_size": 2, "idle_ttl_secs": 1}});
+    s.deploy_live_runtime("grows", "bun", bun_probe_bundle("v1", Some(&lazy)))
+        .await;
+    let (a, b, c) = tokio::join!(slow(&s, "grows", 800), slow(&s, "grows", 800), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow(&s, "grows", 10).await
+    },);
+    // (The promote started one process; the second request started another.)
+    assert!(a.2 || b.2, "a process started for the second request");
+    assert_ne!(a.1, b.1, "grown to max_size 2");
+    assert_eq!(c.0, 200);
+    assert!(
+        !c.2 && (c.1 == a.1 || c.1 == b.1),
+        "the third waited for one of the two"
+    );
+    // Idle past idle_ttl_secs (and the reaper's half second): stopped, the next is cold.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = slow(&s, "grows", 10).await;
+    assert!(again.2, "cold after reaping");
+    assert!(again.1 != a.1 && again.1 != b.1);
+    assert!(s.logs().contains("idle past its idle TTL"), "{}", s.logs());
+}
+
+/// `total` requests of `ms` each from `concurrency` clients at once: each response's
+/// status and pool limit.
+async fn load(
+    s: &Server,
+    function: &str,
+    ms: u64,
+    total: usize,
+    concurrency: usize,
+) -> Vec<(u16, u32)> {
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(total));
+    let clients = (0..concurrency).map(|_| {
+        let left = left.clone();
+        async move {
+            let mut seen = Vec::new();
+            while left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+            {
+                let (status, _, _, limit) = slow(s, function, ms).await;
+                seen.push((status, limit.expect("x-reactor-pool-limit on every answer")));
+                if status == 429 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+            seen
+        }
+    });
+    futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adaptive_pool_follows_latency_and_stays_bounded() {
+    let s = Server::start();
+    let adaptive = json!({"pool": {"type": "adaptive", "min_size": 2, "max_size": 24}});
+    s.deploy_live_runtime("elastic", "bun", bun_probe_bundle("v1", Some(&adaptive)))
+        .await;
+    let limits = |seen: &[(u16, u32)]| seen.iter().map(|(_, l)| *l).collect::<Vec<_>>();
+    // Fast under load: the limit grows from its start of 10.
+    let fast = limits(&load(&s, "elastic", 20, 300, 12).await);
+    let high = *fast[fast.len() - 20..].iter().max().expect("samples");
+    assert!(high > 10, "grew under load: {fast:?}");
+    // Ten times slower: it falls.
+    let slowed = load(&s, "elastic", 200, 60, 12).await;
+    let low = limits(&slowed).into_iter().min().expect("samples");
+    assert!(low <= high / 2, "fell from {high} to {low}");
+    // Fast again: it recovers.
+    let recovered = limits(&load(&s, "elastic", 20, 400, 12).await);
+    let back = *recovered.iter().max().expect("samples");
+    assert!(back >= low + 4, "recovered from {low} to {back}");
+    // Overloaded (far more clients than max_size): never above max_size, the rest 429.
+    let flood = load(&s, "elastic", 300, 120, 60).await;
+    assert!(
+        limits(&flood).iter().all(|l| (2..=24).contains(l)),
+        "{flood:?}"
+    );
+    assert!(
+        flood.iter().any(|(status, _)| *status == 429),
+        "the excess is refused"
+    );
+    assert!(
+        flood
+            .iter()
+            .all(|(status, _)| *status == 200 || *status == 429)
+    );
 }
