@@ -205,6 +205,13 @@ impl Manifest {
             ));
         }
         let pool = m.pool.as_ref().map(PoolSpec::resolve).transpose()?;
+        if runtime == Runtime::Lambda
+            && matches!(pool, Some(Pool::Static { .. } | Pool::Lazy { .. }))
+        {
+            return Err(
+                "a static or lazy pool does not apply to Lambda (AWS runs the instances): use an adaptive pool, or none".into(),
+            );
+        }
         // A static pool's instances are kept started: they are its `min_instances`, under
         // the same bound and the org's warm quota.
         if let Some(Pool::Static { workers, .. }) = pool {
@@ -396,6 +403,10 @@ mod tests {
         assert!(e.contains("pool.workers only"), "{e}");
         let e = resolve(r#"{"pool":{"type":"lazy"}}"#, Runtime::Bun).expect_err("no size");
         assert!(e.contains("pool.max_size is required"), "{e}");
+        let e = resolve(r#"{"pool":{"workers":2}}"#, Runtime::Lambda).expect_err("lambda");
+        assert!(e.contains("does not apply to Lambda"), "{e}");
+        let r = resolve(r#"{"pool":{"type":"adaptive"}}"#, Runtime::Lambda).expect("adaptive");
+        assert!(matches!(r.pool, Some(Pool::Adaptive { .. })));
     }
 
     fn files(list: &[&str]) -> Vec<String> {

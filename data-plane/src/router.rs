@@ -612,6 +612,8 @@ impl DataPlane {
                 },
                 None => Retry {
                     idempotent: false,
+                    budget_ratio: Retry::default().budget_ratio,
+                    budget_min_per_sec: Retry::default().budget_min_per_sec,
                     ..r
                 },
             }),
@@ -627,12 +629,7 @@ impl DataPlane {
             breakers.push((format!("fn:{org_fn}"), b));
         }
         Chosen {
-            // Keyed by its settings too: callers whose aliases set different budgets for a
-            // callee without one of its own each get one, none resets another's.
-            retry: retry.map(|r| {
-                let key = format!("fn:{org_fn}#{}/{}", r.budget_ratio, r.budget_min_per_sec);
-                (key, r)
-            }),
+            retry: retry.map(|r| (format!("fn:{org_fn}"), r)),
             breakers,
         }
     }

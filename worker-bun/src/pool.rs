@@ -370,13 +370,23 @@ impl Pool {
         }
     }
 
+    /// Processes kept started while the deployment is live: a static pool's, as this
+    /// worker holds it (its own `bun_concurrency_per_process` may differ from the control
+    /// plane's, which counted `min_instances`), else `min_instances`.
+    pub fn keep_started(&self) -> usize {
+        match self.spec.pool {
+            Some(Shape::Static { .. }) => self.limits.max_processes,
+            _ => self.spec.min_instances as usize,
+        }
+    }
+
     /// Stops processes idle past the TTL, keeping `min_instances` while the deployment is
     /// live; a retired pool keeps none and stops them after [`RETIRED_GRACE`] idle.
     /// Returns whether the pool is now retired and empty (it can be dropped).
     pub fn reap(&self) -> bool {
         let retired = self.is_retired();
         let keep = if self.live.load(Ordering::Acquire) {
-            self.spec.min_instances as usize
+            self.keep_started()
         } else {
             0
         };

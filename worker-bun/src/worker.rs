@@ -277,7 +277,7 @@ impl RuntimeWorker for BunWorker {
                 *slot = Arc::new(OnceCell::new_with(Some(pool.clone())));
             }
         }
-        let n = (spec.min_instances as usize).max(1);
+        let n = pool.keep_started().max(1);
         pool.ensure(&self.launcher, &pool.env, n, Instant::now() + START_TIMEOUT)
             .await?;
         for other in self.other_pools(spec) {

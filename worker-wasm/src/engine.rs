@@ -78,6 +78,16 @@ struct Deployment {
     buffer: Option<(usize, Arc<std::sync::atomic::AtomicUsize>)>,
 }
 
+/// A request waiting in a static pool's buffer; dropping it (a slot, a timeout, or the
+/// request cancelled) frees its place.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// A deployment, loaded once by whoever asks first.
 type LoadSlot = Arc<OnceCell<Deployment>>;
 
@@ -93,8 +103,6 @@ pub struct WasmWorker {
     logs: Arc<dyn LogSink>,
     /// Most instances of one deployment alive at once.
     instances_per_deployment: usize,
-    /// The pooling allocator's size: no pool may ask for more.
-    max_instances: u32,
     /// Signs the artifacts this worker builds and verifies those it loads.
     seal: Arc<ArtifactSeal>,
     /// Where calls between functions go, and what bounds each invocation's.
@@ -158,7 +166,6 @@ impl WasmWorker {
             env: options.env,
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
-            max_instances: options.max_instances,
             seal: Arc::new(ArtifactSeal::ephemeral()),
             calls: CallLink::new(),
             call_limits: CallLimits::default(),
@@ -270,7 +277,13 @@ impl WasmWorker {
             Some(Pool::Lazy { max_size, .. }) => (max_size as usize, None),
             Some(Pool::Adaptive { .. }) | None => (self.instances_per_deployment, None),
         };
-        let size = size.clamp(1, self.max_instances.max(1) as usize);
+        // Never more than the per-deployment cap (a quarter of the allocator by default),
+        // so that one tenant's pool cannot take a shared worker.
+        if size > self.instances_per_deployment {
+            tracing::warn!(deployment_id = %spec.deployment_id, asked = size, cap = self.instances_per_deployment,
+                "pool size above this worker's instances per deployment: capped");
+        }
+        let size = size.clamp(1, self.instances_per_deployment.max(1));
         Ok(Deployment {
             pre,
             env,
@@ -495,8 +508,10 @@ impl RuntimeWorker for WasmWorker {
                     {
                         return Err(busy(&format!(" and {room} are waiting (pool.buffer)")));
                     }
+                    // Counted until it has a slot or gives up, also when it is cancelled.
+                    let counted = Waiting(waiting);
                     let got = tokio::time::timeout_at(deadline, instances.acquire_owned()).await;
-                    waiting.fetch_sub(1, AcqRel);
+                    drop(counted);
                     match got {
                         Ok(Ok(slot)) => slot,
                         _ => {

@@ -343,7 +343,8 @@ where
             };
             let started = Instant::now();
             let mut answer = inner.call(attempt).await?;
-            let failed = answer.is_failure();
+            // A worker's 429 (its queue full) is overload too, however fast it came.
+            let failed = answer.is_failure() || answer.status() == 429;
             let cold = match &answer.outcome {
                 Outcome::Response { cold, .. } => Some(*cold),
                 Outcome::Failed(f) => Some(f.cold_start),

@@ -143,9 +143,12 @@ pub fn retryable(policy: &Retry, answer: &Answer) -> bool {
         Outcome::Failed(f) if matches!(f.error, InvokeError::Timeout { .. }) => false,
         Outcome::Failed(_) => policy.on_status.contains(&answer.status()),
         Outcome::Response { .. } => policy.on_status.contains(&answer.status()),
-        // Only the concurrency cap is worth another try; an open breaker is not.
+        // Only a concurrency cap is worth another try; an open breaker is not, nor an
+        // adaptive pool shedding load (a retry would add what it sheds).
         Outcome::Refused(e) => {
-            e.code == reactor_api::ErrorCode::TooManyRequests && policy.on_status.contains(&429)
+            e.code == reactor_api::ErrorCode::TooManyRequests
+                && !e.details.contains_key("pool_limit")
+                && policy.on_status.contains(&429)
         }
     }
 }
