@@ -109,24 +109,9 @@ impl ControlPlane {
         // Checked as late as possible before the insert pins the env (not in
         // check_bundle: a resumed materialization has its env pinned already).
         self.check_env_keys(&function, &resolved).await?;
-        let calls = resolved
-            .calls
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| ApiError::internal(format!("calls: {e}")))?;
-        let interceptors = resolved
-            .interceptors
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| ApiError::internal(format!("interceptors: {e}")))?;
-        let pool = resolved
-            .pool
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| ApiError::internal(format!("pool: {e}")))?;
+        let calls = json_column(resolved.calls.as_ref(), "calls")?;
+        let interceptors = json_column(resolved.interceptors.as_ref(), "interceptors")?;
+        let pool = json_column(resolved.pool.as_ref(), "pool")?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -447,4 +432,15 @@ async fn materialize(
     {
         tracing::error!(error = %e, deployment_id = %spec.deployment_id, "recording the materialization outcome");
     }
+}
+
+/// A manifest setting as the JSON its column holds (`None` stays NULL).
+fn json_column<T: serde::Serialize>(
+    value: Option<&T>,
+    field: &str,
+) -> Result<Option<String>, ApiError> {
+    value
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| ApiError::internal(format!("{field}: {e}")))
 }
