@@ -124,7 +124,13 @@ pub fn internal_target(host: &str) -> Option<String> {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallTarget {
+    /// The callee; for a contract, the contract's name until the router resolves its
+    /// binding.
     pub function: String,
+    /// The named contract (`email.sender@1`) the alias calls, whose bound function the
+    /// router calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
     /// The alias of the caller's `calls` it was called by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
@@ -156,13 +162,19 @@ pub fn resolve(host: &str, calls: Option<&Calls>) -> Result<Option<CallTarget>, 
                 });
             };
             CallTarget {
-                function: call.function.clone(),
+                function: call
+                    .function
+                    .clone()
+                    .or_else(|| call.contract.clone())
+                    .unwrap_or_default(),
+                contract: call.contract.clone(),
                 alias: Some(label),
                 timeout_ms: call.timeout_ms,
             }
         }
         None if valid_function_name(&label) => CallTarget {
             function: label,
+            contract: None,
             alias: None,
             timeout_ms: None,
         },
@@ -201,6 +213,10 @@ pub struct CallContext {
     pub target: CallTarget,
     /// The caller's time left when the call was sent, in milliseconds.
     pub remaining_ms: u64,
+    /// A custom interceptor's call to `next.reactor.internal`: the handle the router
+    /// gave its invocation ([`crate::headers::NEXT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 impl CallContext {
@@ -209,6 +225,34 @@ impl CallContext {
         let mut path = self.chain.clone();
         path.push(self.target.function.clone());
         path
+    }
+}
+
+/// What reaches a called function: the context the caller's worker stamped (identity,
+/// caller, request id, trace, baggage), whatever the caller's code set in those headers;
+/// everything only the platform sets is removed first ([`headers::strip_reserved`]).
+pub fn stamp_call_headers(h: &mut http::HeaderMap, context: &CallContext) {
+    headers::strip_reserved(h);
+    for name in [headers::TRACESTATE, headers::BAGGAGE] {
+        h.remove(name);
+    }
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(headers::CALLER_ORG, &context.org);
+    set(headers::CALLER_TOKEN, &context.token_id);
+    set(headers::CALLER_ROLE, context.role.as_str());
+    set(headers::CALLER_FUNCTION, &context.caller_function);
+    set(headers::CALLER_DEPLOYMENT, &context.caller_deployment);
+    set(headers::REQUEST_ID, &context.request_id);
+    set(headers::TRACEPARENT, &context.traceparent);
+    if let Some(v) = &context.tracestate {
+        set(headers::TRACESTATE, v);
+    }
+    if let Some(v) = &context.baggage {
+        set(headers::BAGGAGE, v);
     }
 }
 
@@ -426,6 +470,76 @@ pub fn count_call(started: u32, max: u32) -> Result<u32, CallError> {
     Ok(started + 1)
 }
 
+/// The declared call graph from a function, as its callers' manifests declare it:
+/// `depth` functions in its deepest chain that repeats none (1: it calls nothing), `path`
+/// their names, the function first; `cycle` when a chain can come back to a function
+/// already in it (the calls may then recurse until `functions.calls.max_depth`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallGraph {
+    pub depth: u32,
+    pub path: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Vec<String>>,
+}
+
+/// Walks the declared call graph from `root`: `callees` gives the functions each one
+/// declares in `calls` (a function absent from it declares nothing we can follow: it is a
+/// leaf). The first loop found is reported (its functions, the first repeated at the
+/// end), and left out of the depth.
+pub fn call_graph(
+    root: &str,
+    callees: &std::collections::HashMap<String, Vec<String>>,
+) -> CallGraph {
+    use std::collections::HashMap;
+    struct Walk<'a> {
+        callees: &'a HashMap<String, Vec<String>>,
+        stack: Vec<String>,
+        memo: HashMap<String, Vec<String>>,
+        cycle: Option<Vec<String>>,
+    }
+    impl Walk<'_> {
+        /// The deepest path from `f` that repeats no function of the stack.
+        fn deepest(&mut self, f: &str) -> Vec<String> {
+            if let Some(done) = self.memo.get(f) {
+                return done.clone();
+            }
+            self.stack.push(f.to_string());
+            let mut best: Vec<String> = Vec::new();
+            let callees = self.callees.get(f).cloned().unwrap_or_default();
+            for callee in callees {
+                if let Some(i) = self.stack.iter().position(|s| *s == callee) {
+                    if self.cycle.is_none() {
+                        let mut cycle = self.stack[i..].to_vec();
+                        cycle.push(callee);
+                        self.cycle = Some(cycle);
+                    }
+                    continue;
+                }
+                let path = self.deepest(&callee);
+                if path.len() > best.len() {
+                    best = path;
+                }
+            }
+            self.stack.pop();
+            best.insert(0, f.to_string());
+            self.memo.insert(f.to_string(), best.clone());
+            best
+        }
+    }
+    let mut walk = Walk {
+        callees,
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        cycle: None,
+    };
+    let path = walk.deepest(root);
+    CallGraph {
+        depth: path.len() as u32,
+        path,
+        cycle: walk.cycle,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,7 +549,8 @@ mod tests {
         list.iter()
             .map(|(alias, function, timeout_ms)| {
                 let call = CallAlias {
-                    function: function.to_string(),
+                    function: Some(function.to_string()),
+                    contract: None,
                     timeout_ms: *timeout_ms,
                     interceptors: None,
                 };
@@ -482,6 +597,7 @@ mod tests {
             t,
             CallTarget {
                 function: "get-user".into(),
+                contract: None,
                 alias: None,
                 timeout_ms: None,
             }
@@ -507,6 +623,25 @@ mod tests {
         assert_eq!(t.function, "get-user");
         assert_eq!(t.alias.as_deref(), Some("users"));
         assert_eq!(t.timeout_ms, Some(800));
+        assert_eq!(t.contract, None);
+        let mut with_contract = calls.clone();
+        with_contract.insert(
+            "email-sender".into(),
+            CallAlias {
+                function: None,
+                contract: Some("email.sender@1".into()),
+                timeout_ms: None,
+                interceptors: None,
+            },
+        );
+        let t = resolve("email-sender.reactor.internal", Some(&with_contract))
+            .expect("an alias")
+            .expect("internal");
+        assert_eq!(t.contract.as_deref(), Some("email.sender@1"));
+        assert_eq!(
+            t.function, "email.sender@1",
+            "named by the contract until bound"
+        );
         let err = resolve("get-user.reactor.internal", Some(&calls)).expect_err("not an alias");
         assert_eq!(
             err,
@@ -784,5 +919,41 @@ mod tests {
         assert_eq!(late.details["remaining_ms"], 3);
         let missing = ApiError::from(CallError::NotAFunction { name: "1a".into() });
         assert_eq!(missing.code, ErrorCode::FunctionNotFound);
+    }
+
+    #[test]
+    fn the_call_graph_gives_the_deepest_chain_and_finds_loops() {
+        let graph = |edges: &[(&str, &[&str])]| -> std::collections::HashMap<String, Vec<String>> {
+            edges
+                .iter()
+                .map(|(f, cs)| (f.to_string(), cs.iter().map(|c| c.to_string()).collect()))
+                .collect()
+        };
+        let g = graph(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &[]), ("d", &["e"])]);
+        assert_eq!(
+            call_graph("a", &g),
+            CallGraph {
+                depth: 4,
+                path: vec!["a".into(), "b".into(), "d".into(), "e".into()],
+                cycle: None,
+            }
+        );
+        assert_eq!(call_graph("c", &g).depth, 1);
+        assert_eq!(call_graph("lonely", &g).depth, 1);
+        let cyclic = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])]);
+        let walked = call_graph("a", &cyclic);
+        assert_eq!(
+            walked.cycle,
+            Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+        );
+        assert_eq!(walked.depth, 3, "the loop is left out of the depth");
+        let own = graph(&[("a", &["a", "b"])]);
+        let walked = call_graph("a", &own);
+        assert_eq!(walked.cycle, Some(vec!["a".into(), "a".into()]));
+        assert_eq!(walked.path, ["a", "b"]);
+        // A diamond is no loop.
+        let diamond = graph(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &["d"])]);
+        let walked = call_graph("a", &diamond);
+        assert_eq!((walked.depth, walked.cycle), (3, None));
     }
 }

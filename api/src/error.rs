@@ -41,6 +41,8 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// The function's circuit breaker is open (`interceptors.circuit_breaker`).
     CircuitOpen,
+    /// A function's answer broke its contract's `output` schema.
+    InvalidOutput,
     Internal,
 }
 
@@ -160,6 +162,7 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE,
                 G::Unavailable,
             ),
+            InvalidOutput => ("invalid_output", StatusCode::BAD_GATEWAY, G::Internal),
         }
     }
 
@@ -353,6 +356,7 @@ mod tests {
             ErrorCode::CallDepthExceeded,
             ErrorCode::CallNotAllowed,
             ErrorCode::DeadlineExceeded,
+            ErrorCode::InvalidOutput,
         ] {
             let json = serde_json::to_value(code).expect("serializes");
             assert_eq!(json, Value::String(code.as_str().to_string()));
@@ -385,6 +389,10 @@ mod tests {
         assert_eq!(
             contract(ErrorCode::CircuitOpen),
             ("circuit_open", 503, GrpcCode::Unavailable)
+        );
+        assert_eq!(
+            contract(ErrorCode::InvalidOutput),
+            ("invalid_output", 502, GrpcCode::Internal)
         );
         let open = ApiError::new(ErrorCode::CircuitOpen, "open")
             .with_detail("retry_after_secs", 7)

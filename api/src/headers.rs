@@ -27,6 +27,12 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const ATTEMPTS: &str = "x-reactor-attempts";
 // An adaptive pool's current concurrency limit on this router, on each response.
 pub const POOL_LIMIT: &str = "x-reactor-pool-limit";
+/// On a response whose request or answer broke a contract in `mode: report`: `input`,
+/// `output` or both.
+pub const CONTRACT_VIOLATIONS: &str = "x-reactor-contract-violations";
+/// On a custom interceptor's request (`crate::interceptors`): its one-time handle on the
+/// rest of the chain, which its worker attaches to its call to `next.reactor.internal`.
+pub const NEXT: &str = "x-reactor-next";
 
 /// Every header under these prefixes is the platform's own: stripped from what reaches a
 /// function, whatever follows them (`x-reactor-internal-*` between services,
@@ -38,7 +44,7 @@ pub const RESERVED_PREFIXES: [&str; 2] = [INTERNAL_PREFIX, CALL_HEADER_PREFIX];
 
 /// Headers a caller may not set on what reaches a function: the router sets them itself
 /// (an outside request carrying the call headers gets no special treatment).
-pub const RESERVED_FOR_ROUTER: [&str; 8] = [
+pub const RESERVED_FOR_ROUTER: [&str; 9] = [
     CALLER_ORG,
     CALLER_TOKEN,
     CALLER_ROLE,
@@ -47,7 +53,33 @@ pub const RESERVED_FOR_ROUTER: [&str; 8] = [
     DEADLINE_MS,
     CALL_DEPTH,
     FORWARDED_PREFIX,
+    NEXT,
 ];
+
+/// Removes what only the platform sets: `X-Reactor-Org`, the router's headers and every
+/// `x-reactor-internal-*` and `x-reactor-call-*` header; a `Host` under
+/// `reactor.internal` too (it names the platform's own addresses: a function building
+/// URLs from it would call what the client chose).
+pub fn strip_reserved(h: &mut http::HeaderMap) {
+    h.remove(ORG);
+    if h.get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::calls::is_internal)
+    {
+        h.remove(http::header::HOST);
+    }
+    for reserved in RESERVED_FOR_ROUTER {
+        h.remove(reserved);
+    }
+    let internal: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|k| RESERVED_PREFIXES.iter().any(|p| k.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for name in internal {
+        h.remove(name);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,12 @@
 //! }
 //! ```
 //!
+//! `custom` names functions of the org the request passes through first, outermost first,
+//! before the built-in interceptors: each is invoked with the request and answers in the
+//! target's place, or sends the (possibly changed) request on to
+//! `http://next.reactor.internal` and gives back the (possibly changed) answer. They run
+//! as functions on their workers, never in the router.
+//!
 //! An interceptor type the platform does not know is refused at deploy (`manifest_invalid`
 //! naming the known ones), never ignored.
 
@@ -23,15 +29,45 @@ pub struct Interceptors {
     pub retry: Option<Retry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Functions the request passes through first, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom: Vec<Custom>,
 }
+
+/// A custom interceptor: a function of the same org.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Custom {
+    pub function: String,
+}
+
+/// Most custom interceptors of a function (or alias).
+pub const MAX_CUSTOM: usize = 4;
+
+/// The host an interceptor sends the request on to: `next.reactor.internal`.
+pub const NEXT_LABEL: &str = "next";
 
 impl Interceptors {
     pub fn is_empty(&self) -> bool {
-        self.retry.is_none() && self.circuit_breaker.is_none()
+        self.retry.is_none() && self.circuit_breaker.is_none() && self.custom.is_empty()
     }
 
     /// Every field within its bounds; the message names the field.
     pub fn check(&self, at: &str) -> Result<(), String> {
+        if self.custom.len() > MAX_CUSTOM {
+            return Err(format!(
+                "{at}.custom has {} interceptors, at most {MAX_CUSTOM}",
+                self.custom.len()
+            ));
+        }
+        for (i, c) in self.custom.iter().enumerate() {
+            if !crate::manifest::valid_function_name(&c.function) {
+                return Err(format!(
+                    "{at}.custom[{i}].function {:?} is not a function name",
+                    c.function
+                ));
+            }
+        }
         if let Some(r) = &self.retry {
             r.check(&format!("{at}.retry"))?;
         }
@@ -327,10 +363,23 @@ mod tests {
                 "failure_ratio",
             ),
             (r#"{"circuit_breaker":{"open_secs":0}}"#, "open_secs"),
+            (r#"{"custom":[{"function":"Audit"}]}"#, "custom[0].function"),
+            (
+                r#"{"custom":[{"function":"a"},{"function":"b"},{"function":"c"},{"function":"d"},{"function":"e"}]}"#,
+                "at most 4",
+            ),
         ] {
             let e = parse(json).expect_err(json);
             assert!(e.contains(field), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn custom_interceptors_name_functions() {
+        let i = parse(r#"{"custom":[{"function":"audit"},{"function":"guard"}]}"#).expect("valid");
+        assert_eq!(i.custom.len(), 2);
+        assert!(!i.is_empty());
+        assert!(parse(r#"{"custom":[{"fn":"audit"}]}"#).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod calls;
 pub mod config;
+pub mod contract;
 pub mod error;
 pub mod headers;
 pub mod interceptors;

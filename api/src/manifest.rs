@@ -3,6 +3,7 @@
 
 use crate::Runtime;
 use crate::calls::{CallError, CallTarget};
+use crate::contract::{ContractName, ContractSpec};
 use crate::interceptors::Interceptors;
 use crate::pool::{Pool, PoolSpec};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,9 @@ pub struct Manifest {
     /// How the function's instances are kept and sized ([`crate::pool`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSpec>,
+    /// The JSON Schemas of the function's input and output ([`crate::contract`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractSpec>,
 }
 
 /// A manifest's `calls`: alias to callee (`{"users": {"function": "get-user"}}`).
@@ -59,8 +63,13 @@ pub type Calls = BTreeMap<String, CallAlias>;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallAlias {
-    /// The function of the same org the alias calls.
-    pub function: String,
+    /// The function of the same org the alias calls...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// ...or the named contract (`email.sender@1`) whose bound function it calls: exactly
+    /// one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
     /// A limit of its own for calls through this alias, below the callee's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -115,6 +124,9 @@ pub struct Resolved {
     pub interceptors: Option<Interceptors>,
     /// The manifest's `pool`, settled; `None`: the workers' own settings.
     pub pool: Option<Pool>,
+    /// The manifest's `contract`, its shape checked (the control plane compiles the
+    /// schemas); `None` when it declares no schema.
+    pub contract: Option<ContractSpec>,
 }
 
 /// Server-wide defaults and bounds a manifest is resolved with
@@ -205,6 +217,11 @@ impl Manifest {
             ));
         }
         let pool = m.pool.as_ref().map(PoolSpec::resolve).transpose()?;
+        if runtime != Runtime::Wasm && pool == Some(Pool::Inline) {
+            return Err(format!(
+                "an inline pool runs a WASM callee in its WASM caller's worker: it does not apply to {runtime}"
+            ));
+        }
         if runtime == Runtime::Lambda
             && matches!(pool, Some(Pool::Static { .. } | Pool::Lazy { .. }))
         {
@@ -243,9 +260,13 @@ impl Manifest {
         if let Some(i) = &m.interceptors {
             i.check("interceptors")?;
         }
+        if let Some(c) = &m.contract {
+            c.check("contract")?;
+        }
         let policy = m.policy.as_ref().map(|p| p.to_string());
         Ok(Resolved {
             interceptors: m.interceptors.clone().filter(|i| !i.is_empty()),
+            contract: m.contract.clone().filter(|c| !c.is_empty()),
             pool,
             policy,
             calls: m.calls.clone(),
@@ -280,11 +301,23 @@ fn check_calls(calls: &Calls, max_timeout_ms: u64) -> Result<(), String> {
                 "calls alias {alias:?} is not valid (lowercase letters, digits and '-', 1 to 63, not starting or ending with '-')"
             ));
         }
-        if !valid_function_name(&call.function) {
-            return Err(format!(
-                "calls.{alias}.function {:?} is not a function name (lowercase letters, digits and '-', starting with a letter, at most 63)",
-                call.function
-            ));
+        match (&call.function, &call.contract) {
+            (Some(function), None) => {
+                if !valid_function_name(function) {
+                    return Err(format!(
+                        "calls.{alias}.function {function:?} is not a function name (lowercase letters, digits and '-', starting with a letter, at most 63)"
+                    ));
+                }
+            }
+            (None, Some(contract)) => {
+                ContractName::parse(contract)
+                    .map_err(|e| format!("calls.{alias}.contract: {e}"))?;
+            }
+            _ => {
+                return Err(format!(
+                    "calls.{alias} names a function or a contract: exactly one of the two"
+                ));
+            }
         }
         if let Some(t) = call.timeout_ms
             && (t == 0 || t > max_timeout_ms)
@@ -520,7 +553,7 @@ mod tests {
         )
         .expect("valid");
         let calls = r.calls.expect("kept");
-        assert_eq!(calls["users"].function, "get-user");
+        assert_eq!(calls["users"].function.as_deref(), Some("get-user"));
         assert_eq!(calls["users"].timeout_ms, Some(800));
         assert_eq!(calls["mail"].timeout_ms, None);
         assert_eq!(
@@ -534,6 +567,15 @@ mod tests {
             "unknown field"
         );
         assert!(with_calls(r#"{"users":{}}"#).is_err(), "no function");
+        let r = with_calls(r#"{"mail":{"contract":"email.sender@1"}}"#).expect("a contract");
+        assert_eq!(
+            r.calls.expect("kept")["mail"].contract.as_deref(),
+            Some("email.sender@1")
+        );
+        let both = with_calls(r#"{"mail":{"function":"smtp","contract":"email.sender@1"}}"#);
+        assert!(both.expect_err("both").contains("exactly one"));
+        let bad = with_calls(r#"{"mail":{"contract":"email.sender"}}"#);
+        assert!(bad.expect_err("no version").contains("calls.mail.contract"));
     }
 
     #[test]

@@ -97,12 +97,20 @@ pub struct DeploymentInfo {
     pub entrypoint: String,
     pub timeout_ms: u64,
     pub memory_mb: u32,
+    /// On the upload's answer: the deepest chain of calls the deployment can start, as
+    /// the manifests' `calls` declare them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_graph: Option<crate::calls::CallGraph>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PromoteRequest {
     #[serde(default)]
     pub deployment_id: Option<String>,
+    /// Promote even when the deployment's schemas break a contract its function is bound
+    /// to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,6 +1,9 @@
 //! A manifest's `pool`: how a function's instances are kept and sized (the second seed's
 //! pools). The shapes, and where each one acts:
 //!
+//! - `inline` (WASM only): a call from a WASM function runs the callee in the caller's
+//!   worker, on its engine, with no hop to a router (`reactor-worker-wasm`'s `inline`);
+//!   other requests reach it as usual;
 //! - `static` (`workers`, `buffer`): each worker keeps `workers` instances started
 //!   (Bun processes), never more; `buffer` requests wait for one, then 429;
 //! - `lazy` (`max_size`, `idle_ttl_secs`): starts empty, grows to `max_size` instances
@@ -38,6 +41,7 @@ pub struct PoolSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolKind {
+    Inline,
     Static,
     Lazy,
     Adaptive,
@@ -55,6 +59,7 @@ pub enum Algorithm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pool {
+    Inline,
     Static {
         workers: u32,
         buffer: u32,
@@ -87,7 +92,7 @@ impl PoolSpec {
             (None, None, Some(_)) => PoolKind::Lazy,
             (None, None, None) => {
                 return Err(
-                    "pool needs a type (static, lazy or adaptive), workers (static) or max_size (lazy)"
+                    "pool needs a type (inline, static, lazy or adaptive), workers (static) or max_size (lazy)"
                         .into(),
                 );
             }
@@ -106,6 +111,17 @@ impl PoolSpec {
             None => Ok(()),
         };
         match kind {
+            PoolKind::Inline => {
+                unused(&[
+                    ("workers", self.workers.is_some()),
+                    ("buffer", self.buffer.is_some()),
+                    ("min_size", self.min_size.is_some()),
+                    ("max_size", self.max_size.is_some()),
+                    ("idle_ttl_secs", self.idle_ttl_secs.is_some()),
+                    ("algorithm", self.algorithm.is_some()),
+                ])?;
+                Ok(Pool::Inline)
+            }
             PoolKind::Static => {
                 unused(&[
                     ("min_size", self.min_size.is_some()),
@@ -217,6 +233,12 @@ mod tests {
             resolve(r#"{"max_size":16}"#),
             Ok(Pool::Lazy { max_size: 16, .. })
         ));
+        assert_eq!(resolve(r#"{"type":"inline"}"#), Ok(Pool::Inline));
+        assert_eq!(
+            serde_json::to_string(&Pool::Inline).expect("json"),
+            r#"{"type":"inline"}"#
+        );
+        assert!(resolve(r#"{"type":"inline","workers":2}"#).is_err());
     }
 
     #[test]

@@ -73,6 +73,7 @@ async fn start_bare(dir: &std::path::Path) -> anyhow::Result<(BareBun, Target)> 
         addr: format!("127.0.0.1:{port}"),
         path: "/".into(),
         token: None,
+        body: None,
     };
     let up = wait_until(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(&target.addr).await.ok()
@@ -111,6 +112,7 @@ async fn colds(sandbox: bool, n: usize) -> anyhow::Result<Vec<Duration>> {
         addr: s.url.trim_start_matches("http://").to_string(),
         path: "/fn/v1/hello".into(),
         token: Some(s.token.clone()),
+        body: None,
     };
     let mut out = Vec::new();
     let mut reaped = 0;
@@ -143,6 +145,7 @@ pub async fn run(a: BunArgs) -> anyhow::Result<()> {
         addr: s.url.trim_start_matches("http://").to_string(),
         path: "/fn/v1/hello".into(),
         token: Some(s.token.clone()),
+        body: None,
     };
     let dir = tempfile::tempdir()?;
     let (_bare, bare) = start_bare(dir.path()).await?;

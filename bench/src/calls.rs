@@ -5,7 +5,9 @@
 //! (the call in process) and on the split topology (the call from the worker to the
 //! router's call listener and back to a worker), alternating, best of the rounds: latency
 //! at concurrency 1 of the direct request and of one hop (the difference is the cost of
-//! a hop), and requests/s of the chain at concurrency 32.
+//! a hop), and requests/s of the chain at concurrency 32. The same shapes again with
+//! `leaf-i` and `hop-i`, whose pool is `inline`: their calls run in the caller's worker,
+//! without the router.
 
 use crate::load::{Target, concurrent, percentile, sequential};
 use reactor_tests::split::Split;
@@ -31,10 +33,18 @@ pub struct CallsArgs {
 const DIRECT: &str = "/fn/v1/leaf/echo";
 const ONE_HOP: &str = "/fn/v1/hop/call?to=leaf.reactor.internal&path=%2Fecho";
 const CHAIN: &str = "/fn/v1/head/call?to=hop.reactor.internal&path=%2Fcall%3Fto%3Dleaf.reactor.internal%26path%3D%252Fecho";
+/// The same through the inline callees.
+const ONE_HOP_INLINE: &str = "/fn/v1/hop-i/call?to=leaf-i.reactor.internal&path=%2Fecho";
+const CHAIN_INLINE: &str = "/fn/v1/head/call?to=hop-i.reactor.internal&path=%2Fcall%3Fto%3Dleaf-i.reactor.internal%26path%3D%252Fecho";
 
 async fn deploy(api: &Api) {
     for name in ["leaf", "hop", "head"] {
         api.deploy_live(name, wasm_probe_bundle(None)).await;
+    }
+    let inline = serde_json::json!({"pool": {"type": "inline"}});
+    for name in ["leaf-i", "hop-i"] {
+        api.deploy_live(name, wasm_probe_bundle(Some(&inline)))
+            .await;
     }
 }
 
@@ -46,6 +56,9 @@ struct Row {
     hop_p99: f64,
     chain_rps: f64,
     direct_rps: f64,
+    inline_hop_p50: f64,
+    inline_hop_p99: f64,
+    inline_chain_rps: f64,
 }
 
 impl Row {
@@ -57,6 +70,9 @@ impl Row {
             hop_p99: self.hop_p99.min(o.hop_p99),
             chain_rps: self.chain_rps.max(o.chain_rps),
             direct_rps: self.direct_rps.max(o.direct_rps),
+            inline_hop_p50: self.inline_hop_p50.min(o.inline_hop_p50),
+            inline_hop_p99: self.inline_hop_p99.min(o.inline_hop_p99),
+            inline_chain_rps: self.inline_chain_rps.max(o.inline_chain_rps),
         }
     }
 }
@@ -72,18 +88,25 @@ async fn measure(
         addr: addr.to_string(),
         path: path.to_string(),
         token: Some(token.to_string()),
+        body: None,
     };
     let (direct, hop, chain) = (target(DIRECT), target(ONE_HOP), target(CHAIN));
+    let (inline_hop, inline_chain) = (target(ONE_HOP_INLINE), target(CHAIN_INLINE));
     eprintln!("  {name}: concurrency 1, {} requests each", a.requests);
     let d = sequential(&direct, a.requests).await?;
     let h = sequential(&hop, a.requests).await?;
+    let ih = sequential(&inline_hop, a.requests).await?;
     eprintln!(
         "  {name}: concurrency {}, {} s each",
         a.concurrency, a.seconds
     );
     let (direct_rps, _) = concurrent(&direct, a.concurrency, a.seconds).await?;
     let (chain_rps, _) = concurrent(&chain, a.concurrency, a.seconds).await?;
+    let (inline_chain_rps, _) = concurrent(&inline_chain, a.concurrency, a.seconds).await?;
     Ok(Row {
+        inline_hop_p50: percentile(&ih, 0.5),
+        inline_hop_p99: percentile(&ih, 0.99),
+        inline_chain_rps,
         direct_p50: percentile(&d, 0.5),
         direct_p99: percentile(&d, 0.99),
         hop_p50: percentile(&h, 0.5),
@@ -131,6 +154,22 @@ pub async fn run(a: CallsArgs) -> anyhow::Result<()> {
             r.hop_p99,
             r.direct_rps,
             r.chain_rps
+        );
+    }
+    println!(
+        "\n| topology | one hop p50 ms, router | one hop p50 ms, inline | one hop p99 ms, router | one hop p99 ms, inline | chain of 3 req/s, router | chain of 3 req/s, inline |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, row) in ["embedded", "split"].iter().zip(best) {
+        let Some(r) = row else { continue };
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
+            r.hop_p50,
+            r.inline_hop_p50,
+            r.hop_p99,
+            r.inline_hop_p99,
+            r.chain_rps,
+            r.inline_chain_rps
         );
     }
     Ok(())

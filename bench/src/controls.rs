@@ -131,6 +131,7 @@ pub async fn run(a: ControlsArgs) -> anyhow::Result<()> {
         addr: s.url.trim_start_matches("http://").to_string(),
         path: format!("/fn/v1/{name}"),
         token: Some(s.token.clone()),
+        body: None,
     };
     let targets = [
         target("bare"),

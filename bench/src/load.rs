@@ -17,6 +17,8 @@ pub struct Target {
     pub addr: String,
     pub path: String,
     pub token: Option<String>,
+    /// The request body (default: `{"name":"Reactor"}`).
+    pub body: Option<Bytes>,
 }
 
 /// Which deployment answered: the hello example or the probe fixture.
@@ -56,7 +58,11 @@ impl Conn {
         if let Some(token) = &t.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let req = req.body(Full::new(Bytes::from_static(br#"{"name":"Reactor"}"#)))?;
+        let body = t
+            .body
+            .clone()
+            .unwrap_or_else(|| Bytes::from_static(br#"{"name":"Reactor"}"#));
+        let req = req.body(Full::new(body))?;
         let started = Instant::now();
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;

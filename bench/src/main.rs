@@ -15,12 +15,15 @@
 //! `reactor-bench bun` measures the Bun runtime against bare `Bun.serve`.
 //! `reactor-bench controls` measures invoke policies and the concurrency cap.
 //! `reactor-bench lambda` measures the router's hashing and SigV4 signing per Lambda request.
-//! `reactor-bench calls` measures calls between functions (one hop, a chain of three).
+//! `reactor-bench calls` measures calls between functions (one hop, a chain of three),
+//! through the router and inline.
+//! `reactor-bench composition` measures each interceptor and a contract per request.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
 mod bun;
 mod calls;
+mod composition;
 mod controls;
 mod hop;
 mod lambda;
@@ -58,6 +61,8 @@ enum Cmd {
     Lambda(lambda::LambdaArgs),
     /// Calls between functions: the cost of one hop, the throughput of a chain of three.
     Calls(calls::CallsArgs),
+    /// What each interceptor and a contract's schema validation cost per request.
+    Composition(composition::CompositionArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Controls(args)) => controls::run(args).await,
         Some(Cmd::Lambda(args)) => lambda::run(args).await,
         Some(Cmd::Calls(args)) => calls::run(args).await,
+        Some(Cmd::Composition(args)) => composition::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }
@@ -288,6 +294,7 @@ async fn start_wasmtime(
         addr,
         path: "/".into(),
         token: None,
+        body: None,
     };
     let up = wait_until(Duration::from_secs(60), || async {
         first_call(&t).await.ok()
@@ -321,6 +328,7 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         addr: s.url.trim_start_matches("http://").to_string(),
         path: "/fn/v1/hello".into(),
         token: Some(s.token.clone()),
+        body: None,
     };
 
     eprintln!("starting the split topology ...");
@@ -336,6 +344,7 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         addr: split.invoke_url.trim_start_matches("http://").to_string(),
         path: "/fn/v1/hello".into(),
         token: Some(split.admin.token.clone()),
+        body: None,
     };
     wait_until(Duration::from_secs(20), || async {
         first_call(&split_target)
@@ -359,6 +368,7 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
             .to_string(),
         path: "/fn/v1/hello".into(),
         token: Some(split_tls.admin.token.clone()),
+        body: None,
     };
     wait_until(Duration::from_secs(20), || async {
         first_call(&split_tls_target)

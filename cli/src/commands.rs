@@ -60,6 +60,10 @@ pub enum FunctionsCommand {
         name: String,
         #[arg(long)]
         deployment: Option<String>,
+        /// Promote even when the deployment's schemas break a contract the function is
+        /// bound to (its callers may then get answers the contract does not promise).
+        #[arg(long)]
+        force: bool,
     },
     /// Make an earlier deployment live again: the one named, else the newest ready
     /// deployment older than the live one (whether or not it was ever promoted).
@@ -263,12 +267,17 @@ pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<
             }
             print_deployments(&list);
         }
-        FunctionsCommand::Promote { name, deployment } => {
+        FunctionsCommand::Promote {
+            name,
+            deployment,
+            force,
+        } => {
             let d: DeploymentInfo = client
                 .post(
                     &admin(&format!("/functions/{name}/promote")),
                     &PromoteRequest {
                         deployment_id: deployment,
+                        force,
                     },
                 )
                 .await?;
@@ -338,6 +347,19 @@ async fn deploy(
                 println!("Uploaded {name}: {} is materializing", d.id)
             }
             DeploymentStatus::Failed => {}
+        }
+        if let Some(g) = d.call_graph.as_ref().filter(|g| g.depth > 1) {
+            println!(
+                "Calls: worst-case depth {} ({})",
+                g.depth,
+                g.path.join(" -> ")
+            );
+            if let Some(cycle) = &g.cycle {
+                println!(
+                    "Calls can loop: {} (stopped at functions.calls.max_depth)",
+                    cycle.join(" -> ")
+                );
+            }
         }
     }
     if d.status == DeploymentStatus::Failed {
@@ -441,6 +463,8 @@ pub(crate) async fn upload(
     let uploaded: anyhow::Result<DeploymentInfo> = client.send(req).await;
     bar.finish_and_clear();
     let mut d = uploaded?;
+    // Said once, at upload: later reads of the deployment do not carry it.
+    let call_graph = d.call_graph.take();
     if wait {
         let spinner = if progress {
             ProgressBar::new_spinner()
@@ -465,6 +489,7 @@ pub(crate) async fn upload(
         }
         spinner.finish_and_clear();
     }
+    d.call_graph = call_graph;
     Ok(d)
 }
 

@@ -93,6 +93,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         })?
         .with_calls(calls.clone(), call_limits),
     );
+    let wasm_inline = wasm.clone();
     let mut roles = RuntimeRoles {
         builders: Builders::new().with(wasm.clone()),
         releases: Releases::new(),
@@ -162,6 +163,8 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     );
     calls.set(dp.call_forwarder());
     dp.follow(cp.routing().subscribe());
+    // Calls to inline WASM callees run in the WASM worker, without the router.
+    wasm_inline.enable_inline(cp.routing().subscribe());
 
     let reuse = credentials::load()
         .filter(|c| c.org == args.org)

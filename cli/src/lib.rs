@@ -7,6 +7,7 @@
 
 pub mod client;
 mod commands;
+pub mod contracts;
 pub mod credentials;
 pub mod dev;
 mod env;
@@ -49,6 +50,10 @@ pub enum Command {
     /// Create, deploy, promote and invoke functions.
     #[command(subcommand)]
     Functions(commands::FunctionsCommand),
+    /// Named, versioned contracts (`email.sender@1`): their schemas, the function bound
+    /// to each, their OpenAPI documents.
+    #[command(subcommand)]
+    Contracts(contracts::ContractsCommand),
     /// Manage orgs (admins of the platform org).
     #[command(subcommand)]
     Orgs(commands::OrgsCommand),
@@ -72,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Init(args) => init::run(&args, cli.output),
         Command::Functions(cmd) => commands::functions(cmd, cli.output).await,
+        Command::Contracts(cmd) => contracts::run(cmd, cli.output).await,
         Command::Orgs(cmd) => commands::orgs(cmd, cli.output).await,
         Command::Tokens(cmd) => commands::tokens(cmd, cli.output).await,
         Command::DataKey(cmd) => env::data_key(cmd, cli.output).await,

@@ -167,6 +167,7 @@ async fn deploy_and_promote(client: &Client, name: &str, dir: &Path) -> anyhow::
             &format!("/fn/v1/_admin/functions/{name}/promote"),
             &PromoteRequest {
                 deployment_id: Some(d.id.clone()),
+                force: false,
             },
         )
         .await

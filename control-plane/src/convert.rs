@@ -3,16 +3,21 @@
 //! (`reactor_api::model`) → admin protobuf; records → routing entries → deployment specs
 //! (the spec is always read from a routing entry, by `reactor_worker_link::protocol`).
 
-use crate::store::{DeploymentRecord, FunctionRecord, TokenRecord};
+use crate::store::{ContractRecord, DeploymentRecord, FunctionRecord, TokenRecord};
 use reactor_api::DeploymentSpec;
 use reactor_api::model::{DeploymentInfo, FunctionInfo, OrgCreated, TokenCreated, TokenInfo};
 use reactor_proto::admin as pb;
-use reactor_proto::routing::{FunctionRoute, LiveDeployment, TokenGrant};
+use reactor_proto::routing::{BoundContract, FunctionRoute, LiveDeployment, TokenGrant};
 use reactor_worker_link::protocol;
 
-/// The routing-table entry of `f`, with its live deployment.
-pub(crate) fn route(f: FunctionRecord, live: Option<DeploymentRecord>) -> FunctionRoute {
+/// The routing-table entry of `f`, with its live deployment and the contracts bound to it.
+pub(crate) fn route(
+    f: FunctionRecord,
+    live: Option<DeploymentRecord>,
+    contracts: Vec<BoundContract>,
+) -> FunctionRoute {
     FunctionRoute {
+        contracts,
         org: f.org,
         name: f.name,
         runtime: f.runtime.as_str().to_string(),
@@ -30,7 +35,32 @@ pub(crate) fn route(f: FunctionRecord, live: Option<DeploymentRecord>) -> Functi
             calls: d.calls,
             interceptors: d.interceptors,
             pool: d.pool,
+            contract: d.contract,
         }),
+    }
+}
+
+/// A bound contract as routers hold callers to it.
+pub(crate) fn bound_contract(c: ContractRecord) -> BoundContract {
+    BoundContract {
+        name: c.name,
+        input: c.input,
+        output: c.output,
+        validate_output: c.validate_output,
+    }
+}
+
+pub(crate) fn contract_info(c: &ContractRecord) -> reactor_api::contract::ContractInfo {
+    let schema = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    reactor_api::contract::ContractInfo {
+        name: c.name.clone(),
+        org: c.org.clone(),
+        description: c.description.clone(),
+        input: schema(&c.input),
+        output: schema(&c.output),
+        validate_output: c.validate_output,
+        function: c.function.clone(),
+        created_at: c.created_at.clone(),
     }
 }
 
@@ -67,6 +97,7 @@ pub(crate) fn deployment_info(d: &DeploymentRecord, live: Option<&str>) -> Deplo
         entrypoint: d.entrypoint.clone(),
         timeout_ms: d.timeout_ms,
         memory_mb: d.memory_mb,
+        call_graph: None,
     }
 }
 
@@ -74,7 +105,7 @@ pub(crate) fn deployment_info(d: &DeploymentRecord, live: Option<&str>) -> Deplo
 /// table's entry, so that what the control plane sends and what routers and workers read
 /// from the table cannot differ.
 pub(crate) fn spec(f: &FunctionRecord, d: &DeploymentRecord) -> DeploymentSpec {
-    let entry = route(f.clone(), Some(d.clone()));
+    let entry = route(f.clone(), Some(d.clone()), Vec::new());
     protocol::live_spec(&entry, f.runtime)
         .unwrap_or_else(|| unreachable!("a route built with a live deployment has one"))
 }

@@ -250,7 +250,7 @@ impl AdminService for Admin {
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         self.serve(req, |cp, caller, r| async move {
-            cp.promote(&caller, &r.function, r.deployment_id.as_deref())
+            cp.promote_with(&caller, &r.function, r.deployment_id.as_deref(), r.force)
                 .await
                 .map(deployment)
         })

@@ -88,10 +88,79 @@ pub fn admin_router(cp: Arc<ControlPlane>) -> Router {
         )
         .route(&format!("{base}/functions/{{name}}/logs"), get(logs))
         .route(
+            &format!("{base}/contracts"),
+            get(list_contracts).post(create_contract),
+        )
+        .route(
+            &format!("{base}/contracts/{{name}}"),
+            get(get_contract).delete(delete_contract),
+        )
+        .route(
+            &format!("{base}/contracts/{{name}}/binding"),
+            put(bind_contract).delete(unbind_contract),
+        )
+        .route(
+            &format!("{base}/contracts/{{name}}/openapi.json"),
+            get(contract_openapi),
+        )
+        .route(
             &format!("{base}/{{*rest}}"),
             axum::routing::any(admin_not_found),
         )
         .with_state(cp)
+}
+
+async fn create_contract(State(cp): Cp, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let req: reactor_api::contract::CreateContract = parse(&body)?;
+    let created = cp.create_contract(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_contracts(State(cp): Cp, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_contracts(&caller).await?).into_response())
+}
+
+async fn get_contract(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.get_contract(&caller, &name).await?).into_response())
+}
+
+async fn delete_contract(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    cp.delete_contract(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn bind_contract(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: reactor_api::contract::BindContract = parse(&body)?;
+    Ok(Json(cp.bind_contract(&caller, &name, Some(req)).await?).into_response())
+}
+
+async fn unbind_contract(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.bind_contract(&caller, &name, None).await?).into_response())
+}
+
+async fn contract_openapi(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.contract_openapi(&caller, &name).await?).into_response())
 }
 
 async fn admin_not_found(Path(rest): Path<String>) -> ApiError {
@@ -234,7 +303,7 @@ async fn promote(
         parse(&body)?
     };
     Ok(Json(
-        cp.promote(&caller, &name, req.deployment_id.as_deref())
+        cp.promote_with(&caller, &name, req.deployment_id.as_deref(), req.force)
             .await?,
     )
     .into_response())

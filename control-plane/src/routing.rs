@@ -6,7 +6,8 @@
 use crate::store::Store;
 use crate::workers::WorkerRegistry;
 use reactor_proto::routing::{
-    FunctionKey, FunctionRoute, RoutingTable, RoutingUpdate, TokenGrant, WorkerEndpoint, WorkerSet,
+    BoundContract, FunctionKey, FunctionRoute, RoutingTable, RoutingUpdate, TokenGrant,
+    WorkerEndpoint, WorkerSet,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,11 +70,25 @@ impl RoutingPublisher {
         let _guard = self.lock.lock().await;
         let version = self.store.next_routing_version().await?;
         let (functions, tokens) = self.store.routing_snapshot().await?;
+        let mut bound: HashMap<(String, String), Vec<BoundContract>> = HashMap::new();
+        for c in self.store.bound_contracts().await? {
+            if let Some(function) = c.function.clone() {
+                bound
+                    .entry((c.org.clone(), function))
+                    .or_default()
+                    .push(crate::convert::bound_contract(c));
+            }
+        }
         let table = RoutingTable {
             version,
             functions: functions
                 .into_iter()
-                .map(|(f, live)| crate::convert::route(f, live))
+                .map(|(f, live)| {
+                    let contracts = bound
+                        .remove(&(f.org.clone(), f.name.clone()))
+                        .unwrap_or_default();
+                    crate::convert::route(f, live, contracts)
+                })
                 .collect(),
             tokens: tokens.into_iter().map(crate::convert::grant).collect(),
             workers: self.workers.endpoints(),
@@ -285,6 +300,7 @@ mod tests {
             runtime: "wasm".into(),
             live: None,
             policy: (policy_bytes > 0).then(|| "x".repeat(policy_bytes)),
+            contracts: Vec::new(),
         }
     }
 

@@ -87,7 +87,9 @@ impl From<StoreError> for ApiError {
                 let code = match entity {
                     Entity::Org => ErrorCode::OrgExists,
                     Entity::Function => ErrorCode::FunctionExists,
-                    Entity::Token | Entity::Deployment => ErrorCode::InvalidInput,
+                    Entity::Token | Entity::Deployment | Entity::Contract => {
+                        ErrorCode::InvalidInput
+                    }
                 };
                 ApiError::new(code, e.to_string())
             }

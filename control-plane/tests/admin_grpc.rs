@@ -275,6 +275,7 @@ async fn admin_operations_over_grpc() {
             .promote(acme(PromoteRequest {
                 function: "probe".into(),
                 deployment_id: Some("dep_missing".into()),
+                force: false,
             }))
             .await,
         Code::NotFound,
@@ -284,6 +285,7 @@ async fn admin_operations_over_grpc() {
         .promote(acme(PromoteRequest {
             function: "probe".into(),
             deployment_id: Some(dep.id.clone()),
+            force: false,
         }))
         .await
         .expect("promote")

@@ -15,8 +15,8 @@ use reactor_control_plane::auth::Caller;
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::secrets::Sealed;
 use reactor_control_plane::store::{
-    DeploymentRecord, EnvRecord, EnvValue, FunctionRecord, OrgRecord, SecretRow, Store, StoreError,
-    TokenRecord,
+    ContractRecord, DeploymentRecord, EnvRecord, EnvValue, FunctionRecord, OrgRecord, SecretRow,
+    Store, StoreError, TokenRecord,
 };
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions, gc, http::admin_router};
 use reactor_storage::keys;
@@ -146,6 +146,33 @@ impl Store for Counting {
         policy: Option<&str>,
     ) -> Result<bool, StoreError> {
         self.inner.set_function_policy(org, function, policy).await
+    }
+    async fn create_contract(&self, c: &ContractRecord) -> Result<(), StoreError> {
+        self.inner.create_contract(c).await
+    }
+    async fn get_contract(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<ContractRecord>, StoreError> {
+        self.inner.get_contract(org, name).await
+    }
+    async fn list_contracts(&self, org: &str) -> Result<Vec<ContractRecord>, StoreError> {
+        self.inner.list_contracts(org).await
+    }
+    async fn delete_contract(&self, org: &str, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_contract(org, name).await
+    }
+    async fn bind_contract(
+        &self,
+        org: &str,
+        name: &str,
+        function: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.inner.bind_contract(org, name, function).await
+    }
+    async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError> {
+        self.inner.bound_contracts().await
     }
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
         self.inner.next_routing_version().await
@@ -501,6 +528,7 @@ async fn garbage_collection_keeps_the_live_deployment_and_rollback_targets() {
             calls: None,
             interceptors: None,
             pool: None,
+            contract: None,
         };
         storage
             .put_bytes(&d.bundle_key, Bytes::from_static(b"tar.gz"))

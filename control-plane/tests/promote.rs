@@ -12,8 +12,8 @@ use reactor_control_plane::auth::Caller;
 use reactor_control_plane::backends::Backends;
 use reactor_control_plane::secrets::Sealed;
 use reactor_control_plane::store::{
-    DeploymentRecord, EnvRecord, FunctionRecord, OrgRecord, SecretRow, Store, StoreError,
-    TokenRecord,
+    ContractRecord, DeploymentRecord, EnvRecord, FunctionRecord, OrgRecord, SecretRow, Store,
+    StoreError, TokenRecord,
 };
 use reactor_control_plane::{ControlPlane, ControlPlaneOptions, RuntimeRoles};
 use reactor_tests::wait_until;
@@ -209,6 +209,33 @@ impl Store for Flaky {
     ) -> Result<bool, StoreError> {
         self.inner.set_function_policy(org, function, policy).await
     }
+    async fn create_contract(&self, c: &ContractRecord) -> Result<(), StoreError> {
+        self.inner.create_contract(c).await
+    }
+    async fn get_contract(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<ContractRecord>, StoreError> {
+        self.inner.get_contract(org, name).await
+    }
+    async fn list_contracts(&self, org: &str) -> Result<Vec<ContractRecord>, StoreError> {
+        self.inner.list_contracts(org).await
+    }
+    async fn delete_contract(&self, org: &str, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_contract(org, name).await
+    }
+    async fn bind_contract(
+        &self,
+        org: &str,
+        name: &str,
+        function: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.inner.bind_contract(org, name, function).await
+    }
+    async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError> {
+        self.inner.bound_contracts().await
+    }
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
         self.inner.next_routing_version().await
     }
@@ -286,6 +313,7 @@ async fn ready(store: &dyn Store, org: &str, function: &str, id: &str) {
             calls: None,
             interceptors: None,
             pool: None,
+            contract: None,
         })
         .await
         .expect("deployment");

@@ -413,6 +413,7 @@ async fn a_deployments_env_goes_only_to_the_workers_it_is_routed_to() {
             calls: None,
             interceptors: None,
             pool: None,
+            contract: None,
         })
         .await
         .expect("deployment");

@@ -114,6 +114,7 @@ impl Harness {
                 calls: None,
                 interceptors: None,
                 pool: None,
+                contract: None,
             })
             .await
             .expect("deployment");

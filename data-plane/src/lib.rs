@@ -13,6 +13,7 @@ pub mod admission;
 pub mod admission_redis;
 mod body;
 pub mod calls;
+mod contract;
 mod follow;
 pub mod interceptors;
 pub mod lambda_calls;

@@ -8,6 +8,7 @@
 
 use crate::admission::{Admission, LocalAdmission};
 use crate::body::{Counted, Tail};
+use crate::interceptors::custom::CustomLayer;
 use crate::interceptors::retry::RetryLayer;
 use crate::interceptors::{
     AdaptiveLayer, AdmissionLayer, Answer, Attempt, BreakerLayer, Cap, Forward, ForwardService,
@@ -78,6 +79,10 @@ pub struct DataPlane {
     local_source: std::sync::OnceLock<watch::Receiver<Arc<RoutingTable>>>,
     /// Circuit breakers and retry budgets, per function or call alias.
     interceptors: Registry,
+    /// The custom interceptors running, by their `next` handle.
+    nexts: Arc<crate::interceptors::custom::Nexts>,
+    /// This router, for what outlives a borrow of it (custom interceptors invoke it).
+    me: std::sync::Weak<DataPlane>,
 }
 
 impl DataPlane {
@@ -98,13 +103,15 @@ impl DataPlane {
         options: RouterOptions,
     ) -> Arc<Self> {
         let (index, _) = watch::channel(Arc::new(RouteIndex::default()));
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             options,
             index,
             runtimes,
             remote,
             local_source: std::sync::OnceLock::new(),
             interceptors: Registry::default(),
+            nexts: Arc::default(),
+            me: me.clone(),
         })
     }
 
@@ -230,6 +237,7 @@ impl DataPlane {
             request_id,
             started,
             call: None,
+            via: None,
         };
         self.dispatch(&index, request).await
     }
@@ -239,10 +247,13 @@ impl DataPlane {
     /// request's identity, its deadline clamped to the caller's, one hop deeper.
     pub async fn call(
         &self,
-        context: CallContext,
+        mut context: CallContext,
         request: http::Request<Body>,
         started: Instant,
     ) -> Result<Response, ApiError> {
+        if let Some(id) = &context.next {
+            return self.next(id, &context, request).await;
+        }
         let index = self.current_index().await?;
         // The router resolves too: when the caller's deployment is the live one here, its
         // `calls` must name the target the worker resolved.
@@ -252,13 +263,31 @@ impl DataPlane {
         {
             check_target(live.calls.as_ref(), &context.target)?;
         }
+        // A contract: the function bound to it in the org, now.
+        let via = match context.target.contract.clone() {
+            Some(name) => {
+                let bound = index.contract(&context.org, &name).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::FunctionNotFound,
+                        format!(
+                            "contract {name} is bound to no function in org {} (reactor contracts bind {name} FUNCTION)",
+                            context.org
+                        ),
+                    )
+                    .with_detail("contract", name.clone())
+                })?;
+                context.target.function = bound.function.clone();
+                Some((name, bound.contract.clone()))
+            }
+            None => None,
+        };
         let grant = crate::Grant {
             token_id: context.token_id.clone(),
             org: context.org.clone(),
             role: context.role,
         };
         let (mut parts, body) = request.into_parts();
-        rewrite_call_headers(&mut parts.headers, &context);
+        calls::stamp_call_headers(&mut parts.headers, &context);
         let name = context.target.function.clone();
         let request = Routed {
             name: &name,
@@ -268,8 +297,112 @@ impl DataPlane {
             request_id: context.request_id.clone(),
             started,
             call: Some(context),
+            via,
         };
         self.dispatch(&index, request).await
+    }
+
+    /// A custom interceptor's call to `next.reactor.internal`: handed to the run that gave
+    /// the interceptor its handle, which answers with the rest of the chain.
+    async fn next(
+        &self,
+        id: &str,
+        context: &CallContext,
+        request: http::Request<Body>,
+    ) -> Result<Response, ApiError> {
+        let slot = self.nexts.take(
+            id,
+            &context.org,
+            &context.caller_function,
+            &context.request_id,
+        )?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let next = crate::interceptors::custom::NextRequest { request, reply };
+        if slot.send(next).is_err() {
+            return Err(ApiError::new(
+                ErrorCode::CallNotAllowed,
+                "the interceptor's invocation has ended: its next is gone",
+            ));
+        }
+        answer.await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::CallNotAllowed,
+                "the interceptor's invocation has ended: its next is gone",
+            )
+        })
+    }
+
+    /// Invokes custom interceptor `function` for a request to `target`: a call on the
+    /// request's identity, one hop deeper, within its deadline.
+    fn interceptor_invoker(
+        &self,
+        target: &DeploymentSpec,
+        grant: &crate::Grant,
+        request_id: &str,
+        chain: &[String],
+        deadline: Instant,
+    ) -> crate::interceptors::custom::InvokeInterceptor {
+        let me = self.me.clone();
+        let grant = grant.clone();
+        let request_id = request_id.to_string();
+        let mut chain = chain.to_vec();
+        chain.push(target.function.clone());
+        let target = (target.function.clone(), target.deployment_id.clone());
+        Arc::new(
+            move |function: String,
+                  request: http::Request<Body>|
+                  -> BoxFuture<'static, Result<Response, ApiError>> {
+                let me = me.clone();
+                let context = CallContext {
+                    org: grant.org.clone(),
+                    token_id: grant.token_id.clone(),
+                    role: grant.role,
+                    caller_function: target.0.clone(),
+                    caller_deployment: target.1.clone(),
+                    request_id: request_id.clone(),
+                    // The request carries its trace context as the target got it.
+                    traceparent: request
+                        .headers()
+                        .get(headers::TRACEPARENT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                    tracestate: None,
+                    baggage: None,
+                    chain: chain.clone(),
+                    target: calls::CallTarget {
+                        function: function.clone(),
+                        contract: None,
+                        alias: None,
+                        timeout_ms: None,
+                    },
+                    remaining_ms: deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
+                    next: None,
+                };
+                let grant = grant.clone();
+                Box::pin(async move {
+                    let dp = me.upgrade().ok_or_else(|| {
+                        ApiError::new(ErrorCode::NoWorkerAvailable, "the router has stopped")
+                    })?;
+                    let index = dp.current_index().await?;
+                    let (parts, body) = request.into_parts();
+                    let request_id = context.request_id.clone();
+                    let routed = Routed {
+                        name: &function,
+                        grant,
+                        parts,
+                        body,
+                        request_id,
+                        started: Instant::now(),
+                        call: Some(context),
+                        via: None,
+                    };
+                    dp.dispatch(&index, routed).await
+                })
+            },
+        )
     }
 
     /// Everything after authentication, for outside requests and calls alike: look up →
@@ -284,6 +417,7 @@ impl DataPlane {
             request_id,
             started,
             call,
+            via,
         } = r;
         let not_found = || {
             ApiError::new(
@@ -354,6 +488,30 @@ impl DataPlane {
         if declared.is_some_and(|n| n > limit) {
             return Err(refused(body_too_large(name, limit)));
         }
+        // Contracts: the body against each input schema, read whole first.
+        let checks = Arc::new(crate::contract::Checks::new(via, entry.contract.clone()));
+        let mut reported = crate::contract::Reported::default();
+        let body = if checks.wants_input() && has_body(&parts, &body) {
+            let read = checks.input(name, body, limit, &mut reported);
+            let read = tokio::time::timeout_at(started + timeout, read)
+                .await
+                .map_err(|_| {
+                    refused(ApiError::new(
+                        ErrorCode::FunctionTimeout,
+                        format!("the request body for function {name} did not arrive within {} ms, so it could not be checked against its contract", timeout.as_millis()),
+                    ))
+                })?
+                .map_err(refused)?;
+            // Whole now: sent on with its length, however it came.
+            parts.headers.remove(axum::http::header::TRANSFER_ENCODING);
+            parts.headers.insert(
+                axum::http::header::CONTENT_LENGTH,
+                HeaderValue::from(read.len()),
+            );
+            Body::from(read)
+        } else {
+            body
+        };
         let (body, exceeded) = Counted::wrap(body, limit);
         let deadline = started + timeout;
         let interceptors = self.interceptors_for(index, entry, call.as_ref());
@@ -367,6 +525,17 @@ impl DataPlane {
                     function: name.to_string(),
                 })
         };
+        let custom = (!interceptors.custom.is_empty()).then(|| CustomLayer {
+            functions: Arc::new(interceptors.custom.clone()),
+            org: grant.org.clone(),
+            nexts: self.nexts.clone(),
+            invoke: self.interceptor_invoker(&spec, &grant, &request_id, &chain, deadline),
+            spec: spec.clone(),
+            started,
+            request_id: request_id.clone(),
+            limit,
+            checks: checks.clone(),
+        });
         let forward = Forwarder {
             spec: spec.clone(),
             target,
@@ -379,6 +548,7 @@ impl DataPlane {
                 deadline,
                 timeout_ms: timeout.as_millis() as u64,
             })
+            .option_layer(custom)
             .option_layer(interceptors.retry.map(|(key, policy)| RetryLayer {
                 budget: self.interceptors.budget(&key, &policy),
                 policy: Arc::new(policy),
@@ -404,6 +574,7 @@ impl DataPlane {
                     }),
             )
             .service(ForwardService(Arc::new(forward)));
+        let head = parts.method == axum::http::Method::HEAD;
         let attempt = Attempt {
             parts,
             body,
@@ -421,7 +592,22 @@ impl DataPlane {
                 response,
                 cold,
                 permit,
-            } => (response, cold, permit),
+            } => {
+                let response = match tokio::time::timeout_at(
+                    deadline,
+                    checks.output(name, head, response, limit, &mut reported),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => ApiError::new(
+                        ErrorCode::FunctionTimeout,
+                        format!("function {name} did not finish its answer within {} ms, so it could not be checked against its contract", timeout.as_millis()),
+                    )
+                    .into_response(),
+                };
+                (response, cold, permit)
+            }
             Outcome::Refused(e) => {
                 refusal = Some(e.message.clone());
                 (e.into_response(), false, None)
@@ -471,6 +657,9 @@ impl DataPlane {
         if let Some(why) = refusal {
             entry.message = format!("refused: {why}");
         }
+        for note in &reported.notes {
+            entry.message = format!("{} {note}", entry.message).trim_start().to_string();
+        }
         if attempts > 1 {
             entry.message = format!("{} ({attempts} attempts)", entry.message)
                 .trim_start()
@@ -481,6 +670,12 @@ impl DataPlane {
         let h = response.headers_mut();
         if with_retry {
             h.insert(headers::ATTEMPTS, HeaderValue::from(attempts));
+        }
+        h.remove(headers::CONTRACT_VIOLATIONS);
+        if !reported.parts.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&reported.parts.join(", "))
+        {
+            h.insert(headers::CONTRACT_VIOLATIONS, v);
         }
         h.insert(
             headers::COLD_START,
@@ -501,6 +696,8 @@ struct Routed<'a> {
     started: Instant,
     /// Set for a call between functions.
     call: Option<CallContext>,
+    /// The named contract a call addressed, which its body is held to.
+    via: Option<(String, Arc<crate::table::Contract>)>,
 }
 
 impl DataPlane {
@@ -628,9 +825,16 @@ impl DataPlane {
         if let Some(b) = function.and_then(|f| f.circuit_breaker.clone()) {
             breakers.push((format!("fn:{org_fn}"), b));
         }
+        let custom = alias
+            .iter()
+            .flat_map(|(_, i)| i.custom.iter())
+            .chain(function.iter().flat_map(|f| f.custom.iter()))
+            .map(|c| c.function.clone())
+            .collect();
         Chosen {
             retry: retry.map(|r| (format!("fn:{org_fn}"), r)),
             breakers,
+            custom,
         }
     }
 
@@ -686,7 +890,10 @@ fn check_target(
         .alias
         .as_ref()
         .and_then(|alias| calls.get(alias))
-        .is_some_and(|call| call.function == target.function);
+        .is_some_and(|call| match &call.contract {
+            Some(contract) => target.contract.as_ref() == Some(contract),
+            None => target.contract.is_none() && call.function.as_ref() == Some(&target.function),
+        });
     if allowed {
         return Ok(());
     }
@@ -698,6 +905,22 @@ fn check_target(
         reason: "the caller's manifest has no such alias in calls",
     }
     .into())
+}
+
+/// A request whose body a contract checks: POST, PUT and PATCH, and any other that has
+/// one (whatever its method or framing). A GET without a body is not held to the input
+/// schema.
+fn has_body(parts: &http::request::Parts, body: &Body) -> bool {
+    use axum::http::{Method, header};
+    use http_body::Body as _;
+    matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        || !body.is_end_stream()
+        || parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 fn body_too_large(name: &str, limit: u64) -> ApiError {
@@ -797,6 +1020,8 @@ struct Chosen {
     retry: Option<(String, Retry)>,
     /// Outermost first: an alias's, then the callee's.
     breakers: Vec<(String, CircuitBreaker)>,
+    /// Interceptor functions, outermost first: an alias's, then the callee's.
+    custom: Vec<String>,
 }
 
 /// Where an invocation runs.
@@ -893,7 +1118,7 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
 /// and its own span of the caller's trace (a new trace when none came).
 fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_id: &str) {
     h.remove(headers::AUTHORIZATION);
-    strip_reserved(h);
+    headers::strip_reserved(h);
     let incoming = h
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -910,62 +1135,6 @@ fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_
     set(headers::REQUEST_ID, request_id);
     set(headers::FORWARDED_PREFIX, &format!("{INVOKE_PREFIX}{name}"));
     set(headers::TRACEPARENT, &trace.to_string());
-}
-
-/// Removes what only the platform sets: `X-Reactor-Org`, the router's headers and every
-/// `x-reactor-internal-*` and `x-reactor-call-*` header.
-fn strip_reserved(h: &mut HeaderMap) {
-    h.remove(headers::ORG);
-    // A host under `reactor.internal` names the platform's own addresses: never passed on
-    // (a function building URLs from it would call what the client chose).
-    if h.get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(calls::is_internal)
-    {
-        h.remove(axum::http::header::HOST);
-    }
-    for reserved in headers::RESERVED_FOR_ROUTER {
-        h.remove(reserved);
-    }
-    let internal: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| {
-            headers::RESERVED_PREFIXES
-                .iter()
-                .any(|p| k.as_str().starts_with(p))
-        })
-        .cloned()
-        .collect();
-    for name in internal {
-        h.remove(name);
-    }
-}
-
-/// What reaches a called function: the context the caller's worker stamped, whatever the
-/// caller's code set in those headers.
-fn rewrite_call_headers(h: &mut HeaderMap, context: &CallContext) {
-    strip_reserved(h);
-    for name in [headers::TRACESTATE, headers::BAGGAGE] {
-        h.remove(name);
-    }
-    let mut set = |k: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(HeaderName::from_static(k), v);
-        }
-    };
-    set(headers::CALLER_ORG, &context.org);
-    set(headers::CALLER_TOKEN, &context.token_id);
-    set(headers::CALLER_ROLE, context.role.as_str());
-    set(headers::CALLER_FUNCTION, &context.caller_function);
-    set(headers::CALLER_DEPLOYMENT, &context.caller_deployment);
-    set(headers::REQUEST_ID, &context.request_id);
-    set(headers::TRACEPARENT, &context.traceparent);
-    if let Some(v) = &context.tracestate {
-        set(headers::TRACESTATE, v);
-    }
-    if let Some(v) = &context.baggage {
-        set(headers::BAGGAGE, v);
-    }
 }
 
 fn set_duration(h: &mut HeaderMap, started: Instant) {
@@ -1092,25 +1261,47 @@ mod tests {
     fn the_router_checks_the_target_against_the_callers_calls() {
         let target = |function: &str, alias: Option<&str>| calls::CallTarget {
             function: function.into(),
+            contract: None,
             alias: alias.map(str::to_string),
             timeout_ms: None,
         };
         assert!(check_target(None, &target("anything", None)).is_ok());
-        let declared: reactor_api::manifest::Calls = [(
-            "users".to_string(),
-            reactor_api::manifest::CallAlias {
-                function: "get-user".into(),
-                timeout_ms: None,
-                interceptors: None,
-            },
-        )]
+        let declared: reactor_api::manifest::Calls = [
+            (
+                "users".to_string(),
+                reactor_api::manifest::CallAlias {
+                    function: Some("get-user".into()),
+                    contract: None,
+                    timeout_ms: None,
+                    interceptors: None,
+                },
+            ),
+            (
+                "mail".to_string(),
+                reactor_api::manifest::CallAlias {
+                    function: None,
+                    contract: Some("email.sender@1".into()),
+                    timeout_ms: None,
+                    interceptors: None,
+                },
+            ),
+        ]
         .into_iter()
         .collect();
         assert!(check_target(Some(&declared), &target("get-user", Some("users"))).is_ok());
+        let contract = |c: &str, alias: &str| calls::CallTarget {
+            contract: Some(c.into()),
+            ..target(c, Some(alias))
+        };
+        assert!(check_target(Some(&declared), &contract("email.sender@1", "mail")).is_ok());
         for bad in [
             target("get-user", None),
             target("admin", Some("users")),
             target("get-user", Some("other")),
+            // A worker may not turn a contract alias into a function, nor the reverse.
+            target("smtp", Some("mail")),
+            contract("email.sender@2", "mail"),
+            contract("get-user", "users"),
         ] {
             let err = check_target(Some(&declared), &bad).expect_err("not declared");
             assert_eq!(err.code, ErrorCode::CallNotAllowed, "{bad:?}");
@@ -1142,12 +1333,14 @@ mod tests {
             chain: vec!["front".into()],
             target: calls::CallTarget {
                 function: "users".into(),
+                contract: None,
                 alias: None,
                 timeout_ms: None,
             },
             remaining_ms: 500,
+            next: None,
         };
-        rewrite_call_headers(&mut h, &context);
+        calls::stamp_call_headers(&mut h, &context);
         assert_eq!(h["x-reactor-caller-org"], "acme");
         assert_eq!(h["x-reactor-caller-function"], "front");
         assert_eq!(h["x-reactor-caller-deployment"], "dep_1");

@@ -27,6 +27,20 @@ pub struct FunctionEntry {
     pub policies: Vec<Arc<Policy>>,
     /// The live deployment's `interceptors`.
     pub interceptors: Option<Arc<Interceptors>>,
+    /// The live deployment's `contract`, compiled.
+    pub contract: Option<Arc<Contract>>,
+}
+
+/// A contract's schemas as a router checks bodies against them (compiled once per JSON,
+/// reused by the next table); `Err`: they do not compile here (checked when they were
+/// set, so routers and control plane disagree), and every request is refused.
+pub type Contract = Result<reactor_contract::Compiled, String>;
+
+/// A named contract (`email.sender@1`) and the function bound to it.
+#[derive(Clone)]
+pub struct BoundContract {
+    pub function: String,
+    pub contract: Arc<Contract>,
 }
 
 /// An invoke policy as the router checks it.
@@ -57,6 +71,10 @@ pub struct RouteIndex {
     workers: HashMap<Runtime, Vec<WorkerRef>>,
     /// Compiled policies by their JSON, reused by the next version.
     policies: HashMap<String, Arc<Policy>>,
+    /// Named contracts by org and name.
+    contracts: HashMap<(String, String), BoundContract>,
+    /// Compiled contracts by their JSON, reused by the next version.
+    compiled: HashMap<String, Arc<Contract>>,
 }
 
 /// How many workers a request may try, in rendezvous order.
@@ -101,6 +119,24 @@ impl RouteIndex {
                 })
                 .clone()
         };
+        let mut compiled: HashMap<String, Arc<Contract>> = HashMap::new();
+        let mut contract = |spec: &reactor_api::contract::ContractSpec| -> Arc<Contract> {
+            let key = serde_json::to_string(spec).unwrap_or_default();
+            compiled
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    previous.compiled.get(&key).cloned().unwrap_or_else(|| {
+                        Arc::new(
+                            reactor_contract::Compiled::from_spec(spec, "contract").map_err(|e| {
+                                tracing::error!(error = %e, "a contract in the routing table does not compile: refusing its requests");
+                                e.to_string()
+                            }),
+                        )
+                    })
+                })
+                .clone()
+        };
+        let mut contracts = HashMap::new();
         let tokens = table
             .tokens
             .iter()
@@ -146,6 +182,32 @@ impl RouteIndex {
                             None
                         }
                     });
+                let own = f.live.as_ref().and_then(|d| d.contract.as_deref()).map(|json| {
+                    match serde_json::from_str::<reactor_api::contract::ContractSpec>(json) {
+                        Ok(spec) => contract(&spec),
+                        Err(e) => Arc::new(Err(format!("unreadable contract: {e}"))),
+                    }
+                });
+                for bound in &f.contracts {
+                    let parse = |s: &Option<String>| {
+                        s.as_deref().map(|s| {
+                            serde_json::from_str(s).unwrap_or(serde_json::Value::Bool(false))
+                        })
+                    };
+                    let spec = reactor_api::contract::ContractSpec {
+                        input: parse(&bound.input),
+                        output: parse(&bound.output),
+                        validate_output: bound.validate_output,
+                        mode: Default::default(),
+                    };
+                    contracts.insert(
+                        (f.org.clone(), bound.name.clone()),
+                        BoundContract {
+                            function: f.name.clone(),
+                            contract: contract(&spec),
+                        },
+                    );
+                }
                 Some((
                     (f.org.clone(), f.name.clone()),
                     FunctionEntry {
@@ -153,6 +215,7 @@ impl RouteIndex {
                         live,
                         policies,
                         interceptors,
+                        contract: own,
                     },
                 ))
             })
@@ -173,6 +236,8 @@ impl RouteIndex {
             functions,
             workers,
             policies,
+            contracts,
+            compiled,
         }
     }
 
@@ -247,6 +312,11 @@ impl RouteIndex {
 
     pub fn function(&self, org: &str, name: &str) -> Option<&FunctionEntry> {
         self.functions.get(&(org.to_string(), name.to_string()))
+    }
+
+    /// The function bound to contract `name` (`email.sender@1`) in `org`.
+    pub fn contract(&self, org: &str, name: &str) -> Option<&BoundContract> {
+        self.contracts.get(&(org.to_string(), name.to_string()))
     }
 }
 

@@ -501,3 +501,66 @@ async fn the_examples_fan_out_and_merge() {
         }
     }
 }
+
+/// The function's log lines as text (invocations and platform events).
+async fn function_logs(s: &Server, function: &str) -> String {
+    s.request(
+        Method::GET,
+        &format!("/fn/v1/_admin/functions/{function}/logs?follow=false"),
+    )
+    .send()
+    .await
+    .expect("logs")
+    .text()
+    .await
+    .expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inline_callee_runs_in_its_callers_worker_under_the_same_rules() {
+    let s = Server::start();
+    let inline = json!({"pool": {"type": "inline"}});
+    s.deploy_live("leaf", wasm_probe_bundle(Some(&inline)))
+        .await;
+    s.deploy_live("hop", wasm_probe_bundle(None)).await;
+
+    // The callee sees the call as the router would stamp it, and it is logged as inline.
+    let (status, v) =
+        json_of(get(&s, "/fn/v1/hop/call?to=leaf.reactor.internal&path=/echo").await).await;
+    assert_eq!(status, 200, "{v}\n{}", s.logs());
+    let h = seen(&v);
+    assert_eq!(h["x-reactor-caller-function"], "hop", "{v}");
+    assert_eq!(h["x-reactor-caller-org"], s.org.as_str(), "{v}");
+    assert_eq!(h["x-reactor-call-depth"], "2", "{v}");
+    assert!(h["x-reactor-deadline-ms"].as_str().is_some(), "{v}");
+    let logged = wait_until(Duration::from_secs(10), || async {
+        let text = function_logs(&s, "leaf").await;
+        text.contains("call from hop").then_some(text)
+    })
+    .await
+    .expect("the call is logged");
+    assert!(logged.contains("inline"), "{logged}");
+
+    // The depth limit holds inline too: two inline functions calling each other stop at
+    // functions.calls.max_depth.
+    s.deploy_live("ping", wasm_probe_bundle(Some(&inline)))
+        .await;
+    s.deploy_live("pong", wasm_probe_bundle(Some(&inline)))
+        .await;
+    let (status, v) = json_of(get(&s, "/fn/v1/ping/ping-pong?a=ping&b=pong").await).await;
+    assert_eq!(status, 508, "{v}");
+    assert_eq!(v["error"]["code"], "call_depth_exceeded", "{v}");
+
+    // What only the router enforces sends the call through it: a policy on the callee.
+    let resp = s
+        .request(Method::PUT, "/fn/v1/_admin/functions/leaf/policy")
+        .json(&json!({"default": "deny", "rules": []}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 200);
+    let (status, v) =
+        json_of(get(&s, "/fn/v1/hop/call?to=leaf.reactor.internal&path=/echo").await).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "policy_denied", "{v}");
+}

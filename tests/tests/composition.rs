@@ -3,6 +3,8 @@
 //!   the first N attempts of each Idempotency-Key answer S): retry counts, backoff timing,
 //!   what is never retried, the retry budget, per-alias retry, and the circuit breaker
 //!   opening, answering 503, half-opening and closing; unknown types refused at deploy;
+//! - custom interceptors (functions): one that answers in the target's place, one that
+//!   rewrites the request and the answer around `next.reactor.internal`;
 //! - `pool`: a static pool queueing then refusing, a lazy one growing and reaping, an
 //!   adaptive one whose limit falls when latency rises and recovers, bounded throughout.
 
@@ -217,6 +219,94 @@ async fn the_breaker_opens_answers_503_half_opens_and_closes() {
         );
     }
     assert_eq!(send(&s, Method::GET, "/fn/v1/fragile/flaky").await.0, 200);
+}
+
+fn interceptor(mode: &str) -> Vec<u8> {
+    let source = String::from_utf8(read(
+        &root().join("tests/fixtures/interceptor-bun/index.ts"),
+    ))
+    .expect("utf-8")
+    .replace("__MODE__", mode);
+    bundle(&[("index.ts", source.as_bytes())])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_interceptors_short_circuit_or_rewrite_around_next() {
+    let s = Server::start();
+    s.deploy_live_runtime("guard", "bun", interceptor("guard"))
+        .await;
+    s.deploy_live_runtime("audit", "bun", interceptor("audit"))
+        .await;
+    let custom = json!({"custom": [{"function": "audit"}, {"function": "guard"}]});
+    s.deploy_live_runtime("app", "bun", with_interceptors(custom))
+        .await;
+
+    // The guard answers in the target's place; the audit, outermost, still wraps it.
+    let resp = s
+        .request(Method::GET, "/fn/v1/app/flaky")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["x-audited-by"], "audit");
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["refused_by"], "guard");
+
+    // Let through: the target sees the audit's header and the platform's own, never the
+    // interceptor's handle; the answer comes back with the audit's header.
+    let resp = s
+        .request(Method::GET, "/fn/v1/app/headers")
+        .header("x-api-key", "let-me-in")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-audited-by"], "audit");
+    let seen: Value = resp.json().await.expect("json");
+    assert_eq!(seen["x-intercepted"], "yes", "{seen}");
+    assert_eq!(seen["x-reactor-caller-org"], s.org.as_str(), "{seen}");
+    assert_eq!(
+        seen["x-reactor-call-depth"], "1",
+        "the target keeps its depth: {seen}"
+    );
+    assert!(seen.get("x-reactor-next").is_none(), "{seen}");
+
+    // Only the request let through reached the target; a POST body passes both ways.
+    let total: Value = s
+        .request(Method::GET, "/fn/v1/app/flaky-total")
+        .header("x-api-key", "let-me-in")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(total["total"], 0, "the refused request never reached it");
+    let resp = s
+        .request(Method::POST, "/fn/v1/app/echo")
+        .header("x-api-key", "let-me-in")
+        .body("through two interceptors")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "through two interceptors");
+
+    // A handle is only good inside its interceptor's own invocation.
+    let resp = s
+        .request(
+            Method::GET,
+            "/fn/v1/app/call?to=next.reactor.internal&path=/",
+        )
+        .header("x-api-key", "let-me-in")
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    assert!(
+        status == 403 || status == 404,
+        "the target has no next: {status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,7 +64,7 @@ impl PoolLimits {
                     ..self
                 }
             }
-            Some(Shape::Adaptive { .. }) | None => self,
+            Some(Shape::Adaptive { .. } | Shape::Inline) | None => self,
         }
     }
 }

@@ -41,6 +41,8 @@ pub const MAX_TRACESTATE_BYTES: usize = 512;
 pub struct CallLimits {
     pub max_calls_per_invocation: u32,
     pub deadline_margin: Duration,
+    /// Hops a chain may have (checked where a call runs: the router, or an inline call).
+    pub max_depth: u32,
 }
 
 impl Default for CallLimits {
@@ -54,6 +56,7 @@ impl From<&CallsConfig> for CallLimits {
         Self {
             max_calls_per_invocation: c.max_calls_per_invocation,
             deadline_margin: Duration::from_millis(c.deadline_margin_ms),
+            max_depth: c.max_depth,
         }
     }
 }
@@ -92,6 +95,9 @@ pub struct CallScope {
     deadline: Instant,
     started: AtomicU32,
     cancel: CancellationToken,
+    /// Set when this invocation runs a custom interceptor: its handle on the rest of the
+    /// chain, used by its call to `next.reactor.internal`.
+    next: Option<String>,
 }
 
 impl CallScope {
@@ -130,6 +136,7 @@ impl CallScope {
             deadline,
             started: AtomicU32::new(0),
             cancel: CancellationToken::new(),
+            next: get(headers::NEXT),
             spec,
         })
     }
@@ -201,12 +208,24 @@ impl CallScope {
         if self.cancel.is_cancelled() {
             return Err(ended_error());
         }
-        let target = calls::resolve(host, self.spec.calls.as_ref())?.ok_or_else(|| {
-            CallError::NotAllowed {
-                target: host.to_string(),
-                reason: "functions are called at NAME.reactor.internal",
-            }
-        })?;
+        // An interceptor's `next` is the rest of its chain, whatever its `calls` say.
+        let next = self.next.clone().filter(|_| {
+            calls::internal_target(host).as_deref() == Some(reactor_api::interceptors::NEXT_LABEL)
+        });
+        let target = match &next {
+            Some(_) => calls::CallTarget {
+                function: reactor_api::interceptors::NEXT_LABEL.to_string(),
+                contract: None,
+                alias: None,
+                timeout_ms: None,
+            },
+            None => calls::resolve(host, self.spec.calls.as_ref())?.ok_or_else(|| {
+                CallError::NotAllowed {
+                    target: host.to_string(),
+                    reason: "functions are called at NAME.reactor.internal",
+                }
+            })?,
+        };
         let Some((token_id, role)) = self.identity.clone() else {
             return Err(ApiError::new(
                 ErrorCode::CallNotAllowed,
@@ -263,6 +282,7 @@ impl CallScope {
             chain: self.chain.clone(),
             target,
             remaining_ms: remaining.as_millis() as u64,
+            next,
         };
         // The path and query only: the host named the callee.
         let path = parts

@@ -201,7 +201,8 @@ mod tests {
             calls: Some(Calls::from([(
                 "users".to_string(),
                 CallAlias {
-                    function: "get-user".into(),
+                    function: Some("get-user".into()),
+                    contract: None,
                     timeout_ms: Some(500),
                     interceptors: None,
                 },
@@ -253,7 +254,8 @@ mod tests {
         let users = Calls::from([(
             "users".to_string(),
             CallAlias {
-                function: "get-user".into(),
+                function: Some("get-user".into()),
+                contract: None,
                 timeout_ms: None,
                 interceptors: None,
             },

@@ -246,9 +246,25 @@ impl Wanted {
 /// registering, or a control plane that restarted and forgot it) it prepares nothing and
 /// keeps what it prepared that is still live.
 pub fn prewarm(endpoint: ControlPlaneEndpoint, worker: Arc<dyn RuntimeWorker>) -> JoinHandle<()> {
+    follow(endpoint, Some(worker), None)
+}
+
+/// Follows the routing table: prewarms for `worker` when given, and publishes each table
+/// on `tables` when given (what a WASM worker runs inline needs it).
+pub fn follow(
+    endpoint: ControlPlaneEndpoint,
+    worker: Option<Arc<dyn RuntimeWorker>>,
+    tables: Option<watch::Sender<Arc<RoutingTable>>>,
+) -> JoinHandle<()> {
     let followed = Arc::new(Mutex::new(Followed::default()));
     let me = endpoint.router_id.clone();
     reactor_proto::client::watch_routing(endpoint, move |table| {
+        if let Some(tables) = &tables {
+            tables.send_replace(Arc::new(table.clone()));
+        }
+        let Some(worker) = &worker else {
+            return;
+        };
         let wanted = Wanted::of(table, worker.runtime(), &me);
         let Ok(mut state) = followed.lock() else {
             return;

@@ -4,7 +4,7 @@
 //! `reactor-worker-bun` are this plus the runtime they build.
 
 use crate::server::BuildHost;
-use crate::{Registration, prewarm, register, worker_app};
+use crate::{Registration, register, worker_app};
 use anyhow::Context;
 use reactor_api::config::ReactorConfig;
 use reactor_api::{Builder, Runtime, RuntimeWorker};
@@ -52,6 +52,8 @@ pub struct WorkerContext {
     pub calls: reactor_api::CallLink,
     /// `[functions.calls]`: what bounds each invocation's calls.
     pub call_limits: crate::calls::CallLimits,
+    /// The routing table as the control plane streams it (empty until the first).
+    pub tables: tokio::sync::watch::Receiver<Arc<reactor_proto::routing::RoutingTable>>,
 }
 
 /// How long a draining worker waits, once out of the table, for routers to see it gone.
@@ -135,9 +137,11 @@ where
         .map_err(anyhow::Error::msg)
         .context("worker.router_url")?;
     let call_limits = crate::calls::CallLimits::from(&config.functions.calls);
+    let (tables_tx, tables) = tokio::sync::watch::channel(Arc::default());
     let runtime_impl = build(WorkerContext {
         calls: reactor_api::CallLink::to(Arc::new(router_calls)),
         call_limits,
+        tables,
         config,
         storage: storage.clone(),
         cache_dir: cache_dir.clone(),
@@ -150,9 +154,11 @@ where
     let builds = BuildHost::new(runtime_impl, storage, cache_dir.join("build"));
     let life = Lifecycle::new();
     let app = worker_app(worker.clone(), builds, &token, &worker_token).merge(life.routes());
-    if w.prewarm {
-        prewarm(endpoint.clone(), worker.clone());
-    }
+    crate::register::follow(
+        endpoint.clone(),
+        w.prewarm.then(|| worker.clone()),
+        Some(tables_tx),
+    );
     let registered = register(
         registry,
         Registration {

@@ -16,6 +16,7 @@ use reactor_api::{
     Builder, DeploymentSpec, EnvSource, Invocation, InvokeError, InvokeFailure, InvokeOutcome,
     Runtime, RuntimeRole, RuntimeWorker,
 };
+use reactor_proto::routing::RoutingTable;
 use reactor_storage::seal::ArtifactSeal;
 use reactor_storage::{Storage, keys};
 use reactor_worker_link::calls::{CallLimits, CallScope};
@@ -24,7 +25,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime::component::{Component, Linker};
@@ -108,6 +109,9 @@ pub struct WasmWorker {
     /// Where calls between functions go, and what bounds each invocation's.
     calls: CallLink,
     call_limits: CallLimits,
+    /// Where invocations' calls go once inline calls are on: inline when they may be,
+    /// else `calls` ([`crate::inline`]).
+    inline: std::sync::OnceLock<CallLink>,
     _ticker: EpochTicker,
 }
 
@@ -169,6 +173,7 @@ impl WasmWorker {
             seal: Arc::new(ArtifactSeal::ephemeral()),
             calls: CallLink::new(),
             call_limits: CallLimits::default(),
+            inline: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,6 +189,20 @@ impl WasmWorker {
         self.calls = link;
         self.call_limits = limits;
         self
+    }
+
+    /// Runs calls to WASM functions with an inline pool here, in the caller's worker,
+    /// knowing them from `table` (the routing table as this process follows it); other
+    /// calls go on through the link of [`WasmWorker::with_calls`].
+    pub fn enable_inline(self: &Arc<Self>, table: watch::Receiver<Arc<RoutingTable>>) {
+        let inline = crate::inline::InlineCalls::new(
+            Arc::downgrade(self),
+            table,
+            self.calls.clone(),
+            self.call_limits,
+            self.logs.clone(),
+        );
+        let _ = self.inline.set(CallLink::to(Arc::new(inline)));
     }
 
     /// Sets the most instances of one deployment alive at once (default: a quarter of
@@ -275,7 +294,9 @@ impl WasmWorker {
         let (size, buffer) = match spec.pool {
             Some(Pool::Static { workers, buffer }) => (workers as usize, Some(buffer as usize)),
             Some(Pool::Lazy { max_size, .. }) => (max_size as usize, None),
-            Some(Pool::Adaptive { .. }) | None => (self.instances_per_deployment, None),
+            Some(Pool::Adaptive { .. } | Pool::Inline) | None => {
+                (self.instances_per_deployment, None)
+            }
         };
         // Never more than the per-deployment cap (a quarter of the allocator by default),
         // so that one tenant's pool cannot take a shared worker.
@@ -450,7 +471,8 @@ impl RuntimeWorker for WasmWorker {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure> {
-        let calls = CallScope::for_invocation(self.calls.clone(), self.call_limits, &invocation);
+        let link = self.inline.get().unwrap_or(&self.calls).clone();
+        let calls = CallScope::for_invocation(link, self.call_limits, &invocation);
         let Invocation {
             spec,
             request,

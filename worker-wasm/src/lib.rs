@@ -11,6 +11,7 @@
 mod body;
 mod engine;
 mod host;
+pub mod inline;
 mod logs;
 mod outbound;
 pub mod server;

@@ -24,7 +24,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Artifacts are sealed with a key derived from the workers' credential, which
         // every WASM worker holds and routers do not.
         let seal = ArtifactSeal::from_secret(cx.config.worker_token()?);
-        Ok(std::sync::Arc::new(
+        let worker = std::sync::Arc::new(
             WasmWorker::new(WasmWorkerOptions {
                 storage: cx.storage,
                 cache_dir: cx.cache_dir,
@@ -34,7 +34,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })?
             .with_seal(seal)
             .with_calls(cx.calls, cx.call_limits),
-        ))
+        );
+        // Calls to inline WASM callees run here; it knows them from the routing table.
+        worker.enable_inline(cx.tables);
+        Ok(worker)
     })
     .await
 }

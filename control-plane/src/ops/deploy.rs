@@ -109,9 +109,11 @@ impl ControlPlane {
         // Checked as late as possible before the insert pins the env (not in
         // check_bundle: a resumed materialization has its env pinned already).
         self.check_env_keys(&function, &resolved).await?;
+        let call_graph = self.call_graph(&function, resolved.calls.as_ref());
         let calls = json_column(resolved.calls.as_ref(), "calls")?;
         let interceptors = json_column(resolved.interceptors.as_ref(), "interceptors")?;
         let pool = json_column(resolved.pool.as_ref(), "pool")?;
+        let contract = json_column(resolved.contract.as_ref(), "contract")?;
         let record = DeploymentRecord {
             id: id.clone(),
             org: function.org.clone(),
@@ -131,6 +133,7 @@ impl ControlPlane {
             calls,
             interceptors,
             pool,
+            contract,
         };
         self.storage
             .put_file(&record.bundle_key, &archive)
@@ -147,7 +150,30 @@ impl ControlPlane {
                 record.size_bytes, record.sha256
             ),
         );
-        let info = deployment_info(&record, function.live_deployment_id.as_deref());
+        if let Some(g) = &call_graph
+            && g.depth > 1
+        {
+            let max = self.config.calls.max_depth;
+            let mut said = format!(
+                "call graph: worst-case depth {} ({})",
+                g.depth,
+                g.path.join(" -> ")
+            );
+            if g.depth > max {
+                said.push_str(&format!(
+                    ", past functions.calls.max_depth {max}: the deepest calls will be refused"
+                ));
+            }
+            if let Some(cycle) = &g.cycle {
+                said.push_str(&format!(
+                    "; the calls can loop ({}), bounded by functions.calls.max_depth {max}",
+                    cycle.join(" -> ")
+                ));
+            }
+            self.event(&function.org, &function.name, Some(&id), said);
+        }
+        let mut info = deployment_info(&record, function.live_deployment_id.as_deref());
+        info.call_graph = call_graph;
         let spec = spec(&function, &record);
         let build = self.build.clone();
         let store = self.store.clone();
@@ -246,6 +272,11 @@ impl ControlPlane {
             .map(|p| serde_json::to_string(&p))
             .transpose()
             .map_err(|e| ApiError::internal(format!("policy: {e}")))?;
+        // Schemas are compiled now: a bad one is refused at deploy, not met by a request.
+        if let Some(contract) = &resolved.contract {
+            reactor_contract::Compiled::from_spec(contract, "contract")
+                .map_err(|e| ApiError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+        }
         if let Some(json) = &resolved.policy {
             self.check_policy_size(json.len()).map_err(|e| {
                 ApiError::new(
@@ -431,6 +462,51 @@ async fn materialize(
         .await
     {
         tracing::error!(error = %e, deployment_id = %spec.deployment_id, "recording the materialization outcome");
+    }
+}
+
+impl ControlPlane {
+    /// The declared call graph from `function` once this deployment is live: the live
+    /// deployments' `calls` in the org (contract aliases through their bindings), this
+    /// one's in place of the function's own; `None` when the deployment declares no
+    /// `calls` (it may call anything: nothing to follow).
+    fn call_graph(
+        &self,
+        function: &FunctionRecord,
+        calls: Option<&reactor_api::manifest::Calls>,
+    ) -> Option<reactor_api::calls::CallGraph> {
+        let calls = calls?;
+        let table = self.routing.current();
+        let org: Vec<_> = table
+            .functions
+            .iter()
+            .filter(|f| f.org == function.org)
+            .collect();
+        let bound = |contract: &str| {
+            org.iter()
+                .find(|f| f.contracts.iter().any(|c| c.name == contract))
+                .map(|f| f.name.clone())
+        };
+        let targets = |calls: &reactor_api::manifest::Calls| -> Vec<String> {
+            calls
+                .values()
+                .filter_map(|c| {
+                    c.function
+                        .clone()
+                        .or_else(|| c.contract.as_deref().and_then(bound))
+                })
+                .collect()
+        };
+        let mut callees: std::collections::HashMap<String, Vec<String>> = org
+            .iter()
+            .filter_map(|f| {
+                let json = f.live.as_ref()?.calls.as_deref()?;
+                let calls: reactor_api::manifest::Calls = serde_json::from_str(json).ok()?;
+                Some((f.name.clone(), targets(&calls)))
+            })
+            .collect();
+        callees.insert(function.name.clone(), targets(calls));
+        Some(reactor_api::calls::call_graph(&function.name, &callees))
     }
 }
 

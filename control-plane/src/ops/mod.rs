@@ -2,6 +2,7 @@
 //! block whose methods take the authenticated caller ([`Caller`](crate::auth::Caller)).
 //! The state they work on, and the helpers they share, live in `crate::service`.
 
+mod contracts;
 mod deploy;
 mod env;
 mod functions;

@@ -9,6 +9,16 @@ use reactor_api::{ApiError, DeploymentSpec, ErrorCode, Release, Runtimes};
 use reactor_worker_link::rendezvous::MAX_CANDIDATES;
 use std::sync::{Arc, Weak};
 
+/// Why a deployment is made live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MakeLive {
+    /// `force`: even when it breaks a contract its function is bound to.
+    Promote {
+        force: bool,
+    },
+    Rollback,
+}
+
 /// How long promote waits for a worker service to load a deployment.
 const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -21,7 +31,21 @@ impl ControlPlane {
         name: &str,
         id: Option<&str>,
     ) -> Result<DeploymentInfo, ApiError> {
-        self.make_live(caller, name, id, false).await
+        self.make_live(caller, name, id, MakeLive::Promote { force: false })
+            .await
+    }
+
+    /// [`ControlPlane::promote`]; with `force`, even when the deployment's schemas break
+    /// a contract the function is bound to.
+    pub async fn promote_with(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: Option<&str>,
+        force: bool,
+    ) -> Result<DeploymentInfo, ApiError> {
+        self.make_live(caller, name, id, MakeLive::Promote { force })
+            .await
     }
 
     async fn make_live(
@@ -29,8 +53,9 @@ impl ControlPlane {
         caller: &Caller,
         name: &str,
         id: Option<&str>,
-        rollback: bool,
+        how: MakeLive,
     ) -> Result<DeploymentInfo, ApiError> {
+        let rollback = how == MakeLive::Rollback;
         need(caller, caller.role.can_deploy(), "promote")?;
         // One promote at a time per function: the live pointer a caller is told about is
         // the one that the routers get, even when two promotes race. Per function because
@@ -63,6 +88,11 @@ impl ControlPlane {
             )
             .with_detail("deployment_id", d.id.clone())
             .with_detail("status", d.status.as_str()));
+        }
+        // A bound contract's callers must keep getting what it promises. A rollback goes
+        // back to what was live before, and is not held up.
+        if how == (MakeLive::Promote { force: false }) {
+            self.check_contracts(&d).await?;
         }
         // Uploads were checked one at a time; promoting several must not pass the quota.
         self.check_warm_instances(&f.org, &f.name, d.min_instances)
@@ -156,7 +186,8 @@ impl ControlPlane {
         name: &str,
         to: &str,
     ) -> Result<DeploymentInfo, ApiError> {
-        self.make_live(caller, name, Some(to), true).await
+        self.make_live(caller, name, Some(to), MakeLive::Rollback)
+            .await
     }
 
     /// Has the workers routers send `spec` to (its first [`MAX_CANDIDATES`] in rendezvous

@@ -29,6 +29,7 @@ pub enum Entity {
     Token,
     Function,
     Deployment,
+    Contract,
 }
 
 impl Entity {
@@ -38,6 +39,7 @@ impl Entity {
             Entity::Token => "token",
             Entity::Function => "function",
             Entity::Deployment => "deployment",
+            Entity::Contract => "contract",
         }
     }
 }
@@ -106,6 +108,24 @@ pub struct DeploymentRecord {
     pub interceptors: Option<String>,
     /// The manifest's `pool`, settled (JSON); `None`: the workers' own settings.
     pub pool: Option<String>,
+    /// The manifest's `contract` (JSON); `None`: no schema.
+    pub contract: Option<String>,
+}
+
+/// A named contract of an org and the function bound to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContractRecord {
+    pub org: String,
+    /// `NAME@VERSION`.
+    pub name: String,
+    pub description: Option<String>,
+    /// The schemas, as JSON.
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub validate_output: bool,
+    /// The implementing function; `None`: unbound.
+    pub function: Option<String>,
+    pub created_at: String,
 }
 
 /// An env value as stored: plain, or a secret sealed under a data key.
@@ -231,6 +251,25 @@ pub trait Store: Send + Sync + 'static {
         function: &str,
         policy: Option<&str>,
     ) -> Result<bool, StoreError>;
+
+    async fn create_contract(&self, c: &ContractRecord) -> Result<(), StoreError>;
+    async fn get_contract(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<ContractRecord>, StoreError>;
+    /// The org's contracts, by name.
+    async fn list_contracts(&self, org: &str) -> Result<Vec<ContractRecord>, StoreError>;
+    async fn delete_contract(&self, org: &str, name: &str) -> Result<bool, StoreError>;
+    /// Binds the contract to `function` (`None`: unbinds it); false when there is none.
+    async fn bind_contract(
+        &self,
+        org: &str,
+        name: &str,
+        function: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Every bound contract of every org (for the routing table).
+    async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError>;
 
     /// Increments and returns the routing table's version.
     async fn next_routing_version(&self) -> Result<u64, StoreError>;

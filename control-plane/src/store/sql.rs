@@ -3,8 +3,8 @@
 
 use super::dialect::{Dialect, interned};
 use super::{
-    DeploymentRecord, Entity, EnvRecord, EnvValue, FunctionRecord, OrgRecord, SecretRow, Store,
-    StoreError, TokenRecord,
+    ContractRecord, DeploymentRecord, Entity, EnvRecord, EnvValue, FunctionRecord, OrgRecord,
+    SecretRow, Store, StoreError, TokenRecord,
 };
 use crate::secrets::Sealed;
 use async_trait::async_trait;
@@ -163,8 +163,25 @@ fn deployment_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
         calls: row.try_get("calls").map_err(db)?,
         interceptors: row.try_get("interceptors").map_err(db)?,
         pool: row.try_get("pool").map_err(db)?,
+        contract: row.try_get("contract").map_err(db)?,
     })
 }
+
+fn contract_row(row: &AnyRow) -> Result<ContractRecord, StoreError> {
+    Ok(ContractRecord {
+        org: row.try_get("org").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        description: row.try_get("description").map_err(db)?,
+        input: row.try_get("input").map_err(db)?,
+        output: row.try_get("output").map_err(db)?,
+        validate_output: row.try_get::<i64, _>("validate_output").map_err(db)? != 0,
+        function: row.try_get("function").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+    })
+}
+
+const CONTRACT_COLUMNS: &str =
+    "org, name, description, input, output, validate_output, function, created_at";
 
 fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let key: String = row.try_get("key").map_err(db)?;
@@ -199,7 +216,7 @@ fn env_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool";
+const DEPLOYMENT_COLUMNS: &str = "id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool, contract";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -320,6 +337,15 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        // Its contracts stay, unbound (callers get function_not_found until one is bound).
+        sqlx::query(
+            self.sql("UPDATE contracts SET function = NULL WHERE org = ? AND function = ?"),
+        )
+        .bind(org)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let done = sqlx::query(self.sql("DELETE FROM functions WHERE org = ? AND name = ?"))
             .bind(org)
             .bind(name)
@@ -345,7 +371,7 @@ impl Store for SqlStore {
 
     async fn insert_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(self.sql("INSERT INTO deployments (id, org, function, status, error, sha256, size_bytes, entrypoint, bundle_key, timeout_ms, memory_mb, min_instances, max_concurrency, created_at, policy, calls, interceptors, pool, contract) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&d.id)
             .bind(&d.org)
             .bind(&d.function)
@@ -364,6 +390,7 @@ impl Store for SqlStore {
             .bind(&d.calls)
             .bind(&d.interceptors)
             .bind(&d.pool)
+            .bind(&d.contract)
             .execute(&mut *tx)
             .await
             .map_err(map_db_error(Entity::Deployment, &d.id))?;
@@ -633,6 +660,86 @@ impl Store for SqlStore {
         .map_err(db)?;
         let v: i64 = row.try_get("version").map_err(db)?;
         Ok(v as u64)
+    }
+
+    async fn create_contract(&self, c: &ContractRecord) -> Result<(), StoreError> {
+        sqlx::query(self.sql("INSERT INTO contracts (org, name, description, input, output, validate_output, function, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&c.org)
+            .bind(&c.name)
+            .bind(&c.description)
+            .bind(&c.input)
+            .bind(&c.output)
+            .bind(i64::from(c.validate_output))
+            .bind(&c.function)
+            .bind(&c.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_db_error(Entity::Contract, &c.name))?;
+        Ok(())
+    }
+
+    async fn get_contract(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<ContractRecord>, StoreError> {
+        let row = sqlx::query(self.sql(&format!(
+            "SELECT {CONTRACT_COLUMNS} FROM contracts WHERE org = ? AND name = ?"
+        )))
+        .bind(org)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(contract_row).transpose()
+    }
+
+    async fn list_contracts(&self, org: &str) -> Result<Vec<ContractRecord>, StoreError> {
+        let rows = sqlx::query(self.sql(&format!(
+            "SELECT {CONTRACT_COLUMNS} FROM contracts WHERE org = ? ORDER BY name"
+        )))
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(contract_row).collect()
+    }
+
+    async fn delete_contract(&self, org: &str, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql("DELETE FROM contracts WHERE org = ? AND name = ?"))
+            .bind(org)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn bind_contract(
+        &self,
+        org: &str,
+        name: &str,
+        function: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query(self.sql("UPDATE contracts SET function = ? WHERE org = ? AND name = ?"))
+                .bind(function)
+                .bind(org)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError> {
+        let rows = sqlx::query(self.sql(&format!(
+            "SELECT {CONTRACT_COLUMNS} FROM contracts WHERE function IS NOT NULL ORDER BY org, name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(contract_row).collect()
     }
 
     async fn routing_snapshot(

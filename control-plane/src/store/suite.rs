@@ -4,8 +4,8 @@
 //! by default the local one with trust auth, dropped at the end).
 
 use super::{
-    DeploymentRecord, Dialect, Entity, EnvRecord, EnvValue, FunctionRecord, OrgRecord, SecretRow,
-    SqlStore, Store, StoreError, TokenRecord,
+    ContractRecord, DeploymentRecord, Dialect, Entity, EnvRecord, EnvValue, FunctionRecord,
+    OrgRecord, SecretRow, SqlStore, Store, StoreError, TokenRecord,
 };
 use crate::secrets::Sealed;
 use reactor_api::Runtime;
@@ -60,6 +60,7 @@ store_suite! {
     function_policies_are_set_on_existing_functions,
     deleting_a_function_removes_its_env_and_pinned_copies,
     collectable_deployments_spare_live_recent_and_rollback_targets,
+    contracts_are_unique_bound_and_unbound_with_their_function,
 }
 
 /// The PostgreSQL server the tests create their databases on.
@@ -157,6 +158,7 @@ fn deployment(id: &str, org: &str, f: &str) -> DeploymentRecord {
         calls: None,
         interceptors: None,
         pool: None,
+        contract: None,
     }
 }
 
@@ -326,6 +328,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
     manifest.calls = Some(r#"{"users":{"function":"get-user","timeout_ms":500}}"#.into());
     manifest.interceptors = Some(r#"{"retry":{"max_attempts":2}}"#.into());
     manifest.pool = Some(r#"{"type":"lazy","max_size":4,"idle_ttl_secs":60}"#.into());
+    manifest.contract = Some(r#"{"input":{"type":"object"}}"#.into());
     store.insert_deployment(&manifest).await.expect("insert");
     assert_eq!(
         store
@@ -333,7 +336,7 @@ async fn deployments_are_listed_newest_first(backend: &mut Backend) {
             .await
             .expect("get"),
         Some(manifest),
-        "policy, calls, interceptors and pool read back as written"
+        "policy, calls, interceptors, pool and contract read back as written"
     );
     assert_eq!(
         store
@@ -736,5 +739,100 @@ async fn collectable_deployments_spare_live_recent_and_rollback_targets(backend:
     assert_eq!(
         store.deployment_env("old_0").await.expect("pinned").len(),
         1
+    );
+}
+
+async fn contracts_are_unique_bound_and_unbound_with_their_function(backend: &mut Backend) {
+    let store: &dyn Store = &backend.store;
+    org_with_functions(store, "ct-a", &["smtp", "ses"]).await;
+    org_with_functions(store, "ct-b", &[]).await;
+    let contract = |org: &str, name: &str| ContractRecord {
+        org: org.into(),
+        name: name.into(),
+        description: Some("Sends mail".into()),
+        input: Some(r#"{"type":"object"}"#.into()),
+        output: None,
+        validate_output: true,
+        function: None,
+        created_at: "2026-12-07T00:00:00.000Z".into(),
+    };
+    store
+        .create_contract(&contract("ct-a", "email.sender@1"))
+        .await
+        .expect("create");
+    store
+        .create_contract(&contract("ct-a", "email.sender@2"))
+        .await
+        .expect("another version");
+    store
+        .create_contract(&contract("ct-b", "email.sender@1"))
+        .await
+        .expect("another org");
+    assert!(matches!(
+        store
+            .create_contract(&contract("ct-a", "email.sender@1"))
+            .await,
+        Err(StoreError::AlreadyExists {
+            entity: Entity::Contract,
+            ..
+        })
+    ));
+    assert_eq!(
+        store
+            .get_contract("ct-a", "email.sender@1")
+            .await
+            .expect("get"),
+        Some(contract("ct-a", "email.sender@1")),
+        "reads back as written"
+    );
+    let names: Vec<String> = store
+        .list_contracts("ct-a")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["email.sender@1", "email.sender@2"]);
+    assert!(store.bound_contracts().await.expect("bound").is_empty());
+    assert!(
+        store
+            .bind_contract("ct-a", "email.sender@1", Some("smtp"))
+            .await
+            .expect("bind")
+    );
+    assert!(
+        !store
+            .bind_contract("ct-a", "nothing@1", Some("smtp"))
+            .await
+            .expect("bind"),
+        "no such contract"
+    );
+    let bound = store.bound_contracts().await.expect("bound");
+    assert_eq!(bound.len(), 1);
+    assert_eq!(bound[0].function.as_deref(), Some("smtp"));
+    // Rebinding moves it; deleting the function unbinds it, and the contract stays.
+    store
+        .bind_contract("ct-a", "email.sender@1", Some("ses"))
+        .await
+        .expect("rebind");
+    assert!(store.delete_function("ct-a", "ses").await.expect("delete"));
+    let after = store
+        .get_contract("ct-a", "email.sender@1")
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(after.function, None);
+    assert!(store.bound_contracts().await.expect("bound").is_empty());
+    assert!(
+        store
+            .delete_contract("ct-a", "email.sender@1")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_contract("ct-a", "email.sender@1")
+            .await
+            .expect("delete")
     );
 }

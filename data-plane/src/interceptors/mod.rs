@@ -1,9 +1,12 @@
 //! The forward step of an invocation as a stack of tower layers, outermost first:
 //!
-//! timeout → retry → breaker → admission → forward
+//! timeout → custom → retry → breaker → admission → forward
 //!
 //! - **timeout** bounds the whole stack, retries and their waits included, by the
 //!   invocation's deadline;
+//! - **custom** ([`custom`], only when the manifest names interceptor functions) invokes
+//!   each interceptor function, which answers in the target's place or sends the request
+//!   on to the rest of the chain through `next.reactor.internal`;
 //! - **retry** ([`retry`], only when the manifest asks) sends the request again after a
 //!   connection failure or a retryable status, with backoff, a budget and a margin of the
 //!   deadline, and never to the instance that just failed;
@@ -20,6 +23,7 @@
 //! long as the router ([`Registry`]), one per function or call alias.
 
 pub mod breaker;
+pub mod custom;
 pub mod limit;
 pub mod retry;
 

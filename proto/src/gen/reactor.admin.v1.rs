@@ -241,6 +241,9 @@ pub struct PromoteRequest {
     /// None: the newest deployment.
     #[prost(string, optional, tag = "2")]
     pub deployment_id: ::core::option::Option<::prost::alloc::string::String>,
+    /// Even when the deployment's schemas break a contract the function is bound to.
+    #[prost(bool, tag = "3")]
+    pub force: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RollbackRequest {

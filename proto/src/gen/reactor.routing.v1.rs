@@ -179,6 +179,22 @@ pub struct FunctionRoute {
     /// The invoke policy set on the function (JSON); absent: allow everything.
     #[prost(string, optional, tag = "5")]
     pub policy: ::core::option::Option<::prost::alloc::string::String>,
+    /// The named contracts of the org bound to this function.
+    #[prost(message, repeated, tag = "6")]
+    pub contracts: ::prost::alloc::vec::Vec<BoundContract>,
+}
+/// A named contract (`email.sender@1`) and its schemas (JSON), as its callers are held to.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BoundContract {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "2")]
+    pub input: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "3")]
+    pub output: ::core::option::Option<::prost::alloc::string::String>,
+    /// Answers to calls through the contract are validated against `output`.
+    #[prost(bool, tag = "4")]
+    pub validate_output: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LiveDeployment {
@@ -214,6 +230,9 @@ pub struct LiveDeployment {
     /// workers' own settings.
     #[prost(string, optional, tag = "12")]
     pub pool: ::core::option::Option<::prost::alloc::string::String>,
+    /// The manifest's `contract` (JSON): input and output schemas, validated by routers.
+    #[prost(string, optional, tag = "13")]
+    pub contract: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// A valid API token: only its SHA-256, never the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
