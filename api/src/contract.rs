@@ -214,7 +214,7 @@ mod tests {
         assert!(
             not_a_schema
                 .check("contract")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("contract.input")
         );
         let no_output = ContractSpec {
@@ -224,14 +224,18 @@ mod tests {
         assert!(
             no_output
                 .check("contract")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("validate_output")
         );
         let huge = ContractSpec {
             output: Some(json!({"description": "x".repeat(MAX_SCHEMA_BYTES)})),
             ..Default::default()
         };
-        assert!(huge.check("contract").unwrap_err().contains("bytes"));
+        assert!(
+            huge.check("contract")
+                .expect_err("refused")
+                .contains("bytes")
+        );
         let parsed: ContractSpec =
             serde_json::from_value(json!({"input": true, "mode": "report"})).expect("parses");
         assert_eq!(parsed.mode, Mode::Report);
