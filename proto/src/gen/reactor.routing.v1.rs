@@ -164,7 +164,7 @@ pub struct WorkerEndpoint {
     #[prost(string, tag = "3")]
     pub url: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FunctionRoute {
     #[prost(string, tag = "1")]
     pub org: ::prost::alloc::string::String,
