@@ -16,8 +16,10 @@ pub enum ErrorCode {
     DeploymentNotFound,
     OrgNotFound,
     TokenNotFound,
+    UserNotFound,
     FunctionExists,
     OrgExists,
+    UserExists,
     InvalidInput,
     ManifestInvalid,
     BundleTooLarge,
@@ -77,9 +79,11 @@ impl ErrorCode {
             DeploymentNotFound => ("deployment_not_found", StatusCode::NOT_FOUND, G::NotFound),
             OrgNotFound => ("org_not_found", StatusCode::NOT_FOUND, G::NotFound),
             TokenNotFound => ("token_not_found", StatusCode::NOT_FOUND, G::NotFound),
+            UserNotFound => ("user_not_found", StatusCode::NOT_FOUND, G::NotFound),
             NotFound => ("not_found", StatusCode::NOT_FOUND, G::NotFound),
             FunctionExists => ("function_exists", StatusCode::CONFLICT, G::AlreadyExists),
             OrgExists => ("org_exists", StatusCode::CONFLICT, G::AlreadyExists),
+            UserExists => ("user_exists", StatusCode::CONFLICT, G::AlreadyExists),
             InvalidInput => ("invalid_input", StatusCode::BAD_REQUEST, G::InvalidArgument),
             ManifestInvalid => (
                 "manifest_invalid",
@@ -315,11 +319,10 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = self.to_body();
         let mut response = (status, axum::Json(body)).into_response();
-        // 429 and an open breaker say when to come back: a second, or what the breaker
-        // has left (`retry_after_secs`).
+        // 429 and an open breaker say when to come back: what the error says
+        // (`retry_after_secs`: the breaker's time left, a sign-in backoff), else a second.
         let retry_after = match self.code {
-            ErrorCode::TooManyRequests => Some(1),
-            ErrorCode::CircuitOpen => Some(
+            ErrorCode::TooManyRequests | ErrorCode::CircuitOpen => Some(
                 self.details
                     .get("retry_after_secs")
                     .and_then(Value::as_u64)

@@ -2,10 +2,11 @@
 //!
 //! It owns the error codes and their JSON body, the admin API's JSON shapes, the bundle
 //! manifest and its validation, the per-runtime limits, the configuration file, the roles
-//! a runtime plays ([`roles`]: build, release, run) and the rules of calls between
-//! functions ([`calls`]). It does no I/O of its own beyond reading the configuration file.
+//! a runtime plays ([`roles`]: build, release, run), the rules of calls between
+//! functions ([`calls`]) and the format of signed-in users' access tokens ([`access`]). It does no I/O of its own beyond reading the configuration file.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod calls;
 pub mod config;
 pub mod contract;
@@ -20,6 +21,7 @@ pub mod pool;
 pub mod roles;
 pub mod runtime;
 pub mod token;
+pub mod users;
 
 pub use error::{ApiError, ErrorCode};
 pub use invoke::{

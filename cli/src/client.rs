@@ -1,5 +1,5 @@
 //! A client of the admin and invoke APIs, configured from `REACTOR_URL`, `REACTOR_TOKEN`
-//! and `REACTOR_ORG`, else from the credentials file.
+//! and `REACTOR_ORG`, else from a sign-in (`reactor login`) or the credentials file.
 
 use crate::credentials;
 use anyhow::Context;
@@ -17,6 +17,37 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client commands use: the server `REACTOR_URL` names, else the one signed in to
+    /// last (`reactor login`), else the credentials file's; the token `REACTOR_TOKEN`
+    /// holds, else the sign-in to that server (renewed when about to expire), else the
+    /// credentials file's; the org `REACTOR_ORG` names, else the sign-in's, else the
+    /// credentials file's, else `default`.
+    pub async fn connect() -> anyhow::Result<Self> {
+        let set = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        let sessions = crate::login::load();
+        let url = set("REACTOR_URL").or_else(|| sessions.current.clone());
+        if set("REACTOR_TOKEN").is_none()
+            && let Some(url) = url
+            && let Some((token, org)) = crate::login::token_for(&url).await?
+        {
+            let org = set("REACTOR_ORG")
+                .or(org)
+                .unwrap_or_else(|| "default".into());
+            let mut client = Self::new(url, token, org);
+            client.url_from = if set("REACTOR_URL").is_some() {
+                "REACTOR_URL".into()
+            } else {
+                crate::login::path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the sessions file".into())
+            };
+            return Ok(client);
+        }
+        Self::from_env()
+    }
+
+    /// Like [`Client::connect`] without sign-ins: the environment, else the credentials
+    /// file.
     pub fn from_env() -> anyhow::Result<Self> {
         let saved = credentials::load();
         let pick = |var: &str, from_file: Option<String>| {

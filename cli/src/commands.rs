@@ -109,6 +109,10 @@ pub enum DeploymentsCommand {
 pub enum OrgsCommand {
     /// Create an org and print its first admin token.
     Create { name: String },
+    /// The users who are members of an org, and their roles (admins of the org or of the
+    /// platform).
+    #[command(subcommand)]
+    Members(crate::login::MembersCommand),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -189,7 +193,7 @@ pub async fn functions(cmd: FunctionsCommand, output: Output) -> anyhow::Result<
         FunctionsCommand::Policy(cmd) => return crate::env::policy(cmd, output).await,
         other => other,
     };
-    let client = Client::from_env()?;
+    let client = Client::connect().await?;
     let json = output == Output::Json;
     match cmd {
         FunctionsCommand::Env(_) | FunctionsCommand::Policy(_) => {}
@@ -573,8 +577,12 @@ async fn invoke(
 }
 
 pub async fn orgs(cmd: OrgsCommand, output: Output) -> anyhow::Result<()> {
-    let client = Client::from_env()?;
+    if let OrgsCommand::Members(cmd) = cmd {
+        return crate::login::members(cmd, output).await;
+    }
+    let client = Client::connect().await?;
     match cmd {
+        OrgsCommand::Members(_) => {}
         OrgsCommand::Create { name } => {
             let o: OrgCreated = client.post(&admin("/orgs"), &CreateOrg { name }).await?;
             if output == Output::Json {
@@ -590,7 +598,7 @@ pub async fn orgs(cmd: OrgsCommand, output: Output) -> anyhow::Result<()> {
 }
 
 pub async fn tokens(cmd: TokensCommand, output: Output) -> anyhow::Result<()> {
-    let client = Client::from_env()?;
+    let client = Client::connect().await?;
     let json = output == Output::Json;
     match cmd {
         TokensCommand::Create { role, name } => {

@@ -58,7 +58,7 @@ fn schema(file: &Path) -> anyhow::Result<serde_json::Value> {
 }
 
 pub async fn run(cmd: ContractsCommand, output: Output) -> anyhow::Result<()> {
-    let client = Client::from_env()?;
+    let client = Client::connect().await?;
     let json = output == Output::Json;
     let print = |c: &ContractInfo| -> anyhow::Result<()> {
         if json {

@@ -32,6 +32,13 @@ pub fn load() -> Option<Credentials> {
 pub fn save(c: &Credentials) -> anyhow::Result<PathBuf> {
     let path =
         path().context("no HOME, XDG_CONFIG_HOME or REACTOR_CREDENTIALS to keep credentials in")?;
+    write_private(&path, &serde_json::to_string_pretty(c)?)?;
+    Ok(path)
+}
+
+/// Writes `text` to `path` readable by its owner only, whole or not at all (a temporary
+/// file renamed over it), creating its directory.
+pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -47,8 +54,8 @@ pub fn save(c: &Credentials) -> anyhow::Result<PathBuf> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(c)?.as_bytes())?;
+        f.write_all(text.as_bytes())?;
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

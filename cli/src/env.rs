@@ -94,7 +94,7 @@ fn read_value(key: &str) -> anyhow::Result<String> {
 }
 
 pub async fn env(cmd: EnvCommand, output: Output) -> anyhow::Result<()> {
-    let client = Client::from_env()?;
+    let client = Client::connect().await?;
     let json = output == Output::Json;
     match cmd {
         EnvCommand::Set {
@@ -283,7 +283,7 @@ pub fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn policy(cmd: PolicyCommand, output: crate::Output) -> anyhow::Result<()> {
-    let client = Client::from_env()?;
+    let client = Client::connect().await?;
     let policy: serde_json::Value = match cmd {
         PolicyCommand::Get { name } => {
             client

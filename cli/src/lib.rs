@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod dev;
 mod env;
 pub mod init;
+pub mod login;
 pub mod logs;
 pub mod pack;
 mod table;
@@ -60,6 +61,14 @@ pub enum Command {
     /// Manage the API tokens of your org (admins).
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
+    /// Sign in to a server with your email and password; the sign-in is kept per server
+    /// and renewed as needed.
+    Login(login::LoginArgs),
+    /// End the sign-in to a server (here and on the server).
+    Logout(login::LogoutArgs),
+    /// Users who sign in with an email and a password (admins of the platform org).
+    #[command(subcommand)]
+    Users(login::UsersCommand),
     /// The key that encrypts secrets at rest: generate one, rotate to a new one.
     #[command(subcommand, name = "data-key")]
     DataKey(env::DataKeyCommand),
@@ -80,6 +89,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Contracts(cmd) => contracts::run(cmd, cli.output).await,
         Command::Orgs(cmd) => commands::orgs(cmd, cli.output).await,
         Command::Tokens(cmd) => commands::tokens(cmd, cli.output).await,
+        Command::Login(args) => login::login(args, cli.output).await,
+        Command::Logout(args) => login::logout(args, cli.output).await,
+        Command::Users(cmd) => login::users(cmd, cli.output).await,
         Command::DataKey(cmd) => env::data_key(cmd, cli.output).await,
         Command::Tls(TlsCommand::Init { dir }) => tls_init(&dir, cli.output),
         Command::Completion { shell } => {

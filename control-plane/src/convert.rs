@@ -71,6 +71,19 @@ pub(crate) fn grant(t: TokenRecord) -> TokenGrant {
         sha256: t.sha256,
         org: t.org,
         role: t.role.as_str().to_string(),
+        user_id: String::new(),
+    }
+}
+
+/// The routing-table grant of a user's membership of an org: routers act on a signed-in
+/// user's access token with it.
+pub(crate) fn membership_grant(m: crate::store::MemberRecord) -> TokenGrant {
+    TokenGrant {
+        token_id: format!("{}/{}", m.user_id, m.org),
+        sha256: String::new(),
+        org: m.org,
+        role: m.role.as_str().to_string(),
+        user_id: m.user_id,
     }
 }
 

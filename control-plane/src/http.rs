@@ -53,6 +53,15 @@ pub fn admin_router(cp: Arc<ControlPlane>) -> Router {
             get(list_tokens).post(create_token),
         )
         .route(&format!("{base}/tokens/{{id}}"), delete(revoke_token))
+        .route(&format!("{base}/auth/token"), post(auth_token))
+        .route(&format!("{base}/auth/revoke"), post(auth_revoke))
+        .route(&format!("{base}/users"), get(list_users).post(create_user))
+        .route(&format!("{base}/users/{{email}}"), delete(delete_user))
+        .route(&format!("{base}/orgs/{{org}}/members"), get(list_members))
+        .route(
+            &format!("{base}/orgs/{{org}}/members/{{email}}"),
+            put(set_member).delete(remove_member),
+        )
         .route(
             &format!("{base}/functions"),
             get(list_functions).post(create_function),
@@ -194,6 +203,96 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     cp.revoke_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The client's address, as the server saw the connection (none in tests that call the
+/// router directly).
+fn client_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    use axum::extract::ConnectInfo;
+    extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<reactor_service::tls::Peer>>()
+                .map(|c| c.0.addr.ip())
+        })
+}
+
+/// `POST /auth/token`: no bearer token; the grant is the credential.
+async fn auth_token(State(cp): Cp, request: axum::extract::Request) -> Result<Response, ApiError> {
+    let client = client_ip(request.extensions());
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("request body is not valid: {e}"),
+            )
+        })?;
+    let req: reactor_api::users::TokenRequest = parse(&body)?;
+    let granted = cp.grant_token(req, client).await?;
+    // Tokens are never cached by a proxy or a browser (RFC 6749, 5.1).
+    Ok((
+        [
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::PRAGMA, "no-cache"),
+        ],
+        Json(granted),
+    )
+        .into_response())
+}
+
+async fn auth_revoke(State(cp): Cp, body: Bytes) -> Result<Response, ApiError> {
+    let req: reactor_api::users::RevokeRefresh = parse(&body)?;
+    cp.revoke_refresh(&req.refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn create_user(State(cp): Cp, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let req: reactor_api::users::CreateUser = parse(&body)?;
+    let created = cp.create_user(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_users(State(cp): Cp, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_users(&caller).await?).into_response())
+}
+
+async fn delete_user(
+    State(cp): Cp,
+    caller: Caller,
+    Path(email): Path<String>,
+) -> Result<Response, ApiError> {
+    cp.delete_user(&caller, &email).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_members(
+    State(cp): Cp,
+    caller: Caller,
+    Path(org): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(cp.list_members(&caller, &org).await?).into_response())
+}
+
+async fn set_member(
+    State(cp): Cp,
+    caller: Caller,
+    Path((org, email)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: reactor_api::users::SetMember = parse(&body)?;
+    Ok(Json(cp.set_member(&caller, &org, &email, req.role).await?).into_response())
+}
+
+async fn remove_member(
+    State(cp): Cp,
+    caller: Caller,
+    Path((org, email)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    cp.remove_member(&caller, &org, &email).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -6,8 +6,8 @@
 use crate::store::Store;
 use crate::workers::WorkerRegistry;
 use reactor_proto::routing::{
-    BoundContract, FunctionKey, FunctionRoute, RoutingTable, RoutingUpdate, TokenGrant,
-    WorkerEndpoint, WorkerSet,
+    BoundContract, FunctionKey, FunctionRoute, KeySet, RoutingTable, RoutingUpdate, SigningKey,
+    TokenGrant, WorkerEndpoint, WorkerSet,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ pub struct Change {
     pub tokens: Vec<TokenGrant>,
     pub removed_tokens: Vec<String>,
     pub workers: Option<Vec<WorkerEndpoint>>,
+    pub signing_keys: Option<Vec<SigningKey>>,
 }
 
 /// Changes a slow stream may fall behind by before it is sent a snapshot instead.
@@ -90,8 +91,30 @@ impl RoutingPublisher {
                     crate::convert::route(f, live, contracts)
                 })
                 .collect(),
-            tokens: tokens.into_iter().map(crate::convert::grant).collect(),
+            tokens: tokens
+                .into_iter()
+                .map(crate::convert::grant)
+                .chain(
+                    self.store
+                        .accounts()
+                        .all_memberships()
+                        .await?
+                        .into_iter()
+                        .map(crate::convert::membership_grant),
+                )
+                .collect(),
             workers: self.workers.endpoints(),
+            signing_keys: self
+                .store
+                .accounts()
+                .signing_keys()
+                .await?
+                .into_iter()
+                .map(|k| SigningKey {
+                    kid: k.id,
+                    public_key: k.public_key,
+                })
+                .collect(),
         };
         let change = diff(&self.current(), &table);
         tracing::debug!(
@@ -162,6 +185,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Change {
             .map(|t| t.token_id.clone())
             .collect(),
         workers: (old.workers != new.workers).then(|| new.workers.clone()),
+        signing_keys: (old.signing_keys != new.signing_keys).then(|| new.signing_keys.clone()),
     }
 }
 
@@ -176,6 +200,7 @@ pub struct Updates<'a> {
     base_version: u64,
     reset: bool,
     workers: Option<&'a [WorkerEndpoint]>,
+    signing_keys: Option<&'a [SigningKey]>,
     removed_functions: &'a [FunctionKey],
     removed_tokens: &'a [String],
     functions: &'a [FunctionRoute],
@@ -191,6 +216,7 @@ pub fn delta(change: &Change) -> Updates<'_> {
         base_version: change.base_version,
         reset: false,
         workers: change.workers.as_deref(),
+        signing_keys: change.signing_keys.as_deref(),
         removed_functions: &change.removed_functions,
         removed_tokens: &change.removed_tokens,
         functions: &change.functions,
@@ -207,6 +233,7 @@ pub fn snapshot(table: &RoutingTable) -> Updates<'_> {
         base_version: 0,
         reset: true,
         workers: Some(&table.workers),
+        signing_keys: Some(&table.signing_keys),
         removed_functions: &[],
         removed_tokens: &[],
         functions: &table.functions,
@@ -250,6 +277,7 @@ impl Iterator for Updates<'_> {
             u.workers = self.workers.map(|w| WorkerSet {
                 workers: w.to_vec(),
             });
+            u.signing_keys = self.signing_keys.map(|k| KeySet { keys: k.to_vec() });
             size = u.encoded_len();
         }
         take(
@@ -310,6 +338,7 @@ mod tests {
             sha256: format!("sha-{id}"),
             org: "o".into(),
             role: "invoker".into(),
+            user_id: String::new(),
         }
     }
 
@@ -341,6 +370,7 @@ mod tests {
                 .collect(),
             tokens: (0..1000).map(|i| grant(&format!("t{i}"))).collect(),
             workers: vec![],
+            signing_keys: vec![],
         };
         let mut held = Assembled::default();
         let messages = apply_all(&mut held, snapshot(&v1));

@@ -57,6 +57,8 @@ pub struct ControlPlane {
     pub(crate) bad_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Uploads being received or unpacked, per org.
     pub(crate) uploads: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Signing in: the access-token signer and the sign-in backoff.
+    pub(crate) sign_in: crate::auth::SignIn,
 }
 
 /// The per-function promote locks, by (org, function).
@@ -87,9 +89,12 @@ impl From<StoreError> for ApiError {
                 let code = match entity {
                     Entity::Org => ErrorCode::OrgExists,
                     Entity::Function => ErrorCode::FunctionExists,
-                    Entity::Token | Entity::Deployment | Entity::Contract => {
-                        ErrorCode::InvalidInput
-                    }
+                    Entity::User => ErrorCode::UserExists,
+                    Entity::Token
+                    | Entity::Deployment
+                    | Entity::Contract
+                    | Entity::Session
+                    | Entity::SigningKey => ErrorCode::InvalidInput,
                 };
                 ApiError::new(code, e.to_string())
             }
@@ -140,7 +145,9 @@ impl ControlPlane {
             options.remote_workers.clone(),
             workers.clone(),
         );
+        let sign_in = crate::auth::SignIn::load(&*options.store, options.env.keyring()).await?;
         let cp = Arc::new(Self {
+            sign_in,
             routing: RoutingPublisher::new(options.store.clone(), workers.clone()),
             workers,
             config: options.config,

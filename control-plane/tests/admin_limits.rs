@@ -174,6 +174,9 @@ impl Store for Counting {
     async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError> {
         self.inner.bound_contracts().await
     }
+    fn accounts(&self) -> &dyn reactor_control_plane::store::Accounts {
+        self.inner.accounts()
+    }
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
         self.inner.next_routing_version().await
     }

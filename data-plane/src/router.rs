@@ -21,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
+use reactor_api::access;
 use reactor_api::calls::{self, CallContext, TraceParent};
 use reactor_api::config::CallsConfig;
 use reactor_api::error::request_id::RequestId;
@@ -1102,6 +1103,13 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
     let token = hdr(headers::AUTHORIZATION)
         .and_then(bearer)
         .ok_or_else(unauthorized)?;
+    if access::is_access_token(token) {
+        // A signed-in user: the signature from the table's keys, the role from the
+        // table's memberships (no call to the control plane).
+        let claims = access::verify(token, |kid| index.signing_key(kid), access::now_secs())
+            .map_err(|_| unauthorized())?;
+        return member_grant(index.memberships(&claims.sub), hdr(headers::ORG));
+    }
     let grant = index.grant(&token_hash(token)).ok_or_else(unauthorized)?;
     if let Some(org) = hdr(headers::ORG)
         && org != grant.org
@@ -1112,6 +1120,30 @@ fn authenticate(index: &RouteIndex, h: &HeaderMap) -> Result<crate::Grant, ApiEr
         ));
     }
     Ok(grant.clone())
+}
+
+/// A signed-in user's grant in the org `X-Reactor-Org` names, else in their only org.
+fn member_grant(members: &[crate::Grant], org: Option<&str>) -> Result<crate::Grant, ApiError> {
+    let found = match org {
+        Some(org) => members.iter().find(|g| g.org == org),
+        None if members.len() == 1 => members.first(),
+        None if members.is_empty() => None,
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "you are a member of several orgs: name one with X-Reactor-Org",
+            ));
+        }
+    };
+    found.cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            match org {
+                Some(org) => format!("you are not a member of org {org:?}"),
+                None => "you are not a member of any org".to_string(),
+            },
+        )
+    })
 }
 
 /// What reaches the function: no platform credentials, the caller as the router saw it,

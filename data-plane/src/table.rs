@@ -67,6 +67,10 @@ impl Policy {
 pub struct RouteIndex {
     pub version: u64,
     tokens: HashMap<String, Grant>,
+    /// Signed-in users' memberships: by user id, their role in each org.
+    members: HashMap<String, Vec<Grant>>,
+    /// The public keys that verify access tokens, by key id.
+    signing_keys: HashMap<String, Vec<u8>>,
     functions: HashMap<(String, String), FunctionEntry>,
     workers: HashMap<Runtime, Vec<WorkerRef>>,
     /// Compiled policies by their JSON, reused by the next version.
@@ -137,9 +141,26 @@ impl RouteIndex {
                 .clone()
         };
         let mut contracts = HashMap::new();
+        let mut members: HashMap<String, Vec<Grant>> = HashMap::new();
+        for m in table.tokens.iter().filter(|t| !t.user_id.is_empty()) {
+            if let Some(role) = Role::parse(&m.role) {
+                members.entry(m.user_id.clone()).or_default().push(Grant {
+                    token_id: m.token_id.clone(),
+                    org: m.org.clone(),
+                    role,
+                });
+            }
+        }
+        let signing_keys = table
+            .signing_keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.public_key.clone()))
+            .collect();
         let tokens = table
             .tokens
             .iter()
+            // A membership is no token: no bearer may match it.
+            .filter(|t| t.user_id.is_empty() && !t.sha256.is_empty())
             .filter_map(|t| {
                 let role = Role::parse(&t.role)?;
                 Some((
@@ -233,6 +254,8 @@ impl RouteIndex {
         Self {
             version: table.version,
             tokens,
+            members,
+            signing_keys,
             functions,
             workers,
             policies,
@@ -308,6 +331,17 @@ impl RouteIndex {
     /// The grant of the token whose SHA-256 is `sha256`.
     pub fn grant(&self, sha256: &str) -> Option<&Grant> {
         self.tokens.get(sha256)
+    }
+
+    /// The memberships of signed-in user `user_id` (none: not a member anywhere, or no
+    /// such user any more).
+    pub fn memberships(&self, user_id: &str) -> &[Grant] {
+        self.members.get(user_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The public key `kid` names.
+    pub fn signing_key(&self, kid: &str) -> Option<&[u8]> {
+        self.signing_keys.get(kid).map(Vec::as_slice)
     }
 
     pub fn function(&self, org: &str, name: &str) -> Option<&FunctionEntry> {

@@ -248,6 +248,9 @@ impl Assembled {
         if let Some(w) = u.workers {
             self.table.workers = w.workers;
         }
+        if let Some(k) = u.signing_keys {
+            self.table.signing_keys = k.keys;
+        }
     }
 }
 

@@ -204,9 +204,14 @@ pub async fn serve_with(
                         // Small streamed chunks (SSE) must not wait for Nagle.
                         let _ = tcp.set_nodelay(true);
                     });
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move { stop.stopped().await })
-                        .await?;
+                    // The peer's address reaches handlers as `ConnectInfo<SocketAddr>` (the
+                    // sign-in backoff per client address).
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { stop.stopped().await })
+                    .await?;
                     anyhow::Ok(())
                 })
             })

@@ -231,7 +231,7 @@ keys::section! {
         gc_retention_secs: u64 = 604_800, env "GC_RETENTION_SECS",
             doc "604800 (7 days): bundles and pinned env of deployments older than this that are neither live nor among their function's 5 newest ready ones are deleted; 0 keeps everything";
     }
-    sections { storage: StorageConfig, lambda: LambdaConfig, calls: CallsConfig }
+    sections { storage: StorageConfig, lambda: LambdaConfig, calls: CallsConfig, auth: AuthConfig }
 }
 
 keys::section! {
@@ -410,6 +410,22 @@ keys::section! {
             doc "1000: calls between functions of one org running at once (across routers with `functions.redis_url`), however a tree of calls branches; more get 429 `too_many_requests`";
         deadline_margin_ms: u64 = 10, env "DEADLINE_MARGIN_MS",
             doc "10: taken off the caller's remaining time at each hop; a call started with no more left gets 504 `deadline_exceeded`";
+    }
+}
+
+keys::section! {
+    /// `[functions.auth]`: users who sign in with an email and a password
+    /// (`POST /fn/v1/_admin/auth/token`); API tokens are unaffected.
+    #[derive(Debug)]
+    pub struct AuthConfig ("functions.auth", env "REACTOR_FUNCTIONS_AUTH_") {
+        access_token_ttl_secs: u64 = 900, env "ACCESS_TOKEN_TTL_SECS",
+            doc "900 (15 minutes, at least 60): an access token's lifetime; removing a member or deleting a user takes effect at once, a revoked sign-in when its access tokens expire";
+        refresh_token_ttl_secs: u64 = 2_592_000, env "REFRESH_TOKEN_TTL_SECS",
+            doc "2592000 (30 days): a refresh token's lifetime, renewed on every refresh";
+        failed_signins_per_account: u32 = 5, env "FAILED_SIGNINS_PER_ACCOUNT",
+            doc "5: failed sign-ins to one account before each further attempt waits (1 s, doubling to 5 minutes; 429 `too_many_requests` with `Retry-After`)";
+        failed_signins_per_address: u32 = 20, env "FAILED_SIGNINS_PER_ADDRESS",
+            doc "20: failed sign-ins from one client address, to any accounts, before the same backoff applies to the address";
     }
 }
 
@@ -877,7 +893,9 @@ mod tests {
                     || n.ends_with("_CONCURRENCY")
                     || n.ends_with("_INSTANCES")
                     || n.ends_with("_DEPTH")
-                    || n.ends_with("_INVOCATION") =>
+                    || n.ends_with("_INVOCATION")
+                    || n.ends_with("_ACCOUNT")
+                    || n.ends_with("_ADDRESS") =>
                 {
                     "7".into()
                 }
@@ -905,6 +923,9 @@ mod tests {
         assert_eq!(f.calls.max_depth, 7);
         assert_eq!(f.calls.max_calls_per_invocation, 7);
         assert_eq!(f.calls.deadline_margin_ms, 7);
+        assert_eq!(f.auth.access_token_ttl_secs, 7);
+        assert_eq!(f.auth.failed_signins_per_account, 7);
+        assert_eq!(f.auth.failed_signins_per_address, 7);
         assert_eq!(config.internal.token.as_deref(), Some("/set-from-env"));
         assert!(config.internal.tls);
         assert_eq!(config.internal.tls_dir, PathBuf::from("/set-from-env"));

@@ -1,5 +1,5 @@
-//! Identity: the bootstrap org and its admin token, authenticating admin requests, orgs
-//! and tokens.
+//! Identity: the bootstrap org and its admin token, authenticating admin requests (API
+//! tokens here, signed-in users' access tokens in `users`), orgs and tokens.
 
 use crate::auth::{self, Caller};
 use crate::service::{Bootstrap, ControlPlane, need, now, valid_function_name};
@@ -147,6 +147,9 @@ impl ControlPlane {
         let token = authorization
             .and_then(auth::bearer)
             .ok_or_else(unauthorized)?;
+        if reactor_api::access::is_access_token(token) {
+            return self.authenticate_access(token, org_header).await;
+        }
         // A token refused recently is refused again without a query: repeating a bad
         // token costs the store nothing. Valid tokens are not cached, so that a revoke
         // takes effect at once.
@@ -176,6 +179,7 @@ impl ControlPlane {
             role: record.role,
             token_id: record.id,
             platform,
+            user_id: None,
         })
     }
 

@@ -9,3 +9,4 @@ mod functions;
 mod identity;
 mod policies;
 mod release;
+mod users;

@@ -30,6 +30,9 @@ pub enum Entity {
     Function,
     Deployment,
     Contract,
+    User,
+    Session,
+    SigningKey,
 }
 
 impl Entity {
@@ -40,6 +43,9 @@ impl Entity {
             Entity::Function => "function",
             Entity::Deployment => "deployment",
             Entity::Contract => "contract",
+            Entity::User => "user",
+            Entity::Session => "session",
+            Entity::SigningKey => "signing key",
         }
     }
 }
@@ -271,6 +277,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every bound contract of every org (for the routing table).
     async fn bound_contracts(&self) -> Result<Vec<ContractRecord>, StoreError>;
 
+    /// Users, their memberships and sign-ins, and the keys that sign access tokens.
+    fn accounts(&self) -> &dyn Accounts;
+
     /// Increments and returns the routing table's version.
     async fn next_routing_version(&self) -> Result<u64, StoreError>;
     /// Every function with its live deployment, and every valid token.
@@ -283,4 +292,92 @@ pub trait Store: Send + Sync + 'static {
         ),
         StoreError,
     >;
+}
+
+/// A user who signs in with an email (stored lower case) and a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: String,
+}
+
+/// A user's role in an org.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user_id: String,
+    pub email: String,
+    pub org: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+/// A sign-in: the refresh token that renews its access tokens, as its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: String,
+    pub refresh_sha256: String,
+    pub created_at: String,
+    /// Seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// An Ed25519 key that signs access tokens: the public half in clear, the PKCS#8 sealed.
+#[derive(Clone, Debug)]
+pub struct SigningKeyRecord {
+    pub id: String,
+    pub public_key: Vec<u8>,
+    pub private: Sealed,
+    pub created_at: String,
+}
+
+#[async_trait]
+pub trait Accounts: Send + Sync + 'static {
+    /// `AlreadyExists` (entity `User`) when the email is taken.
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn get_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// By email.
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Deletes the user with their memberships and sign-ins; false when there is none.
+    async fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Adds the user to `org` with `role`, or changes their role there.
+    async fn set_member(
+        &self,
+        user_id: &str,
+        org: &str,
+        role: Role,
+        at: &str,
+    ) -> Result<(), StoreError>;
+    /// False when the user was not a member.
+    async fn remove_member(&self, user_id: &str, org: &str) -> Result<bool, StoreError>;
+    /// The members of `org`, by email.
+    async fn members(&self, org: &str) -> Result<Vec<MemberRecord>, StoreError>;
+    /// The orgs of a user, by org.
+    async fn memberships(&self, user_id: &str) -> Result<Vec<MemberRecord>, StoreError>;
+    /// Every membership (for the routing table).
+    async fn all_memberships(&self) -> Result<Vec<MemberRecord>, StoreError>;
+
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The sign-in whose refresh token hashes to `sha256`, unless revoked.
+    async fn session_by_refresh(&self, sha256: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Replaces the refresh token of a sign-in that still holds `old_sha256` (false when
+    /// another refresh got there first, or it was revoked).
+    async fn rotate_session(
+        &self,
+        id: &str,
+        old_sha256: &str,
+        new_sha256: &str,
+        expires_at: u64,
+    ) -> Result<bool, StoreError>;
+    /// False when there is no such sign-in left to revoke.
+    async fn revoke_session(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+
+    /// Oldest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
 }

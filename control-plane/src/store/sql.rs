@@ -37,6 +37,8 @@ pub struct SqlStore {
     dialect: Dialect,
 }
 
+mod accounts;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -649,6 +651,10 @@ impl Store for SqlStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    fn accounts(&self) -> &dyn super::Accounts {
+        self
     }
 
     async fn next_routing_version(&self) -> Result<u64, StoreError> {

@@ -4,8 +4,9 @@
 //! by default the local one with trust auth, dropped at the end).
 
 use super::{
-    ContractRecord, DeploymentRecord, Dialect, Entity, EnvRecord, EnvValue, FunctionRecord,
-    OrgRecord, SecretRow, SqlStore, Store, StoreError, TokenRecord,
+    Accounts, ContractRecord, DeploymentRecord, Dialect, Entity, EnvRecord, EnvValue,
+    FunctionRecord, MemberRecord, OrgRecord, SecretRow, SessionRecord, SigningKeyRecord, SqlStore,
+    Store, StoreError, TokenRecord, UserRecord,
 };
 use crate::secrets::Sealed;
 use reactor_api::Runtime;
@@ -61,6 +62,7 @@ store_suite! {
     deleting_a_function_removes_its_env_and_pinned_copies,
     collectable_deployments_spare_live_recent_and_rollback_targets,
     contracts_are_unique_bound_and_unbound_with_their_function,
+    users_memberships_and_sessions,
 }
 
 /// The PostgreSQL server the tests create their databases on.
@@ -835,4 +837,169 @@ async fn contracts_are_unique_bound_and_unbound_with_their_function(backend: &mu
             .await
             .expect("delete")
     );
+}
+
+/// Users: unique emails, memberships upserted and removed, sessions rotated only from
+/// their current refresh token, revoked, and everything of a deleted user gone.
+async fn users_memberships_and_sessions(backend: &mut Backend) {
+    let store: &dyn Store = &backend.store;
+    let accounts: &dyn Accounts = store.accounts();
+    org_with_functions(store, "usr-a", &[]).await;
+    org_with_functions(store, "usr-b", &[]).await;
+    let user = |id: &str, email: &str| UserRecord {
+        id: id.into(),
+        email: email.into(),
+        password_hash: "$argon2id$x".into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    accounts
+        .create_user(&user("u1", "ada@x.io"))
+        .await
+        .expect("create");
+    accounts
+        .create_user(&user("u2", "bob@x.io"))
+        .await
+        .expect("create");
+    assert!(matches!(
+        accounts.create_user(&user("u3", "ada@x.io")).await,
+        Err(StoreError::AlreadyExists {
+            entity: Entity::User,
+            ..
+        })
+    ));
+    assert_eq!(
+        accounts
+            .user_by_email("ada@x.io")
+            .await
+            .expect("get")
+            .map(|u| u.id),
+        Some("u1".into())
+    );
+    let at = "2026-01-02T00:00:00.000Z";
+    accounts
+        .set_member("u1", "usr-a", Role::Developer, at)
+        .await
+        .expect("member");
+    accounts
+        .set_member("u1", "usr-a", Role::Admin, at)
+        .await
+        .expect("role changed");
+    accounts
+        .set_member("u1", "usr-b", Role::Invoker, at)
+        .await
+        .expect("member");
+    accounts
+        .set_member("u2", "usr-a", Role::Invoker, at)
+        .await
+        .expect("member");
+    let roles = |ms: Vec<MemberRecord>| -> Vec<(String, String, Role)> {
+        ms.into_iter().map(|m| (m.email, m.org, m.role)).collect()
+    };
+    assert_eq!(
+        roles(accounts.memberships("u1").await.expect("of u1")),
+        [
+            ("ada@x.io".into(), "usr-a".into(), Role::Admin),
+            ("ada@x.io".into(), "usr-b".into(), Role::Invoker)
+        ]
+    );
+    assert_eq!(
+        roles(accounts.members("usr-a").await.expect("of usr-a")),
+        [
+            ("ada@x.io".into(), "usr-a".into(), Role::Admin),
+            ("bob@x.io".into(), "usr-a".into(), Role::Invoker)
+        ]
+    );
+    assert!(accounts.remove_member("u1", "usr-b").await.expect("remove"));
+    assert!(!accounts.remove_member("u1", "usr-b").await.expect("again"));
+    assert_eq!(accounts.all_memberships().await.expect("all").len(), 2);
+
+    let session = SessionRecord {
+        id: "s1".into(),
+        user_id: "u1".into(),
+        refresh_sha256: "r1".into(),
+        created_at: at.into(),
+        expires_at: 2_000_000_000,
+    };
+    accounts.insert_session(&session).await.expect("session");
+    assert_eq!(
+        accounts.session_by_refresh("r1").await.expect("by refresh"),
+        Some(session.clone())
+    );
+    assert!(
+        accounts
+            .rotate_session("s1", "r1", "r2", 2_000_000_100)
+            .await
+            .expect("rotate")
+    );
+    assert!(
+        !accounts
+            .rotate_session("s1", "r1", "r3", 2_000_000_100)
+            .await
+            .expect("spent")
+    );
+    assert_eq!(accounts.session_by_refresh("r1").await.expect("old"), None);
+    assert_eq!(
+        accounts
+            .session_by_refresh("r2")
+            .await
+            .expect("new")
+            .map(|s| s.expires_at),
+        Some(2_000_000_100)
+    );
+    assert!(accounts.revoke_session("s1", at).await.expect("revoke"));
+    assert!(!accounts.revoke_session("s1", at).await.expect("again"));
+    assert_eq!(
+        accounts.session_by_refresh("r2").await.expect("revoked"),
+        None
+    );
+    assert!(
+        !accounts
+            .rotate_session("s1", "r2", "r4", 1)
+            .await
+            .expect("revoked")
+    );
+
+    // Deleting a user takes their memberships and sessions with them.
+    accounts
+        .insert_session(&SessionRecord {
+            id: "s2".into(),
+            refresh_sha256: "q1".into(),
+            ..session
+        })
+        .await
+        .expect("session");
+    assert!(accounts.delete_user("u1").await.expect("delete"));
+    assert!(!accounts.delete_user("u1").await.expect("again"));
+    assert_eq!(accounts.session_by_refresh("q1").await.expect("gone"), None);
+    assert_eq!(
+        roles(accounts.all_memberships().await.expect("all")),
+        [("bob@x.io".into(), "usr-a".into(), Role::Invoker)]
+    );
+    assert_eq!(accounts.list_users().await.expect("list").len(), 1);
+
+    // Signing keys, oldest first.
+    for (id, created) in [
+        ("k2", "2026-01-02T00:00:00.000Z"),
+        ("k1", "2026-01-01T00:00:00.000Z"),
+    ] {
+        accounts
+            .insert_signing_key(&SigningKeyRecord {
+                id: id.into(),
+                public_key: vec![1; 32],
+                private: Sealed {
+                    key_id: "dk".into(),
+                    nonce: vec![0; 12],
+                    ciphertext: vec![9; 64],
+                },
+                created_at: created.into(),
+            })
+            .await
+            .expect("key");
+    }
+    let keys = accounts.signing_keys().await.expect("keys");
+    assert_eq!(
+        keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["k1", "k2"]
+    );
+    assert_eq!(keys[0].private.ciphertext, vec![9; 64]);
 }

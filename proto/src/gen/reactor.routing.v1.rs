@@ -29,6 +29,9 @@ pub struct RoutingUpdate {
     /// Every healthy worker, when they changed (always in a snapshot).
     #[prost(message, optional, tag = "9")]
     pub workers: ::core::option::Option<WorkerSet>,
+    /// Every key that signs access tokens, when they changed (always in a snapshot).
+    #[prost(message, optional, tag = "10")]
+    pub signing_keys: ::core::option::Option<KeySet>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FunctionKey {
@@ -41,6 +44,21 @@ pub struct FunctionKey {
 pub struct WorkerSet {
     #[prost(message, repeated, tag = "1")]
     pub workers: ::prost::alloc::vec::Vec<WorkerEndpoint>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KeySet {
+    #[prost(message, repeated, tag = "1")]
+    pub keys: ::prost::alloc::vec::Vec<SigningKey>,
+}
+/// A public key that verifies signed-in users' access tokens (EdDSA JWTs naming it as
+/// `kid`); the private half never leaves the control plane.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SigningKey {
+    #[prost(string, tag = "1")]
+    pub kid: ::prost::alloc::string::String,
+    /// The 32-byte Ed25519 public key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PushLogsRequest {
@@ -154,6 +172,8 @@ pub struct RoutingTable {
     /// Healthy workers, by runtime.
     #[prost(message, repeated, tag = "4")]
     pub workers: ::prost::alloc::vec::Vec<WorkerEndpoint>,
+    #[prost(message, repeated, tag = "5")]
+    pub signing_keys: ::prost::alloc::vec::Vec<SigningKey>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WorkerEndpoint {
@@ -234,7 +254,8 @@ pub struct LiveDeployment {
     #[prost(string, optional, tag = "13")]
     pub contract: ::core::option::Option<::prost::alloc::string::String>,
 }
-/// A valid API token: only its SHA-256, never the secret.
+/// A valid API token (only its SHA-256, never the secret), or a signed-in user's
+/// membership of an org (`user_id` set, `sha256` empty).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TokenGrant {
     #[prost(string, tag = "1")]
@@ -246,6 +267,9 @@ pub struct TokenGrant {
     /// admin, developer or invoker.
     #[prost(string, tag = "4")]
     pub role: ::prost::alloc::string::String,
+    /// The user (`usr_...`) whose access tokens act in `org` with `role`.
+    #[prost(string, tag = "5")]
+    pub user_id: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod routing_service_client {
