@@ -4,6 +4,7 @@
 # any directory:
 #   - the wasm32-wasip2 target (examples and test components are built for it)
 #   - Bun, pinned in package.json, from npm into node_modules/.bin/bun (the Bun runtime)
+#   - TypeScript for the JavaScript SDK, pinned in sdk/js/package.json (sdk/js/node_modules)
 #   - bubblewrap (Debian package), the sandbox Bun functions run in
 #   - for the tests only: moto's S3-compatible server (PyPI `moto[server]`) in a virtual
 #     environment, .venv at the repository root; the storage and scale-out tests start
@@ -230,6 +231,9 @@ main() {
   npm install --no-audit --no-fund --loglevel=error
   bun_version="$(./node_modules/.bin/bun --version)"
   echo "==> bun $bun_version at node_modules/.bin/bun"
+
+  echo "==> the JavaScript SDK's build tools (sdk/js: TypeScript, pinned in its package.json)"
+  npm install --prefix sdk/js --no-audit --no-fund --loglevel=error
 
   echo "==> bubblewrap (the Bun sandbox)"
   setup_bwrap

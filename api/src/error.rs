@@ -319,6 +319,12 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = self.to_body();
         let mut response = (status, axum::Json(body)).into_response();
+        // The platform refused or failed the request, as opposed to a function answering
+        // with an error status: clients (the SDK's `invoke`) tell the two apart by this.
+        response.headers_mut().insert(
+            crate::headers::ERROR,
+            HeaderValue::from_static(self.code.as_str()),
+        );
         // 429 and an open breaker say when to come back: what the error says
         // (`retry_after_secs`: the breaker's time left, a sign-in backoff), else a second.
         let retry_after = match self.code {

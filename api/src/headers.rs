@@ -5,6 +5,8 @@ pub const ORG: &str = "x-reactor-org";
 pub const FUNCTION: &str = "x-reactor-function";
 pub const COLD_START: &str = "x-reactor-cold-start";
 pub const DURATION_MS: &str = "x-reactor-duration-ms";
+/// On every error the platform answers (its code), never on a function's own answer.
+pub const ERROR: &str = "x-reactor-error";
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";

@@ -226,6 +226,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token: b.token.clone(),
         org: b.org.clone(),
     });
+    // Commands go to this server now, not to one signed in to earlier (`reactor login`).
+    if let Err(e) = crate::login::forget_current() {
+        tracing::warn!(error = %e, "could not update the sessions file");
+    }
     tracing::info!(%url, org = %b.org, "reactor dev listening: admin API and invoke on one port");
     println!("Reactor is running at {url} (embedded: SQLite and local files)");
     println!("State: {}", server.workdir.display());

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 const RENEW_MARGIN_SECS: u64 = 60;
 
 /// One server's sign-in.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
     pub email: String,
     pub org: Option<String>,
@@ -29,6 +29,16 @@ pub struct Session {
     /// Seconds since the Unix epoch.
     pub access_expires_at: u64,
     pub refresh_token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("email", &self.email)
+            .field("org", &self.org)
+            .field("access_expires_at", &self.access_expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -57,6 +67,16 @@ fn save(s: &Sessions) -> anyhow::Result<PathBuf> {
         path().context("no HOME, XDG_CONFIG_HOME or REACTOR_CREDENTIALS to keep sessions in")?;
     credentials::write_private(&path, &serde_json::to_string_pretty(s)?)?;
     Ok(path)
+}
+
+/// Makes no sign-in the current server (`reactor dev` does, as it writes the credentials
+/// file: commands then go to it, not to a server signed in to earlier).
+pub fn forget_current() -> anyhow::Result<()> {
+    let mut sessions = load();
+    if sessions.current.take().is_some() {
+        save(&sessions)?;
+    }
+    Ok(())
 }
 
 fn now() -> u64 {
@@ -192,12 +212,26 @@ pub async fn login(args: LoginArgs, output: Output) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let org = match args.org {
-        Some(org) if !granted.orgs.iter().any(|m| m.org == org) => {
-            bail!("{email} is not a member of org {org} on {url}");
+    let orgs: Vec<&str> = granted.orgs.iter().map(|m| m.org.as_str()).collect();
+    let picked = match args.org {
+        Some(org) if !orgs.contains(&org.as_str()) => {
+            Err(format!("{email} is not a member of org {org} on {url}"))
         }
-        Some(org) => Some(org),
-        None => granted.orgs.first().map(|m| m.org.clone()),
+        Some(org) => Ok(Some(org)),
+        // Several: the user says which, rather than the CLI guessing.
+        None if orgs.len() > 1 => Err(format!(
+            "{email} is a member of several orgs ({}): pick one with --org",
+            orgs.join(", ")
+        )),
+        None => Ok(orgs.first().map(|o| o.to_string())),
+    };
+    let org = match picked {
+        Ok(org) => org,
+        Err(message) => {
+            // The sign-in just made is ended, not left behind.
+            revoke(&url, &granted.refresh_token).await;
+            bail!(message);
+        }
     };
     let mut sessions = load();
     sessions.servers.insert(
@@ -264,15 +298,7 @@ pub async fn logout(args: LogoutArgs, output: Output) -> anyhow::Result<()> {
     }
     save(&sessions)?;
     // Ended on the server too; a server that cannot be reached is said, not fatal.
-    let ended = reqwest::Client::new()
-        .post(format!("{url}/fn/v1/_admin/auth/revoke"))
-        .json(&RevokeRefresh {
-            refresh_token: session.refresh_token,
-        })
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false);
+    let ended = revoke(&url, &session.refresh_token).await;
     if output == Output::Json {
         println!(
             "{}",
@@ -287,6 +313,19 @@ pub async fn logout(args: LogoutArgs, output: Output) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Ends the sign-in of `refresh_token` on the server at `url`; false when it could not be
+/// told.
+async fn revoke(url: &str, refresh_token: &str) -> bool {
+    reqwest::Client::new()
+        .post(format!("{url}/fn/v1/_admin/auth/revoke"))
+        .json(&RevokeRefresh {
+            refresh_token: refresh_token.to_string(),
+        })
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 fn admin(path: &str) -> String {

@@ -87,8 +87,10 @@ struct Strikes {
 }
 
 /// Failed sign-ins by key (an account, a client address): after `free` failures each
-/// further one makes the key wait, 1 s doubling up to 5 minutes, whether or not the next
-/// attempt would be right. In memory, per control plane.
+/// further attempt makes the key wait, 1 s doubling up to 5 minutes, whether or not it
+/// would be right. An attempt counts as a failure from the moment it is admitted (so
+/// guesses sent at once are counted before any is checked) until it succeeds. In memory,
+/// per control plane.
 #[derive(Default)]
 pub struct Throttle {
     keys: std::sync::Mutex<HashMap<String, Strikes>>,
@@ -106,20 +108,24 @@ impl Throttle {
         until.checked_duration_since(Instant::now())
     }
 
-    /// Counts a failure of `key`; past `free` failures (0: never) it waits.
-    pub fn fail(&self, key: &str, free: u32) {
+    /// Admits an attempt of `key`, counted as a failure until [`Throttle::forgive`] or
+    /// [`Throttle::clear`]; past `free` failures (0: never) the key waits. `Err`: how long
+    /// it must still wait (nothing counted).
+    pub fn admit(&self, key: &str, free: u32) -> Result<(), Duration> {
         if free == 0 {
-            return;
+            return Ok(());
         }
         let now = Instant::now();
         let mut keys = self.lock();
+        if let Some(wait) = keys
+            .get(key)
+            .and_then(|s| s.blocked_until)
+            .and_then(|until| until.checked_duration_since(now))
+        {
+            return Err(wait);
+        }
         if keys.len() >= MAX_KEYS && !keys.contains_key(key) {
-            keys.retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
-            if keys.len() >= MAX_KEYS {
-                // Full of live entries: forgetting them all is what bounds the memory.
-                tracing::warn!(keys = keys.len(), "sign-in throttle full: forgetting it");
-                keys.clear();
-            }
+            evict(&mut keys, now);
         }
         let s = keys.entry(key.to_string()).or_insert(Strikes {
             failures: 0,
@@ -136,12 +142,38 @@ impl Throttle {
             let wait = Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF);
             s.blocked_until = Some(now + wait);
         }
+        Ok(())
     }
 
-    /// Forgets `key`'s failures (a successful sign-in).
+    /// Takes back one admitted attempt that did not fail (or was not tried).
+    pub fn forgive(&self, key: &str) {
+        if let Some(s) = self.lock().get_mut(key) {
+            s.failures = s.failures.saturating_sub(1);
+        }
+    }
+
+    /// Forgets `key`'s failures (a successful sign-in to an account).
     pub fn clear(&self, key: &str) {
         self.lock().remove(key);
     }
+}
+
+/// Makes room in a full throttle: expired keys go, then the tenth least recently failed,
+/// so a flood of new keys cannot wipe out a key under attack.
+fn evict(keys: &mut HashMap<String, Strikes>, now: Instant) {
+    keys.retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
+    if keys.len() < MAX_KEYS {
+        return;
+    }
+    let mut lasts: Vec<Instant> = keys.values().map(|s| s.last).collect();
+    let cut = lasts.len() / 10;
+    let (_, oldest_kept, _) = lasts.select_nth_unstable(cut);
+    let oldest_kept = *oldest_kept;
+    keys.retain(|_, s| s.last >= oldest_kept);
+    tracing::warn!(
+        keys = keys.len(),
+        "sign-in throttle full: forgot the least recent tenth"
+    );
 }
 
 /// What signing in needs: the access-token signer, the backoff, a bound on password
@@ -151,12 +183,21 @@ pub struct SignIn {
     pub signer: Arc<Signer>,
     pub throttle: Throttle,
     pub hashing: tokio::sync::Semaphore,
+    /// Requests waiting for a hashing slot (bounded: see `HASHING_QUEUE`).
+    pub hashing_waiting: std::sync::atomic::AtomicUsize,
     pub decoy_hash: String,
+    /// Every signing key's public half by id, as last read from the store, and when.
+    pub keys: std::sync::Mutex<KnownKeys>,
 }
+
+/// Public signing keys by id, and when they were read.
+pub type KnownKeys = (Vec<(String, Vec<u8>)>, Option<Instant>);
 
 /// Password checks and hashes running at once, each about 19 MiB and tens of
 /// milliseconds of one core.
 const HASHING_SLOTS: usize = 2;
+/// Requests that may wait for a slot; more are refused with 429 at once.
+pub const HASHING_QUEUE: usize = 32;
 
 /// Where the signing key's PKCS#8 is sealed: `_platform` is no org name (names start with
 /// a letter), so no secret of a function can be mistaken for it.
@@ -206,7 +247,9 @@ impl SignIn {
             signer: Arc::new(signer),
             throttle: Throttle::default(),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
+            hashing_waiting: Default::default(),
             decoy_hash,
+            keys: Default::default(),
         })
     }
 }
@@ -238,30 +281,52 @@ mod tests {
     }
 
     #[test]
-    fn the_throttle_lets_free_failures_through_then_doubles_the_wait() {
+    fn the_throttle_counts_attempts_as_admitted_then_doubles_the_wait() {
         let t = Throttle::default();
         for _ in 0..3 {
-            t.fail("a", 3);
-            assert_eq!(t.wait("a"), None);
+            assert_eq!(t.admit("a", 3), Ok(()));
         }
-        t.fail("a", 3);
-        let first = t.wait("a").expect("waits after the 4th failure");
-        assert!(first <= Duration::from_secs(1) && first > Duration::from_millis(900));
-        t.fail("a", 3);
-        let second = t.wait("a").expect("waits");
-        assert!(second > Duration::from_millis(1900), "{second:?}");
-        assert_eq!(t.wait("b"), None, "keys are apart");
-        t.clear("a");
         assert_eq!(t.wait("a"), None);
+        // The 4th attempt is admitted, and blocks the next ones even before it is checked.
+        assert_eq!(t.admit("a", 3), Ok(()));
+        let first = t.admit("a", 3).expect_err("waits");
+        assert!(first <= Duration::from_secs(1) && first > Duration::from_millis(900));
+        assert_eq!(t.wait("b"), None, "keys are apart");
+        // Forgiven attempts do not count.
+        for _ in 0..10 {
+            assert_eq!(t.admit("b", 3), Ok(()));
+            t.forgive("b");
+        }
+        assert_eq!(t.wait("b"), None);
+        t.clear("a");
+        assert_eq!(t.admit("a", 3), Ok(()));
         // 0 turns it off.
         for _ in 0..10 {
-            t.fail("c", 0);
+            assert_eq!(t.admit("c", 0), Ok(()));
         }
-        assert_eq!(t.wait("c"), None);
-        // The wait is bounded.
+        // The wait is bounded and doubles.
+        let t = Throttle::default();
+        let mut waits = Vec::new();
         for _ in 0..40 {
-            t.fail("d", 1);
+            if let Some(w) = t.wait("d") {
+                waits.push(w);
+                t.lock().get_mut("d").expect("d").blocked_until = None;
+            }
+            let _ = t.admit("d", 1);
         }
-        assert!(t.wait("d").expect("waits") <= MAX_BACKOFF);
+        assert!(waits.iter().all(|w| *w <= MAX_BACKOFF));
+        assert!(waits[1] > waits[0], "{waits:?}");
+    }
+
+    #[test]
+    fn a_full_throttle_keeps_its_most_recent_keys() {
+        let t = Throttle::default();
+        assert_eq!(t.admit("victim", 1), Ok(()));
+        assert_eq!(t.admit("victim", 1), Ok(()));
+        for i in 0..MAX_KEYS {
+            let _ = t.admit(&format!("flood{i}"), 5);
+        }
+        // The victim failed first: the eviction took it, but never all keys at once.
+        assert!(t.lock().len() >= MAX_KEYS * 8 / 10);
     }
 }

@@ -437,8 +437,24 @@ async fn failed_sign_ins_back_off_and_refresh_tokens_rotate_and_can_be_revoked()
         "a spent refresh token: {v}"
     );
 
-    // Revoked: the refresh token no longer works.
-    let current = second["refresh_token"].as_str().expect("refresh");
+    // Presenting a spent token again means someone holds a copy: the whole sign-in ended,
+    // its current refresh token and (on the admin API) its access token with it.
+    let (status, _, v) = grant(
+        &s,
+        json!({"grant_type": "refresh_token", "refresh_token": second["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&v)),
+        (401, "unauthorized"),
+        "reuse ends the sign-in: {v}"
+    );
+    let (status, v) = list_functions(&s, &second).await;
+    assert_eq!((status, code(&v)), (401, "unauthorized"), "{v}");
+
+    // Revoked: the refresh token no longer works, nor its access token on the admin API.
+    let third = sign_in(&s, "ada@example.com", ADA_PASSWORD).await;
+    let current = third["refresh_token"].as_str().expect("refresh");
     let revoked = s
         .http
         .post(format!("{}/fn/v1/_admin/auth/revoke", s.url))
@@ -457,6 +473,8 @@ async fn failed_sign_ins_back_off_and_refresh_tokens_rotate_and_can_be_revoked()
         (401, "unauthorized"),
         "a revoked refresh token: {v}"
     );
+    let (status, v) = list_functions(&s, &third).await;
+    assert_eq!((status, code(&v)), (401, "unauthorized"), "{v}");
 
     // One address guessing at many accounts is slowed too: five failures so far (four on
     // ada, one unknown user), three more allowed, then it waits.

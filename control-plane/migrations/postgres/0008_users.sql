@@ -17,11 +17,15 @@ CREATE TABLE sessions (
     id              TEXT PRIMARY KEY,
     user_id         TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     refresh_sha256  TEXT NOT NULL UNIQUE,
+    -- The refresh token this one replaced: presented again, it was stolen or leaked, and
+    -- the sign-in ends.
+    previous_sha256 TEXT,
     created_at      TEXT NOT NULL,
     expires_at      BIGINT NOT NULL,
     revoked_at      TEXT
 );
 CREATE INDEX sessions_by_user ON sessions (user_id);
+CREATE INDEX sessions_by_previous ON sessions (previous_sha256);
 CREATE TABLE signing_keys (
     id          TEXT PRIMARY KEY,
     public_key  BYTEA NOT NULL,

@@ -93,12 +93,18 @@ impl ControlPlane {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _slot = self
-            .sign_in
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal("shutting down"))?;
+        use std::sync::atomic::Ordering;
+        let waiting = &self.sign_in.hashing_waiting;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= auth::HASHING_QUEUE {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many sign-ins at once: try again in a second",
+            ));
+        }
+        let slot = self.sign_in.hashing.acquire().await;
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        let _slot = slot.map_err(|_| ApiError::internal("shutting down"))?;
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
@@ -245,23 +251,24 @@ impl ControlPlane {
         }
     }
 
-    fn throttled(&self, keys: &[(String, u32)]) -> Result<(), ApiError> {
-        let wait = keys
-            .iter()
-            .filter(|(_, free)| *free > 0)
-            .filter_map(|(key, _)| self.sign_in.throttle.wait(key))
-            .max();
-        match wait {
-            None => Ok(()),
-            Some(wait) => {
+    /// Admits a sign-in attempt under every key (counted as failed until it succeeds), or
+    /// refuses it, counting nothing, when a key must wait.
+    fn admit(&self, keys: &[(String, u32)]) -> Result<(), ApiError> {
+        let throttle = &self.sign_in.throttle;
+        for (i, (key, free)) in keys.iter().enumerate() {
+            if let Err(wait) = throttle.admit(key, *free) {
+                for (admitted, _) in &keys[..i] {
+                    throttle.forgive(admitted);
+                }
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                Err(ApiError::new(
+                return Err(ApiError::new(
                     ErrorCode::TooManyRequests,
                     format!("too many failed sign-ins: try again in {secs} s"),
                 )
-                .with_detail("retry_after_secs", secs))
+                .with_detail("retry_after_secs", secs));
             }
         }
+        Ok(())
     }
 
     async fn password_grant(
@@ -277,30 +284,48 @@ impl ControlPlane {
         if let Some(ip) = client {
             keys.push((format!("addr:{ip}"), auth.failed_signins_per_address));
         }
-        // Refused before the password is looked at: a throttled key learns nothing.
-        self.throttled(&keys)?;
-        let user = self.store.accounts().user_by_email(&email).await?;
+        // Counted before the password is looked at, so that guesses sent at once are
+        // throttled too; a throttled key learns nothing.
+        self.admit(&keys)?;
+        let forgive = || {
+            for (key, _) in &keys {
+                self.sign_in.throttle.forgive(key);
+            }
+        };
+        let user = match self.store.accounts().user_by_email(&email).await {
+            Ok(user) => user,
+            Err(e) => {
+                forgive();
+                return Err(e.into());
+            }
+        };
         let hash = user.as_ref().map_or_else(
             || self.sign_in.decoy_hash.clone(),
             |u| u.password_hash.clone(),
         );
         let given = password.to_string();
-        let matches = self.hashing(move || verify_password(&given, &hash)).await?;
-        let Some(user) = user.filter(|_| matches) else {
-            for (key, free) in &keys {
-                self.sign_in.throttle.fail(key, *free);
+        let matches = match self.hashing(move || verify_password(&given, &hash)).await {
+            Ok(m) => m,
+            Err(e) => {
+                forgive();
+                return Err(e);
             }
+        };
+        let Some(user) = user.filter(|_| matches) else {
             tracing::info!(email, client = ?client, "failed sign-in");
             return Err(wrong_credentials());
         };
         self.sign_in.throttle.clear(&keys[0].0);
+        for (key, _) in &keys[1..] {
+            self.sign_in.throttle.forgive(key);
+        }
         let refresh = auth::generate_refresh_token();
         let session = SessionRecord {
             id: format!("ses_{}", ulid::Ulid::new()),
             user_id: user.id.clone(),
             refresh_sha256: auth::token_hash(&refresh),
             created_at: now(),
-            expires_at: access::now_secs() + self.config.auth.refresh_token_ttl_secs,
+            expires_at: access::now_secs().saturating_add(self.config.auth.refresh_token_ttl_secs),
         };
         self.store.accounts().insert_session(&session).await?;
         tracing::info!(user = user.id, session = session.id, "signed in");
@@ -310,17 +335,29 @@ impl ControlPlane {
     async fn refresh_grant(&self, refresh: &str) -> Result<TokenGranted, ApiError> {
         let accounts = self.store.accounts();
         let old = auth::token_hash(refresh);
-        let session = accounts
-            .session_by_refresh(&old)
-            .await?
-            .filter(|s| s.expires_at > access::now_secs())
-            .ok_or_else(bad_refresh)?;
+        let Some(session) = accounts.session_by_refresh(&old).await? else {
+            // A refresh token already spent, presented again: someone else holds a copy.
+            // The sign-in ends for both (RFC 9700, 4.14.2).
+            if let Some(stolen) = accounts.session_by_previous(&old).await?
+                && accounts.revoke_session(&stolen.id, &now()).await?
+            {
+                tracing::warn!(
+                    session = stolen.id,
+                    user = stolen.user_id,
+                    "a spent refresh token was presented again: sign-in ended"
+                );
+            }
+            return Err(bad_refresh());
+        };
+        if session.expires_at <= access::now_secs() {
+            return Err(bad_refresh());
+        }
         let user = accounts
             .get_user(&session.user_id)
             .await?
             .ok_or_else(bad_refresh)?;
         let next = auth::generate_refresh_token();
-        let expires_at = access::now_secs() + self.config.auth.refresh_token_ttl_secs;
+        let expires_at = access::now_secs().saturating_add(self.config.auth.refresh_token_ttl_secs);
         // Only one of two refreshes racing with the same token gets through.
         if !accounts
             .rotate_session(&session.id, &old, &auth::token_hash(&next), expires_at)
@@ -374,6 +411,29 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Every signing key's public half, read from the store at most every 10 s (a token
+    /// naming an unknown key costs no query each time).
+    async fn signing_keys(&self) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        const KEYS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+        {
+            let cached = self.sign_in.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if cached.1.is_some_and(|at| at.elapsed() < KEYS_REFRESH) {
+                return Ok(cached.0.clone());
+            }
+        }
+        let keys: Vec<(String, Vec<u8>)> = self
+            .store
+            .accounts()
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|k| (k.id, k.public_key))
+            .collect();
+        *self.sign_in.keys.lock().unwrap_or_else(|p| p.into_inner()) =
+            (keys.clone(), Some(std::time::Instant::now()));
+        Ok(keys)
+    }
+
     /// The caller an access token names, in `org_header`'s org (or the user's only one).
     pub(crate) async fn authenticate_access(
         &self,
@@ -392,13 +452,13 @@ impl ControlPlane {
             Ok(c) => c,
             // Signed by another control plane's key (they share the database).
             Err(access::AccessError::UnknownKey) => {
-                let keys = self.store.accounts().signing_keys().await?;
+                let keys = self.signing_keys().await?;
                 access::verify(
                     token,
                     |kid| {
                         keys.iter()
-                            .find(|k| k.id == kid)
-                            .map(|k| k.public_key.as_slice())
+                            .find(|(id, _)| id == kid)
+                            .map(|(_, key)| key.as_slice())
                     },
                     access::now_secs(),
                 )
@@ -409,6 +469,10 @@ impl ControlPlane {
                 return Err(unauthorized());
             }
         };
+        // Routers cannot know a sign-in was ended; the admin API can, and refuses it.
+        if !self.store.accounts().session_active(&claims.sid).await? {
+            return Err(unauthorized());
+        }
         let member = pick_org(
             self.store.accounts().memberships(&claims.sub).await?,
             org_header,

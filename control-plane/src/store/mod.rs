@@ -295,13 +295,22 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// A user who signs in with an email (stored lower case) and a password.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub id: String,
     pub email: String,
     /// The argon2id PHC string.
     pub password_hash: String,
     pub created_at: String,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A user's role in an org.
@@ -376,6 +385,10 @@ pub trait Accounts: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// False when there is no such sign-in left to revoke.
     async fn revoke_session(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+    /// The sign-in whose refresh token was rotated away from `sha256` (revoked or not).
+    async fn session_by_previous(&self, sha256: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Whether the sign-in exists and is not revoked.
+    async fn session_active(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Oldest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;

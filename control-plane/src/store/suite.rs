@@ -931,6 +931,15 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
             .await
             .expect("rotate")
     );
+    assert_eq!(
+        accounts
+            .session_by_previous("r1")
+            .await
+            .expect("by previous")
+            .map(|s| s.id),
+        Some("s1".into())
+    );
+    assert!(accounts.session_active("s1").await.expect("active"));
     assert!(
         !accounts
             .rotate_session("s1", "r1", "r3", 2_000_000_100)
@@ -952,6 +961,8 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
         accounts.session_by_refresh("r2").await.expect("revoked"),
         None
     );
+    assert!(!accounts.session_active("s1").await.expect("revoked"));
+    assert!(!accounts.session_active("nope").await.expect("unknown"));
     assert!(
         !accounts
             .rotate_session("s1", "r2", "r4", 1)

@@ -209,7 +209,7 @@ impl Accounts for SqlStore {
         expires_at: u64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(self.sql(
-            "UPDATE sessions SET refresh_sha256 = ?, expires_at = ? \
+            "UPDATE sessions SET refresh_sha256 = ?, previous_sha256 = refresh_sha256, expires_at = ? \
              WHERE id = ? AND refresh_sha256 = ? AND revoked_at IS NULL",
         ))
         .bind(new_sha256)
@@ -232,6 +232,27 @@ impl Accounts for SqlStore {
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn session_by_previous(&self, sha256: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(self.sql(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE previous_sha256 = ?"
+        )))
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(session_row).transpose()
+    }
+
+    async fn session_active(&self, id: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query(self.sql("SELECT id FROM sessions WHERE id = ? AND revoked_at IS NULL"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(row.is_some())
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
