@@ -5,7 +5,9 @@ pub const ORG: &str = "x-reactor-org";
 pub const FUNCTION: &str = "x-reactor-function";
 pub const COLD_START: &str = "x-reactor-cold-start";
 pub const DURATION_MS: &str = "x-reactor-duration-ms";
-/// On every error the platform answers (its code), never on a function's own answer.
+/// On every error the platform answers (its code). A function may send it too (passing on
+/// the refusal of a call it made, say): it tells a client the platform's error shape is in
+/// the body, not that the router itself refused.
 pub const ERROR: &str = "x-reactor-error";
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";

@@ -62,6 +62,28 @@ pub fn load() -> Sessions {
         .unwrap_or_default()
 }
 
+/// The sessions file's lock (an advisory lock on `sessions.lock` beside it), held while a
+/// sign-in is read, renewed and written: two commands renewing at once would otherwise
+/// both spend the same refresh token, and one of them lose the sign-in.
+fn lock() -> anyhow::Result<std::fs::File> {
+    let path = path()
+        .context("no HOME, XDG_CONFIG_HOME or REACTOR_CREDENTIALS to keep sessions in")?
+        .with_file_name("sessions.lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 fn save(s: &Sessions) -> anyhow::Result<PathBuf> {
     let path =
         path().context("no HOME, XDG_CONFIG_HOME or REACTOR_CREDENTIALS to keep sessions in")?;
@@ -72,6 +94,10 @@ fn save(s: &Sessions) -> anyhow::Result<PathBuf> {
 /// Makes no sign-in the current server (`reactor dev` does, as it writes the credentials
 /// file: commands then go to it, not to a server signed in to earlier).
 pub fn forget_current() -> anyhow::Result<()> {
+    if load().current.is_none() {
+        return Ok(());
+    }
+    let _lock = lock()?;
     let mut sessions = load();
     if sessions.current.take().is_some() {
         save(&sessions)?;
@@ -110,6 +136,11 @@ async fn post_token(
 /// expire (the renewal is saved). None: not signed in there.
 pub async fn token_for(url: &str) -> anyhow::Result<Option<(String, Option<String>)>> {
     let url = normalize_url(url);
+    if !load().servers.contains_key(&url) {
+        return Ok(None);
+    }
+    // Read again under the lock: another command may have renewed it meanwhile.
+    let _lock = lock()?;
     let mut sessions = load();
     let Some(session) = sessions.servers.get(&url).cloned() else {
         return Ok(None);
@@ -233,6 +264,7 @@ pub async fn login(args: LoginArgs, output: Output) -> anyhow::Result<()> {
             bail!(message);
         }
     };
+    let _lock = lock()?;
     let mut sessions = load();
     sessions.servers.insert(
         url.clone(),
@@ -282,6 +314,7 @@ pub struct LogoutArgs {
 }
 
 pub async fn logout(args: LogoutArgs, output: Output) -> anyhow::Result<()> {
+    let lock = lock()?;
     let mut sessions = load();
     let Some(url) = args
         .url
@@ -297,6 +330,7 @@ pub async fn logout(args: LogoutArgs, output: Output) -> anyhow::Result<()> {
         sessions.current = None;
     }
     save(&sessions)?;
+    drop(lock);
     // Ended on the server too; a server that cannot be reached is said, not fatal.
     let ended = revoke(&url, &session.refresh_token).await;
     if output == Output::Json {

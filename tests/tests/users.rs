@@ -377,6 +377,9 @@ async fn failed_sign_ins_back_off_and_refresh_tokens_rotate_and_can_be_revoked()
     let s = Server::start_with(&[
         ("REACTOR_FUNCTIONS_AUTH_FAILED_SIGNINS_PER_ACCOUNT", "3"),
         ("REACTOR_FUNCTIONS_AUTH_FAILED_SIGNINS_PER_ADDRESS", "8"),
+        // A spent refresh token presented again ends the sign-in at once (no grace for
+        // racing refreshes).
+        ("REACTOR_FUNCTIONS_AUTH_REFRESH_REUSE_GRACE_SECS", "0"),
     ]);
     create_user(&s, "ada@example.com", ADA_PASSWORD).await;
     add_member(&s, "acme", "ada@example.com", "admin").await;

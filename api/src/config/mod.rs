@@ -422,6 +422,8 @@ keys::section! {
             doc "900 (15 minutes, at least 60): an access token's lifetime; removing a member or deleting a user takes effect at once, a revoked sign-in when its access tokens expire";
         refresh_token_ttl_secs: u64 = 2_592_000, env "REFRESH_TOKEN_TTL_SECS",
             doc "2592000 (30 days): a refresh token's lifetime, renewed on every refresh";
+        refresh_reuse_grace_secs: u64 = 30, env "REFRESH_REUSE_GRACE_SECS",
+            doc "30: a refresh token spent this recently and presented again is refused (two refreshes racing); later, the whole sign-in ends (the token was copied)";
         failed_signins_per_account: u32 = 5, env "FAILED_SIGNINS_PER_ACCOUNT",
             doc "5: failed sign-ins to one account before each further attempt waits (1 s, doubling to 5 minutes; 429 `too_many_requests` with `Retry-After`)";
         failed_signins_per_address: u32 = 20, env "FAILED_SIGNINS_PER_ADDRESS",
@@ -926,6 +928,7 @@ mod tests {
         assert_eq!(f.auth.access_token_ttl_secs, 7);
         assert_eq!(f.auth.failed_signins_per_account, 7);
         assert_eq!(f.auth.failed_signins_per_address, 7);
+        assert_eq!(f.auth.refresh_reuse_grace_secs, 7);
         assert_eq!(config.internal.token.as_deref(), Some("/set-from-env"));
         assert!(config.internal.tls);
         assert_eq!(config.internal.tls_dir, PathBuf::from("/set-from-env"));

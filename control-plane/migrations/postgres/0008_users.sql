@@ -20,6 +20,8 @@ CREATE TABLE sessions (
     -- The refresh token this one replaced: presented again, it was stolen or leaked, and
     -- the sign-in ends.
     previous_sha256 TEXT,
+    -- When the refresh token was last replaced (seconds since the epoch).
+    rotated_at      BIGINT,
     created_at      TEXT NOT NULL,
     expires_at      BIGINT NOT NULL,
     revoked_at      TEXT

@@ -93,17 +93,26 @@ impl ControlPlane {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        use std::sync::atomic::Ordering;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Counts a waiting request until it stops waiting, however it stops (a client
+        /// that goes away drops the future mid-wait).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         let waiting = &self.sign_in.hashing_waiting;
-        if waiting.fetch_add(1, Ordering::AcqRel) >= auth::HASHING_QUEUE {
-            waiting.fetch_sub(1, Ordering::AcqRel);
+        let ahead = waiting.fetch_add(1, Ordering::AcqRel);
+        let queued = Waiting(waiting);
+        if ahead >= auth::HASHING_QUEUE {
             return Err(ApiError::new(
                 ErrorCode::TooManyRequests,
                 "too many sign-ins at once: try again in a second",
             ));
         }
         let slot = self.sign_in.hashing.acquire().await;
-        waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(queued);
         let _slot = slot.map_err(|_| ApiError::internal("shutting down"))?;
         tokio::task::spawn_blocking(work)
             .await
@@ -326,6 +335,7 @@ impl ControlPlane {
             refresh_sha256: auth::token_hash(&refresh),
             created_at: now(),
             expires_at: access::now_secs().saturating_add(self.config.auth.refresh_token_ttl_secs),
+            rotated_at: None,
         };
         self.store.accounts().insert_session(&session).await?;
         tracing::info!(user = user.id, session = session.id, "signed in");
@@ -337,8 +347,13 @@ impl ControlPlane {
         let old = auth::token_hash(refresh);
         let Some(session) = accounts.session_by_refresh(&old).await? else {
             // A refresh token already spent, presented again: someone else holds a copy.
-            // The sign-in ends for both (RFC 9700, 4.14.2).
+            // The sign-in ends for both (RFC 9700, 4.14.2); unless it was spent moments
+            // ago, which is two refreshes racing (or a retry after a lost answer), not theft.
             if let Some(stolen) = accounts.session_by_previous(&old).await?
+                && stolen.rotated_at.is_none_or(|at| {
+                    access::now_secs().saturating_sub(at)
+                        >= self.config.auth.refresh_reuse_grace_secs
+                })
                 && accounts.revoke_session(&stolen.id, &now()).await?
             {
                 tracing::warn!(
@@ -360,7 +375,13 @@ impl ControlPlane {
         let expires_at = access::now_secs().saturating_add(self.config.auth.refresh_token_ttl_secs);
         // Only one of two refreshes racing with the same token gets through.
         if !accounts
-            .rotate_session(&session.id, &old, &auth::token_hash(&next), expires_at)
+            .rotate_session(
+                &session.id,
+                &old,
+                &auth::token_hash(&next),
+                expires_at,
+                access::now_secs(),
+            )
             .await?
         {
             return Err(bad_refresh());
@@ -401,10 +422,13 @@ impl ControlPlane {
     /// tokens expire on their own. An unknown token is no error (nothing to end).
     pub async fn revoke_refresh(&self, refresh_token: &str) -> Result<(), ApiError> {
         let accounts = self.store.accounts();
-        if let Some(session) = accounts
-            .session_by_refresh(&auth::token_hash(refresh_token))
-            .await?
-        {
+        let hash = auth::token_hash(refresh_token);
+        // The token just spent by a refresh racing this sign-out ends its sign-in too.
+        let session = match accounts.session_by_refresh(&hash).await? {
+            Some(s) => Some(s),
+            None => accounts.session_by_previous(&hash).await?,
+        };
+        if let Some(session) = session {
             accounts.revoke_session(&session.id, &now()).await?;
             tracing::info!(session = session.id, "signed out");
         }

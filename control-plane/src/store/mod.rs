@@ -332,6 +332,8 @@ pub struct SessionRecord {
     pub created_at: String,
     /// Seconds since the Unix epoch.
     pub expires_at: u64,
+    /// When its refresh token was last replaced (seconds since the epoch); none: never.
+    pub rotated_at: Option<u64>,
 }
 
 /// An Ed25519 key that signs access tokens: the public half in clear, the PKCS#8 sealed.
@@ -382,6 +384,7 @@ pub trait Accounts: Send + Sync + 'static {
         old_sha256: &str,
         new_sha256: &str,
         expires_at: u64,
+        at: u64,
     ) -> Result<bool, StoreError>;
     /// False when there is no such sign-in left to revoke.
     async fn revoke_session(&self, id: &str, at: &str) -> Result<bool, StoreError>;

@@ -919,6 +919,7 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
         refresh_sha256: "r1".into(),
         created_at: at.into(),
         expires_at: 2_000_000_000,
+        rotated_at: None,
     };
     accounts.insert_session(&session).await.expect("session");
     assert_eq!(
@@ -927,7 +928,7 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
     );
     assert!(
         accounts
-            .rotate_session("s1", "r1", "r2", 2_000_000_100)
+            .rotate_session("s1", "r1", "r2", 2_000_000_100, 1_999_999_000)
             .await
             .expect("rotate")
     );
@@ -942,7 +943,7 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
     assert!(accounts.session_active("s1").await.expect("active"));
     assert!(
         !accounts
-            .rotate_session("s1", "r1", "r3", 2_000_000_100)
+            .rotate_session("s1", "r1", "r3", 2_000_000_100, 1_999_999_000)
             .await
             .expect("spent")
     );
@@ -952,8 +953,8 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
             .session_by_refresh("r2")
             .await
             .expect("new")
-            .map(|s| s.expires_at),
-        Some(2_000_000_100)
+            .map(|s| (s.expires_at, s.rotated_at)),
+        Some((2_000_000_100, Some(1_999_999_000)))
     );
     assert!(accounts.revoke_session("s1", at).await.expect("revoke"));
     assert!(!accounts.revoke_session("s1", at).await.expect("again"));
@@ -965,7 +966,7 @@ async fn users_memberships_and_sessions(backend: &mut Backend) {
     assert!(!accounts.session_active("nope").await.expect("unknown"));
     assert!(
         !accounts
-            .rotate_session("s1", "r2", "r4", 1)
+            .rotate_session("s1", "r2", "r4", 1, 1)
             .await
             .expect("revoked")
     );

@@ -54,6 +54,8 @@ export interface Session {
   refreshToken: string;
   /** Milliseconds since the epoch. */
   expiresAt: number;
+  /** The access token's lifetime, in milliseconds. */
+  lifetimeMs: number;
 }
 
 export interface FunctionInfo {
@@ -126,8 +128,10 @@ export interface InvokeOptions extends RequestInit {
   path?: string;
 }
 
-/** Renew an access token this long before it expires. */
+/** Renew an access token this long before it expires (at most half its lifetime). */
 const RENEW_MARGIN_MS = 60_000;
+
+const inspect = Symbol.for("nodejs.util.inspect.custom");
 
 interface TokenGranted {
   access_token: string;
@@ -191,21 +195,55 @@ export class Http {
       accessToken: g.access_token,
       refreshToken: g.refresh_token,
       expiresAt: Date.now() + g.expires_in * 1000,
+      lifetimeMs: g.expires_in * 1000,
     };
     this.token = g.access_token;
     return this.session;
   }
 
-  /** Renews the access token when it is about to expire (one renewal at a time). */
-  private async fresh(): Promise<void> {
+  /** Renews the access token now, one renewal at a time; a refused renewal (the sign-in
+   * ended) forgets the sign-in. */
+  renew(): Promise<void> {
     const s = this.session;
-    if (!s || s.expiresAt - Date.now() > RENEW_MARGIN_MS) return;
+    if (!s) return Promise.resolve();
     this.renewing ??= this.grant({ grant_type: "refresh_token", refresh_token: s.refreshToken })
-      .then(() => undefined)
+      .then(
+        () => undefined,
+        (e: unknown) => {
+          if (e instanceof ReactorError && e.status === 401 && this.session === s) {
+            this.session = undefined;
+            this.token = undefined;
+          }
+          throw e;
+        },
+      )
       .finally(() => {
         this.renewing = undefined;
       });
-    await this.renewing;
+    return this.renewing;
+  }
+
+  /** Waits for a renewal under way, if any. */
+  async settled(): Promise<void> {
+    await this.renewing?.catch(() => undefined);
+  }
+
+  /** Renews the access token when it is about to expire. */
+  private async fresh(): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    const margin = Math.min(RENEW_MARGIN_MS, s.lifetimeMs / 2);
+    if (s.expiresAt - Date.now() > margin) return;
+    await this.renew();
+  }
+
+  /** Never prints the tokens (`console.log(client)`, `JSON.stringify`). */
+  toJSON(): Record<string, unknown> {
+    return { url: this.url, org: this.org, signedIn: this.session?.user.email ?? null };
+  }
+
+  [inspect](): string {
+    return `Http ${JSON.stringify(this.toJSON())}`;
   }
 
   /** A request with the credentials and org; the raw response. */
@@ -269,13 +307,17 @@ export class Auth {
 
   /** Renews the access token now (a new refresh token replaces the old one). */
   async refreshSession(): Promise<Session> {
+    if (!this.http.session) throw new ReactorError("unauthorized", 401, "not signed in");
+    await this.http.renew();
     const s = this.http.session;
-    if (!s) throw new ReactorError("unauthorized", 401, "not signed in");
-    return this.http.grant({ grant_type: "refresh_token", refresh_token: s.refreshToken });
+    if (!s) throw new ReactorError("unauthorized", 401, "the sign-in ended");
+    return s;
   }
 
   /** Ends the sign-in on the server and forgets it here. */
   async signOut(): Promise<void> {
+    // A renewal under way would bring the sign-in back, with a token not yet revoked.
+    await this.http.settled();
     const s = this.http.session;
     this.http.session = undefined;
     this.http.token = undefined;
@@ -431,7 +473,7 @@ export class Functions {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
-        buffer += value;
+        buffer += value.replace(/\r\n?/g, "\n");
         let end: number;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
           const event = buffer.slice(0, end);

@@ -7,7 +7,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { lstat, readFile, readdir } from "node:fs/promises";
+import { lstat, readFile, readdir, readlink, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 
@@ -88,10 +88,11 @@ export async function select(dir: string): Promise<{ files: [string, string][]; 
   const output = manifest?.build?.output;
   if (output) {
     const entry = (manifest?.entrypoint ?? output).replace(/^\.\//, "");
-    try {
-      await lstat(join(dir, output));
-    } catch {
-      throw new Error(`the build output ${join(dir, output)} does not exist: run the manifest's build first`);
+    const built = await stat(join(dir, output)).catch(() => undefined);
+    if (!built?.isFile()) {
+      throw new Error(
+        `the build output ${join(dir, output)} does not exist: run the manifest's build first`,
+      );
     }
     return {
       files: [
@@ -109,10 +110,11 @@ export async function select(dir: string): Promise<{ files: [string, string][]; 
     for (const e of entries) {
       const path = rel ? `${rel}/${e.name}` : e.name;
       const disk = join(abs, e.name);
+      if (e.name === ".git") continue;
       if (e.isDirectory()) {
-        if (e.name === ".git" || ignored(rules, path, true)) continue;
+        if (ignored(rules, path, true)) continue;
         await walk(disk, path);
-      } else if (e.isFile()) {
+      } else if (e.isFile() || e.isSymbolicLink()) {
         if (ignored(rules, path, false)) continue;
         if (e.name === ".env" || e.name.startsWith(".env.")) {
           leftOut.push(path);
@@ -120,7 +122,8 @@ export async function select(dir: string): Promise<{ files: [string, string][]; 
         }
         files.push([disk, path]);
       }
-      // Symbolic links and special files are not packed.
+      // Symbolic links are packed as links (the server checks where they point), as the
+      // CLI does; special files are not packed.
     }
   }
   await walk(dir, "");
@@ -132,14 +135,19 @@ function octal(value: number, width: number): string {
   return value.toString(8).padStart(width - 1, "0") + "\0";
 }
 
-/** One ustar header; names over 100 bytes use the 155-byte prefix field. */
-function header(name: string, size: number, mode: number): Buffer {
+/** One ustar header (`type` "0" a file, "2" a symbolic link to `link`); names over 100
+ * bytes use the 155-byte prefix field. */
+function header(name: string, size: number, mode: number, type = "0", link = ""): Buffer {
   const h = Buffer.alloc(512);
   let prefix = "";
   let base = name;
   if (Buffer.byteLength(name) > 100) {
     const cut = name.lastIndexOf("/", 155);
-    if (cut <= 0 || Buffer.byteLength(name.slice(cut + 1)) > 100) {
+    if (
+      cut <= 0 ||
+      Buffer.byteLength(name.slice(0, cut)) > 155 ||
+      Buffer.byteLength(name.slice(cut + 1)) > 100
+    ) {
       throw new Error(`path too long for a bundle: ${name}`);
     }
     prefix = name.slice(0, cut);
@@ -152,7 +160,11 @@ function header(name: string, size: number, mode: number): Buffer {
   h.write(octal(size, 12), 124, "ascii");
   h.write(octal(Math.floor(Date.now() / 1000), 12), 136, "ascii");
   h.write("        ", 148, "ascii");
-  h.write("0", 156, "ascii");
+  h.write(type, 156, "ascii");
+  if (Buffer.byteLength(link) > 100) {
+    throw new Error(`link target too long for a bundle: ${name} -> ${link}`);
+  }
+  h.write(link, 157, 100, "utf8");
   h.write("ustar\0", 257, "ascii");
   h.write("00", 263, "ascii");
   h.write(prefix, 345, 155, "utf8");
@@ -167,8 +179,13 @@ export async function pack(dir: string): Promise<Packed> {
   const { files, leftOut } = await select(dir);
   const parts: Buffer[] = [];
   for (const [disk, name] of files) {
+    const info = await lstat(disk);
+    if (info.isSymbolicLink()) {
+      parts.push(header(name, 0, 0o777, "2", await readlink(disk)));
+      continue;
+    }
     const data = await readFile(disk);
-    const mode = ((await lstat(disk)).mode & 0o111) !== 0 ? 0o755 : 0o644;
+    const mode = (info.mode & 0o111) !== 0 ? 0o755 : 0o644;
     parts.push(header(name, data.length, mode), data);
     const pad = (512 - (data.length % 512)) % 512;
     if (pad) parts.push(Buffer.alloc(pad));

@@ -5,7 +5,8 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, mkdir, writeFile } from "node:fs/promises";
+import { mkdtemp, mkdir, symlink, writeFile } from "node:fs/promises";
+import { inspect } from "node:util";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient, ReactorError, pack } from "../dist/index.js";
@@ -155,6 +156,10 @@ test("logs are an async iterator over the SSE stream", async () => {
 
 test("access tokens are renewed before they expire; sign-out revokes", async () => {
   const session = reactor.auth.getSession();
+  // Printing the client never shows its tokens.
+  for (const shown of [inspect(reactor, { depth: 5 }), JSON.stringify(reactor)]) {
+    assert.ok(!shown.includes(session.accessToken) && !shown.includes(session.refreshToken), shown);
+  }
   const before = session.refreshToken;
   // About to expire: the next call renews first.
   session.expiresAt = Date.now() + 1000;
@@ -189,8 +194,9 @@ test("deploy packs like the CLI: .reactorignore, no .git, no env files", async (
   await writeFile(join(dir, ".env"), "SECRET=1");
   await writeFile(join(dir, ".env.local"), "SECRET=1");
   await writeFile(join(dir, ".reactorignore"), "# comment\nnotes/\n*.log\n");
+  await symlink("index.ts", join(dir, "code", "main.ts"));
   const packed = await pack(dir);
-  assert.deepEqual(packed.files, [".reactorignore", "code/index.ts"]);
+  assert.deepEqual(packed.files, [".reactorignore", "code/index.ts", "code/main.ts"]);
   assert.deepEqual(packed.leftOut.sort(), [".env", ".env.local"]);
   assert.match(packed.sha256, /^[0-9a-f]{64}$/);
 });

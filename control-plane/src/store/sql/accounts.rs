@@ -39,12 +39,16 @@ fn session_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         refresh_sha256: row.try_get("refresh_sha256").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
         expires_at: expires.max(0) as u64,
+        rotated_at: row
+            .try_get::<Option<i64>, _>("rotated_at")
+            .map_err(db)?
+            .map(|at| at.max(0) as u64),
     })
 }
 
 const USER_COLUMNS: &str = "id, email, password_hash, created_at";
 const MEMBER_SELECT: &str = "SELECT m.user_id, u.email, m.org, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id";
-const SESSION_COLUMNS: &str = "id, user_id, refresh_sha256, created_at, expires_at";
+const SESSION_COLUMNS: &str = "id, user_id, refresh_sha256, created_at, expires_at, rotated_at";
 
 #[async_trait]
 impl Accounts for SqlStore {
@@ -207,13 +211,15 @@ impl Accounts for SqlStore {
         old_sha256: &str,
         new_sha256: &str,
         expires_at: u64,
+        at: u64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(self.sql(
-            "UPDATE sessions SET refresh_sha256 = ?, previous_sha256 = refresh_sha256, expires_at = ? \
+            "UPDATE sessions SET refresh_sha256 = ?, previous_sha256 = refresh_sha256, expires_at = ?, rotated_at = ? \
              WHERE id = ? AND refresh_sha256 = ? AND revoked_at IS NULL",
         ))
         .bind(new_sha256)
         .bind(expires_at as i64)
+        .bind(at as i64)
         .bind(id)
         .bind(old_sha256)
         .execute(&self.pool)
