@@ -147,11 +147,12 @@ impl From<RoleArg> for Role {
     }
 }
 
-fn admin(path: &str) -> String {
+/// The admin API path of `path` (`/functions` → `/fn/v1/_admin/functions`).
+pub(crate) fn admin(path: &str) -> String {
     format!("/fn/v1/_admin{path}")
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 use crate::Output;
 use crate::client::Client;
+use crate::commands::{admin, print_json};
 use anyhow::{Context, bail};
 use reactor_api::config::ReactorConfig;
 use reactor_api::model::{EnvVarInfo, SetEnv};
@@ -64,10 +65,6 @@ pub enum DataKeyCommand {
         #[arg(long)]
         workdir: Option<PathBuf>,
     },
-}
-
-fn admin(path: &str) -> String {
-    format!("/fn/v1/_admin{path}")
 }
 
 /// A value from stdin (one trailing newline dropped) or a hidden prompt.
@@ -378,11 +375,6 @@ pub async fn data_key(cmd: DataKeyCommand, output: crate::Output) -> anyhow::Res
             }
         }
     }
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 use crate::Output;
 use crate::client::{Client, api_error};
+use crate::commands::{admin, print_json};
 use crate::credentials;
 use anyhow::{Context, bail};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -362,17 +363,8 @@ async fn revoke(url: &str, refresh_token: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-fn admin(path: &str) -> String {
-    format!("/fn/v1/_admin{path}")
-}
-
 fn segment(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
-}
-
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 #[derive(clap::Subcommand, Debug)]
