@@ -8,7 +8,8 @@
 #   - bubblewrap (Debian package), the sandbox Bun functions run in
 #   - for the tests only: moto's S3-compatible server (PyPI `moto[server]`) in a virtual
 #     environment, .venv at the repository root; the storage and scale-out tests start
-#     .venv/bin/python -m moto.server (PostgreSQL and Redis must be running: README)
+#     .venv/bin/python -m moto.server (PostgreSQL and Redis must be running: README); and
+#     schemathesis (PyPI), the API fuzzer of scripts/fuzz-api.sh, in the same .venv
 #   - the `reactor` binary, installed into ~/.cargo/bin (a release build)
 #
 # Sourcing it (tests: scripts/test-setup.sh) defines the functions and runs nothing.
@@ -17,6 +18,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Pinned: 5.2.1 answered CompleteMultipartUpload with the wrong XML root (moto #10055).
 MOTO_VERSION=5.2.5
+# The API fuzzer CI runs over the OpenAPI document (scripts/fuzz-api.sh).
+SCHEMATHESIS_VERSION=4.32.5
 RUSTUP_INSTALL="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
 VENV_HINT="python3 -m venv is not available; install it with: sudo apt-get install -y python3-venv"
 
@@ -26,10 +29,11 @@ Usage: scripts/setup.sh [--no-install] [--no-test-tools] [--help]
 
 Installs what Reactor needs to build, run and test (idempotent, runs from any directory):
 the wasm32-wasip2 target, Bun (npm, pinned in package.json), bubblewrap (apt-get), moto
-in .venv for the S3 tests, and the reactor binary into ~/.cargo/bin.
+in .venv for the S3 tests, schemathesis in .venv for the API fuzzer, and the reactor
+binary into ~/.cargo/bin.
 
   --no-install      do not build and install the reactor binary (CI uses this)
-  --no-test-tools   do not install the test-only tools (moto)
+  --no-test-tools   do not install the test-only tools (moto, schemathesis)
   --help            print this help
 EOF
 }
@@ -167,6 +171,37 @@ setup_moto() {
   echo "==> moto $MOTO_SUMMARY"
 }
 
+SCHEMATHESIS_SUMMARY=""
+
+# The schemathesis version installed in the virtual environment $1, or nothing.
+schemathesis_venv_version() {
+  [[ -x "$1/bin/python" ]] || return 0
+  "$1/bin/python" -c 'from importlib.metadata import version; print(version("schemathesis"))' 2>/dev/null || true
+}
+
+# Installs schemathesis $SCHEMATHESIS_VERSION into the virtual environment $1 that
+# setup_moto made; when there is none (moto was skipped), says so and returns 0.
+setup_schemathesis() {
+  local venv="${1:-$REPO_ROOT/.venv}" version
+  version="$(schemathesis_venv_version "$venv")"
+  if [[ "$version" != "$SCHEMATHESIS_VERSION" ]]; then
+    if ! venv_usable "$venv"; then
+      echo "==> skipping schemathesis (only scripts/fuzz-api.sh needs it): no usable $venv"
+      SCHEMATHESIS_SUMMARY="skipped (no usable ${venv#"$REPO_ROOT"/})"
+      return 0
+    fi
+    echo "==> schemathesis $SCHEMATHESIS_VERSION into ${venv#"$REPO_ROOT"/} (the API fuzzer, PyPI)"
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "schemathesis==$SCHEMATHESIS_VERSION"; then
+      echo "setup.sh: pip could not install schemathesis==$SCHEMATHESIS_VERSION into $venv" >&2
+      return 1
+    fi
+    version="$(schemathesis_venv_version "$venv")"
+  fi
+  SCHEMATHESIS_SUMMARY="$version at ${venv#"$REPO_ROOT"/}/bin/schemathesis"
+  echo "==> schemathesis $SCHEMATHESIS_SUMMARY"
+}
+
 BWRAP_SUMMARY=""
 
 # Installs bubblewrap with apt-get when bwrap is missing. Never fails the script: without
@@ -240,8 +275,10 @@ main() {
 
   if ((test_tools)); then
     setup_moto "$REPO_ROOT/.venv"
+    setup_schemathesis "$REPO_ROOT/.venv"
   else
     MOTO_SUMMARY="skipped (--no-test-tools)"
+    SCHEMATHESIS_SUMMARY="skipped (--no-test-tools)"
   fi
 
   cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
@@ -268,6 +305,7 @@ main() {
   echo "    bun:        $bun_version at $REPO_ROOT/node_modules/.bin/bun"
   echo "    bubblewrap: $BWRAP_SUMMARY"
   echo "    moto:       $MOTO_SUMMARY"
+  echo "    schemathesis: $SCHEMATHESIS_SUMMARY"
   echo "    reactor:    $reactor_summary"
   if [[ -n "$path_hint" ]]; then
     echo "==> $cargo_bin is not on PATH; to run reactor, put this line in ~/.bashrc or ~/.profile (and run it in this shell):"

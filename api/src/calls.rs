@@ -474,7 +474,7 @@ pub fn count_call(started: u32, max: u32) -> Result<u32, CallError> {
 /// `depth` functions in its deepest chain that repeats none (1: it calls nothing), `path`
 /// their names, the function first; `cycle` when a chain can come back to a function
 /// already in it (the calls may then recurse until `functions.calls.max_depth`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CallGraph {
     pub depth: u32,
     pub path: Vec<String>,

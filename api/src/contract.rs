@@ -128,7 +128,7 @@ impl fmt::Display for ContractName {
 }
 
 /// `POST /fn/v1/_admin/contracts`: a named contract (immutable once created).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContract {
     /// `NAME@VERSION`.
@@ -145,7 +145,7 @@ pub struct CreateContract {
 }
 
 /// A named contract as the admin API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContractInfo {
     pub name: String,
     pub org: String,
@@ -163,7 +163,7 @@ pub struct ContractInfo {
 }
 
 /// `PUT /fn/v1/_admin/contracts/{name}/binding`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindContract {
     pub function: String,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Unauthorized,
@@ -241,6 +241,24 @@ pub mod request_id {
     }
 }
 
+/// The body of every platform error; the response also names the code in
+/// `X-Reactor-Error`. (`ApiError::to_body` writes it.)
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// A platform error: its code, a message for people, and details for programs.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    pub code: ErrorCode,
+    pub message: String,
+    /// What the code's documentation says it carries (`retry_after_secs`, `pool_limit`,
+    /// JSON pointers of `invalid_input`, ...), and `request_id`.
+    #[schema(value_type = Object)]
+    pub details: Map<String, Value>,
+}
+
 /// A platform error as the public API returns it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
@@ -279,13 +297,14 @@ impl ApiError {
                 .entry("request_id".to_string())
                 .or_insert(Value::String(id));
         }
-        serde_json::json!({
-            "error": {
-                "code": self.code.as_str(),
-                "message": self.message,
-                "details": details,
-            }
+        serde_json::to_value(ErrorBody {
+            error: ErrorObject {
+                code: self.code,
+                message: self.message.clone(),
+                details,
+            },
         })
+        .unwrap_or(Value::Null)
     }
 
     /// Parses an error body produced by [`ApiError::to_body`] (used by clients).

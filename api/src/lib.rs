@@ -17,6 +17,7 @@ pub mod invoke;
 pub mod logs;
 pub mod manifest;
 pub mod model;
+pub mod openapi;
 pub mod pool;
 pub mod roles;
 pub mod runtime;

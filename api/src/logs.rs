@@ -15,7 +15,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// What marks a message cut at [`MAX_MESSAGE_BYTES`].
 pub const TRUNCATED_MARK: &str = "…[truncated]";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {
     /// A line the function wrote to stdout.
@@ -46,7 +46,7 @@ impl fmt::Display for LogKind {
 }
 
 /// One log entry of one function.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// When it happened: RFC 3339 UTC with milliseconds, e.g. `2026-11-30T21:10:35.123Z`.
     pub ts: String,

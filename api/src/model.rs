@@ -3,7 +3,7 @@
 use crate::Runtime;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -40,7 +40,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentStatus {
     Materializing,
@@ -67,22 +67,23 @@ impl DeploymentStatus {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateFunction {
     pub name: String,
     pub runtime: Runtime,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionInfo {
     pub name: String,
     pub org: String,
     pub runtime: Runtime,
+    #[schema(required)]
     pub live_deployment_id: Option<String>,
     pub created_at: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentInfo {
     pub id: String,
     pub function: String,
@@ -91,6 +92,7 @@ pub struct DeploymentInfo {
     pub size_bytes: u64,
     pub created_at: String,
     #[serde(default)]
+    #[schema(required)]
     pub live: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -103,7 +105,7 @@ pub struct DeploymentInfo {
     pub call_graph: Option<crate::calls::CallGraph>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PromoteRequest {
     #[serde(default)]
     pub deployment_id: Option<String>,
@@ -113,52 +115,54 @@ pub struct PromoteRequest {
     pub force: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackRequest {
     pub to_deployment_id: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateOrg {
     pub name: String,
 }
 
 /// An org just created, with the admin token that manages it (shown once).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgCreated {
     pub name: String,
     pub created_at: String,
     pub admin_token: TokenCreated,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateToken {
     pub role: Role,
     #[serde(default)]
     pub name: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub org: String,
     pub role: Role,
+    #[schema(required)]
     pub name: Option<String>,
     pub created_at: String,
 }
 
 /// A token just created: the secret appears here and nowhere else, ever.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub id: String,
     pub org: String,
     pub role: Role,
+    #[schema(required)]
     pub name: Option<String>,
     pub token: String,
 }
 
 /// `PUT .../functions/{name}/env/{KEY}`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetEnv {
     pub value: String,
@@ -177,7 +181,7 @@ impl std::fmt::Debug for SetEnv {
 }
 
 /// One env key of a function as the admin API shows it: a secret's value never.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvVarInfo {
     pub key: String,
     pub secret: bool,

@@ -13,7 +13,7 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MAX_EMAIL_BYTES: usize = 254;
 
 /// `POST /fn/v1/_admin/users`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub email: String,
@@ -30,14 +30,14 @@ impl std::fmt::Debug for CreateUser {
 }
 
 /// A user's role in one org.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Membership {
     pub org: String,
     pub role: Role,
 }
 
 /// A user as the admin API shows one (never the password or its hash).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub id: String,
     pub email: String,
@@ -46,13 +46,13 @@ pub struct UserInfo {
 }
 
 /// `PUT /fn/v1/_admin/orgs/{org}/members/{email}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetMember {
     pub role: Role,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberInfo {
     pub user_id: String,
     pub email: String,
@@ -62,7 +62,7 @@ pub struct MemberInfo {
 }
 
 /// `POST /fn/v1/_admin/auth/token`, by `grant_type`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "grant_type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenRequest {
     /// Signs in: a new sign-in with its refresh token.
@@ -85,14 +85,14 @@ impl std::fmt::Debug for TokenRequest {
 }
 
 /// The signed-in user, as the token endpoint names them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserRef {
     pub id: String,
     pub email: String,
 }
 
 /// The token endpoint's answer (the shape of OAuth 2's, plus who signed in).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenGranted {
     /// `Authorization: Bearer <access_token>` on the admin and invoke APIs.
     pub access_token: String,
@@ -119,7 +119,7 @@ impl std::fmt::Debug for TokenGranted {
 }
 
 /// `POST /fn/v1/_admin/auth/revoke`: ends the sign-in of a refresh token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRefresh {
     pub refresh_token: String,

@@ -270,7 +270,8 @@ fn sweep(by_org: &mut HashMap<String, HashMap<String, Ring>>, cutoff: SystemTime
 }
 
 /// The query of the logs endpoint.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Keep the stream open for new entries after the history (default true).
     pub follow: Option<bool>,

@@ -185,7 +185,7 @@ const NON_BOOL_FUNCTIONS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 
 /// A function's invoke policy, as stored and sent as JSON.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// What happens when no rule matches.
@@ -197,7 +197,9 @@ pub struct Policy {
 }
 
 /// Allow or deny.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     #[default]
@@ -206,7 +208,7 @@ pub enum Effect {
 }
 
 /// One rule: its conditions (all must match; an absent one matches everything) and its effect.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// 1 to 64 characters of `[A-Za-z0-9_.-]`, unique in the policy (`default` is reserved).
@@ -238,7 +240,7 @@ pub struct Rule {
 }
 
 /// UTC hours `from <= hour < to`, 0 to 24; wraps midnight when `from > to` (22 to 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hours {
     pub from: u8,

@@ -1,9 +1,10 @@
 //! The JavaScript SDK (`sdk/js`, `@reactor/client`) against the real `reactor dev`: its
 //! own tests (`node --test`, `sdk/js/test/sdk.test.mjs`) run the seed's SDK quickstart and
 //! how-tos as the seed writes them, a stream read chunk by chunk, typed errors, logs,
-//! renewal and sign-out. This test builds the SDK with its pinned TypeScript (installed
-//! by `scripts/setup.sh`, else here), starts the server, makes the signed-in user, and
-//! runs them.
+//! renewal and sign-out. This test starts the server, checks that the SDK's generated
+//! types (`sdk/js/src/api.ts`) are what the server's OpenAPI document generates, builds
+//! the SDK with its pinned TypeScript (installed by `scripts/setup.sh`, else here), makes
+//! the signed-in user, and runs them.
 
 use reactor_tests::*;
 use serde_json::json;
@@ -36,6 +37,17 @@ async fn the_sdk_runs_the_seed_quickstart_and_how_tos() {
             "npm ci in sdk/js",
         );
     }
+    let s = Server::start();
+    // The SDK's types are generated from the document the server serves: they match it.
+    let checked = run(
+        Command::new("node")
+            .arg("scripts/api-types.mjs")
+            .arg(format!("{}/fn/v1/_admin/openapi.json", s.url))
+            .arg("--check")
+            .current_dir(&sdk),
+        "checking sdk/js/src/api.ts against the server's OpenAPI document",
+    );
+    assert!(checked.contains("matches the document"), "{checked}");
     run(
         Command::new(sdk.join("node_modules/.bin/tsc"))
             .args(["-p", "."])
@@ -43,7 +55,6 @@ async fn the_sdk_runs_the_seed_quickstart_and_how_tos() {
         "building the SDK (tsc)",
     );
 
-    let s = Server::start();
     let created = s
         .request(reqwest::Method::POST, "/fn/v1/_admin/users")
         .json(&json!({"email": EMAIL, "password": PASSWORD}))

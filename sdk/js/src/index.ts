@@ -23,8 +23,30 @@ import { pack } from "./pack.js";
 export { ReactorError } from "./errors.js";
 export { pack } from "./pack.js";
 
-export type Runtime = "wasm" | "bun" | "lambda";
-export type Role = "admin" | "developer" | "invoker";
+import type {
+  CreateFunction,
+  CreateUser,
+  DeploymentInfo,
+  EnvVarInfo,
+  FunctionInfo,
+  LogEntry,
+  MemberInfo,
+  Membership,
+  OrgCreated,
+  Policy as InvokePolicy,
+  Role,
+  SetEnv,
+  TokenGranted,
+  TokenRequest,
+  UserInfo,
+  UserRef,
+} from "./api.js";
+
+/** The API's JSON shapes, generated from the server's OpenAPI document (`src/api.ts`). */
+export type * from "./api.js";
+
+/** The signed-in user. */
+export type User = UserRef;
 
 export interface ClientOptions {
   /** The server, e.g. `http://127.0.0.1:8080`. */
@@ -37,15 +59,7 @@ export interface ClientOptions {
   fetch?: typeof fetch;
 }
 
-export interface Membership {
-  org: string;
-  role: Role;
-}
 
-export interface User {
-  id: string;
-  email: string;
-}
 
 export interface Session {
   user: User;
@@ -58,61 +72,11 @@ export interface Session {
   lifetimeMs: number;
 }
 
-export interface FunctionInfo {
-  name: string;
-  org: string;
-  runtime: Runtime;
-  live_deployment_id: string | null;
-  created_at: string;
-}
 
-export interface DeploymentInfo {
-  id: string;
-  function: string;
-  status: "materializing" | "ready" | "failed";
-  sha256: string;
-  size_bytes: number;
-  created_at: string;
-  live: boolean;
-  error?: string;
-  entrypoint: string;
-  timeout_ms: number;
-  memory_mb: number;
-  [more: string]: unknown;
-}
 
-export interface EnvVarInfo {
-  key: string;
-  secret: boolean;
-  value?: string;
-  updated_at: string;
-}
 
-export interface LogEntry {
-  ts: string;
-  org: string;
-  function: string;
-  deployment_id?: string;
-  kind: "output" | "invocation" | "event" | "crash" | string;
-  message: string;
-  request_id?: string;
-  status?: number;
-  duration_ms?: number;
-  cold_start?: boolean;
-}
 
-export interface UserInfo extends User {
-  created_at: string;
-  orgs: Membership[];
-}
 
-export interface MemberInfo {
-  user_id: string;
-  email: string;
-  org: string;
-  role: Role;
-  created_at: string;
-}
 
 export interface DeployOptions {
   /** The function directory, packed as the CLI packs it. */
@@ -133,13 +97,6 @@ const RENEW_MARGIN_MS = 60_000;
 
 const inspect = Symbol.for("nodejs.util.inspect.custom");
 
-interface TokenGranted {
-  access_token: string;
-  expires_in: number;
-  refresh_token: string;
-  user: User;
-  orgs: Membership[];
-}
 
 const seg = (s: string) => encodeURIComponent(s);
 
@@ -181,7 +138,7 @@ export class Http {
     readonly fetch: typeof globalThis.fetch,
   ) {}
 
-  async grant(body: Record<string, string>): Promise<Session> {
+  async grant(body: TokenRequest): Promise<Session> {
     const res = await this.fetch(`${this.url}/fn/v1/_admin/auth/token`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -334,15 +291,15 @@ export class Auth {
 export class Functions {
   readonly deployments: Deployments;
   readonly env: Env;
-  readonly policy: Policy;
+  readonly policy: Policies;
 
   constructor(private readonly http: Http) {
     this.deployments = new Deployments(http);
     this.env = new Env(http);
-    this.policy = new Policy(http);
+    this.policy = new Policies(http);
   }
 
-  create(fn: { name: string; runtime: Runtime }): Promise<FunctionInfo> {
+  create(fn: CreateFunction): Promise<FunctionInfo> {
     return this.http.json("POST", "/functions", fn);
   }
 
@@ -511,7 +468,7 @@ export class Env {
   constructor(private readonly http: Http) {}
 
   /** Sets a value; `secret: true` encrypts it at rest and never returns it. */
-  set(name: string, key: string, options: { value: string; secret?: boolean }): Promise<EnvVarInfo> {
+  set(name: string, key: string, options: SetEnv): Promise<EnvVarInfo> {
     return this.http.json("PUT", `/functions/${seg(name)}/env/${seg(key)}`, {
       value: options.value,
       secret: options.secret ?? false,
@@ -527,14 +484,15 @@ export class Env {
   }
 }
 
-export class Policy {
+/** A function's invoke policy. */
+export class Policies {
   constructor(private readonly http: Http) {}
 
-  get(name: string): Promise<unknown> {
+  get(name: string): Promise<InvokePolicy> {
     return this.http.json("GET", `/functions/${seg(name)}/policy`);
   }
 
-  set(name: string, policy: unknown): Promise<unknown> {
+  set(name: string, policy: InvokePolicy): Promise<InvokePolicy> {
     return this.http.json("PUT", `/functions/${seg(name)}/policy`, policy);
   }
 
@@ -547,7 +505,7 @@ export class Policy {
 export class Users {
   constructor(private readonly http: Http) {}
 
-  create(user: { email: string; password: string }): Promise<UserInfo> {
+  create(user: CreateUser): Promise<UserInfo> {
     return this.http.json("POST", "/users", user);
   }
 
@@ -568,7 +526,7 @@ export class Orgs {
   }
 
   /** Creates an org (admins of the platform org); the answer holds its admin token. */
-  create(name: string): Promise<{ name: string; created_at: string; admin_token: { token: string } }> {
+  create(name: string): Promise<OrgCreated> {
     return this.http.json("POST", "/orgs", { name });
   }
 }
