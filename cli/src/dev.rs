@@ -20,6 +20,8 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
+    #[command(flatten)]
+    pub log: reactor_service::LogArgs,
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "REACTOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -217,7 +219,7 @@ fn bun_off_note(reason: &str) -> String {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    reactor_service::init_tracing();
+    reactor_service::init_tracing(args.log.log_format);
     let server = start(&args).await?;
     let url = format!("http://{}", server.addr);
     let b = &server.bootstrap;

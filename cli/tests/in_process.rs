@@ -49,6 +49,7 @@ async fn admin_and_invoke_in_process() {
         admin_token: Some(TOKEN.into()),
         threads: None,
         grace_secs: 1,
+        log: Default::default(),
     };
     let server = start(&args).await.expect("starts");
     assert_eq!(server.bootstrap.token, TOKEN);

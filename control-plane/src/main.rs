@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    reactor_service::init_tracing();
-    reactor_control_plane::server::run(reactor_control_plane::server::Args::parse()).await
+    let args = reactor_control_plane::server::Args::parse();
+    reactor_service::init_tracing(args.log.log_format);
+    reactor_control_plane::server::run(args).await
 }

@@ -27,6 +27,8 @@ use tokio_stream::wrappers::TcpListenerStream;
     about = "Reactor control plane: admin API, deployments, routing tables"
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub log: reactor_service::LogArgs,
     /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    reactor_service::init_tracing();
-    reactor_data_plane::server::run(reactor_data_plane::server::Args::parse()).await
+    let args = reactor_data_plane::server::Args::parse();
+    reactor_service::init_tracing(args.log.log_format);
+    reactor_data_plane::server::run(args).await
 }

@@ -39,6 +39,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
 
 pub const INVOKE_PREFIX: &str = "/fn/v1/";
 
@@ -229,7 +230,8 @@ impl DataPlane {
                     format!("request path is not valid: {e}"),
                 )
             })?;
-        rewrite_headers(&mut parts.headers, name, &grant, &request_id);
+        let trace = parts.extensions.get::<TraceParent>().copied();
+        rewrite_headers(&mut parts.headers, name, &grant, &request_id, trace);
         let request = Routed {
             name,
             grant,
@@ -1148,14 +1150,19 @@ fn member_grant(members: &[crate::Grant], org: Option<&str>) -> Result<crate::Gr
 
 /// What reaches the function: no platform credentials, the caller as the router saw it,
 /// and its own span of the caller's trace (a new trace when none came).
-fn rewrite_headers(h: &mut HeaderMap, name: &str, grant: &crate::Grant, request_id: &str) {
+fn rewrite_headers(
+    h: &mut HeaderMap,
+    name: &str,
+    grant: &crate::Grant,
+    request_id: &str,
+    trace: Option<TraceParent>,
+) {
     h.remove(headers::AUTHORIZATION);
     headers::strip_reserved(h);
-    let incoming = h
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let trace = TraceParent::child_or_root(incoming.as_deref(), rand::random(), rand::random());
+    let trace = trace.unwrap_or_else(|| {
+        let incoming = h.get(headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+        TraceParent::child_or_root(incoming, rand::random(), rand::random())
+    });
     let mut set = |k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(k), v);
@@ -1186,14 +1193,39 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, sub))
 }
 
-async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
+async fn invoke(State(dp): State<Arc<DataPlane>>, mut req: Request) -> Response {
     let started = Instant::now();
     let Some((name, sub)) =
         split_path(req.uri().path()).map(|(n, s)| (n.to_string(), s.to_string()))
     else {
         return ApiError::new(ErrorCode::NotFound, "no function in the path").into_response();
     };
-    let mut response = match dp.route(&name, &sub, req, started).await {
+    // The invocation's span: the caller's trace continued (else a new one), its id the
+    // parent the function sees in `traceparent`; every log line of the invocation carries
+    // them (`--log-format json`).
+    let incoming = req
+        .headers()
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let trace = TraceParent::child_or_root(incoming, rand::random(), rand::random());
+    req.extensions_mut().insert(trace);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "invoke",
+        function = %name,
+        request_id = %request_id,
+        trace_id = %format_args!("{:032x}", trace.trace_id),
+        span_id = %format_args!("{:016x}", trace.parent_id),
+    );
+    let routed = dp
+        .route(&name, &sub, req, started)
+        .instrument(span.clone())
+        .await;
+    let mut response = match routed {
         Ok(r) => r,
         Err(e) => {
             let mut r = e.into_response();
@@ -1206,6 +1238,13 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
     if let Ok(v) = HeaderValue::from_str(&name) {
         response.headers_mut().insert(headers::FUNCTION, v);
     }
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            "invoked"
+        )
+    });
     response
 }
 
@@ -1269,7 +1308,7 @@ mod tests {
             org: "acme".into(),
             role: reactor_api::model::Role::Invoker,
         };
-        rewrite_headers(&mut h, "hello", &grant, "req_1");
+        rewrite_headers(&mut h, "hello", &grant, "req_1", None);
         assert!(h.get("authorization").is_none());
         assert!(h.get("x-reactor-org").is_none());
         assert!(h.get("x-reactor-internal-call").is_none());
@@ -1283,7 +1322,7 @@ mod tests {
         // A caller's trace goes on, in a span of its own.
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert("traceparent", HeaderValue::from_static(tp));
-        rewrite_headers(&mut h, "hello", &grant, "req_1");
+        rewrite_headers(&mut h, "hello", &grant, "req_1", None);
         let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
         assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(child.parent_id, 0x00f067aa0ba902b7);

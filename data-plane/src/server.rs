@@ -26,6 +26,8 @@ use std::time::Duration;
     about = "Reactor router: authenticates, routes and forwards invocations to workers"
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub log: reactor_service::LogArgs,
     /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
     #[arg(long)]
     pub config: Option<PathBuf>,

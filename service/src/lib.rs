@@ -6,7 +6,8 @@
 //!   in-flight requests drain for a grace period.
 //! - [`Lifecycle`]: readiness (`/readyz` answers 503 until ready and again while draining),
 //!   liveness (`/healthz`), and the shutdown signal (SIGINT, SIGTERM).
-//! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`.
+//! - [`init_tracing`]: logs to stderr as text or JSON lines ([`LogArgs`]: `--log-format`),
+//!   filtered by `RUST_LOG`.
 //! - [`tls`]: mutual TLS between the services (`[internal] tls`).
 #![forbid(unsafe_code)]
 
@@ -260,16 +261,47 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+/// How a service writes its own logs (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (the default), coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the event's fields
+    /// (`message` among them) and `span`, the fields of the span it happened in (an
+    /// invocation's `trace_id`, `span_id`, `function` and `request_id`).
+    Json,
+}
+
+/// `--log-format` / `REACTOR_LOG_FORMAT`, on every service and `reactor dev`.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct LogArgs {
+    /// How the service writes its own logs: text, or JSON lines that carry the trace and
+    /// span ids of the invocation they belong to.
+    #[arg(long, env = "REACTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`, `sqlx` at `warn`).
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 /// Finishes a public app: the platform's JSON 404 and 405 for what no route takes, and a

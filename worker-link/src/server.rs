@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 struct Link {
     worker: Arc<dyn RuntimeWorker>,
@@ -307,6 +308,25 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
             ));
         }
     };
+    // The worker's lines about this invocation carry the router's trace and span
+    // (`--log-format json`): the function's `traceparent` names them.
+    let trace = parts
+        .headers
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(reactor_api::calls::TraceParent::parse);
+    let span = tracing::info_span!(
+        "invoke",
+        function = %spec.function,
+        deployment_id = %spec.deployment_id,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if let Some(trace) = trace {
+        span.record("trace_id", format_args!("{:032x}", trace.trace_id));
+        span.record("span_id", format_args!("{:016x}", trace.parent_id));
+    }
     for name in protocol::ALL {
         parts.headers.remove(name);
     }
@@ -322,7 +342,7 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         request_id,
         chain,
     };
-    match link.worker.invoke(invocation).await {
+    match link.worker.invoke(invocation).instrument(span).await {
         Ok(outcome) => {
             let mut response = outcome.response;
             let h = response.headers_mut();

@@ -20,6 +20,8 @@ use std::time::Duration;
 /// Flags every worker service takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub log: reactor_service::LogArgs,
     /// Configuration file (default: `$REACTOR_CONFIG`, else `./reactor.toml` if present).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    reactor_service::init_tracing();
-    reactor_worker_wasm::server::run(reactor_worker_wasm::server::Args::parse()).await
+    let args = reactor_worker_wasm::server::Args::parse();
+    reactor_service::init_tracing(args.worker.log.log_format);
+    reactor_worker_wasm::server::run(args).await
 }
