@@ -729,13 +729,23 @@ impl CallForwarder for DataPlane {
     async fn forward_call(&self, context: CallContext, request: http::Request<Body>) -> Response {
         let started = Instant::now();
         let name = context.target.function.clone();
-        let mut response = match self.call(context, request, started).await {
+        let span = invocation_span(
+            &name,
+            &context.request_id,
+            TraceParent::parse(&context.traceparent),
+        );
+        let mut response = match self
+            .call(context, request, started)
+            .instrument(span.clone())
+            .await
+        {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
         if let Ok(v) = HeaderValue::from_str(&name) {
             response.headers_mut().insert(headers::FUNCTION, v);
         }
+        log_invoked(&span, &response, started);
         response
     }
 }
@@ -1214,13 +1224,7 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, mut req: Request) -> Response 
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let span = tracing::info_span!(
-        "invoke",
-        function = %name,
-        request_id = %request_id,
-        trace_id = %format_args!("{:032x}", trace.trace_id),
-        span_id = %format_args!("{:016x}", trace.parent_id),
-    );
+    let span = invocation_span(&name, &request_id, Some(trace));
     let routed = dp
         .route(&name, &sub, req, started)
         .instrument(span.clone())
@@ -1238,14 +1242,36 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, mut req: Request) -> Response 
     if let Ok(v) = HeaderValue::from_str(&name) {
         response.headers_mut().insert(headers::FUNCTION, v);
     }
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-            "invoked"
-        )
-    });
+    log_invoked(&span, &response, started);
     response
+}
+
+/// The span of one invocation (an outside request or a call between functions): the
+/// lines written in it carry the trace and the router's span id, the parent the function
+/// sees in `traceparent` (`--log-format json`). A name that cannot be a function's came
+/// from the URL unchecked and is not recorded.
+fn invocation_span(name: &str, request_id: &str, trace: Option<TraceParent>) -> tracing::Span {
+    let function = reactor_api::manifest::valid_function_name(name).then_some(name);
+    let trace_id = trace.map(|t| format!("{:032x}", t.trace_id));
+    let span_id = trace.map(|t| format!("{:016x}", t.parent_id));
+    tracing::info_span!(
+        "invoke",
+        function,
+        request_id,
+        trace_id = trace_id.as_deref(),
+        span_id = span_id.as_deref(),
+    )
+}
+
+/// The `debug` line of an invocation: its status and the time to the response's head
+/// (a streamed body may go on; the function's log entry has the whole duration).
+fn log_invoked(span: &tracing::Span, response: &Response, started: Instant) {
+    tracing::debug!(
+        parent: span,
+        status = response.status().as_u16(),
+        head_ms = started.elapsed().as_secs_f64() * 1e3,
+        "invoked"
+    );
 }
 
 /// The invoke routes, to be merged into a server.
@@ -1326,6 +1352,10 @@ mod tests {
         let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
         assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(child.parent_id, 0x00f067aa0ba902b7);
+        // The invocation's span, computed once by the handler, is what the function gets.
+        let span = TraceParent::root(7, 9);
+        rewrite_headers(&mut h, "hello", &grant, "req_1", Some(span));
+        assert_eq!(h["traceparent"], span.to_string().as_str());
     }
 
     #[test]

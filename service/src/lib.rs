@@ -276,9 +276,16 @@ pub enum LogFormat {
 /// `--log-format` / `REACTOR_LOG_FORMAT`, on every service and `reactor dev`.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct LogArgs {
-    /// How the service writes its own logs: text, or JSON lines that carry the trace and
-    /// span ids of the invocation they belong to.
-    #[arg(long, env = "REACTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// How the service writes its own logs (not command output, which is `--output`):
+    /// text, or JSON lines; the lines written during an invocation carry its trace and
+    /// span ids.
+    #[arg(
+        long,
+        env = "REACTOR_LOG_FORMAT",
+        value_enum,
+        ignore_case = true,
+        default_value_t = LogFormat::Text
+    )]
     pub log_format: LogFormat,
 }
 

@@ -222,6 +222,7 @@ impl Server {
             .env("REACTOR_FUNCTIONS_BUN_PATH", bun_bin())
             .env_remove("REACTOR_ADMIN_TOKEN")
             .env_remove("REACTOR_CONFIG")
+            .env_remove("REACTOR_LOG_FORMAT")
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));

@@ -315,18 +315,16 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(reactor_api::calls::TraceParent::parse);
+    let trace_id = trace.map(|t| format!("{:032x}", t.trace_id));
+    let span_id = trace.map(|t| format!("{:016x}", t.parent_id));
     let span = tracing::info_span!(
         "invoke",
         function = %spec.function,
         deployment_id = %spec.deployment_id,
         request_id = %request_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
+        trace_id = trace_id.as_deref(),
+        span_id = span_id.as_deref(),
     );
-    if let Some(trace) = trace {
-        span.record("trace_id", format_args!("{:032x}", trace.trace_id));
-        span.record("span_id", format_args!("{:016x}", trace.parent_id));
-    }
     for name in protocol::ALL {
         parts.headers.remove(name);
     }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -639,7 +640,8 @@ impl RuntimeWorker for WasmWorker {
                 }
             }
             let _ = end_tx.send(end);
-        });
+        }
+        .in_current_span());
         let task = AbortOnDropHandle::new(task);
         let mut cancel_log = CancelLog {
             request_id: request_id.clone(),
