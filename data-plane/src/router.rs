@@ -208,13 +208,10 @@ impl DataPlane {
         sub: &str,
         req: Request,
         started: Instant,
+        request_id: String,
+        trace: TraceParent,
     ) -> Result<Response, ApiError> {
         let index = self.current_index().await?;
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
         let grant = authenticate(&index, req.headers())?;
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
@@ -230,7 +227,6 @@ impl DataPlane {
                     format!("request path is not valid: {e}"),
                 )
             })?;
-        let trace = parts.extensions.get::<TraceParent>().copied();
         rewrite_headers(&mut parts.headers, name, &grant, &request_id, trace);
         let request = Routed {
             name,
@@ -1165,14 +1161,10 @@ fn rewrite_headers(
     name: &str,
     grant: &crate::Grant,
     request_id: &str,
-    trace: Option<TraceParent>,
+    trace: TraceParent,
 ) {
     h.remove(headers::AUTHORIZATION);
     headers::strip_reserved(h);
-    let trace = trace.unwrap_or_else(|| {
-        let incoming = h.get(headers::TRACEPARENT).and_then(|v| v.to_str().ok());
-        TraceParent::child_or_root(incoming, rand::random(), rand::random())
-    });
     let mut set = |k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(k), v);
@@ -1203,7 +1195,14 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, sub))
 }
 
-async fn invoke(State(dp): State<Arc<DataPlane>>, mut req: Request) -> Response {
+/// The trace context of an outside request's invocation: the caller's trace continued
+/// in a span of the router's own, else a new trace.
+fn invocation_trace(h: &HeaderMap) -> TraceParent {
+    let incoming = h.get(headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+    TraceParent::child_or_root(incoming, rand::random(), rand::random())
+}
+
+async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
     let started = Instant::now();
     let Some((name, sub)) =
         split_path(req.uri().path()).map(|(n, s)| (n.to_string(), s.to_string()))
@@ -1213,20 +1212,15 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, mut req: Request) -> Response 
     // The invocation's span: the caller's trace continued (else a new one), its id the
     // parent the function sees in `traceparent`; every log line of the invocation carries
     // them (`--log-format json`).
-    let incoming = req
-        .headers()
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok());
-    let trace = TraceParent::child_or_root(incoming, rand::random(), rand::random());
-    req.extensions_mut().insert(trace);
+    let trace = invocation_trace(req.headers());
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
-        .unwrap_or_default();
+        .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
     let span = invocation_span(&name, &request_id, Some(trace));
     let routed = dp
-        .route(&name, &sub, req, started)
+        .route(&name, &sub, req, started, request_id, trace)
         .instrument(span.clone())
         .await;
     let mut response = match routed {
@@ -1334,7 +1328,8 @@ mod tests {
             org: "acme".into(),
             role: reactor_api::model::Role::Invoker,
         };
-        rewrite_headers(&mut h, "hello", &grant, "req_1", None);
+        let trace = invocation_trace(&h);
+        rewrite_headers(&mut h, "hello", &grant, "req_1", trace);
         assert!(h.get("authorization").is_none());
         assert!(h.get("x-reactor-org").is_none());
         assert!(h.get("x-reactor-internal-call").is_none());
@@ -1348,13 +1343,14 @@ mod tests {
         // A caller's trace goes on, in a span of its own.
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert("traceparent", HeaderValue::from_static(tp));
-        rewrite_headers(&mut h, "hello", &grant, "req_1", None);
+        let trace = invocation_trace(&h);
+        rewrite_headers(&mut h, "hello", &grant, "req_1", trace);
         let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
         assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(child.parent_id, 0x00f067aa0ba902b7);
         // The invocation's span, computed once by the handler, is what the function gets.
         let span = TraceParent::root(7, 9);
-        rewrite_headers(&mut h, "hello", &grant, "req_1", Some(span));
+        rewrite_headers(&mut h, "hello", &grant, "req_1", span);
         assert_eq!(h["traceparent"], span.to_string().as_str());
     }
 
