@@ -20,6 +20,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MOTO_VERSION=5.2.5
 # The API fuzzer CI runs over the OpenAPI document (scripts/fuzz-api.sh).
 SCHEMATHESIS_VERSION=4.32.5
+# The Prometheus text parser the metrics test reads /metrics with.
+PROMETHEUS_CLIENT_VERSION=0.26.0
 RUSTUP_INSTALL="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
 VENV_HINT="python3 -m venv is not available; install it with: sudo apt-get install -y python3-venv"
 
@@ -176,7 +178,7 @@ SCHEMATHESIS_SUMMARY=""
 # The schemathesis version installed in the virtual environment $1, or nothing.
 schemathesis_venv_version() {
   [[ -x "$1/bin/python" ]] || return 0
-  "$1/bin/python" -c 'from importlib.metadata import version; print(version("schemathesis"))' 2>/dev/null || true
+  "$1/bin/python" -c 'from importlib.metadata import version; print(version("schemathesis"), version("prometheus-client"))' 2>/dev/null || true
 }
 
 # Installs schemathesis $SCHEMATHESIS_VERSION into the virtual environment $1 that
@@ -184,16 +186,16 @@ schemathesis_venv_version() {
 setup_schemathesis() {
   local venv="${1:-$REPO_ROOT/.venv}" version
   version="$(schemathesis_venv_version "$venv")"
-  if [[ "$version" != "$SCHEMATHESIS_VERSION" ]]; then
+  if [[ "$version" != "$SCHEMATHESIS_VERSION $PROMETHEUS_CLIENT_VERSION" ]]; then
     if ! venv_usable "$venv"; then
       echo "==> skipping schemathesis (only scripts/fuzz-api.sh needs it): no usable $venv"
       SCHEMATHESIS_SUMMARY="skipped (no usable ${venv#"$REPO_ROOT"/})"
       return 0
     fi
-    echo "==> schemathesis $SCHEMATHESIS_VERSION into ${venv#"$REPO_ROOT"/} (the API fuzzer, PyPI)"
+    echo "==> schemathesis $SCHEMATHESIS_VERSION (the API fuzzer) and prometheus-client $PROMETHEUS_CLIENT_VERSION (the metrics test's parser) into ${venv#"$REPO_ROOT"/} (PyPI)"
     if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-      "schemathesis==$SCHEMATHESIS_VERSION"; then
-      echo "setup.sh: pip could not install schemathesis==$SCHEMATHESIS_VERSION into $venv" >&2
+      "schemathesis==$SCHEMATHESIS_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION"; then
+      echo "setup.sh: pip could not install schemathesis==$SCHEMATHESIS_VERSION and prometheus-client==$PROMETHEUS_CLIENT_VERSION into $venv" >&2
       return 1
     fi
     version="$(schemathesis_venv_version "$venv")"

@@ -63,7 +63,9 @@ pub struct DevServer {
 
 /// Builds every service from the configuration and binds the listener.
 pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
-    let mut config = ReactorConfig::load(args.config.as_deref())?.functions;
+    let full = ReactorConfig::load(args.config.as_deref())?;
+    let telemetry = full.telemetry;
+    let mut config = full.functions;
     if let Some(admin) = args.admin_token.as_deref() {
         reactor_api::token::check_secret("REACTOR_ADMIN_TOKEN", admin)
             .map_err(anyhow::Error::msg)?;
@@ -95,6 +97,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         })?
         .with_calls(calls.clone(), call_limits),
     );
+    wasm.report_pools();
     let wasm_inline = wasm.clone();
     let mut roles = RuntimeRoles {
         builders: Builders::new().with(wasm.clone()),
@@ -190,7 +193,8 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
         Router::new()
             .merge(reactor_control_plane::http::admin_router(cp.clone()))
             .merge(reactor_data_plane::invoke_router(dp))
-            .merge(life.routes()),
+            .merge(life.routes())
+            .merge(reactor_service::metrics::routes(&telemetry)),
     );
     let listener = reactor_service::bind_exclusive(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
@@ -219,7 +223,8 @@ fn bun_off_note(reason: &str) -> String {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    reactor_service::init_tracing(args.log.log_format);
+    let telemetry = reactor_api::config::ReactorConfig::load(args.config.as_deref())?.telemetry;
+    let _telemetry = reactor_service::telemetry::init(args.log.log_format, &telemetry, "reactor")?;
     let server = start(&args).await?;
     let url = format!("http://{}", server.addr);
     let b = &server.bootstrap;

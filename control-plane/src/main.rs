@@ -5,6 +5,5 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = reactor_control_plane::server::Args::parse();
-    reactor_service::init_tracing(args.log.log_format);
     reactor_control_plane::server::run(args).await
 }

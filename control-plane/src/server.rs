@@ -72,6 +72,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut config = ReactorConfig::load_service(args.config.as_deref())?;
+    let _telemetry = reactor_service::telemetry::init(
+        args.log.log_format,
+        &config.telemetry,
+        "reactor-control-plane",
+    )?;
     let tls = reactor_service::tls::InternalTls::from_config(
         &config.internal,
         reactor_service::tls::Role::ControlPlane,
@@ -171,8 +176,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cp.close();
         });
     }
-    let app =
-        reactor_service::public_app(crate::http::admin_router(cp.clone()).merge(life.routes()));
+    let app = reactor_service::public_app(
+        crate::http::admin_router(cp.clone())
+            .merge(life.routes())
+            .merge(reactor_service::metrics::routes(&config.telemetry)),
+    );
     tracing::info!(admin_http = %http_addr, grpc = %grpc_addr, workdir = %workdir.display(), "reactor-control-plane listening");
     let grpc_scheme = if tls.is_some() { "https" } else { "http" };
     println!(

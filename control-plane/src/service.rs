@@ -140,6 +140,9 @@ impl ControlPlane {
         let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
         tokio::fs::create_dir_all(&tmp_dir).await?;
         let workers = Arc::new(WorkerRegistry::new(options.worker_timing));
+        reactor_service::metrics::register(crate::workers::RegisteredWorkers(Arc::downgrade(
+            &workers,
+        )));
         let build = Build::new(
             options.runtimes.builders,
             options.remote_workers.clone(),

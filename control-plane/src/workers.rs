@@ -220,6 +220,47 @@ impl WorkerRegistry {
     }
 }
 
+/// `reactor_workers_registered{runtime}`: the registry's workers at scrape time.
+#[derive(Debug)]
+pub struct RegisteredWorkers(pub std::sync::Weak<WorkerRegistry>);
+
+impl std::fmt::Debug for WorkerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerRegistry")
+    }
+}
+
+impl reactor_service::metrics::prometheus_client::collector::Collector for RegisteredWorkers {
+    fn encode(
+        &self,
+        mut encoder: reactor_service::metrics::prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use reactor_service::metrics::RuntimeLabels;
+        use reactor_service::metrics::prometheus_client::encoding::EncodeMetric;
+        use reactor_service::metrics::prometheus_client::metrics::{family::Family, gauge::Gauge};
+        let Some(registry) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let family = Family::<RuntimeLabels, Gauge>::default();
+        for runtime in [Runtime::Wasm, Runtime::Bun] {
+            drop(family.get_or_create(&RuntimeLabels {
+                runtime: runtime.to_string(),
+            }));
+        }
+        for w in registry.endpoints() {
+            family
+                .get_or_create(&RuntimeLabels { runtime: w.runtime })
+                .inc();
+        }
+        family.encode(encoder.encode_descriptor(
+            "workers_registered",
+            "Workers registered with this control plane and not expired, by runtime",
+            None,
+            family.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,7 +110,9 @@ impl Tail {
 impl Drop for Tail {
     fn drop(&mut self) {
         if let Some(mut entry) = self.entry.take() {
-            entry.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1e3);
+            let total = self.started.elapsed();
+            entry.duration_ms = Some(total.as_secs_f64() * 1e3);
+            reactor_service::metrics::get().finished(&entry.org, &entry.function, total);
             self.logs.emit(entry);
         }
     }

@@ -5,6 +5,5 @@ use clap::Parser;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = reactor_data_plane::server::Args::parse();
-    reactor_service::init_tracing(args.log.log_format);
     reactor_data_plane::server::run(args).await
 }

@@ -132,6 +132,7 @@ impl DataPlane {
         let previous = self.index.borrow().clone();
         self.index
             .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
+        reactor_service::metrics::get().routing_table(table.version);
         true
     }
 
@@ -433,6 +434,11 @@ impl DataPlane {
             )
             .with_detail("function", name)
         })?;
+        if reactor_service::telemetry::tracing_on() {
+            let span = tracing::Span::current();
+            span.record("reactor.org", spec.org.as_str());
+            span.record("reactor.deployment", spec.deployment_id.as_str());
+        }
         // Refusals from here on are invocations of the function too: they are logged.
         let refused = |e: ApiError| self.log_refusal(&spec, &request_id, started, e);
         // A call: one hop deeper than its caller, and no longer than the caller has left.
@@ -477,7 +483,10 @@ impl DataPlane {
             (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
         };
         // Policies see the request as the function would: no platform credentials.
-        check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
+        {
+            let _policy = reactor_service::trace_span!("policy").entered();
+            check_policies(&entry.policies, &parts, &grant, name).map_err(refused)?;
+        }
         let limit = self.options.max_body_bytes;
         let declared = parts
             .headers
@@ -681,6 +690,13 @@ impl DataPlane {
             HeaderValue::from_static(if cold { "true" } else { "false" }),
         );
         set_duration(h, started);
+        reactor_service::metrics::get().invoked(
+            &spec.org,
+            &spec.function,
+            response.status().as_u16(),
+            cold,
+            started.elapsed(),
+        );
         Ok(response)
     }
 }
@@ -725,11 +741,14 @@ impl CallForwarder for DataPlane {
     async fn forward_call(&self, context: CallContext, request: http::Request<Body>) -> Response {
         let started = Instant::now();
         let name = context.target.function.clone();
-        let span = invocation_span(
+        let mut context = context;
+        // The caller's call span is this span's parent; the callee sees this one.
+        let (span, trace) = invocation_span(
             &name,
             &context.request_id,
             TraceParent::parse(&context.traceparent),
         );
+        context.traceparent = trace.to_string();
         let mut response = match self
             .call(context, request, started)
             .instrument(span.clone())
@@ -741,6 +760,7 @@ impl CallForwarder for DataPlane {
         if let Ok(v) = HeaderValue::from_str(&name) {
             response.headers_mut().insert(headers::FUNCTION, v);
         }
+        record_outcome(&span, &response);
         log_invoked(&span, &response, started);
         response
     }
@@ -754,7 +774,13 @@ impl DataPlane {
     fn caps(&self, org: &str, name: &str, spec: &DeploymentSpec, is_call: bool) -> Vec<Cap> {
         let mut caps = Vec::new();
         if let Some(limit) = spec.max_concurrency {
+            let f = reactor_service::metrics::get().function(org, name);
             caps.push(Cap {
+                labels: reactor_service::metrics::ConcurrencyLabels {
+                    org: f.org,
+                    function: f.function,
+                    cap: "function",
+                },
                 key: format!("{org}/{name}"),
                 limit,
                 refusal: ApiError::new(
@@ -768,7 +794,13 @@ impl DataPlane {
         }
         if is_call {
             let limit = self.options.calls.max_in_flight_per_org;
+            let f = reactor_service::metrics::get().function(org, "");
             caps.push(Cap {
+                labels: reactor_service::metrics::ConcurrencyLabels {
+                    org: f.org,
+                    function: String::new(),
+                    cap: "calls",
+                },
                 key: format!("calls:{org}"),
                 limit,
                 refusal: ApiError::new(
@@ -866,6 +898,13 @@ impl DataPlane {
         );
         entry.message = format!("refused: {}", e.message);
         self.options.logs.emit(entry);
+        reactor_service::metrics::get().invoked(
+            &spec.org,
+            &spec.function,
+            e.code.status().as_u16(),
+            false,
+            started.elapsed(),
+        );
         e
     }
 
@@ -1062,6 +1101,19 @@ impl Forward for Forwarder {
             // What a retry has left, not what the first attempt had.
             parts.headers.insert(headers::DEADLINE_MS, v);
         }
+        // The hop to the worker; a remote worker's span is its child.
+        let remote = matches!(self.target, Target::Remote(..));
+        let span = reactor_service::trace_span!(
+            "worker",
+            otel.kind = if remote { "client" } else { "internal" },
+            reactor.attempt = attempt.number,
+        );
+        if remote && reactor_service::telemetry::tracing_on() {
+            let trace = reactor_service::telemetry::traceparent_of(&span, None);
+            if let Ok(v) = HeaderValue::from_str(&trace.to_string()) {
+                parts.headers.insert(headers::TRACEPARENT, v);
+            }
+        }
         let invocation = Invocation {
             spec: self.spec.clone(),
             request: axum::http::Request::from_parts(parts, attempt.body),
@@ -1084,7 +1136,9 @@ impl Forward for Forwarder {
         match &self.target {
             Target::Local(worker) => {
                 let worker = worker.clone();
-                Box::pin(async move { answer(worker.invoke(invocation).await, None) })
+                Box::pin(
+                    async move { answer(worker.invoke(invocation).await, None) }.instrument(span),
+                )
             }
             Target::Remote(remote, urls) => {
                 let remote = remote.clone();
@@ -1094,10 +1148,13 @@ impl Forward for Forwarder {
                     .cloned()
                     .partition(|u| !attempt.avoid.contains(u));
                 let order: Vec<Arc<str>> = if fresh.is_empty() { failed } else { fresh };
-                Box::pin(async move {
-                    let (instance, result) = remote.invoke_reporting(&order, invocation).await;
-                    answer(result, instance)
-                })
+                Box::pin(
+                    async move {
+                        let (instance, result) = remote.invoke_reporting(&order, invocation).await;
+                        answer(result, instance)
+                    }
+                    .instrument(span),
+                )
             }
         }
     }
@@ -1195,11 +1252,11 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, sub))
 }
 
-/// The trace context of an outside request's invocation: the caller's trace continued
-/// in a span of the router's own, else a new trace.
-fn invocation_trace(h: &HeaderMap) -> TraceParent {
-    let incoming = h.get(headers::TRACEPARENT).and_then(|v| v.to_str().ok());
-    TraceParent::child_or_root(incoming, rand::random(), rand::random())
+/// The caller's trace context, when it sent a valid one.
+fn incoming_trace(h: &HeaderMap) -> Option<TraceParent> {
+    h.get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
 }
 
 async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
@@ -1212,13 +1269,12 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
     // The invocation's span: the caller's trace continued (else a new one), its id the
     // parent the function sees in `traceparent`; every log line of the invocation carries
     // them (`--log-format json`).
-    let trace = invocation_trace(req.headers());
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
-    let span = invocation_span(&name, &request_id, Some(trace));
+    let (span, trace) = invocation_span(&name, &request_id, incoming_trace(req.headers()));
     let routed = dp
         .route(&name, &sub, req, started, request_id, trace)
         .instrument(span.clone())
@@ -1236,25 +1292,83 @@ async fn invoke(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
     if let Ok(v) = HeaderValue::from_str(&name) {
         response.headers_mut().insert(headers::FUNCTION, v);
     }
+    record_outcome(&span, &response);
     log_invoked(&span, &response, started);
     response
 }
 
-/// The span of one invocation (an outside request or a call between functions): the
-/// lines written in it carry the trace and the router's span id, the parent the function
-/// sees in `traceparent` (`--log-format json`). A name that cannot be a function's came
-/// from the URL unchecked and is not recorded.
-fn invocation_span(name: &str, request_id: &str, trace: Option<TraceParent>) -> tracing::Span {
+/// The span of one invocation (an outside request or a call between functions), under
+/// the caller's trace `parent` when there is one, and the trace context the function is
+/// given: this span's. The lines written in it carry the trace and span ids
+/// (`--log-format json`); with traces on it is the trace's server span, with the FaaS
+/// attributes. A name that cannot be a function's came from the URL unchecked and is not
+/// recorded.
+fn invocation_span(
+    name: &str,
+    request_id: &str,
+    parent: Option<TraceParent>,
+) -> (tracing::Span, TraceParent) {
     let function = reactor_api::manifest::valid_function_name(name).then_some(name);
-    let trace_id = trace.map(|t| format!("{:032x}", t.trace_id));
-    let span_id = trace.map(|t| format!("{:016x}", t.parent_id));
-    tracing::info_span!(
-        "invoke",
-        function,
-        request_id,
-        trace_id = trace_id.as_deref(),
-        span_id = span_id.as_deref(),
-    )
+    let empty = tracing::field::Empty;
+    let span = if reactor_service::telemetry::tracing_on() {
+        tracing::info_span!(
+            "invoke",
+            otel.name = function.unwrap_or("invoke"),
+            otel.kind = "server",
+            otel.status_code = empty,
+            faas.trigger = "http",
+            faas.invoked_name = function,
+            faas.invocation_id = request_id,
+            faas.coldstart = empty,
+            reactor.org = empty,
+            reactor.deployment = empty,
+            http.response.status_code = empty,
+            function,
+            request_id,
+            trace_id = empty,
+            span_id = empty,
+        )
+    } else {
+        tracing::info_span!(
+            "invoke",
+            function,
+            request_id,
+            trace_id = empty,
+            span_id = empty
+        )
+    };
+    let trace = reactor_service::telemetry::traceparent_of(&span, parent);
+    span.record(
+        "trace_id",
+        tracing::field::display(format_args!("{:032x}", trace.trace_id)),
+    );
+    span.record(
+        "span_id",
+        tracing::field::display(format_args!("{:016x}", trace.parent_id)),
+    );
+    (span, trace)
+}
+
+/// The answer on the invocation's span: its status, cold start, and an error status
+/// (always exported) when the platform or the function failed.
+fn record_outcome(span: &tracing::Span, response: &Response) {
+    if !reactor_service::telemetry::tracing_on() {
+        return;
+    }
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if let Some(cold) = response.headers().get(headers::COLD_START) {
+        span.record("faas.coldstart", cold.as_bytes() == b"true");
+    }
+    if status.is_server_error() {
+        let code = response
+            .headers()
+            .get(headers::ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("the function answered with a server error")
+            .to_string();
+        reactor_service::telemetry::set_error(span, code);
+    }
 }
 
 /// The `debug` line of an invocation: its status and the time to the response's head
@@ -1328,7 +1442,7 @@ mod tests {
             org: "acme".into(),
             role: reactor_api::model::Role::Invoker,
         };
-        let trace = invocation_trace(&h);
+        let (_, trace) = invocation_span("hello", "req_1", incoming_trace(&h));
         rewrite_headers(&mut h, "hello", &grant, "req_1", trace);
         assert!(h.get("authorization").is_none());
         assert!(h.get("x-reactor-org").is_none());
@@ -1343,7 +1457,7 @@ mod tests {
         // A caller's trace goes on, in a span of its own.
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert("traceparent", HeaderValue::from_static(tp));
-        let trace = invocation_trace(&h);
+        let (_, trace) = invocation_span("hello", "req_1", incoming_trace(&h));
         rewrite_headers(&mut h, "hello", &grant, "req_1", trace);
         let child = TraceParent::parse(h["traceparent"].to_str().expect("ascii")).expect("valid");
         assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);

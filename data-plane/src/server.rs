@@ -58,6 +58,11 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = ReactorConfig::load_service(args.config.as_deref())?;
+    let _telemetry = reactor_service::telemetry::init(
+        args.log.log_format,
+        &config.telemetry,
+        "reactor-data-plane",
+    )?;
     let token = config.internal_token()?.to_string();
     let call_token = token.clone();
     let listen = args.listen.unwrap_or(config.data_plane.listen);
@@ -120,7 +125,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let calls_app =
         reactor_service::public_app(call_router(dp.clone(), &call_token).merge(life.routes()));
-    let app = reactor_service::public_app(invoke_router(dp).merge(life.routes()));
+    let app = reactor_service::public_app(
+        invoke_router(dp)
+            .merge(life.routes())
+            .merge(reactor_service::metrics::routes(&config.telemetry)),
+    );
     // Calls between functions: from workers only, over mutual TLS when it is on.
     let call_tls = match &tls {
         Some(tls) => Some(reactor_service::ServeTls {

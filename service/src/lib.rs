@@ -6,11 +6,14 @@
 //!   in-flight requests drain for a grace period.
 //! - [`Lifecycle`]: readiness (`/readyz` answers 503 until ready and again while draining),
 //!   liveness (`/healthz`), and the shutdown signal (SIGINT, SIGTERM).
-//! - [`init_tracing`]: logs to stderr as text or JSON lines ([`LogArgs`]: `--log-format`),
-//!   filtered by `RUST_LOG`.
+//! - [`telemetry`]: logs to stderr as text or JSON lines ([`LogArgs`]: `--log-format`),
+//!   filtered by `RUST_LOG`, and traces exported with OTLP when configured.
+//! - [`metrics`]: the Prometheus metrics of the process, served at `/metrics`.
 //! - [`tls`]: mutual TLS between the services (`[internal] tls`).
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+pub mod telemetry;
 pub mod tls;
 
 use anyhow::Context;
@@ -287,28 +290,6 @@ pub struct LogArgs {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
-}
-
-/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`, `sqlx` at `warn`).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    use std::io::IsTerminal;
-    let _ = match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init(),
-    };
 }
 
 /// Finishes a public app: the platform's JSON 404 and 405 for what no route takes, and a

@@ -385,8 +385,9 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 }
 
 /// Paths a client without a certificate may ask for: the health checks (a load balancer
-/// or the kubelet has no certificate).
-pub const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// or the kubelet has no certificate) and `/metrics` (Prometheus has none either; it
+/// checks its own bearer token or loopback: [`crate::metrics`]).
+pub const HEALTH_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Middleware for a TLS app: a peer without a certificate gets the health checks only.
 pub async fn only_health_without_a_role(

@@ -118,6 +118,8 @@ pub struct Split {
     pub invoke_url: String,
     /// The router's call listener, where workers send calls between functions.
     pub call_url: String,
+    /// What every service's environment has on top of its own.
+    env: Vec<(String, String)>,
 }
 
 impl Split {
@@ -128,7 +130,13 @@ impl Split {
 
     /// Like [`Split::start`], with `worker_env` added to the worker's environment.
     pub fn start_with(worker_env: &[(&str, String)]) -> Split {
-        Self::start_in(tempfile::tempdir().expect("tempdir"), worker_env)
+        Self::start_in(tempfile::tempdir().expect("tempdir"), worker_env, &[])
+    }
+
+    /// Like [`Split::start`], with `env` added to every service's environment (and kept
+    /// for the workers [`Split::start_worker`] and [`Split::start_bun_worker`] add).
+    pub fn start_env(env: &[(&str, String)]) -> Split {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), &[], env)
     }
 
     /// Like [`Split::start`], with mutual TLS between the services: certificates written
@@ -145,7 +153,7 @@ impl Split {
             "--tls-init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::start_in(dir, &[])
+        Self::start_in(dir, &[], &[])
     }
 
     /// `internal.tls` for every service when `{dir}/tls` holds certificates.
@@ -160,20 +168,31 @@ impl Split {
         ]
     }
 
-    fn start_in(dir: tempfile::TempDir, worker_env: &[(&str, String)]) -> Split {
-        let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    fn start_in(
+        dir: tempfile::TempDir,
+        worker_env: &[(&str, String)],
+        env: &[(&str, String)],
+    ) -> Split {
+        let owned: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let env = env.to_vec();
+        let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &env);
         let admin_url = cp.url_after("admin ");
         let grpc_url = cp.url_after("grpc ");
-        let router = Self::start_router_in(dir.path(), &grpc_url);
+        let router = Self::start_router_in(dir.path(), &grpc_url, &env);
         let invoke_url = router.url_after("invoke ");
         let call_url = router.url_after("calls ");
+        let mut all_worker_env = env.clone();
+        all_worker_env.extend(worker_env.iter().cloned());
         let worker = Self::start_worker_in(
             dir.path(),
             &grpc_url,
             &call_url,
             "reactor-worker-wasm",
             "worker",
-            worker_env,
+            &all_worker_env,
         );
         Split {
             admin: Api {
@@ -189,10 +208,11 @@ impl Split {
             router: Some(router),
             worker: Some(worker),
             dir,
+            env: owned,
         }
     }
 
-    fn start_cp(dir: &Path, listen: &str, grpc: &str) -> Service {
+    fn start_cp(dir: &Path, listen: &str, grpc: &str, extra: &[(&str, String)]) -> Service {
         let mut env = vec![
             ("REACTOR_ORG", "acme".into()),
             ("REACTOR_ADMIN_TOKEN", ADMIN_TOKEN.into()),
@@ -201,6 +221,7 @@ impl Split {
             ("REACTOR_FUNCTIONS_BUN_PATH", NO_BUN.into()),
         ];
         env.extend(Self::tls_env(dir));
+        env.extend(extra.iter().cloned());
         Service::start(
             "reactor-control-plane",
             &[
@@ -216,9 +237,10 @@ impl Split {
         )
     }
 
-    fn start_router_in(dir: &Path, grpc_url: &str) -> Service {
+    fn start_router_in(dir: &Path, grpc_url: &str, extra: &[(&str, String)]) -> Service {
         let mut env = vec![("REACTOR_DATA_PLANE_CALL_LISTEN", "127.0.0.1:0".to_string())];
         env.extend(Self::tls_env(dir));
+        env.extend(extra.iter().cloned());
         Service::start(
             "reactor-data-plane",
             &[
@@ -269,26 +291,37 @@ impl Split {
 
     /// Starts (another) WASM worker named `name` with its own cache.
     pub fn start_worker(&mut self, name: &str, env: &[(&str, String)]) -> Service {
+        let mut all = self.shared_env();
+        all.extend(env.iter().cloned());
         Self::start_worker_in(
             self.dir.path(),
             &self.grpc_url,
             &self.call_url,
             "reactor-worker-wasm",
             name,
-            env,
+            &all,
         )
     }
 
     /// Starts a Bun worker named `name` with its own cache.
     pub fn start_bun_worker(&mut self, name: &str, env: &[(&str, String)]) -> Service {
+        let mut all = self.shared_env();
+        all.extend(env.iter().cloned());
         Self::start_worker_in(
             self.dir.path(),
             &self.grpc_url,
             &self.call_url,
             "reactor-worker-bun",
             name,
-            env,
+            &all,
         )
+    }
+
+    fn shared_env(&self) -> Vec<(&str, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect()
     }
 
     /// Starts the control plane again on the same ports.
@@ -302,7 +335,8 @@ impl Split {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_string();
-        self.cp = Some(Self::start_cp(self.dir.path(), &admin, &grpc));
+        let env = self.shared_env();
+        self.cp = Some(Self::start_cp(self.dir.path(), &admin, &grpc, &env));
     }
 
     /// A request to the router with the admin's credentials.

@@ -299,6 +299,11 @@ impl Topology {
         let mut addresses = HashMap::new();
         addresses.insert("redis:6379".to_string(), "127.0.0.1:6379".to_string());
         addresses.insert("minio:9000".to_string(), moto.addr.clone());
+        // Traces go to a port nobody listens on: the export fails quietly, off the path.
+        addresses.insert(
+            "otel-collector:4317".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+        );
         let mut listens = HashMap::new();
         for name in SERVICES {
             for value in compose.service(name).environment.values() {

@@ -5,6 +5,5 @@ use clap::Parser;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = reactor_worker_bun::server::Args::parse();
-    reactor_service::init_tracing(args.worker.log.log_format);
     reactor_worker_bun::server::run(args).await
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Bounds of a pool, from the worker's configuration.
 #[derive(Clone, Copy, Debug)]
@@ -291,6 +292,27 @@ impl Pool {
         Ok(Step::Wait)
     }
 
+    /// Its processes now, for `reactor_pool_*`.
+    pub fn stat(&self) -> reactor_service::metrics::PoolStat {
+        let mut stat = reactor_service::metrics::PoolStat {
+            org: self.spec.org.clone(),
+            function: self.spec.function.clone(),
+            capacity: self.limits.max_processes as u64,
+            ..Default::default()
+        };
+        if let Ok(s) = self.state.lock() {
+            for p in &s.processes {
+                if p.inflight.load(Ordering::Relaxed) > 0 {
+                    stat.busy += 1;
+                } else {
+                    stat.idle += 1;
+                }
+            }
+            stat.queued = s.waiting as u64;
+        }
+        stat
+    }
+
     async fn spawn(
         self: &Arc<Self>,
         launcher: &crate::launcher::Launcher,
@@ -299,6 +321,10 @@ impl Pool {
     ) -> Result<(Lease, bool), InvokeError> {
         let starting = Starting(self);
         let started = std::time::Instant::now();
+        let span = reactor_service::trace_span!(
+            "cold_start",
+            reactor.deployment = %self.spec.deployment_id
+        );
         let result = Process::spawn(
             launcher,
             Start {
@@ -309,6 +335,7 @@ impl Pool {
                 deadline,
             },
         )
+        .instrument(span)
         .await;
         let mut s = self.state.lock().map_err(|_| InvokeError::Unavailable {
             message: "worker state poisoned".into(),
@@ -320,6 +347,7 @@ impl Pool {
                     deployment_id = %self.spec.deployment_id, process = process.id, entry = %self.entry,
                     ms = started.elapsed().as_secs_f64() * 1e3, "bun process started"
                 );
+                reactor_service::metrics::get().cold_start("bun", "total", started.elapsed());
                 process.inflight.fetch_add(1, Ordering::AcqRel);
                 s.processes.push(process.clone());
                 Ok((

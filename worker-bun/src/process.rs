@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -101,7 +102,12 @@ impl Process {
             Some(tag.as_str()),
         )?;
         let socket = launch.socket.clone();
-        let mut child = launch.spawn().await?;
+        let spawn_started = std::time::Instant::now();
+        let mut child = launch
+            .spawn()
+            .instrument(reactor_service::trace_span!("phase", otel.name = "spawn"))
+            .await?;
+        reactor_service::metrics::get().cold_start("bun", "spawn", spawn_started.elapsed());
         let logs = ProcessLogs::new(spec, id, launcher.logs().clone(), &tag);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(crate::logs::pump(out, logs.clone(), Stream::Stdout));
@@ -134,7 +140,13 @@ impl Process {
             logs,
             calls,
         });
-        process.wait_serving(&socket, start.deadline).await?;
+        // Until the harness serves: Bun's start and the function module's import.
+        let import_started = std::time::Instant::now();
+        process
+            .wait_serving(&socket, start.deadline)
+            .instrument(reactor_service::trace_span!("phase", otel.name = "import"))
+            .await?;
+        reactor_service::metrics::get().cold_start("bun", "import", import_started.elapsed());
         // The socket's directory is writable from inside the sandbox: from now on the
         // worker connects through a hard link in its own directory, so that a function
         // replacing `fn.sock` (with a symlink to another socket, say) redirects nothing.

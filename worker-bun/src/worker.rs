@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use reactor_bun_dist::{HARNESS, HARNESS_MARK};
+use tracing::Instrument;
 /// Most of a crash report read from the harness.
 const MAX_CRASH_REPORT: usize = 8192;
 /// How long materialization's check and `prepare` may take to start a process.
@@ -175,6 +176,8 @@ impl BunWorker {
             pools: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap(Arc::downgrade(&worker)));
+        let source: Arc<dyn reactor_service::metrics::PoolSource> = worker.clone();
+        reactor_service::metrics::register_pools(Arc::downgrade(&source));
         Ok(worker)
     }
 
@@ -203,7 +206,12 @@ impl BunWorker {
                     .deployment_env(spec)
                     .await
                     .map_err(|message| InvokeError::NotReady { message })?;
-                let (bundle, entry) = self.unpack(spec).await?;
+                let started = std::time::Instant::now();
+                let (bundle, entry) = self
+                    .unpack(spec)
+                    .instrument(reactor_service::trace_span!("phase", otel.name = "unpack"))
+                    .await?;
+                reactor_service::metrics::get().cold_start("bun", "unpack", started.elapsed());
                 Ok::<_, InvokeError>(Pool::new(
                     Arc::new(spec.clone()),
                     bundle,
@@ -348,7 +356,9 @@ impl RuntimeWorker for BunWorker {
         let scope = process.begin(&request_id);
         // Held with the response body too: the invocation's calls end with it.
         let calls = process.grant_calls(call_scope);
-        let sent = process.send(request, &scope, &calls);
+        let sent = process
+            .send(request, &scope, &calls)
+            .instrument(reactor_service::trace_span!("guest"));
         let response = match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -389,5 +399,22 @@ impl RuntimeWorker for BunWorker {
             response: http::Response::from_parts(parts, Body::new(body)),
             cold_start: cold,
         })
+    }
+}
+
+/// Each function's processes, busy or idle, its cap and its queue.
+impl reactor_service::metrics::PoolSource for BunWorker {
+    fn runtime(&self) -> &'static str {
+        "bun"
+    }
+
+    fn pools(&self) -> Vec<reactor_service::metrics::PoolStat> {
+        let Ok(pools) = self.pools.lock() else {
+            return Vec::new();
+        };
+        pools
+            .values()
+            .filter_map(|slot| slot.get().map(|p| p.stat()))
+            .collect()
     }
 }

@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::Instrument;
 
 /// The longest `tracestate` passed on to a callee.
 pub const MAX_TRACESTATE_BYTES: usize = 512;
@@ -173,12 +174,18 @@ impl CallScope {
     /// JSON error.
     pub async fn call(&self, host: &str, request: Request<Body>) -> Response<Body> {
         match self.prepare(host, request) {
-            Ok((forwarder, context, request)) => {
+            Ok((forwarder, context, request, span)) => {
                 let cancel = self.cancel.clone();
                 let response = tokio::select! {
-                    r = forwarder.forward_call(context, request) => r,
+                    r = forwarder.forward_call(context, request).instrument(span.clone()) => r,
                     _ = cancel.cancelled() => return ended(),
                 };
+                if reactor_service::telemetry::tracing_on() {
+                    span.record("http.response.status_code", response.status().as_u16());
+                    if response.status().is_server_error() {
+                        reactor_service::telemetry::set_error(&span, "the callee failed");
+                    }
+                }
                 let (parts, body) = response.into_parts();
                 let inner = Arc::new(std::sync::Mutex::new(Some(body)));
                 // Dropped when the invocation ends, even if nobody reads it any more: the
@@ -258,11 +265,17 @@ impl CallScope {
         if let Some(b) = &baggage {
             check_baggage(b).map_err(CallError::from)?;
         }
-        let span = rand::random::<u64>();
-        let traceparent = match &self.traceparent {
-            Some(parent) => parent.child(span),
-            None => TraceParent::root(rand::random::<u128>(), span),
-        };
+        // The call's client span, under the span the function was given; the callee's
+        // router span is its child.
+        let span = reactor_service::trace_span!(
+            "call",
+            otel.name = %format_args!("call {}", target.function),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            faas.invoked_name = %target.function,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let traceparent = reactor_service::telemetry::traceparent_of(&span, self.traceparent);
         let Some(forwarder) = self.link.get().cloned() else {
             return Err(ApiError::new(
                 ErrorCode::NoWorkerAvailable,
@@ -305,12 +318,17 @@ impl CallScope {
         for name in protocol::ALL {
             parts.headers.remove(name);
         }
-        Ok((forwarder, context, Request::from_parts(parts, body)))
+        Ok((forwarder, context, Request::from_parts(parts, body), span))
     }
 }
 
 /// A call that passed this worker's checks: where it goes, what it carries, the request.
-type Prepared = (Arc<dyn CallForwarder>, CallContext, Request<Body>);
+type Prepared = (
+    Arc<dyn CallForwarder>,
+    CallContext,
+    Request<Body>,
+    tracing::Span,
+);
 
 /// Cancels an invocation's running calls when dropped (the invocation ended: answered,
 /// timed out, crashed or its client went away).

@@ -138,6 +138,9 @@ impl PushLogs {
                 .await;
                 if let Err(e) = sent {
                     let total = lost.fetch_add(n, Ordering::Relaxed) + n;
+                    reactor_service::metrics::get()
+                        .log_entries_dropped
+                        .inc_by(n);
                     tracing::warn!(error = %e, lost = n, total, "function logs not delivered to the control plane");
                 }
             }
@@ -155,6 +158,7 @@ impl LogSink for PushLogs {
     fn emit(&self, entry: LogEntry) {
         if self.tx.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            reactor_service::metrics::get().log_entries_dropped.inc();
         }
     }
 }

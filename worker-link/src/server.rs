@@ -317,14 +317,48 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         .and_then(reactor_api::calls::TraceParent::parse);
     let trace_id = trace.map(|t| format!("{:032x}", t.trace_id));
     let span_id = trace.map(|t| format!("{:016x}", t.parent_id));
-    let span = tracing::info_span!(
-        "invoke",
-        function = %spec.function,
-        deployment_id = %spec.deployment_id,
-        request_id = %request_id,
-        trace_id = trace_id.as_deref(),
-        span_id = span_id.as_deref(),
-    );
+    let span = if reactor_service::telemetry::tracing_on() {
+        // The worker's server span, a child of the router's hop; the function's parent.
+        let empty = tracing::field::Empty;
+        let span = tracing::info_span!(
+            "invoke",
+            otel.name = %format_args!("worker {}", spec.function),
+            otel.kind = "server",
+            otel.status_code = empty,
+            faas.invoked_name = %spec.function,
+            faas.invocation_id = %request_id,
+            faas.coldstart = empty,
+            reactor.org = %spec.org,
+            reactor.deployment = %spec.deployment_id,
+            function = %spec.function,
+            deployment_id = %spec.deployment_id,
+            request_id = %request_id,
+            trace_id = empty,
+            span_id = empty,
+        );
+        let mine = reactor_service::telemetry::traceparent_of(&span, trace);
+        span.record(
+            "trace_id",
+            tracing::field::display(format_args!("{:032x}", mine.trace_id)),
+        );
+        span.record(
+            "span_id",
+            tracing::field::display(format_args!("{:016x}", mine.parent_id)),
+        );
+        if let Ok(v) = HeaderValue::from_str(&mine.to_string()) {
+            parts.headers.insert(headers::TRACEPARENT, v);
+        }
+        span
+    } else {
+        tracing::info_span!(
+            "invoke",
+            function = %spec.function,
+            deployment_id = %spec.deployment_id,
+            request_id = %request_id,
+            trace_id = trace_id.as_deref(),
+            span_id = span_id.as_deref(),
+        )
+    };
     for name in protocol::ALL {
         parts.headers.remove(name);
     }
@@ -340,8 +374,14 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
         request_id,
         chain,
     };
-    match link.worker.invoke(invocation).instrument(span).await {
+    match link
+        .worker
+        .invoke(invocation)
+        .instrument(span.clone())
+        .await
+    {
         Ok(outcome) => {
+            span.record("faas.coldstart", outcome.cold_start);
             let mut response = outcome.response;
             let h = response.headers_mut();
             for name in protocol::ALL {
@@ -352,6 +392,8 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
             response
         }
         Err(InvokeFailure { error, cold_start }) => {
+            span.record("faas.coldstart", cold_start);
+            reactor_service::telemetry::set_error(&span, error.to_string());
             let mut r = failure(StatusCode::OK, &error, cold_start);
             set_ms(r.headers_mut(), started);
             r

@@ -75,6 +75,9 @@ where
 {
     let name = format!("reactor-worker-{runtime}");
     let config = ReactorConfig::load_service(args.config.as_deref())?;
+    let _telemetry =
+        reactor_service::telemetry::init(args.log.log_format, &config.telemetry, &name)?;
+    let metrics = reactor_service::metrics::routes(&config.telemetry);
     let token = config.internal_token()?.to_string();
     let worker_token = config.worker_token()?.to_string();
     let w = config.worker.clone();
@@ -155,7 +158,9 @@ where
     let worker: Arc<dyn RuntimeWorker> = runtime_impl.clone();
     let builds = BuildHost::new(runtime_impl, storage, cache_dir.join("build"));
     let life = Lifecycle::new();
-    let app = worker_app(worker.clone(), builds, &token, &worker_token).merge(life.routes());
+    let app = worker_app(worker.clone(), builds, &token, &worker_token)
+        .merge(life.routes())
+        .merge(metrics);
     crate::register::follow(
         endpoint.clone(),
         w.prewarm.then(|| worker.clone()),

@@ -195,6 +195,12 @@ impl WasmWorker {
     /// Runs calls to WASM functions with an inline pool here, in the caller's worker,
     /// knowing them from `table` (the routing table as this process follows it); other
     /// calls go on through the link of [`WasmWorker::with_calls`].
+    /// Reports this worker's pools in `reactor_pool_*` while it lives.
+    pub fn report_pools(self: &Arc<Self>) {
+        let me: Arc<dyn reactor_service::metrics::PoolSource> = self.clone();
+        reactor_service::metrics::register_pools(Arc::downgrade(&me));
+    }
+
     pub fn enable_inline(self: &Arc<Self>, table: watch::Receiver<Arc<RoutingTable>>) {
         let inline = crate::inline::InlineCalls::new(
             Arc::downgrade(self),
@@ -242,7 +248,13 @@ impl WasmWorker {
             return Ok((pre.clone(), false));
         }
         let pre = cell
-            .get_or_try_init(|| self.load_uncached(spec))
+            .get_or_try_init(|| {
+                self.load_uncached(spec)
+                    .instrument(reactor_service::trace_span!(
+                        "cold_start",
+                        reactor.deployment = %spec.deployment_id
+                    ))
+            })
             .await
             .map_err(|message| InvokeError::NotReady { message })?;
         // A request that waited for another's load was cold too: it found nothing warm.
@@ -250,7 +262,8 @@ impl WasmWorker {
     }
 
     async fn load_uncached(&self, spec: &DeploymentSpec) -> Result<Deployment, String> {
-        let env = self.env.deployment_env(spec).await?;
+        let whole = std::time::Instant::now();
+        let env = phase("env", self.env.deployment_env(spec)).await?;
         let env = Arc::new(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let started = std::time::Instant::now();
         let path = self.cache_path(spec);
@@ -265,13 +278,16 @@ impl WasmWorker {
             );
             // Only an artifact whose MAC verifies is deserialized (it is native code);
             // else it is rebuilt from the bundle, itself checked against its sha256.
-            match self.seal.get(&*self.storage, &key).await.map_err(err)? {
+            match phase("fetch", self.seal.get(&*self.storage, &key))
+                .await
+                .map_err(err)?
+            {
                 Some(bytes) => {
                     write_atomic(&path, &bytes).await.map_err(err)?;
                     "storage"
                 }
                 None => {
-                    let artifact = self.compile_from_bundle(spec).await?;
+                    let artifact = phase("compile", self.compile_from_bundle(spec)).await?;
                     self.seal
                         .put(&*self.storage, &key, Bytes::from(artifact.clone()))
                         .await
@@ -282,10 +298,14 @@ impl WasmWorker {
             }
         };
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || deserialize(&engine, &path))
-            .await
-            .map_err(err)??;
-        let pre = self.pre(&component)?;
+        let component = phase(
+            "deserialize",
+            tokio::task::spawn_blocking(move || deserialize(&engine, &path)),
+        )
+        .await
+        .map_err(err)??;
+        let pre = phase("link", async { self.pre(&component) }).await?;
+        reactor_service::metrics::get().cold_start("wasm", "total", whole.elapsed());
         tracing::info!(
             org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id,
             source, ms = started.elapsed().as_secs_f64() * 1e3, "deployment loaded"
@@ -613,10 +633,15 @@ impl RuntimeWorker for WasmWorker {
         let log_request_id = request_id.clone();
         let task = tokio::spawn(async move {
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = pre
+                    .instantiate_async(&mut store)
+                    .instrument(reactor_service::trace_span!("instantiate"))
+                    .await?;
+                // The guest's run: until its handler returns (the body may stream on).
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
+                    .instrument(reactor_service::trace_span!("guest"))
                     .await
             };
             let end = match tokio::time::timeout_at(deadline, run).await {
@@ -687,5 +712,49 @@ impl Drop for CancelLog {
         if self.armed {
             tracing::info!(request_id = %self.request_id, "invocation cancelled: the client went away before the response");
         }
+    }
+}
+
+/// One part of a cold start: a span (with traces on) and
+/// `reactor_cold_start_duration_seconds{runtime="wasm"}`.
+async fn phase<T>(name: &'static str, work: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = work
+        .instrument(reactor_service::trace_span!("phase", otel.name = name))
+        .await;
+    reactor_service::metrics::get().cold_start("wasm", name, started.elapsed());
+    out
+}
+
+/// Each loaded deployment: instances running now (an instance lives for one request, so
+/// none idle), the deployment's cap, and requests waiting in a static pool's buffer.
+impl reactor_service::metrics::PoolSource for WasmWorker {
+    fn runtime(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn pools(&self) -> Vec<reactor_service::metrics::PoolStat> {
+        let Ok(loaded) = self.loaded.lock() else {
+            return Vec::new();
+        };
+        loaded
+            .values()
+            .filter_map(|(key, slot)| {
+                let d = slot.get()?;
+                let (org, function) = key.split_once('/').unwrap_or(("", key));
+                Some(reactor_service::metrics::PoolStat {
+                    org: org.to_string(),
+                    function: function.to_string(),
+                    busy: d.size.saturating_sub(d.instances.available_permits()) as u64,
+                    idle: 0,
+                    capacity: d.size as u64,
+                    queued: d
+                        .buffer
+                        .as_ref()
+                        .map(|(_, waiting)| waiting.load(std::sync::atomic::Ordering::Relaxed))
+                        .unwrap_or(0) as u64,
+                })
+            })
+            .collect()
     }
 }

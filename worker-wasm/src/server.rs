@@ -37,6 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         // Calls to inline WASM callees run here; it knows them from the routing table.
         worker.enable_inline(cx.tables);
+        worker.report_pools();
         Ok(worker)
     })
     .await

@@ -45,6 +45,15 @@ macro_rules! integers {
 }
 integers!(u32, u64, usize);
 
+impl FromEnv for f64 {
+    fn from_env(name: &str, value: &str) -> Result<Self, ConfigError> {
+        value
+            .trim()
+            .parse()
+            .map_err(|_| invalid(name, value, "expected a number"))
+    }
+}
+
 impl FromEnv for bool {
     fn from_env(name: &str, value: &str) -> Result<Self, ConfigError> {
         match value.trim() {

@@ -36,6 +36,8 @@ pub struct ReactorConfig {
     pub data_plane: DataPlaneConfig,
     #[serde(default)]
     pub worker: WorkerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 keys::section! {
@@ -121,6 +123,83 @@ keys::section! {
     }
 }
 
+keys::section! {
+    /// `[telemetry]` of every service and `reactor dev`: traces exported with OTLP, and
+    /// Prometheus metrics at `/metrics` (see `docs/observability.md`).
+    pub struct TelemetryConfig ("telemetry", env "REACTOR_TELEMETRY_") {
+        /// Where traces go (an OpenTelemetry Collector, Jaeger, Tempo...): `http://host:4317`
+        /// for OTLP over gRPC, `http://host:4318` for `http/protobuf`.
+        otlp_endpoint: Option<String> = None, env "OTLP_ENDPOINT" with keys::non_empty,
+            doc "`OTEL_EXPORTER_OTLP_ENDPOINT` when set, else none: no traces are recorded or exported";
+        otlp_protocol: Option<String> = None, env "OTLP_PROTOCOL" with keys::non_empty,
+            doc "`OTEL_EXPORTER_OTLP_PROTOCOL` when set, else `grpc`; or `http/protobuf`";
+        service_name: Option<String> = None, env "SERVICE_NAME" with keys::non_empty,
+            doc "`OTEL_SERVICE_NAME` when set, else the service's binary (`reactor-data-plane`, ...; `reactor` for `reactor dev`)";
+        /// The share of new traces recorded (a trace a caller started keeps the caller's
+        /// decision); an invocation that fails is exported whatever the ratio.
+        sample_ratio: f64 = 1.0, env "SAMPLE_RATIO",
+            doc "1.0 (every invocation; 0.0 to 1.0); failed invocations are always exported";
+        /// `/metrics` in the Prometheus text format, on each service's listener.
+        metrics: bool = true, env "METRICS",
+            doc "true (`true`/`false`/`1`/`0`)";
+        /// A bearer token for `/metrics` (Prometheus: `authorization: credentials`).
+        metrics_token: Option<String> = None, env "METRICS_TOKEN" with keys::non_empty,
+            doc "none: `/metrics` answers clients on loopback only";
+        /// The `org` and `function` labels of the per-function series.
+        metrics_function_labels: bool = true, env "METRICS_FUNCTION_LABELS",
+            doc "true; false: per-function series are summed into `function=\"\"`";
+        /// Distinct functions that get series of their own; the rest share
+        /// `function="_other"` (bounds the cardinality a tenant can create).
+        metrics_max_functions: u32 = 500, env "METRICS_MAX_FUNCTIONS",
+            doc "500";
+    }
+}
+
+/// The token is shown as set or not.
+impl std::fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("otlp_protocol", &self.otlp_protocol)
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("metrics", &self.metrics)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<set>"),
+            )
+            .field("metrics_function_labels", &self.metrics_function_labels)
+            .field("metrics_max_functions", &self.metrics_max_functions)
+            .finish()
+    }
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.sample_ratio {} must be between 0.0 and 1.0",
+                self.sample_ratio
+            )));
+        }
+        if let Some(p) = &self.otlp_protocol
+            && !matches!(p.as_str(), "grpc" | "http/protobuf")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.otlp_protocol {p:?} is not grpc or http/protobuf"
+            )));
+        }
+        if let Some(t) = &self.metrics_token {
+            crate::token::check_secret(
+                "telemetry.metrics_token (REACTOR_TELEMETRY_METRICS_TOKEN)",
+                t,
+            )
+            .map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
 impl ReactorConfig {
     /// Applies the services' environment overrides (`REACTOR_INTERNAL_TOKEN`,
     /// `REACTOR_CONTROL_PLANE_*`, `REACTOR_DATA_PLANE_*`, `REACTOR_WORKER_*`).
@@ -141,6 +220,7 @@ impl ReactorConfig {
         all.extend(ControlPlaneConfig::keys());
         all.extend(DataPlaneConfig::keys());
         all.extend(WorkerConfig::keys());
+        all.extend(TelemetryConfig::keys());
         all
     }
 
@@ -707,6 +787,10 @@ impl ReactorConfig {
             .functions
             .apply_env(|name| std::env::var(name).ok())?;
         config.functions.validate()?;
+        config
+            .telemetry
+            .apply_env_with(&|name| std::env::var(name).ok())?;
+        config.telemetry.validate()?;
         Ok(config)
     }
 
@@ -878,7 +962,10 @@ mod tests {
             Some(match name {
                 n if n.ends_with("LISTEN") => "127.0.0.1:1".into(),
                 n if n.ends_with("RUNTIMES") => "wasm".into(),
+                n if n.ends_with("_RATIO") => "0.25".into(),
                 n if n.ends_with("SANDBOX")
+                    || n.ends_with("_METRICS")
+                    || n.ends_with("_LABELS")
                     || n.ends_with("PREWARM")
                     || n.ends_with("PATH_STYLE") =>
                 {
@@ -897,7 +984,8 @@ mod tests {
                     || n.ends_with("_DEPTH")
                     || n.ends_with("_INVOCATION")
                     || n.ends_with("_ACCOUNT")
-                    || n.ends_with("_ADDRESS") =>
+                    || n.ends_with("_ADDRESS")
+                    || n.ends_with("_FUNCTIONS") =>
                 {
                     "7".into()
                 }
@@ -906,6 +994,12 @@ mod tests {
         };
         config.functions.apply_env(get).expect("functions");
         config.apply_services_env(get).expect("services");
+        config.telemetry.apply_env_with(&get).expect("telemetry");
+        let t = &config.telemetry;
+        assert_eq!(t.otlp_endpoint.as_deref(), Some("/set-from-env"));
+        assert_eq!(t.sample_ratio, 0.25);
+        assert!(!t.metrics && !t.metrics_function_labels);
+        assert_eq!(t.metrics_max_functions, 7);
         let f = &config.functions;
         assert_eq!(f.workdir, PathBuf::from("/set-from-env"));
         assert_eq!(f.bundle_max_bytes, 7);

@@ -58,6 +58,7 @@ impl ControlPlane {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let started = std::time::Instant::now();
         need(caller, caller.role.can_deploy(), "deploy")?;
         let function = self.function(caller, name).await?;
         let limit = self.config.bundle_max_bytes;
@@ -182,6 +183,9 @@ impl ControlPlane {
             materialize(store, logs, build, spec, unpacked_dir).await;
             drop(work);
         });
+        reactor_service::metrics::get()
+            .deploy_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(info)
     }
 
@@ -434,6 +438,12 @@ async fn materialize(
 ) {
     let started = std::time::Instant::now();
     let outcome = build.run(&spec, &dir).await;
+    reactor_service::metrics::get()
+        .materialize_duration
+        .get_or_create(&reactor_service::metrics::RuntimeLabels {
+            runtime: spec.runtime.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     let ms = started.elapsed().as_millis() as u64;
     let (status, error) = match &outcome {
         Ok(()) => {

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// One attempt at running the request.
 pub struct Attempt {
@@ -223,6 +224,17 @@ pub struct Cap {
     pub key: String,
     pub limit: u32,
     pub refusal: ApiError,
+    /// Its series in `reactor_concurrency_in_use` and `reactor_concurrency_limit`.
+    pub labels: reactor_service::metrics::ConcurrencyLabels,
+}
+
+/// Counts a permit in `reactor_concurrency_in_use` while it is held.
+struct InUse(reactor_service::metrics::prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Takes a permit under each cap (across routers when the admission counts in Redis); a
@@ -267,15 +279,34 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let mut permits = Vec::new();
+            let span = reactor_service::trace_span!("admission");
+            let metrics = reactor_service::metrics::get();
             for cap in gate.caps.iter() {
-                match gate.admission.try_acquire(&cap.key, cap.limit).await {
-                    Ok(Some(p)) => permits.push(p),
+                metrics
+                    .concurrency_limit
+                    .get_or_create(&cap.labels)
+                    .set(i64::from(cap.limit));
+                match gate
+                    .admission
+                    .try_acquire(&cap.key, cap.limit)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(Some(p)) => {
+                        let gauge = metrics
+                            .concurrency_in_use
+                            .get_or_create(&cap.labels)
+                            .clone();
+                        gauge.inc();
+                        permits.push(Permit::new((p, InUse(gauge))));
+                    }
                     Ok(None) => return Ok(Answer::refused(cap.refusal.clone())),
                     Err(e) => {
                         tracing::warn!(error = %e, key = %cap.key, "admission unavailable: letting the request through");
                     }
                 }
             }
+            drop(span);
             let mut answer = inner.call(attempt).await?;
             if let Outcome::Response { permit, .. } = &mut answer.outcome
                 && !permits.is_empty()
