@@ -9,7 +9,10 @@
 #     the manifests of the directory;
 #   - internal TLS is on in deploy/k8s: config.yaml turns it on with https URLs, and every
 #     Reactor Deployment mounts the Secret reactor-tls read-only with ca.pem and its own
-#     role's pair only (never ca.key).
+#     role's pair only (never ca.key);
+#   - deploy/observability: Prometheus scrapes every Reactor service of the compose file
+#     with the metrics token, the Collector takes OTLP traces, and the Grafana dashboard
+#     queries only series docs/observability.md lists.
 # Installs docker-compose (Debian package) and kubernetes-validate (PyPI) when missing; safe
 # to run again. Exits non-zero on the first failing check.
 set -euo pipefail
@@ -110,6 +113,41 @@ for name, service in sorted(reactor.items()):
 if errors:
     sys.exit("\n".join(errors))
 print(f"ok: {len(reactor) - 1} services with TLS on, certificates from {init} (volume {', '.join(tls_volumes)}), mounted read-only")
+EOF
+
+echo "==> deploy/observability: Prometheus scrapes every Reactor service; the dashboard's queries"
+python3 - "$secrets_dir/config.yml" <<'EOF'
+import json, re, sys, yaml
+compose = yaml.safe_load(open(sys.argv[1]))["services"]
+reactor = {n for n, s in compose.items()
+           if str(s.get("image", "")).startswith("reactor/") and n != "tls-init"}
+prom = yaml.safe_load(open("deploy/observability/prometheus.yml"))
+targets = {t.split(":")[0] for job in prom["scrape_configs"]
+           for sc in job.get("static_configs", []) for t in sc["targets"]}
+missing = reactor - targets
+assert not missing, f"prometheus.yml does not scrape {sorted(missing)}"
+for job in prom["scrape_configs"]:
+    if job["job_name"].startswith("reactor"):
+        assert job.get("authorization", {}).get("credentials_file"), f"{job['job_name']}: no token"
+otel = yaml.safe_load(open("deploy/observability/otel-collector.yaml"))
+assert "otlp" in otel["service"]["pipelines"]["traces"]["receivers"]
+for name in ("otel-collector", "prometheus", "grafana"):
+    assert name in compose, f"docker-compose.yml has no {name}"
+for name in reactor:
+    env = compose[name].get("environment", {})
+    assert env.get("REACTOR_TELEMETRY_OTLP_ENDPOINT", "").startswith("http://otel-collector:"), name
+    assert env.get("REACTOR_TELEMETRY_METRICS_TOKEN"), name
+dash = json.load(open("deploy/observability/grafana/dashboards/reactor.json"))
+# The series the services export: docs/observability.md's table is the list.
+doc = open("docs/observability.md").read()
+known = set(re.findall(r"`(reactor_[a-z_]+)`", doc))
+exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+assert len(exprs) >= 10, exprs
+for e in exprs:
+    for m in re.findall(r"reactor_[a-z_]+", e):
+        base = re.sub(r"_(bucket|count|sum)$", "", m)
+        assert m in known or base in known, f"dashboard query names {m}, not in docs/observability.md"
+print(f"ok: scrape targets cover {sorted(reactor)}; {len(exprs)} dashboard queries on documented series")
 EOF
 
 echo "==> deploy/k8s (kubernetes-validate $("${kubernetes_validate[@]}" --version), --strict)"

@@ -28,6 +28,7 @@ mod controls;
 mod hop;
 mod lambda;
 mod load;
+mod telemetry;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -63,6 +64,8 @@ enum Cmd {
     Calls(calls::CallsArgs),
     /// What each interceptor and a contract's schema validation cost per request.
     Composition(composition::CompositionArgs),
+    /// What traces cost per request: off, 1 % sampled, every invocation exported.
+    Telemetry(telemetry::TelemetryArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Lambda(args)) => lambda::run(args).await,
         Some(Cmd::Calls(args)) => calls::run(args).await,
         Some(Cmd::Composition(args)) => composition::run(args).await,
+        Some(Cmd::Telemetry(args)) => telemetry::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

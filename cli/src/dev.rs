@@ -194,7 +194,10 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             .merge(reactor_control_plane::http::admin_router(cp.clone()))
             .merge(reactor_data_plane::invoke_router(dp))
             .merge(life.routes())
-            .merge(reactor_service::metrics::routes(&telemetry)),
+            .merge(reactor_service::metrics::routes(
+                &telemetry,
+                reactor_service::metrics::Exposure::Embedded,
+            )),
     );
     let listener = reactor_service::bind_exclusive(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;

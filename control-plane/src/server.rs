@@ -179,7 +179,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let app = reactor_service::public_app(
         crate::http::admin_router(cp.clone())
             .merge(life.routes())
-            .merge(reactor_service::metrics::routes(&config.telemetry)),
+            .merge(reactor_service::metrics::routes(
+                &config.telemetry,
+                reactor_service::metrics::Exposure::Service,
+            )),
     );
     tracing::info!(admin_http = %http_addr, grpc = %grpc_addr, workdir = %workdir.display(), "reactor-control-plane listening");
     let grpc_scheme = if tls.is_some() { "https" } else { "http" };

@@ -427,15 +427,29 @@ impl DataPlane {
             .with_detail("function", name)
         };
         let entry = index.function(&grant.org, name).ok_or_else(not_found)?;
+        // From here on the function exists: its answers are counted, and its span named.
+        let counted = |e: ApiError| {
+            reactor_service::metrics::get().invoked(
+                &grant.org,
+                name,
+                e.code.status().as_u16(),
+                false,
+                started.elapsed(),
+            );
+            e
+        };
         let spec = entry.live.clone().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::DeploymentNotReady,
-                format!("function {name} has no live deployment: deploy and promote one"),
+            counted(
+                ApiError::new(
+                    ErrorCode::DeploymentNotReady,
+                    format!("function {name} has no live deployment: deploy and promote one"),
+                )
+                .with_detail("function", name),
             )
-            .with_detail("function", name)
         })?;
         if reactor_service::telemetry::tracing_on() {
             let span = tracing::Span::current();
+            reactor_service::telemetry::rename(&span, name);
             span.record("reactor.org", spec.org.as_str());
             span.record("reactor.deployment", spec.deployment_id.as_str());
         }
@@ -476,11 +490,11 @@ impl DataPlane {
                     !remote.is_down(&w.url)
                 });
                 if urls.is_empty() {
-                    return Err(Runtimes::no_worker(entry.runtime));
+                    return Err(counted(Runtimes::no_worker(entry.runtime)));
                 }
                 Target::Remote(remote.clone(), urls)
             }
-            (None, None) => return Err(Runtimes::no_worker(entry.runtime)),
+            (None, None) => return Err(counted(Runtimes::no_worker(entry.runtime))),
         };
         // Policies see the request as the function would: no platform credentials.
         {
@@ -794,10 +808,9 @@ impl DataPlane {
         }
         if is_call {
             let limit = self.options.calls.max_in_flight_per_org;
-            let f = reactor_service::metrics::get().function(org, "");
             caps.push(Cap {
                 labels: reactor_service::metrics::ConcurrencyLabels {
-                    org: f.org,
+                    org: reactor_service::metrics::get().org(org),
                     function: String::new(),
                     cap: "calls",
                 },
@@ -1313,7 +1326,7 @@ fn invocation_span(
     let span = if reactor_service::telemetry::tracing_on() {
         tracing::info_span!(
             "invoke",
-            otel.name = function.unwrap_or("invoke"),
+            otel.name = "invoke",
             otel.kind = "server",
             otel.status_code = empty,
             faas.trigger = "http",

@@ -125,11 +125,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let calls_app =
         reactor_service::public_app(call_router(dp.clone(), &call_token).merge(life.routes()));
-    let app = reactor_service::public_app(
-        invoke_router(dp)
-            .merge(life.routes())
-            .merge(reactor_service::metrics::routes(&config.telemetry)),
-    );
+    let app = reactor_service::public_app(invoke_router(dp).merge(life.routes()).merge(
+        reactor_service::metrics::routes(
+            &config.telemetry,
+            reactor_service::metrics::Exposure::Service,
+        ),
+    ));
     // Calls between functions: from workers only, over mutual TLS when it is on.
     let call_tls = match &tls {
         Some(tls) => Some(reactor_service::ServeTls {

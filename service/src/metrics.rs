@@ -9,8 +9,8 @@
 //! Labels naming a function are bounded: `[telemetry] metrics_function_labels = false`
 //! sums every function into one series, and past `metrics_max_functions` distinct
 //! functions the rest share `function="_other"` (a tenant cannot grow the scrape without
-//! end). `/metrics` answers clients on loopback, or anyone with
-//! `Authorization: Bearer <metrics_token>` when one is set: the series name other
+//! end). `/metrics` answers `Authorization: Bearer <metrics_token>`, and without a token
+//! set only `reactor dev`'s clients on loopback ([`Exposure`]): the series name other
 //! tenants' functions.
 
 pub use prometheus_client;
@@ -52,7 +52,7 @@ pub struct InvocationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ColdStartLabels {
     pub runtime: String,
-    /// `total`, or one part: `fetch`, `compile`, `deserialize`, `link` (WASM); `unpack`,
+    /// `total`, or one part: `env`, `fetch`, `compile`, `deserialize`, `link` (WASM); `unpack`,
     /// `spawn`, `import` (Bun).
     pub phase: &'static str,
 }
@@ -115,6 +115,8 @@ pub struct Metrics {
 
 /// The bound on function labels.
 struct Labels {
+    /// `telemetry.metrics`: off, nothing is recorded.
+    recording: AtomicBool,
     on: AtomicBool,
     max: AtomicU32,
     seen: RwLock<HashSet<(String, String)>>,
@@ -176,6 +178,7 @@ impl Metrics {
             routing_table_version: Gauge::default(),
             routing_table_updated: Gauge::default(),
             labels: Labels {
+                recording: AtomicBool::new(true),
                 on: AtomicBool::new(true),
                 max: AtomicU32::new(500),
                 seen: RwLock::new(HashSet::new()),
@@ -248,8 +251,25 @@ impl Metrics {
         FunctionLabels { org, function }
     }
 
+    /// The `org` label of a series about the whole org (no function slot taken).
+    pub fn org(&self, org: &str) -> String {
+        if self.labels.on.load(Ordering::Relaxed) {
+            org.to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether anything is recorded (`telemetry.metrics`).
+    pub fn recording(&self) -> bool {
+        self.labels.recording.load(Ordering::Relaxed)
+    }
+
     /// An invocation's answer reached its headers after `head`.
     pub fn invoked(&self, org: &str, function: &str, status: u16, cold: bool, head: Duration) {
+        if !self.recording() {
+            return;
+        }
         let labels = self.function(org, function);
         self.head_duration
             .get_or_create(&labels)
@@ -266,6 +286,9 @@ impl Metrics {
 
     /// An invocation's body ended (or its client left) after `total`.
     pub fn finished(&self, org: &str, function: &str, total: Duration) {
+        if !self.recording() {
+            return;
+        }
         self.duration
             .get_or_create(&self.function(org, function))
             .observe(total.as_secs_f64());
@@ -273,6 +296,9 @@ impl Metrics {
 
     /// A cold start's `phase` took `took`.
     pub fn cold_start(&self, runtime: &str, phase: &'static str, took: Duration) {
+        if !self.recording() {
+            return;
+        }
         self.cold_starts
             .get_or_create(&ColdStartLabels {
                 runtime: runtime.to_string(),
@@ -294,6 +320,9 @@ impl Metrics {
 
     /// Applies `[telemetry]`'s label settings.
     pub fn configure(&self, config: &TelemetryConfig) {
+        self.labels
+            .recording
+            .store(config.metrics, Ordering::Relaxed);
         self.labels
             .on
             .store(config.metrics_function_labels, Ordering::Relaxed);
@@ -450,10 +479,22 @@ struct Access {
     on: bool,
     /// Compared by hash ([`reactor_api::token::InternalToken`]).
     token: Option<reactor_api::token::InternalToken>,
+    /// Without a token, clients on loopback (`reactor dev` only: behind a reverse proxy on
+    /// the same host every client is on loopback).
+    loopback: bool,
+}
+
+/// Where `/metrics` is served, which decides who may read it without a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// `reactor dev`: clients on loopback, or the token.
+    Embedded,
+    /// A split service: the token only (none set: `/metrics` refuses everyone).
+    Service,
 }
 
 /// `GET /metrics`, to merge beside a service's health routes.
-pub fn routes(config: &TelemetryConfig) -> Router {
+pub fn routes(config: &TelemetryConfig, exposure: Exposure) -> Router {
     get().configure(config);
     let access = Access {
         on: config.metrics,
@@ -461,6 +502,7 @@ pub fn routes(config: &TelemetryConfig) -> Router {
             .metrics_token
             .as_deref()
             .map(reactor_api::token::InternalToken::new),
+        loopback: exposure == Exposure::Embedded,
     };
     Router::new().route(
         "/metrics",
@@ -486,13 +528,17 @@ fn scrape(access: &Access, peer: Option<SocketAddr>, headers: &HeaderMap) -> Res
             .and_then(|v| v.to_str().ok())
             .and_then(reactor_api::token::bearer)
             .is_some_and(|given| token.matches(given.as_bytes())),
-        None => peer.is_some_and(|p| p.ip().is_loopback()),
+        None => access.loopback && peer.is_some_and(|p| p.ip().is_loopback()),
     };
     if !allowed {
-        let why = if access.token.is_some() {
-            "metrics need the bearer token of telemetry.metrics_token"
-        } else {
-            "metrics answer clients on loopback only; set telemetry.metrics_token to scrape from elsewhere"
+        let why = match (&access.token, access.loopback) {
+            (Some(_), _) => "metrics need the bearer token of telemetry.metrics_token",
+            (None, true) => {
+                "metrics answer clients on loopback only; set telemetry.metrics_token to scrape from elsewhere"
+            }
+            (None, false) => {
+                "metrics need a bearer token: set telemetry.metrics_token (REACTOR_TELEMETRY_METRICS_TOKEN) on this service and give it to Prometheus"
+            }
         };
         return ApiError::new(ErrorCode::Unauthorized, why).into_response();
     }
@@ -536,6 +582,7 @@ mod tests {
     #[test]
     fn function_labels_are_bounded() {
         let labels = Labels {
+            recording: AtomicBool::new(true),
             on: AtomicBool::new(true),
             max: AtomicU32::new(2),
             seen: RwLock::new(HashSet::new()),
@@ -562,6 +609,7 @@ mod tests {
         let open = Access {
             on: true,
             token: None,
+            loopback: true,
         };
         let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let remote: SocketAddr = "10.0.0.1:9".parse().expect("addr");
@@ -572,6 +620,7 @@ mod tests {
         let token = Access {
             on: true,
             token: Some(reactor_api::token::InternalToken::new("s3cret")),
+            loopback: true,
         };
         let mut bearer = HeaderMap::new();
         bearer.insert(
@@ -583,7 +632,15 @@ mod tests {
         let off = Access {
             on: false,
             token: None,
+            loopback: true,
         };
         assert_eq!(scrape(&off, Some(local), &none).status(), 404);
+        // A split service without a token answers nobody, loopback included.
+        let service = Access {
+            on: true,
+            token: None,
+            loopback: false,
+        };
+        assert_eq!(scrape(&service, Some(local), &none).status(), 401);
     }
 }

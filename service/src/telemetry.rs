@@ -98,8 +98,9 @@ impl TraceExport {
             .parse()
             .with_context(|| format!("the OTLP endpoint {endpoint:?} is not a URL"))?;
         anyhow::ensure!(
-            matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
-            "the OTLP endpoint {endpoint:?} must be an http:// or https:// URL with a host"
+            uri.scheme_str() == Some("http") && uri.host().is_some(),
+            "the OTLP endpoint {endpoint:?} must be an http:// URL with a host (TLS to the \
+             collector is not built in: run a Collector beside the service, or a TLS proxy)"
         );
         let mut endpoint = endpoint.trim().trim_end_matches('/').to_string();
         // `http/protobuf` posts each signal to its own path under the base address.
@@ -215,7 +216,7 @@ fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
         .build()
         .context("starting the trace exporter's runtime")?;
     let timeout = Duration::from_secs(10);
-    let inner = {
+    let built = {
         let _entered = runtime.enter();
         if export.http {
             opentelemetry_otlp::SpanExporter::builder()
@@ -230,11 +231,21 @@ fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
                 .with_timeout(timeout)
                 .build()
         }
-        .with_context(|| format!("setting up the OTLP exporter to {}", export.endpoint))?
+    };
+    let inner = match built {
+        Ok(inner) => inner,
+        Err(e) => {
+            // Not dropped here: this may run on a runtime, where dropping one panics.
+            runtime.shutdown_background();
+            return Err(e)
+                .with_context(|| format!("setting up the OTLP exporter to {}", export.endpoint));
+        }
     };
     let exporter = OnRuntime {
         inner,
         runtime: Some(runtime),
+        endpoint: export.endpoint.clone(),
+        warned: std::sync::atomic::AtomicU64::new(0),
     };
     let batch = BatchSpanProcessor::builder(exporter).build();
     let resource = opentelemetry_sdk::Resource::builder_empty()
@@ -256,6 +267,9 @@ fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
 struct OnRuntime<E> {
     inner: E,
     runtime: Option<tokio::runtime::Runtime>,
+    endpoint: String,
+    /// When a failed export was last logged (seconds since the Unix epoch): once a minute.
+    warned: std::sync::atomic::AtomicU64,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Debug for OnRuntime<E> {
@@ -266,11 +280,29 @@ impl<E: std::fmt::Debug> std::fmt::Debug for OnRuntime<E> {
 
 impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        match &self.runtime {
-            // Called on the batch processor's thread, never on a runtime's.
-            Some(rt) => rt.block_on(self.inner.export(batch)),
-            None => Ok(()),
+        let Some(rt) = &self.runtime else {
+            return Ok(());
+        };
+        let n = batch.len();
+        // Called on the batch processor's thread, never on a runtime's.
+        let result = rt.block_on(self.inner.export(batch));
+        if let Err(e) = &result {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let last = self.warned.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .warned
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(endpoint = %self.endpoint, spans = n, error = %e,
+                    "traces not exported (logged once a minute)");
+            }
         }
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -394,6 +426,14 @@ fn remote_context(p: TraceParent) -> Context {
     ))
 }
 
+/// Names `span` `name` (a server span is named after its function once that is known:
+/// a name from the URL before authentication would let anyone add span names).
+pub fn rename(span: &tracing::Span, name: &str) {
+    if tracing_on() {
+        span.context().span().update_name(name.to_string());
+    }
+}
+
 /// Marks `span` failed (`otel.status_code = ERROR`, so it is exported whatever the
 /// sampling) when traces are on.
 pub fn set_error(span: &tracing::Span, description: impl Into<std::borrow::Cow<'static, str>>) {
@@ -460,6 +500,7 @@ mod tests {
         for (endpoint, protocol) in [
             ("collector:4317", "grpc"),
             ("ftp://collector", "grpc"),
+            ("https://collector:4317", "grpc"),
             ("http://collector:4317", "http/json"),
         ] {
             let config = TelemetryConfig {

@@ -1,6 +1,11 @@
-//! Telemetry (`docs/operations.md`, "Logs"): `reactor dev --log-format json` writes its own
-//! logs as JSON lines, and the lines of an invocation carry its trace and span ids: the
-//! caller's trace continued, the span the function sees as its parent in `traceparent`.
+//! Telemetry (`docs/observability.md`):
+//! - logs: `reactor dev --log-format json` writes JSON lines, and the lines of an
+//!   invocation carry its trace and span ids (the caller's trace continued, the span the
+//!   function sees as its parent in `traceparent`);
+//! - traces: a local OTLP/gRPC receiver gets the spans of an invocation across the router,
+//!   the workers and a call, and a failed invocation's whatever the sampling;
+//! - metrics: `/metrics` before and after a burst, read by the Prometheus client library's
+//!   parser.
 
 use reactor_tests::*;
 use serde_json::Value;

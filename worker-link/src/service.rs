@@ -77,7 +77,10 @@ where
     let config = ReactorConfig::load_service(args.config.as_deref())?;
     let _telemetry =
         reactor_service::telemetry::init(args.log.log_format, &config.telemetry, &name)?;
-    let metrics = reactor_service::metrics::routes(&config.telemetry);
+    let metrics = reactor_service::metrics::routes(
+        &config.telemetry,
+        reactor_service::metrics::Exposure::Service,
+    );
     let token = config.internal_token()?.to_string();
     let worker_token = config.worker_token()?.to_string();
     let w = config.worker.clone();

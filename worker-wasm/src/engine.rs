@@ -192,15 +192,15 @@ impl WasmWorker {
         self
     }
 
-    /// Runs calls to WASM functions with an inline pool here, in the caller's worker,
-    /// knowing them from `table` (the routing table as this process follows it); other
-    /// calls go on through the link of [`WasmWorker::with_calls`].
     /// Reports this worker's pools in `reactor_pool_*` while it lives.
     pub fn report_pools(self: &Arc<Self>) {
         let me: Arc<dyn reactor_service::metrics::PoolSource> = self.clone();
         reactor_service::metrics::register_pools(Arc::downgrade(&me));
     }
 
+    /// Runs calls to WASM functions with an inline pool here, in the caller's worker,
+    /// knowing them from `table` (the routing table as this process follows it); other
+    /// calls go on through the link of [`WasmWorker::with_calls`].
     pub fn enable_inline(self: &Arc<Self>, table: watch::Receiver<Arc<RoutingTable>>) {
         let inline = crate::inline::InlineCalls::new(
             Arc::downgrade(self),

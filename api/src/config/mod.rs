@@ -144,7 +144,7 @@ keys::section! {
             doc "true (`true`/`false`/`1`/`0`)";
         /// A bearer token for `/metrics` (Prometheus: `authorization: credentials`).
         metrics_token: Option<String> = None, env "METRICS_TOKEN" with keys::non_empty,
-            doc "none: `/metrics` answers clients on loopback only";
+            doc "none: `reactor dev` answers clients on loopback, the split services nobody";
         /// The `org` and `function` labels of the per-function series.
         metrics_function_labels: bool = true, env "METRICS_FUNCTION_LABELS",
             doc "true; false: per-function series are summed into `function=\"\"`";

@@ -281,18 +281,21 @@ where
             let mut permits = Vec::new();
             let span = reactor_service::trace_span!("admission");
             let metrics = reactor_service::metrics::get();
+            let recording = metrics.recording();
             for cap in gate.caps.iter() {
-                metrics
-                    .concurrency_limit
-                    .get_or_create(&cap.labels)
-                    .set(i64::from(cap.limit));
+                if recording {
+                    metrics
+                        .concurrency_limit
+                        .get_or_create(&cap.labels)
+                        .set(i64::from(cap.limit));
+                }
                 match gate
                     .admission
                     .try_acquire(&cap.key, cap.limit)
                     .instrument(span.clone())
                     .await
                 {
-                    Ok(Some(p)) => {
+                    Ok(Some(p)) if recording => {
                         let gauge = metrics
                             .concurrency_in_use
                             .get_or_create(&cap.labels)
@@ -300,6 +303,7 @@ where
                         gauge.inc();
                         permits.push(Permit::new((p, InUse(gauge))));
                     }
+                    Ok(Some(p)) => permits.push(p),
                     Ok(None) => return Ok(Answer::refused(cap.refusal.clone())),
                     Err(e) => {
                         tracing::warn!(error = %e, key = %cap.key, "admission unavailable: letting the request through");
