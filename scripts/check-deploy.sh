@@ -118,35 +118,41 @@ EOF
 echo "==> deploy/observability: Prometheus scrapes every Reactor service; the dashboard's queries"
 python3 - "$secrets_dir/config.yml" <<'EOF'
 import json, re, sys, yaml
+def check(ok, message):
+    if not ok:
+        print(f"deploy/observability: {message}", file=sys.stderr)
+        sys.exit(1)
 compose = yaml.safe_load(open(sys.argv[1]))["services"]
 reactor = {n for n, s in compose.items()
-           if str(s.get("image", "")).startswith("reactor/") and n != "tls-init"}
+           if str(s.get("image", "")).startswith("reactor/") and "--tls-init" not in s.get("command", [])}
+check(len(reactor) >= 4, f"expected the Reactor services in docker-compose.yml, found {sorted(reactor)}")
 prom = yaml.safe_load(open("deploy/observability/prometheus.yml"))
 targets = {t.split(":")[0] for job in prom["scrape_configs"]
            for sc in job.get("static_configs", []) for t in sc["targets"]}
 missing = reactor - targets
-assert not missing, f"prometheus.yml does not scrape {sorted(missing)}"
+check(not missing, f"prometheus.yml does not scrape {sorted(missing)}")
 for job in prom["scrape_configs"]:
-    if job["job_name"].startswith("reactor"):
-        assert job.get("authorization", {}).get("credentials_file"), f"{job['job_name']}: no token"
+    hosts = {t.split(":")[0] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    if hosts & reactor:
+        check(job.get("authorization", {}).get("credentials_file"), f"{job['job_name']}: no token")
 otel = yaml.safe_load(open("deploy/observability/otel-collector.yaml"))
-assert "otlp" in otel["service"]["pipelines"]["traces"]["receivers"]
+check("otlp" in otel["service"]["pipelines"]["traces"]["receivers"], '"otlp" in otel["service"]["pipelines"]["traces"]["receivers"]')
 for name in ("otel-collector", "prometheus", "grafana"):
-    assert name in compose, f"docker-compose.yml has no {name}"
+    check(name in compose, f"docker-compose.yml has no {name}")
 for name in reactor:
     env = compose[name].get("environment", {})
-    assert env.get("REACTOR_TELEMETRY_OTLP_ENDPOINT", "").startswith("http://otel-collector:"), name
-    assert env.get("REACTOR_TELEMETRY_METRICS_TOKEN"), name
+    check(env.get("REACTOR_TELEMETRY_OTLP_ENDPOINT", "").startswith("http://otel-collector:"), name)
+    check(env.get("REACTOR_TELEMETRY_METRICS_TOKEN"), name)
 dash = json.load(open("deploy/observability/grafana/dashboards/reactor.json"))
 # The series the services export: docs/observability.md's table is the list.
 doc = open("docs/observability.md").read()
 known = set(re.findall(r"`(reactor_[a-z_]+)`", doc))
 exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-assert len(exprs) >= 10, exprs
+check(len(exprs) >= 10, exprs)
 for e in exprs:
     for m in re.findall(r"reactor_[a-z_]+", e):
         base = re.sub(r"_(bucket|count|sum)$", "", m)
-        assert m in known or base in known, f"dashboard query names {m}, not in docs/observability.md"
+        check(m in known or base in known, f"dashboard query names {m}, not in docs/observability.md")
 print(f"ok: scrape targets cover {sorted(reactor)}; {len(exprs)} dashboard queries on documented series")
 EOF
 

@@ -132,7 +132,9 @@ impl DataPlane {
         let previous = self.index.borrow().clone();
         self.index
             .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
-        reactor_service::metrics::get().routing_table(table.version);
+        if reactor_service::metrics::get().recording() {
+            reactor_service::metrics::get().routing_table(table.version);
+        }
         true
     }
 
@@ -389,6 +391,15 @@ impl DataPlane {
                     let index = dp.current_index().await?;
                     let (parts, body) = request.into_parts();
                     let request_id = context.request_id.clone();
+                    // The interceptor's invocation has a span of its own, under the one
+                    // of the request it intercepts.
+                    let mut context = context;
+                    let (span, trace) = invocation_span(
+                        &function,
+                        &request_id,
+                        TraceParent::parse(&context.traceparent),
+                    );
+                    context.traceparent = trace.to_string();
                     let routed = Routed {
                         name: &function,
                         grant,
@@ -399,7 +410,11 @@ impl DataPlane {
                         call: Some(context),
                         via: None,
                     };
-                    dp.dispatch(&index, routed).await
+                    let answer = dp.dispatch(&index, routed).instrument(span.clone()).await;
+                    if let Ok(response) = &answer {
+                        record_outcome(&span, response);
+                    }
+                    answer
                 })
             },
         )
@@ -490,11 +505,11 @@ impl DataPlane {
                     !remote.is_down(&w.url)
                 });
                 if urls.is_empty() {
-                    return Err(counted(Runtimes::no_worker(entry.runtime)));
+                    return Err(refused(Runtimes::no_worker(entry.runtime)));
                 }
                 Target::Remote(remote.clone(), urls)
             }
-            (None, None) => return Err(counted(Runtimes::no_worker(entry.runtime))),
+            (None, None) => return Err(refused(Runtimes::no_worker(entry.runtime))),
         };
         // Policies see the request as the function would: no platform credentials.
         {
@@ -808,9 +823,11 @@ impl DataPlane {
         }
         if is_call {
             let limit = self.options.calls.max_in_flight_per_org;
+            // The org's series takes one of the bounded slots too.
+            let f = reactor_service::metrics::get().function(org, "");
             caps.push(Cap {
                 labels: reactor_service::metrics::ConcurrencyLabels {
-                    org: reactor_service::metrics::get().org(org),
+                    org: f.org,
                     function: String::new(),
                     cap: "calls",
                 },

@@ -247,17 +247,14 @@ impl Metrics {
 
     /// The labels of `org`'s `function`, as configured.
     pub fn function(&self, org: &str, function: &str) -> FunctionLabels {
+        if !self.recording() {
+            return FunctionLabels {
+                org: String::new(),
+                function: String::new(),
+            };
+        }
         let (org, function) = self.labels.of(org, function);
         FunctionLabels { org, function }
-    }
-
-    /// The `org` label of a series about the whole org (no function slot taken).
-    pub fn org(&self, org: &str) -> String {
-        if self.labels.on.load(Ordering::Relaxed) {
-            org.to_string()
-        } else {
-            String::new()
-        }
     }
 
     /// Whether anything is recorded (`telemetry.metrics`).

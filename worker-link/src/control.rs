@@ -138,9 +138,10 @@ impl PushLogs {
                 .await;
                 if let Err(e) = sent {
                     let total = lost.fetch_add(n, Ordering::Relaxed) + n;
-                    reactor_service::metrics::get()
-                        .log_entries_dropped
-                        .inc_by(n);
+                    let metrics = reactor_service::metrics::get();
+                    if metrics.recording() {
+                        metrics.log_entries_dropped.inc_by(n);
+                    }
                     tracing::warn!(error = %e, lost = n, total, "function logs not delivered to the control plane");
                 }
             }
@@ -158,7 +159,10 @@ impl LogSink for PushLogs {
     fn emit(&self, entry: LogEntry) {
         if self.tx.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            reactor_service::metrics::get().log_entries_dropped.inc();
+            let metrics = reactor_service::metrics::get();
+            if metrics.recording() {
+                metrics.log_entries_dropped.inc();
+            }
         }
     }
 }

@@ -183,9 +183,12 @@ impl ControlPlane {
             materialize(store, logs, build, spec, unpacked_dir).await;
             drop(work);
         });
-        reactor_service::metrics::get()
-            .deploy_duration
-            .observe(started.elapsed().as_secs_f64());
+        let metrics = reactor_service::metrics::get();
+        if metrics.recording() {
+            metrics
+                .deploy_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(info)
     }
 
@@ -438,12 +441,15 @@ async fn materialize(
 ) {
     let started = std::time::Instant::now();
     let outcome = build.run(&spec, &dir).await;
-    reactor_service::metrics::get()
-        .materialize_duration
-        .get_or_create(&reactor_service::metrics::RuntimeLabels {
-            runtime: spec.runtime.to_string(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    let metrics = reactor_service::metrics::get();
+    if metrics.recording() {
+        metrics
+            .materialize_duration
+            .get_or_create(&reactor_service::metrics::RuntimeLabels {
+                runtime: spec.runtime.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
     let ms = started.elapsed().as_millis() as u64;
     let (status, error) = match &outcome {
         Ok(()) => {
