@@ -1367,15 +1367,7 @@ fn invocation_span(
             span_id = empty
         )
     };
-    let trace = reactor_service::telemetry::traceparent_of(&span, parent);
-    span.record(
-        "trace_id",
-        tracing::field::display(format_args!("{:032x}", trace.trace_id)),
-    );
-    span.record(
-        "span_id",
-        tracing::field::display(format_args!("{:016x}", trace.parent_id)),
-    );
+    let trace = reactor_service::telemetry::traceparent_recorded(&span, parent);
     (span, trace)
 }
 

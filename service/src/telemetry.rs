@@ -415,6 +415,21 @@ pub fn traceparent_of(span: &tracing::Span, parent: Option<TraceParent>) -> Trac
     }
 }
 
+/// [`traceparent_of`], with the ids recorded on `span`'s `trace_id` and `span_id` fields
+/// (the JSON log lines written in it carry them).
+pub fn traceparent_recorded(span: &tracing::Span, parent: Option<TraceParent>) -> TraceParent {
+    let trace = traceparent_of(span, parent);
+    span.record(
+        "trace_id",
+        tracing::field::display(format_args!("{:032x}", trace.trace_id)),
+    );
+    span.record(
+        "span_id",
+        tracing::field::display(format_args!("{:016x}", trace.parent_id)),
+    );
+    trace
+}
+
 /// A caller's `traceparent` as the remote parent of a span.
 fn remote_context(p: TraceParent) -> Context {
     Context::new().with_remote_span_context(SpanContext::new(

@@ -336,15 +336,7 @@ async fn invoke(State(link): State<Arc<Link>>, req: Request) -> Response {
             trace_id = empty,
             span_id = empty,
         );
-        let mine = reactor_service::telemetry::traceparent_of(&span, trace);
-        span.record(
-            "trace_id",
-            tracing::field::display(format_args!("{:032x}", mine.trace_id)),
-        );
-        span.record(
-            "span_id",
-            tracing::field::display(format_args!("{:016x}", mine.parent_id)),
-        );
+        let mine = reactor_service::telemetry::traceparent_recorded(&span, trace);
         if let Ok(v) = HeaderValue::from_str(&mine.to_string()) {
             parts.headers.insert(headers::TRACEPARENT, v);
         }
