@@ -43,6 +43,13 @@ pub trait RuntimeWorker: RuntimeRole {
     /// Loads a deployment that is about to go live so that its first request is warm.
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError>;
 
+    /// Loads a live deployment ahead of its requests when there is room for it (a worker
+    /// following the routing table); `Ok(false)` when it left it for its first request.
+    /// Default: [`RuntimeWorker::prepare`].
+    async fn prewarm(&self, spec: &DeploymentSpec) -> Result<bool, InvokeError> {
+        self.prepare(spec).await.map(|()| true)
+    }
+
     async fn invoke(&self, invocation: Invocation) -> Result<InvokeOutcome, InvokeFailure>;
 
     /// Unloads a deployment that is no longer live (deleted, or superseded): what it kept

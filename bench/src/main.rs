@@ -18,6 +18,10 @@
 //! `reactor-bench calls` measures calls between functions (one hop, a chain of three),
 //! through the router and inline.
 //! `reactor-bench composition` measures each interceptor and a contract per request.
+//! `reactor-bench telemetry` measures what metrics and traces cost per request.
+//! `reactor-bench many` deploys 10,000 functions on one worker and measures memory, the
+//! routing table's push to 10 routers, first requests and a load spread over them all.
+//! `reactor-bench upload` measures the control plane's memory during a 50 MiB upload.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
@@ -28,7 +32,9 @@ mod controls;
 mod hop;
 mod lambda;
 mod load;
+mod many;
 mod telemetry;
+mod upload;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -66,6 +72,11 @@ enum Cmd {
     Composition(composition::CompositionArgs),
     /// What traces cost per request: off, 1 % sampled, every invocation exported.
     Telemetry(telemetry::TelemetryArgs),
+    /// 10,000 functions on one worker: memory, routing table to 10 routers, first
+    /// requests, load spread over all of them (about 5 minutes).
+    Many(many::ManyArgs),
+    /// What a 50 MiB bundle upload costs the control plane in memory.
+    Upload(upload::UploadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Calls(args)) => calls::run(args).await,
         Some(Cmd::Composition(args)) => composition::run(args).await,
         Some(Cmd::Telemetry(args)) => telemetry::run(args).await,
+        Some(Cmd::Many(args)) => many::run(args).await,
+        Some(Cmd::Upload(args)) => upload::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

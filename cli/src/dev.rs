@@ -65,6 +65,14 @@ pub struct DevServer {
 pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
     let full = ReactorConfig::load(args.config.as_deref())?;
     let telemetry = full.telemetry;
+    // The one `[worker]` key the embedded WASM worker reads (the section's other keys
+    // and their variables are the split services').
+    let loaded_budget_mb = match std::env::var("REACTOR_WORKER_LOADED_BUDGET_MB") {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("REACTOR_WORKER_LOADED_BUDGET_MB={v:?}: expected a number of MiB")
+        })?,
+        Err(_) => full.worker.loaded_budget_mb,
+    };
     let mut config = full.functions;
     if let Some(admin) = args.admin_token.as_deref() {
         reactor_api::token::check_secret("REACTOR_ADMIN_TOKEN", admin)
@@ -95,7 +103,8 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             env: env.clone(),
             logs: logs.clone(),
         })?
-        .with_calls(calls.clone(), call_limits),
+        .with_calls(calls.clone(), call_limits)
+        .with_loaded_budget(loaded_budget_mb.saturating_mul(1 << 20)),
     );
     wasm.report_pools();
     let wasm_inline = wasm.clone();

@@ -34,8 +34,13 @@ pub struct RoutingPublisher {
     workers: Arc<WorkerRegistry>,
     tx: watch::Sender<Arc<RoutingTable>>,
     changes: broadcast::Sender<Arc<Change>>,
-    // Serialises publications so that versions reach subscribers in order.
-    lock: Mutex<()>,
+    // Serialises publications so that versions reach subscribers in order, and holds
+    // the version of the last one.
+    lock: Mutex<u64>,
+    /// Publications asked for, and the most of them one publication has covered: a
+    /// caller whose request a later publication read the state for returns with it.
+    requested: std::sync::atomic::AtomicU64,
+    covered: std::sync::atomic::AtomicU64,
 }
 
 impl RoutingPublisher {
@@ -47,7 +52,9 @@ impl RoutingPublisher {
             workers,
             tx,
             changes,
-            lock: Mutex::new(()),
+            lock: Mutex::new(0),
+            requested: std::sync::atomic::AtomicU64::new(0),
+            covered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -66,9 +73,28 @@ impl RoutingPublisher {
         self.tx.borrow().clone()
     }
 
-    /// Builds the table at a new version, sends it and what changed.
+    /// Builds the table at a new version, sends it and what changed; returns a version
+    /// that holds every change the caller made before calling. Callers that arrive while
+    /// a publication runs share the next one: a burst of changes (10,000 promotes) is a
+    /// few tables, not one per change, each read whole from the store.
     pub async fn publish(&self) -> Result<u64, crate::store::StoreError> {
-        let _guard = self.lock.lock().await;
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.requested.fetch_add(1, SeqCst) + 1;
+        let mut last = self.lock.lock().await;
+        if self.covered.load(SeqCst) >= ticket {
+            // A publication that started after this call read the state after its change.
+            return Ok(*last);
+        }
+        // Every request counted so far made its change before counting itself, so the
+        // state read below holds them all.
+        let covers = self.requested.load(SeqCst);
+        let version = self.publish_locked().await?;
+        *last = version;
+        self.covered.store(covers, SeqCst);
+        Ok(version)
+    }
+
+    async fn publish_locked(&self) -> Result<u64, crate::store::StoreError> {
         let version = self.store.next_routing_version().await?;
         let (functions, tokens) = self.store.routing_snapshot().await?;
         let mut bound: HashMap<(String, String), Vec<BoundContract>> = HashMap::new();
@@ -320,6 +346,71 @@ impl Iterator for Updates<'_> {
 mod tests {
     use super::*;
     use reactor_proto::client::{Assembled, Pending};
+
+    /// Callers that publish at once may share a publication, but each gets a version
+    /// whose table holds the change it made before calling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_publishes_each_get_a_table_with_their_change() {
+        use crate::store::{FunctionRecord, OrgRecord, SqlStore};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            SqlStore::open(&dir.path().join("db.sqlite"))
+                .await
+                .expect("sqlite store"),
+        );
+        store
+            .create_org(&OrgRecord {
+                name: "o".into(),
+                platform: false,
+                created_at: "2026-12-07T00:00:00Z".into(),
+            })
+            .await
+            .expect("org");
+        let publisher = Arc::new(RoutingPublisher::new(
+            store.clone(),
+            Arc::new(WorkerRegistry::new(Default::default())),
+        ));
+        let (mut changes, _) = publisher.subscribe_changes();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (store, publisher) = (store.clone(), publisher.clone());
+                tokio::spawn(async move {
+                    let name = format!("f{i}");
+                    store
+                        .create_function(&FunctionRecord {
+                            org: "o".into(),
+                            name: name.clone(),
+                            runtime: reactor_api::Runtime::Wasm,
+                            live_deployment_id: None,
+                            created_at: "2026-12-07T00:00:00Z".into(),
+                            policy: None,
+                        })
+                        .await
+                        .expect("function");
+                    (name, publisher.publish().await.expect("publish"))
+                })
+            })
+            .collect();
+        let mut returned = Vec::new();
+        for t in tasks {
+            returned.push(t.await.expect("task"));
+        }
+        // The functions each version holds, replayed from the changes in order.
+        let mut held = std::collections::HashSet::new();
+        let mut at: HashMap<u64, std::collections::HashSet<String>> = HashMap::new();
+        let last = returned.iter().map(|(_, v)| *v).max().unwrap_or(0);
+        while at.keys().max().copied().unwrap_or(0) < last {
+            let change = changes.recv().await.expect("a change");
+            held.extend(change.functions.iter().map(|f| f.name.clone()));
+            at.insert(change.version, held.clone());
+        }
+        for (name, version) in &returned {
+            assert!(
+                at.get(version).is_some_and(|fs| fs.contains(name)),
+                "{name} published at version {version}, whose table lacks it"
+            );
+        }
+    }
 
     fn route(org: &str, name: &str, policy_bytes: usize) -> FunctionRoute {
         FunctionRoute {

@@ -105,6 +105,11 @@ pub struct Metrics {
     pub deploy_duration: Histogram,
     /// Function log entries a full queue dropped before they reached the control plane.
     pub log_entries_dropped: Counter,
+    /// WASM deployments loaded on a worker, what they are charged against
+    /// `[worker] loaded_budget_mb`, and those unloaded to stay under it.
+    pub wasm_loaded: Gauge,
+    pub wasm_loaded_bytes: Gauge,
+    pub wasm_unloaded: Counter,
     /// The routing table a router serves.
     pub routing_table_version: Gauge,
     /// When that table arrived, in seconds since the Unix epoch.
@@ -175,6 +180,9 @@ impl Metrics {
             materialize_duration: Family::new_with_constructor(slow as fn() -> Histogram),
             deploy_duration: slow(),
             log_entries_dropped: Counter::default(),
+            wasm_loaded: Gauge::default(),
+            wasm_loaded_bytes: Gauge::default(),
+            wasm_unloaded: Counter::default(),
             routing_table_version: Gauge::default(),
             routing_table_updated: Gauge::default(),
             labels: Labels {
@@ -230,6 +238,21 @@ impl Metrics {
                 "log_entries_dropped",
                 "Function log entries dropped by a full queue before the control plane got them",
                 m.log_entries_dropped.clone(),
+            );
+            r.register(
+                "wasm_loaded_deployments",
+                "WASM deployments loaded on this worker (their compiled code mapped, ready to instantiate)",
+                m.wasm_loaded.clone(),
+            );
+            r.register(
+                "wasm_loaded_bytes",
+                "What the loaded WASM deployments are charged against worker.loaded_budget_mb",
+                m.wasm_loaded_bytes.clone(),
+            );
+            r.register(
+                "wasm_unloaded_for_budget",
+                "Idle WASM deployments unloaded, least recently used first, to stay under worker.loaded_budget_mb",
+                m.wasm_unloaded.clone(),
             );
             r.register(
                 "routing_table_version",

@@ -78,6 +78,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Copies the object to a local file at `dest`.
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<(), StorageError>;
     async fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// Copies the object at `from` to `to` (replacing what `to` held) without bringing
+    /// it through this process: a hard link on local storage, a server-side copy on S3.
+    /// `NotFound` when `from` is missing.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
     /// Deletes every object whose key starts with `prefix` (a folder).
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
 }
@@ -184,6 +188,38 @@ where
     std::fs::rename(tmp, dest)
 }
 
+/// Makes `dest` a second name of the file at `src` (objects are never written in place,
+/// so the two stay equal), through a temp name renamed over `dest` like
+/// [`write_durably`]; a plain copy where hard links are not supported. Blocking.
+fn link_durably(root: &Path, src: &Path, tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Some(parent) = tmp.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if let Err(e) = std::fs::hard_link(src, tmp) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        let _ = std::fs::remove_file(tmp);
+        return write_durably(root, tmp, dest, |file| {
+            std::io::copy(&mut std::fs::File::open(src)?, file).map(drop)
+        });
+    }
+    let renamed = dest
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::rename(tmp, dest));
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    let mut dir = dest.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+        sync_dir(d)?;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (files renamed or created in it) durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -244,6 +280,23 @@ impl Storage for LocalStorage {
         }
     }
 
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dest) = (self.path(from)?, self.path(to)?);
+        let (root, tmp) = (self.root.clone(), self.temp_path());
+        let key = to.to_string();
+        let result = tokio::task::spawn_blocking(move || link_durably(&root, &src, &tmp, &dest))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(from.to_string()))
+            }
+            Err(source) => Err(StorageError::Io { key, source }),
+        }
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         let path = self.path(key)?;
         tokio::fs::try_exists(&path)
@@ -288,6 +341,7 @@ pub mod contract {
         round_trip_file(storage, scratch).await;
         missing_objects(storage, scratch).await;
         overwrite(storage, scratch).await;
+        copy(storage).await;
         invalid_keys(storage, scratch).await;
         delete_prefix(storage).await;
     }
@@ -438,6 +492,52 @@ pub mod contract {
         );
     }
 
+    async fn copy(storage: &dyn Storage) {
+        let (from, to) = ("artifacts/o/f/d1/a.bin", "artifacts/o/g/d2/a.bin");
+        put(storage, from, b"compiled").await;
+        put(storage, to, b"older").await;
+        storage
+            .copy(from, to)
+            .await
+            .unwrap_or_else(|e| panic!("copy of {from} to {to}: {e}"));
+        assert_eq!(
+            get(storage, to).await,
+            Bytes::from_static(b"compiled"),
+            "{to} after the copy"
+        );
+        // The two stay independent: rewriting or deleting one leaves the other.
+        put(storage, from, b"rewritten").await;
+        assert_eq!(
+            get(storage, to).await,
+            Bytes::from_static(b"compiled"),
+            "{to} after {from} was rewritten"
+        );
+        storage
+            .delete_prefix("artifacts/o/f")
+            .await
+            .unwrap_or_else(|e| panic!("delete_prefix artifacts/o/f: {e}"));
+        assert_eq!(
+            get(storage, to).await,
+            Bytes::from_static(b"compiled"),
+            "{to} after {from} was deleted"
+        );
+        assert!(
+            matches!(
+                storage.copy(from, "artifacts/o/h/x").await,
+                Err(StorageError::NotFound(_))
+            ),
+            "copy of a missing object must be NotFound"
+        );
+        assert!(
+            !exists(storage, "artifacts/o/h/x").await,
+            "a failed copy must leave nothing"
+        );
+        storage
+            .delete_prefix("artifacts/o")
+            .await
+            .unwrap_or_else(|e| panic!("delete_prefix artifacts/o: {e}"));
+    }
+
     fn expect_invalid<T: Debug>(op: &str, key: &str, result: Result<T, StorageError>) {
         assert!(
             matches!(result, Err(StorageError::InvalidKey(_))),
@@ -457,6 +557,8 @@ pub mod contract {
             expect_invalid("get_bytes", bad, storage.get_bytes(bad).await);
             expect_invalid("get_to_file", bad, storage.get_to_file(bad, &dest).await);
             expect_invalid("exists", bad, storage.exists(bad).await);
+            expect_invalid("copy", bad, storage.copy(bad, "artifacts/o/ok").await);
+            expect_invalid("copy", bad, storage.copy("artifacts/o/ok", bad).await);
             expect_invalid("delete_prefix", bad, storage.delete_prefix(bad).await);
         }
     }

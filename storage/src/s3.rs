@@ -435,6 +435,30 @@ impl Storage for S3Storage {
         renamed
     }
 
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let (source, object) = (self.object_key(from)?, self.object_key(to)?);
+        match self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(copy_source(&self.bucket, &source))
+            .key(object)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.code() == Some("NoSuchKey")) =>
+            {
+                Err(StorageError::NotFound(from.to_string()))
+            }
+            Err(err) => Err(remote("copy", to, err)),
+        }
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         let object = self.object_key(key)?;
         match self
@@ -521,6 +545,24 @@ fn remote(op: &'static str, key: &str, err: impl std::error::Error) -> StorageEr
 }
 
 /// A failure to open or read a local file for upload.
+/// `x-amz-copy-source`: `bucket/key`, URL-encoded but for the `/` between segments.
+fn copy_source(bucket: &str, object: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + object.len() + 1);
+    for (i, part) in [bucket, object].into_iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        for b in part.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
 fn local_read(key: &str, err: impl std::error::Error) -> StorageError {
     StorageError::Io {
         key: key.to_string(),

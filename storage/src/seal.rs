@@ -36,11 +36,31 @@ impl ArtifactSeal {
     }
 
     fn tag(&self, key: &str, bytes: &[u8]) -> hmac::Tag {
+        self.tag_digest(key, &Sha256::digest(bytes))
+    }
+
+    fn tag_digest(&self, key: &str, sha256: &[u8]) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(key.as_bytes());
         ctx.update(&[0]);
-        ctx.update(&Sha256::digest(bytes));
+        ctx.update(sha256);
         ctx.sign()
+    }
+
+    /// Stores at `to` a copy of the artifact at `from` (copied by the storage, never
+    /// read here), sealed for `to` as the bytes whose SHA-256 is `sha256`: what this
+    /// process put at `from`. Should `from` hold anything else by now, the copy fails its
+    /// MAC when loaded and is rebuilt, like any tampered artifact.
+    pub async fn copy(
+        &self,
+        storage: &dyn Storage,
+        from: &str,
+        to: &str,
+        sha256: &[u8],
+    ) -> Result<(), StorageError> {
+        storage.copy(from, to).await?;
+        let tag = hex::encode(self.tag_digest(to, sha256).as_ref());
+        storage.put_bytes(&mac_key(to), Bytes::from(tag)).await
     }
 
     /// Stores `bytes` at `key`, then its MAC.
@@ -164,6 +184,49 @@ mod tests {
                 .await
                 .expect("get")
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_sealed_for_its_key_and_fails_when_the_source_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path()).await.expect("storage");
+        let seal = ArtifactSeal::from_secret("the workers' token");
+        let (from, to) = ("artifacts/acme/f/dep_1/a", "artifacts/acme/g/dep_2/a");
+        let code = Bytes::from_static(b"native code");
+        seal.put(&storage, from, code.clone()).await.expect("put");
+        let digest = Sha256::digest(&code);
+        seal.copy(&storage, from, to, &digest).await.expect("copy");
+        assert_eq!(
+            seal.get(&storage, to).await.expect("get").as_deref(),
+            Some(&b"native code"[..])
+        );
+        // The source replaced before the copy: the copy carries the old digest and fails.
+        let late = "artifacts/acme/h/dep_3/a";
+        storage
+            .put_bytes(from, Bytes::from_static(b"evil code"))
+            .await
+            .expect("tamper");
+        seal.copy(&storage, from, late, &digest)
+            .await
+            .expect("copy");
+        assert!(seal.get(&storage, late).await.expect("get").is_none());
+        // A missing source: NotFound, nothing sealed.
+        let err = seal
+            .copy(
+                &storage,
+                "artifacts/acme/none",
+                "artifacts/acme/i/dep_4/a",
+                &digest,
+            )
+            .await
+            .expect_err("missing");
+        assert!(matches!(err, StorageError::NotFound(_)), "{err}");
+        assert!(
+            !storage
+                .exists(&mac_key("artifacts/acme/i/dep_4/a"))
+                .await
+                .expect("exists")
         );
     }
 

@@ -73,6 +73,11 @@ impl Service {
     }
 
     /// The `http://host:port` after `label` in the banner.
+    /// The process id (to read its memory in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url_after(&self, label: &str) -> String {
         self.banner
             .split(label)
@@ -181,7 +186,7 @@ impl Split {
         let cp = Self::start_cp(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &env);
         let admin_url = cp.url_after("admin ");
         let grpc_url = cp.url_after("grpc ");
-        let router = Self::start_router_in(dir.path(), &grpc_url, &env);
+        let router = Self::start_router_in(dir.path(), &grpc_url, &env, "router");
         let invoke_url = router.url_after("invoke ");
         let call_url = router.url_after("calls ");
         let mut all_worker_env = env.clone();
@@ -237,7 +242,19 @@ impl Split {
         )
     }
 
-    fn start_router_in(dir: &Path, grpc_url: &str, extra: &[(&str, String)]) -> Service {
+    /// Starts another router named `name` (its log: `{name}.log`), following the same
+    /// control plane.
+    pub fn start_router(&self, name: &str) -> Service {
+        let env = self.shared_env();
+        Self::start_router_in(self.dir.path(), &self.grpc_url, &env, name)
+    }
+
+    fn start_router_in(
+        dir: &Path,
+        grpc_url: &str,
+        extra: &[(&str, String)],
+        name: &str,
+    ) -> Service {
         let mut env = vec![("REACTOR_DATA_PLANE_CALL_LISTEN", "127.0.0.1:0".to_string())];
         env.extend(Self::tls_env(dir));
         env.extend(extra.iter().cloned());
@@ -250,7 +267,7 @@ impl Split {
                 grpc_url.into(),
             ],
             &env,
-            &dir.join("router.log"),
+            &dir.join(format!("{name}.log")),
         )
     }
 

@@ -303,9 +303,12 @@ pub fn follow(
                     let _ = retired.await;
                 }
                 let started = std::time::Instant::now();
-                match worker.prepare(&spec).await {
-                    Ok(()) => {
+                match worker.prewarm(&spec).await {
+                    Ok(true) => {
                         tracing::info!(deployment_id = %spec.deployment_id, function = %spec.function, ms = started.elapsed().as_millis() as u64, "prewarmed")
+                    }
+                    Ok(false) => {
+                        tracing::debug!(deployment_id = %spec.deployment_id, function = %spec.function, "not prewarmed: the worker's loaded deployments are at its budget; the first request will load it")
                     }
                     Err(e) => {
                         tracing::warn!(deployment_id = %spec.deployment_id, error = %e, "prewarm failed; the first request will load it")

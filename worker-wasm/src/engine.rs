@@ -78,6 +78,15 @@ struct Deployment {
     /// A static pool's `buffer`: requests that may wait for an instance until their
     /// deadline, and how many wait. Without it a request waits [`INSTANCE_WAIT`] at most.
     buffer: Option<(usize, Arc<std::sync::atomic::AtomicUsize>)>,
+    /// The compiled code it runs, shared with the deployments of the same artifact.
+    code: Arc<Code>,
+}
+
+/// A loaded component and the cache file it maps.
+struct Code {
+    file: FileId,
+    component: Component,
+    bytes: u64,
 }
 
 /// A request waiting in a static pool's buffer; dropping it (a slot, a timeout, or the
@@ -90,8 +99,190 @@ impl Drop for Waiting {
     }
 }
 
+/// What [`WasmWorker::loaded`] reports.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadedSummary {
+    pub deployments: Vec<String>,
+    pub codes: usize,
+    pub charged: u64,
+}
+
 /// A deployment, loaded once by whoever asks first.
 type LoadSlot = Arc<OnceCell<Deployment>>;
+
+/// The default `[worker] loaded_budget_mb`.
+pub const DEFAULT_LOADED_BUDGET_MB: u64 = 512;
+
+/// What a loaded deployment costs besides its compiled code: its pre-instantiated
+/// component (type information, the import table), its env and slots. Measured with
+/// `reactor-bench many` (10,000 deployments sharing one component).
+const DEPLOYMENT_OVERHEAD: u64 = 16 * 1024;
+
+/// An artifact file in the local cache, by identity: deployments whose artifacts are the
+/// same bytes of the same org share one file (hard links) and one loaded component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// One loaded deployment (or one being loaded).
+struct Entry {
+    /// `org/function`.
+    function: String,
+    slot: LoadSlot,
+    /// When a request last asked for it (a tick of [`LoadedSet`]), for LRU eviction.
+    last_used: u64,
+    /// The compiled code it holds a share of, once loaded and counted in the budget.
+    code: Option<FileId>,
+}
+
+/// Compiled code loaded once for every deployment that runs the same artifact.
+struct SharedCode {
+    component: Component,
+    /// Loaded deployments holding it.
+    users: usize,
+    /// What it is charged in the budget: the size of its mapped artifact.
+    bytes: u64,
+}
+
+/// Loaded deployments, the code they share, and what they are charged against
+/// `[worker] loaded_budget_mb`.
+#[derive(Default)]
+struct LoadedSet {
+    deployments: HashMap<String, Entry>,
+    code: HashMap<FileId, SharedCode>,
+    /// Bytes charged: each shared code once, plus [`DEPLOYMENT_OVERHEAD`] per deployment.
+    charged: u64,
+    /// Deployments loaded and charged (those of `deployments` with their `code`).
+    count: usize,
+    tick: u64,
+}
+
+impl LoadedSet {
+    /// The load slot of `spec`'s deployment, marked as just used.
+    fn slot(&mut self, spec: &DeploymentSpec) -> LoadSlot {
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self
+            .deployments
+            .entry(spec.deployment_id.clone())
+            .or_insert_with(|| Entry {
+                function: function_key(spec),
+                slot: Arc::default(),
+                last_used: tick,
+                code: None,
+            });
+        entry.last_used = tick;
+        entry.slot.clone()
+    }
+
+    /// Counts a deployment that finished loading with `code` (its component, from the
+    /// artifact file `file` of `bytes`). False when it was forgotten while it loaded.
+    fn admit(
+        &mut self,
+        id: &str,
+        slot: &LoadSlot,
+        file: FileId,
+        code: &Component,
+        bytes: u64,
+    ) -> bool {
+        let Some(entry) = self.deployments.get_mut(id) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&entry.slot, slot) || entry.code.is_some() {
+            return false;
+        }
+        entry.code = Some(file);
+        let shared = self.code.entry(file).or_insert_with(|| SharedCode {
+            component: code.clone(),
+            users: 0,
+            bytes,
+        });
+        if shared.users == 0 {
+            self.charged += shared.bytes;
+        }
+        shared.users += 1;
+        self.charged += DEPLOYMENT_OVERHEAD;
+        self.count += 1;
+        self.report();
+        true
+    }
+
+    /// `reactor_wasm_loaded_deployments` and `reactor_wasm_loaded_bytes`.
+    fn report(&self) {
+        let metrics = reactor_service::metrics::get();
+        if metrics.recording() {
+            metrics.wasm_loaded.set(self.count as i64);
+            metrics
+                .wasm_loaded_bytes
+                .set(i64::try_from(self.charged).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Forgets a deployment and gives back what it was charged.
+    fn forget(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.deployments.remove(id)?;
+        if let Some(file) = entry.code {
+            self.count = self.count.saturating_sub(1);
+            self.charged = self.charged.saturating_sub(DEPLOYMENT_OVERHEAD);
+            if let Some(shared) = self.code.get_mut(&file) {
+                shared.users = shared.users.saturating_sub(1);
+                if shared.users == 0 {
+                    self.charged = self.charged.saturating_sub(shared.bytes);
+                    self.code.remove(&file);
+                }
+            }
+            self.report();
+        }
+        Some(entry)
+    }
+
+    /// The loaded component of an artifact file, when a deployment holds it already.
+    fn shared(&self, file: FileId) -> Option<Component> {
+        self.code.get(&file).map(|c| c.component.clone())
+    }
+
+    /// Unloads the least recently used deployments with no instance running, other than
+    /// `keep`, until the charge is down to `target`; returns them (to be dropped once
+    /// the lock is released: the last user of a component unmaps it).
+    fn evict_to(&mut self, target: u64, keep: &str) -> Vec<Entry> {
+        if self.charged <= target {
+            return Vec::new();
+        }
+        let mut idle: Vec<(u64, String)> = self
+            .deployments
+            .iter()
+            .filter(|(id, e)| {
+                *id != keep
+                    && e.code.is_some()
+                    && e.slot
+                        .get()
+                        .is_some_and(|d| d.instances.available_permits() >= d.size)
+            })
+            .map(|(id, e)| (e.last_used, id.clone()))
+            .collect();
+        idle.sort_unstable();
+        let mut evicted = Vec::new();
+        for (_, id) in idle {
+            if self.charged <= target {
+                break;
+            }
+            evicted.extend(self.forget(&id));
+        }
+        evicted
+    }
+}
 
 pub struct WasmWorker {
     engine: Engine,
@@ -99,8 +290,14 @@ pub struct WasmWorker {
     storage: Arc<dyn Storage>,
     cache_dir: PathBuf,
     engine_hash: String,
-    /// Loaded deployments by id, with the `org/function` they belong to.
-    loaded: Mutex<HashMap<String, (String, LoadSlot)>>,
+    /// Loaded deployments by id, and the compiled code they share.
+    loaded: Mutex<LoadedSet>,
+    /// Most bytes loaded deployments may be charged before the least recently used idle
+    /// ones are unloaded (`[worker] loaded_budget_mb`).
+    loaded_budget: u64,
+    /// Artifacts this worker built lately, by org and the entrypoint's sha256, so that
+    /// the same code deployed again is copied in storage, not compiled again.
+    built: Mutex<BuiltArtifacts>,
     env: Arc<dyn EnvSource>,
     logs: Arc<dyn LogSink>,
     /// Most instances of one deployment alive at once.
@@ -167,7 +364,9 @@ impl WasmWorker {
             storage: options.storage,
             cache_dir: options.cache_dir,
             engine_hash,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(LoadedSet::default()),
+            loaded_budget: DEFAULT_LOADED_BUDGET_MB * 1024 * 1024,
+            built: Mutex::new(BuiltArtifacts::default()),
             env: options.env,
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
@@ -212,6 +411,35 @@ impl WasmWorker {
         let _ = self.inline.set(CallLink::to(Arc::new(inline)));
     }
 
+    /// Unloads the least recently used idle deployments when those loaded are charged
+    /// more than `bytes` (`[worker] loaded_budget_mb`, default [`DEFAULT_LOADED_BUDGET_MB`]
+    /// MiB); they load again on their next request (from the local cache: a cold start of
+    /// a few milliseconds).
+    pub fn with_loaded_budget(mut self, bytes: u64) -> Self {
+        self.loaded_budget = bytes;
+        self
+    }
+
+    /// What is loaded now: deployment ids (least recently used first), the distinct
+    /// compiled codes they share, and the bytes charged against the budget.
+    pub fn loaded(&self) -> LoadedSummary {
+        let Ok(set) = self.loaded.lock() else {
+            return LoadedSummary::default();
+        };
+        let mut deployments: Vec<(u64, String)> = set
+            .deployments
+            .iter()
+            .filter(|(_, e)| e.code.is_some())
+            .map(|(id, e)| (e.last_used, id.clone()))
+            .collect();
+        deployments.sort_unstable();
+        LoadedSummary {
+            deployments: deployments.into_iter().map(|(_, id)| id).collect(),
+            codes: set.code.len(),
+            charged: set.charged,
+        }
+    }
+
     /// Sets the most instances of one deployment alive at once (default: a quarter of
     /// `max_instances`); takes effect for deployments loaded after.
     pub fn with_instances_per_deployment(mut self, instances: u32) -> Self {
@@ -234,21 +462,20 @@ impl WasmWorker {
 
     /// Loads a deployment: local cache, else the stored artifact, else a compile from the
     /// bundle (an artifact of another engine build). Returns whether this call loaded it.
+    /// A deployment this call loaded is charged against the budget, and may unload the
+    /// least recently used idle ones.
     async fn load(&self, spec: &DeploymentSpec) -> Result<(Deployment, bool), InvokeError> {
-        let cell = {
-            let mut map = self.loaded.lock().map_err(|_| InvokeError::Unavailable {
-                message: "worker state poisoned".into(),
-            })?;
-            map.entry(spec.deployment_id.clone())
-                .or_insert_with(|| (function_key(spec), Arc::default()))
-                .1
-                .clone()
+        let poisoned = || InvokeError::Unavailable {
+            message: "worker state poisoned".into(),
         };
+        let cell = self.loaded.lock().map_err(|_| poisoned())?.slot(spec);
         if let Some(pre) = cell.get() {
             return Ok((pre.clone(), false));
         }
+        let mut loaded_here = false;
         let pre = cell
             .get_or_try_init(|| {
+                loaded_here = true;
                 self.load_uncached(spec)
                     .instrument(reactor_service::trace_span!(
                         "cold_start",
@@ -257,8 +484,48 @@ impl WasmWorker {
             })
             .await
             .map_err(|message| InvokeError::NotReady { message })?;
+        if loaded_here {
+            let evicted = {
+                let mut set = self.loaded.lock().map_err(|_| poisoned())?;
+                let code = &pre.code;
+                if set.admit(
+                    &spec.deployment_id,
+                    &cell,
+                    code.file,
+                    &code.component,
+                    code.bytes,
+                ) && set.charged > self.loaded_budget
+                {
+                    // Down to 90 % at once, so that a worker at its budget does not sort
+                    // its deployments on every cold start.
+                    set.evict_to(self.loaded_budget / 10 * 9, &spec.deployment_id)
+                } else {
+                    Vec::new()
+                }
+            };
+            if !evicted.is_empty() {
+                let metrics = reactor_service::metrics::get();
+                if metrics.recording() {
+                    metrics.wasm_unloaded.inc_by(evicted.len() as u64);
+                }
+                tracing::info!(
+                    unloaded = evicted.len(),
+                    budget_mb = self.loaded_budget as f64 / (1024.0 * 1024.0),
+                    "unloaded the least recently used idle deployments (worker.loaded_budget_mb)"
+                );
+            }
+        }
         // A request that waited for another's load was cold too: it found nothing warm.
         Ok((pre.clone(), true))
+    }
+
+    /// Whether loaded deployments are charged their whole budget (prewarm stops there:
+    /// only requests and promotes unload others).
+    fn budget_full(&self) -> bool {
+        self.loaded
+            .lock()
+            .map(|set| set.charged >= self.loaded_budget)
+            .unwrap_or(true)
     }
 
     async fn load_uncached(&self, spec: &DeploymentSpec) -> Result<Deployment, String> {
@@ -283,27 +550,45 @@ impl WasmWorker {
                 .map_err(err)?
             {
                 Some(bytes) => {
-                    write_atomic(&path, &bytes).await.map_err(err)?;
+                    self.cache_artifact(spec, &path, &bytes)
+                        .await
+                        .map_err(err)?;
                     "storage"
                 }
                 None => {
                     let artifact = phase("compile", self.compile_from_bundle(spec)).await?;
+                    let artifact = Bytes::from(artifact);
                     self.seal
-                        .put(&*self.storage, &key, Bytes::from(artifact.clone()))
+                        .put(&*self.storage, &key, artifact.clone())
                         .await
                         .map_err(err)?;
-                    write_atomic(&path, &artifact).await.map_err(err)?;
+                    self.cache_artifact(spec, &path, &artifact)
+                        .await
+                        .map_err(err)?;
                     "bundle"
                 }
             }
         };
-        let engine = self.engine.clone();
-        let component = phase(
-            "deserialize",
-            tokio::task::spawn_blocking(move || deserialize(&engine, &path)),
-        )
-        .await
-        .map_err(err)??;
+        let meta = tokio::fs::metadata(&path).await.map_err(err)?;
+        let file = FileId::of(&meta);
+        // The same artifact loaded for another deployment of the org: its code is shared.
+        let shared = self
+            .loaded
+            .lock()
+            .map_err(|_| "worker state poisoned".to_string())?
+            .shared(file);
+        let component = match shared {
+            Some(component) => component,
+            None => {
+                let engine = self.engine.clone();
+                phase(
+                    "deserialize",
+                    tokio::task::spawn_blocking(move || deserialize(&engine, &path)),
+                )
+                .await
+                .map_err(err)??
+            }
+        };
         let pre = phase("link", async { self.pre(&component) }).await?;
         reactor_service::metrics::get().cold_start("wasm", "total", whole.elapsed());
         tracing::info!(
@@ -332,7 +617,44 @@ impl WasmWorker {
             instances: Arc::new(Semaphore::new(size)),
             size,
             buffer: buffer.map(|b| (b, Arc::new(std::sync::atomic::AtomicUsize::new(0)))),
+            code: Arc::new(Code {
+                file,
+                component,
+                bytes: meta.len(),
+            }),
         })
+    }
+
+    /// Writes a verified artifact into the local cache at `path`, as a hard link to one
+    /// file per org and content, so that deployments of the same code share it (and so
+    /// one loaded component); a plain file where links are not supported.
+    async fn cache_artifact(
+        &self,
+        spec: &DeploymentSpec,
+        path: &Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        use sha2::Digest;
+        let mut org = sha2::Sha256::new();
+        org.update(spec.org.as_bytes());
+        let dir = self
+            .cache_dir
+            .join("code")
+            .join(hex::encode(&org.finalize()[..8]));
+        let content = dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(sha2::Sha256::digest(bytes)),
+            self.engine_hash
+        ));
+        if !tokio::fs::try_exists(&content).await.unwrap_or(false) {
+            tokio::fs::create_dir_all(&dir).await?;
+            write_atomic(&content, bytes).await?;
+        }
+        let tmp = temp_beside(path);
+        match tokio::fs::hard_link(&content, &tmp).await {
+            Ok(()) => tokio::fs::rename(&tmp, path).await,
+            Err(_) => write_atomic(path, bytes).await,
+        }
     }
 
     async fn compile_from_bundle(&self, spec: &DeploymentSpec) -> Result<Vec<u8>, String> {
@@ -412,9 +734,17 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
 }
 
 async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = temp_beside(path);
     tokio::fs::write(&tmp, bytes).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// A name beside `path` no other write of this process uses (two loads of the same code
+/// may write its file at once), nor one of another process.
+fn temp_beside(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("tmp-{}-{n}", std::process::id()))
 }
 
 /// Reads one file of a bundle (tar.gz) already checked by the control plane.
@@ -446,23 +776,90 @@ impl RuntimeRole for WasmWorker {
 #[async_trait]
 impl Builder for WasmWorker {
     /// Compiles the entrypoint (checking that it is a `wasi:http/proxy` component this
-    /// host can run) and stores the artifact for every worker of this engine build.
+    /// host can run) and stores the artifact for every worker of this engine build. The
+    /// same code built lately for the same org is copied in storage instead (a hard link
+    /// or a server-side copy), sealed for this deployment.
     async fn build(&self, spec: &DeploymentSpec, bundle_dir: &Path) -> Result<(), String> {
+        use sha2::Digest;
         let wasm = tokio::fs::read(bundle_dir.join(&spec.entrypoint))
             .await
             .map_err(|e| format!("reading entrypoint {}: {e}", spec.entrypoint))?;
-        let artifact = self.compile(wasm).await?;
         let key = keys::artifact(
             &spec.org,
             &spec.function,
             &spec.deployment_id,
             &self.artifact_name(),
         );
+        let source: [u8; 32] = sha2::Sha256::digest(&wasm).into();
+        let earlier = self
+            .built
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&spec.org, &source));
+        if let Some(earlier) = earlier {
+            match self
+                .seal
+                .copy(&*self.storage, &earlier.key, &key, &earlier.sha256)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, from = %earlier.key, "same code as an earlier build: artifact copied, not compiled");
+                    return Ok(());
+                }
+                // Collected since, or storage trouble: compile as if it were new.
+                Err(e) => {
+                    tracing::debug!(from = %earlier.key, error = %e, "copying an earlier artifact failed; compiling")
+                }
+            }
+        }
+        let artifact = Bytes::from(self.compile(wasm).await?);
+        let sha256: [u8; 32] = sha2::Sha256::digest(&artifact).into();
         self.seal
-            .put(&*self.storage, &key, Bytes::from(artifact))
+            .put(&*self.storage, &key, artifact)
             .await
             .map_err(err)?;
+        if let Ok(mut built) = self.built.lock() {
+            built.insert(&spec.org, source, BuiltArtifact { key, sha256 });
+        }
         Ok(())
+    }
+}
+
+/// Most artifacts [`BuiltArtifacts`] remembers.
+const BUILT_REMEMBERED: usize = 1024;
+
+/// Where this worker stored the artifact of a component lately, by org and the
+/// component's SHA-256 (never across orgs: a tenant must not learn, from a fast deploy,
+/// what another one runs). Bounded, oldest forgotten first.
+#[derive(Default)]
+struct BuiltArtifacts {
+    by_source: HashMap<(String, [u8; 32]), BuiltArtifact>,
+    order: std::collections::VecDeque<(String, [u8; 32])>,
+}
+
+#[derive(Clone)]
+struct BuiltArtifact {
+    /// Its storage key.
+    key: String,
+    /// The SHA-256 of the artifact's bytes, which its seal binds.
+    sha256: [u8; 32],
+}
+
+impl BuiltArtifacts {
+    fn get(&self, org: &str, source: &[u8; 32]) -> Option<BuiltArtifact> {
+        self.by_source.get(&(org.to_string(), *source)).cloned()
+    }
+
+    fn insert(&mut self, org: &str, source: [u8; 32], artifact: BuiltArtifact) {
+        let id = (org.to_string(), source);
+        if self.by_source.insert(id.clone(), artifact).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > BUILT_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.by_source.remove(&old);
+            }
+        }
     }
 }
 
@@ -473,17 +870,36 @@ impl RuntimeWorker for WasmWorker {
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
         self.load(spec).await?;
         let key = function_key(spec);
-        if let Ok(mut map) = self.loaded.lock() {
-            map.retain(|id, (f, _)| *f != key || *id == spec.deployment_id);
-        }
+        // Dropped after the lock: the last user of a component unmaps it.
+        let _superseded: Vec<Entry> = match self.loaded.lock() {
+            Ok(mut set) => {
+                let ids: Vec<String> = set
+                    .deployments
+                    .iter()
+                    .filter(|(id, e)| e.function == key && **id != spec.deployment_id)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| set.forget(id)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
         Ok(())
+    }
+
+    /// Like [`RuntimeWorker::prepare`] while the loaded deployments are charged less
+    /// than `[worker] loaded_budget_mb`; past it, nothing (requests load on demand).
+    async fn prewarm(&self, spec: &DeploymentSpec) -> Result<bool, InvokeError> {
+        if self.budget_full() {
+            return Ok(false);
+        }
+        self.prepare(spec).await.map(|()| true)
     }
 
     /// Forgets the loaded deployment (its pre-instantiated component, env and slots);
     /// running instances hold their own and finish.
     async fn retire(&self, deployment_id: &str) {
         let removed = match self.loaded.lock() {
-            Ok(mut map) => map.remove(deployment_id),
+            Ok(mut set) => set.forget(deployment_id),
             Err(_) => None,
         };
         if removed.is_some() {
@@ -527,6 +943,7 @@ impl RuntimeWorker for WasmWorker {
             instances,
             size,
             buffer,
+            code: _,
         } = deployment;
         let busy = |queued: &str| {
             fail(InvokeError::TooManyRequests {
@@ -738,23 +1155,30 @@ impl reactor_service::metrics::PoolSource for WasmWorker {
             return Vec::new();
         };
         loaded
+            .deployments
             .values()
-            .filter_map(|(key, slot)| {
-                let d = slot.get()?;
-                let (org, function) = key.split_once('/').unwrap_or(("", key));
-                Some(reactor_service::metrics::PoolStat {
-                    org: org.to_string(),
-                    function: function.to_string(),
-                    busy: d.size.saturating_sub(d.instances.available_permits()) as u64,
-                    idle: 0,
-                    capacity: d.size as u64,
-                    queued: d
-                        .buffer
-                        .as_ref()
-                        .map(|(_, waiting)| waiting.load(std::sync::atomic::Ordering::Relaxed))
-                        .unwrap_or(0) as u64,
-                })
-            })
+            .filter_map(
+                |Entry {
+                     function: key,
+                     slot,
+                     ..
+                 }| {
+                    let d = slot.get()?;
+                    let (org, function) = key.split_once('/').unwrap_or(("", key));
+                    Some(reactor_service::metrics::PoolStat {
+                        org: org.to_string(),
+                        function: function.to_string(),
+                        busy: d.size.saturating_sub(d.instances.available_permits()) as u64,
+                        idle: 0,
+                        capacity: d.size as u64,
+                        queued: d
+                            .buffer
+                            .as_ref()
+                            .map(|(_, waiting)| waiting.load(std::sync::atomic::Ordering::Relaxed))
+                            .unwrap_or(0) as u64,
+                    })
+                },
+            )
             .collect()
     }
 }

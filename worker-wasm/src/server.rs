@@ -33,6 +33,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 logs: cx.logs,
             })?
             .with_seal(seal)
+            .with_loaded_budget(cx.config.worker.loaded_budget_mb.saturating_mul(1 << 20))
             .with_calls(cx.calls, cx.call_limits),
         );
         // Calls to inline WASM callees run here; it knows them from the routing table.

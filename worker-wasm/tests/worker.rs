@@ -12,7 +12,9 @@
 //! - a deployment with as many live instances as its cap allows gets `TooManyRequests`
 //!   (429) for one more, while another deployment is served, until one of them ends;
 //! - an artifact replaced in storage is rebuilt from the bundle, never deserialized, and a
-//!   bundle that does not match its recorded sha256 is refused.
+//!   bundle that does not match its recorded sha256 is refused;
+//! - the same code deployed twice in an org is compiled and loaded once;
+//! - past `loaded_budget` the least recently used idle deployment is unloaded.
 //!
 //! Every request gets a fresh instance, so after each failure the same deployment serves.
 
@@ -96,6 +98,15 @@ async fn harness() -> Harness {
 
 /// A harness whose worker allows `instances_per_deployment` when set, else its default.
 async fn harness_with(instances_per_deployment: Option<u32>) -> Harness {
+    harness_full(instances_per_deployment, None).await
+}
+
+/// A harness whose loaded deployments may be charged `budget` bytes.
+async fn harness_budget(budget: u64) -> Harness {
+    harness_full(None, Some(budget)).await
+}
+
+async fn harness_full(instances_per_deployment: Option<u32>, budget: Option<u64>) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = Arc::new(
         LocalStorage::open(dir.path().join("storage"))
@@ -114,6 +125,9 @@ async fn harness_with(instances_per_deployment: Option<u32>) -> Harness {
     if let Some(instances) = instances_per_deployment {
         worker = worker.with_instances_per_deployment(instances);
     }
+    if let Some(budget) = budget {
+        worker = worker.with_loaded_budget(budget);
+    }
     Harness {
         worker,
         storage,
@@ -130,6 +144,16 @@ async fn probe_wasm() -> Vec<u8> {
     .await
     .expect("building the probe component");
     std::fs::read(&path).expect("reading the probe component")
+}
+
+/// A deployment of function `function` of `org`.
+fn spec_of(org: &str, function: &str, deployment_id: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        org: org.into(),
+        function: function.into(),
+        bundle_key: keys::bundle(org, function, deployment_id),
+        ..spec(deployment_id, 30_000, 128)
+    }
 }
 
 fn spec(deployment_id: &str, timeout_ms: u64, memory_mb: u32) -> DeploymentSpec {
@@ -526,4 +550,103 @@ async fn a_tampered_artifact_is_rebuilt_from_the_bundle_and_a_tampered_bundle_re
         }
         e => panic!("expected NotReady, got {e:?}"),
     }
+}
+
+/// The stored artifact of a deployment, as a file of the local storage.
+fn artifact_file(h: &Harness, spec: &DeploymentSpec) -> std::fs::Metadata {
+    let dir = h.dir.path().join("storage").join(keys::artifact(
+        &spec.org,
+        &spec.function,
+        &spec.deployment_id,
+        "",
+    ));
+    let file = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .unwrap_or_else(|| panic!("no artifact in {}", dir.display()));
+    file.metadata().expect("artifact metadata")
+}
+
+/// Deployments of one org that run the same code are compiled once (the artifact is
+/// copied in storage: here a hard link) and loaded once (one component, one charge);
+/// another org's deployment of the same code gets its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_code_in_one_org_is_built_once_and_loaded_once() {
+    use std::os::unix::fs::MetadataExt;
+    let h = harness().await;
+    let first = h.deploy(spec_of("acme", "one", "dep_one")).await;
+    let second = h.deploy(spec_of("acme", "two", "dep_two")).await;
+    let other = h.deploy(spec_of("globex", "one", "dep_other")).await;
+    assert_eq!(
+        artifact_file(&h, &first).ino(),
+        artifact_file(&h, &second).ino(),
+        "the second build of the same code in the org is a copy (a hard link), not a compile"
+    );
+    assert_ne!(
+        artifact_file(&h, &first).ino(),
+        artifact_file(&h, &other).ino(),
+        "another org's build is its own"
+    );
+    let loaded = h.worker.loaded();
+    assert_eq!(loaded.deployments.len(), 3, "{loaded:?}");
+    assert_eq!(loaded.codes, 2, "one code per org: {loaded:?}");
+    for (spec, id) in [(&first, "r1"), (&second, "r2"), (&other, "r3")] {
+        let answer = h.ok(spec, id, "/").await;
+        assert!(!answer.cold, "{}: prepared, so warm", spec.deployment_id);
+    }
+    let code = artifact_file(&h, &first).len();
+    assert!(
+        loaded.charged < 2 * code + 3 * 64 * 1024,
+        "the shared code is charged once: {loaded:?}, artifact {code} bytes"
+    );
+}
+
+/// Past its budget a worker unloads the least recently used idle deployment; one with an
+/// instance running stays, and an unloaded one serves again on its next request (cold).
+#[tokio::test(flavor = "multi_thread")]
+async fn past_its_budget_the_worker_unloads_the_least_recently_used_idle_deployment() {
+    // What one loaded deployment is charged, measured on a worker without a budget.
+    let probe = harness().await;
+    probe.deploy(spec_of("a", "f", "dep_measure")).await;
+    let one = probe.worker.loaded().charged;
+    assert!(one > 0, "a loaded deployment is charged");
+
+    // Room for two deployments of distinct code (three orgs: nothing shared), not three.
+    let h = harness_budget(one * 5 / 2).await;
+    let a = h.deploy(spec_of("a", "f", "dep_a")).await;
+    let b = h.deploy(spec_of("b", "f", "dep_b")).await;
+    assert_eq!(h.worker.loaded().deployments, ["dep_a", "dep_b"]);
+    // `a` used after `b`: `b` is the least recently used.
+    assert!(!h.ok(&a, "r-a", "/").await.cold);
+    let c = h.deploy(spec_of("c", "f", "dep_c")).await;
+    let loaded = h.worker.loaded();
+    assert_eq!(loaded.deployments, ["dep_a", "dep_c"], "{loaded:?}");
+    assert!(loaded.charged <= one * 5 / 2, "{loaded:?}");
+    let again = h.ok(&b, "r-b", "/").await;
+    assert!(
+        again.cold,
+        "an unloaded deployment loads again on its next request"
+    );
+    assert_eq!(
+        h.worker.loaded().deployments,
+        ["dep_c", "dep_b"],
+        "`a` went this time"
+    );
+
+    // A deployment with an instance running is not unloaded, however old.
+    let held = h
+        .invoke(&c, "r-stall", "/stall", GENEROUS)
+        .await
+        .unwrap_or_else(|f| panic!("stall: {f:?}"));
+    assert!(!h.ok(&b, "r-b2", "/").await.cold);
+    let again = h.ok(&a, "r-a2", "/").await;
+    assert!(again.cold, "`a` was unloaded");
+    let loaded = h.worker.loaded();
+    assert!(
+        loaded.deployments.contains(&"dep_c".to_string()),
+        "`c` (least recently used, but running) stays: {loaded:?}"
+    );
+    assert_eq!(loaded.deployments.len(), 2, "{loaded:?}");
+    drop(held);
 }

@@ -118,6 +118,8 @@ keys::section! {
         max_instances: u32 = 1000, env "MAX_INSTANCES", doc "1000";
         router_url: String = "http://127.0.0.1:8081".into(), env "ROUTER_URL",
             doc "`http://127.0.0.1:8081`: a router's `data_plane.call_listen` (a balanced address in front of every router), where calls between functions go";
+        loaded_budget_mb: u64 = 512, env "LOADED_BUDGET_MB",
+            doc "512: what a WASM worker's loaded deployments (their compiled code, shared between deployments of the same code in an org, and a few KiB each) may take before the least recently used idle ones are unloaded; they load again on their next request, from the local cache. Also read by `reactor dev`";
         prewarm: bool = true, env "PREWARM",
             doc "true (`true`/`false`/`1`/`0`): load each live deployment of its runtime that routers send to this worker (it is among the deployment's 4 top-ranked workers), and unload those it no longer is";
     }
@@ -985,7 +987,8 @@ mod tests {
                     || n.ends_with("_INVOCATION")
                     || n.ends_with("_ACCOUNT")
                     || n.ends_with("_ADDRESS")
-                    || n.ends_with("_FUNCTIONS") =>
+                    || n.ends_with("_FUNCTIONS")
+                    || n.ends_with("_MB") =>
                 {
                     "7".into()
                 }
@@ -1028,6 +1031,7 @@ mod tests {
         assert_eq!(config.internal.tls_dir, PathBuf::from("/set-from-env"));
         assert_eq!(config.control_plane.grpc_listen.port(), 1);
         assert_eq!(config.worker.max_instances, 7);
+        assert_eq!(config.worker.loaded_budget_mb, 7);
         assert!(!config.worker.prewarm);
         assert_eq!(
             config.worker.cache_dir,
