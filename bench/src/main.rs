@@ -22,6 +22,7 @@
 //! `reactor-bench many` deploys 10,000 functions on one worker and measures memory, the
 //! routing table's push to 10 routers, first requests and a load spread over them all.
 //! `reactor-bench upload` measures the control plane's memory during a 50 MiB upload.
+//! `reactor-bench profile` records a CPU profile under load and splits it by stage.
 //!
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
@@ -33,6 +34,7 @@ mod hop;
 mod lambda;
 mod load;
 mod many;
+mod profile;
 mod telemetry;
 mod upload;
 
@@ -77,6 +79,8 @@ enum Cmd {
     Many(many::ManyArgs),
     /// What a 50 MiB bundle upload costs the control plane in memory.
     Upload(upload::UploadArgs),
+    /// Where each microsecond of a request goes: a CPU profile (perf) by stage.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Telemetry(args)) => telemetry::run(args).await,
         Some(Cmd::Many(args)) => many::run(args).await,
         Some(Cmd::Upload(args)) => upload::run(args).await,
+        Some(Cmd::Profile(args)) => profile::run(args).await,
         None => invoke(cli.invoke).await,
     }
 }

@@ -165,12 +165,57 @@ where
     let mut received = false;
     let mut pending = Pending::default();
     while let Some(update) = stream.message().await? {
-        if pending.add(update, held).map_err(ClientError::Protocol)? {
+        let mut completed = pending.add(update, held).map_err(ClientError::Protocol)?;
+        // Every update already received (up to a bound) is applied before the table is
+        // handed over: a subscriber that fell behind a burst (10,000 promotes) gets its
+        // last version once, not each in turn. `held` only ever holds a complete version,
+        // and one it completed is handed over even when the stream fails right after
+        // (the reconnection resumes from it and would not send it again).
+        let mut ended: Result<bool, ClientError> = Ok(false);
+        for _ in 0..DRAIN_AT_ONCE {
+            let Some(next) = ready_now(stream.message()) else {
+                break;
+            };
+            match next {
+                Ok(Some(update)) => match pending.add(update, held) {
+                    Ok(done) => completed |= done,
+                    Err(e) => {
+                        ended = Err(ClientError::Protocol(e));
+                        break;
+                    }
+                },
+                Ok(None) => {
+                    ended = Ok(true);
+                    break;
+                }
+                Err(e) => {
+                    ended = Err(e.into());
+                    break;
+                }
+            }
+        }
+        if completed {
             received = true;
             on_table(&held.table);
         }
+        if ended? {
+            break;
+        }
     }
     Ok(received)
+}
+
+/// Most updates applied before the table is handed over.
+const DRAIN_AT_ONCE: usize = 1024;
+
+/// The output of `future` if it is ready without waiting.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// The table as the updates built it, indexed for changes in place.

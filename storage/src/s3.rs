@@ -544,7 +544,6 @@ fn remote(op: &'static str, key: &str, err: impl std::error::Error) -> StorageEr
     }
 }
 
-/// A failure to open or read a local file for upload.
 /// `x-amz-copy-source`: `bucket/key`, URL-encoded but for the `/` between segments.
 fn copy_source(bucket: &str, object: &str) -> String {
     let mut out = String::with_capacity(bucket.len() + object.len() + 1);
@@ -563,6 +562,7 @@ fn copy_source(bucket: &str, object: &str) -> String {
     out
 }
 
+/// A failure to open or read a local file for upload.
 fn local_read(key: &str, err: impl std::error::Error) -> StorageError {
     StorageError::Io {
         key: key.to_string(),

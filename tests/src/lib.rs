@@ -267,6 +267,11 @@ impl Server {
         }
     }
 
+    /// The process id of `reactor dev` (to profile it, or read its memory in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server, keeping its directory for a restart.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.kill();

@@ -72,12 +72,12 @@ impl Service {
         }
     }
 
-    /// The `http://host:port` after `label` in the banner.
     /// The process id (to read its memory in `/proc`).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The `http://host:port` after `label` in the banner.
     pub fn url_after(&self, label: &str) -> String {
         self.banner
             .split(label)

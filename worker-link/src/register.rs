@@ -164,7 +164,9 @@ struct Followed {
 struct Wanted {
     /// The live deployments of the runtime.
     live: HashSet<String>,
-    /// Those it is among the first [`MAX_CANDIDATES`] workers for: to prepare.
+    /// Those it is among the first [`MAX_CANDIDATES`] workers for.
+    mine_ids: HashSet<String>,
+    /// Those of them not known yet (not prepared): to prepare.
     mine: Vec<DeploymentSpec>,
     /// Whether the table lists this worker (not yet while it registers, nor after a
     /// control plane restarted and forgot it).
@@ -172,7 +174,20 @@ struct Wanted {
 }
 
 impl Wanted {
+    #[cfg(test)]
     fn of(table: &RoutingTable, runtime: Runtime, me: &str) -> Self {
+        Self::of_skipping(table, runtime, me, |_| false)
+    }
+
+    /// What the table wants of this worker; the specs of deployments `known` says were
+    /// prepared already are not built again (with 10,000 live deployments, every table
+    /// would convert them all).
+    fn of_skipping(
+        table: &RoutingTable,
+        runtime: Runtime,
+        me: &str,
+        known: impl Fn(&str) -> bool,
+    ) -> Self {
         let ours = |r: &str| Runtime::from_str(r).ok() == Some(runtime);
         let peers: Vec<&str> = table
             .workers
@@ -181,30 +196,27 @@ impl Wanted {
             .map(|w| w.worker_id.as_str())
             .collect();
         let listed = peers.contains(&me);
-        let live: Vec<DeploymentSpec> = table
-            .functions
-            .iter()
-            .filter(|f| ours(f.runtime.as_str()))
-            .filter_map(|f| crate::protocol::live_spec(f, runtime))
-            .collect();
-        let live_ids = live.iter().map(|s| s.deployment_id.clone()).collect();
-        let mine = live
-            .into_iter()
-            .filter(|s| {
-                listed
-                    && rendezvous::is_among_first(
-                        MAX_CANDIDATES,
-                        peers.iter().copied(),
-                        me,
-                        &s.deployment_id,
-                    )
-            })
-            .collect();
-        Self {
-            live: live_ids,
-            mine,
+        let mut wanted = Self {
+            live: HashSet::new(),
+            mine_ids: HashSet::new(),
+            mine: Vec::new(),
             listed,
+        };
+        for f in table.functions.iter().filter(|f| ours(f.runtime.as_str())) {
+            let Some(id) = f.live.as_ref().map(|l| l.deployment_id.as_str()) else {
+                continue;
+            };
+            wanted.live.insert(id.to_string());
+            if listed && rendezvous::is_among_first(MAX_CANDIDATES, peers.iter().copied(), me, id) {
+                wanted.mine_ids.insert(id.to_string());
+                if !known(id)
+                    && let Some(spec) = crate::protocol::live_spec(f, runtime)
+                {
+                    wanted.mine.push(spec);
+                }
+            }
         }
+        wanted
     }
 
     /// What to retire, with why: prepared deployments no longer live, or no longer this
@@ -215,7 +227,7 @@ impl Wanted {
         prepared: &HashMap<String, T>,
         was_live: &HashSet<String>,
     ) -> Vec<(String, &'static str)> {
-        let mine: HashSet<&str> = self.mine.iter().map(|s| s.deployment_id.as_str()).collect();
+        let mine = &self.mine_ids;
         let reason = |id: &String| {
             if self.live.contains(id) {
                 "no longer routed to this worker"
@@ -265,10 +277,12 @@ pub fn follow(
         let Some(worker) = &worker else {
             return;
         };
-        let wanted = Wanted::of(table, worker.runtime(), &me);
         let Ok(mut state) = followed.lock() else {
             return;
         };
+        let wanted = Wanted::of_skipping(table, worker.runtime(), &me, |id| {
+            state.prepared.contains_key(id)
+        });
         let Followed {
             prepared,
             retiring,

@@ -119,7 +119,10 @@ pub const DEFAULT_LOADED_BUDGET_MB: u64 = 512;
 const DEPLOYMENT_OVERHEAD: u64 = 16 * 1024;
 
 /// An artifact file in the local cache, by identity: deployments whose artifacts are the
-/// same bytes of the same org share one file (hard links) and one loaded component.
+/// same bytes of the same org share one file (hard links) and one loaded component. The
+/// identity is safe to share by: a loaded component keeps its file mapped, so its inode
+/// cannot be reused while the component is in [`LoadedSet`], and cache files are only
+/// ever replaced whole (renamed over), never written in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileId {
     dev: u64,
@@ -127,6 +130,15 @@ struct FileId {
 }
 
 impl FileId {
+    /// An identity no file has: code loaded from it is never shared.
+    fn unique() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            dev: u64::MAX,
+            ino: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
@@ -266,9 +278,10 @@ impl LoadedSet {
             .filter(|(id, e)| {
                 *id != keep
                     && e.code.is_some()
-                    && e.slot
-                        .get()
-                        .is_some_and(|d| d.instances.available_permits() >= d.size)
+                    && e.slot.get().is_some_and(|d| {
+                        // A static pool stays: its instances are meant to be ready.
+                        d.buffer.is_none() && d.instances.available_permits() >= d.size
+                    })
             })
             .map(|(id, e)| (e.last_used, id.clone()))
             .collect();
@@ -298,6 +311,11 @@ pub struct WasmWorker {
     /// Artifacts this worker built lately, by org and the entrypoint's sha256, so that
     /// the same code deployed again is copied in storage, not compiled again.
     built: Mutex<BuiltArtifacts>,
+    /// Prewarms run one at a time (each checks the budget the previous left).
+    prewarming: tokio::sync::Mutex<()>,
+    /// Components are deserialized one at a time, so that deployments of the same code
+    /// loading at once map it once.
+    deserializing: tokio::sync::Mutex<()>,
     env: Arc<dyn EnvSource>,
     logs: Arc<dyn LogSink>,
     /// Most instances of one deployment alive at once.
@@ -367,6 +385,8 @@ impl WasmWorker {
             loaded: Mutex::new(LoadedSet::default()),
             loaded_budget: DEFAULT_LOADED_BUDGET_MB * 1024 * 1024,
             built: Mutex::new(BuiltArtifacts::default()),
+            prewarming: tokio::sync::Mutex::new(()),
+            deserializing: tokio::sync::Mutex::new(()),
             env: options.env,
             logs: options.logs,
             instances_per_deployment: default_instances_per_deployment(options.max_instances),
@@ -465,6 +485,16 @@ impl WasmWorker {
     /// A deployment this call loaded is charged against the budget, and may unload the
     /// least recently used idle ones.
     async fn load(&self, spec: &DeploymentSpec) -> Result<(Deployment, bool), InvokeError> {
+        self.load_and(spec, true).await
+    }
+
+    /// [`WasmWorker::load`]; past the budget, unloads others only when `evict` (a
+    /// prewarm never unloads what requests loaded).
+    async fn load_and(
+        &self,
+        spec: &DeploymentSpec,
+        evict: bool,
+    ) -> Result<(Deployment, bool), InvokeError> {
         let poisoned = || InvokeError::Unavailable {
             message: "worker state poisoned".into(),
         };
@@ -482,8 +512,26 @@ impl WasmWorker {
                         reactor.deployment = %spec.deployment_id
                     ))
             })
-            .await
-            .map_err(|message| InvokeError::NotReady { message })?;
+            .await;
+        let pre = match pre {
+            Ok(pre) => pre,
+            Err(message) => {
+                // Nothing stays of a load that failed: the next request tries again.
+                if let Ok(mut set) = self.loaded.lock()
+                    && set
+                        .deployments
+                        .get(&spec.deployment_id)
+                        .is_some_and(|e| Arc::ptr_eq(&e.slot, &cell) && e.slot.get().is_none())
+                {
+                    set.deployments.remove(&spec.deployment_id);
+                }
+                if let Ok(mut set) = self.loaded.lock() {
+                    // Code a failed load mapped and no deployment holds.
+                    set.code.retain(|_, c| c.users > 0);
+                }
+                return Err(InvokeError::NotReady { message });
+            }
+        };
         if loaded_here {
             let evicted = {
                 let mut set = self.loaded.lock().map_err(|_| poisoned())?;
@@ -494,7 +542,8 @@ impl WasmWorker {
                     code.file,
                     &code.component,
                     code.bytes,
-                ) && set.charged > self.loaded_budget
+                ) && evict
+                    && set.charged > self.loaded_budget
                 {
                     // Down to 90 % at once, so that a worker at its budget does not sort
                     // its deployments on every cold start.
@@ -517,6 +566,25 @@ impl WasmWorker {
         }
         // A request that waited for another's load was cold too: it found nothing warm.
         Ok((pre.clone(), true))
+    }
+
+    /// Forgets the other loaded deployments of `spec`'s function (superseded by it; their
+    /// artifacts stay in the disk cache for a rollback).
+    fn forget_others_of(&self, spec: &DeploymentSpec) {
+        let key = function_key(spec);
+        // Dropped after the lock: the last user of a component unmaps it.
+        let _superseded: Vec<Entry> = match self.loaded.lock() {
+            Ok(mut set) => {
+                let ids: Vec<String> = set
+                    .deployments
+                    .iter()
+                    .filter(|(id, e)| e.function == key && **id != spec.deployment_id)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| set.forget(id)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
     }
 
     /// Whether loaded deployments are charged their whole budget (prewarm stops there:
@@ -571,24 +639,42 @@ impl WasmWorker {
         };
         let meta = tokio::fs::metadata(&path).await.map_err(err)?;
         let file = FileId::of(&meta);
-        // The same artifact loaded for another deployment of the org: its code is shared.
+        // The same artifact loaded for another deployment of the org: its code is shared
+        // (looked up once the deserializations before this one are done).
+        let one = self.deserializing.lock().await;
         let shared = self
             .loaded
             .lock()
             .map_err(|_| "worker state poisoned".to_string())?
             .shared(file);
-        let component = match shared {
-            Some(component) => component,
+        let (component, file) = match shared {
+            Some(component) => (component, file),
             None => {
                 let engine = self.engine.clone();
                 phase(
                     "deserialize",
-                    tokio::task::spawn_blocking(move || deserialize(&engine, &path)),
+                    tokio::task::spawn_blocking(move || {
+                        let component = deserialize(&engine, &path)?;
+                        // Shared by its file's identity only if that file is still the
+                        // one it mapped (the mapping keeps its inode from being reused).
+                        let same = std::fs::metadata(&path).is_ok_and(|m| FileId::of(&m) == file);
+                        Ok::<_, String>((component, if same { file } else { FileId::unique() }))
+                    }),
                 )
                 .await
                 .map_err(err)??
             }
         };
+        // Known to the loads after this one at once (charged when a deployment holding it
+        // is admitted; a failed load leaves it to the next clean-up).
+        if let Ok(mut set) = self.loaded.lock() {
+            set.code.entry(file).or_insert_with(|| SharedCode {
+                component: component.clone(),
+                users: 0,
+                bytes: meta.len(),
+            });
+        }
+        drop(one);
         let pre = phase("link", async { self.pre(&component) }).await?;
         reactor_service::metrics::get().cold_start("wasm", "total", whole.elapsed());
         tracing::info!(
@@ -646,7 +732,11 @@ impl WasmWorker {
             hex::encode(sha2::Sha256::digest(bytes)),
             self.engine_hash
         ));
-        if !tokio::fs::try_exists(&content).await.unwrap_or(false) {
+        // A file of the wrong size (torn by a crash) is written again.
+        let whole = tokio::fs::metadata(&content)
+            .await
+            .is_ok_and(|m| m.len() == bytes.len() as u64);
+        if !whole {
             tokio::fs::create_dir_all(&dir).await?;
             write_atomic(&content, bytes).await?;
         }
@@ -735,7 +825,12 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
 
 async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_beside(path);
-    tokio::fs::write(&tmp, bytes).await?;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        file.write_all(bytes).await?;
+        file.sync_all().await?;
+    }
     tokio::fs::rename(&tmp, path).await
 }
 
@@ -802,9 +897,17 @@ impl Builder for WasmWorker {
                 .copy(&*self.storage, &earlier.key, &key, &earlier.sha256)
                 .await
             {
-                Ok(()) => {
+                // Read back once: a source that changed since (tampered, or gone and
+                // rebuilt) fails the seal here, not at every later deploy's first load.
+                Ok(()) if matches!(self.seal.get(&*self.storage, &key).await, Ok(Some(_))) => {
                     tracing::info!(org = %spec.org, function = %spec.function, deployment_id = %spec.deployment_id, from = %earlier.key, "same code as an earlier build: artifact copied, not compiled");
                     return Ok(());
+                }
+                Ok(()) => {
+                    tracing::warn!(from = %earlier.key, "an earlier artifact copied for the same code fails its seal; compiling");
+                    if let Ok(mut built) = self.built.lock() {
+                        built.forget(&spec.org, &source);
+                    }
                 }
                 // Collected since, or storage trouble: compile as if it were new.
                 Err(e) => {
@@ -850,6 +953,12 @@ impl BuiltArtifacts {
         self.by_source.get(&(org.to_string(), *source)).cloned()
     }
 
+    fn forget(&mut self, org: &str, source: &[u8; 32]) {
+        let id = (org.to_string(), *source);
+        self.by_source.remove(&id);
+        self.order.retain(|o| *o != id);
+    }
+
     fn insert(&mut self, org: &str, source: [u8; 32], artifact: BuiltArtifact) {
         let id = (org.to_string(), source);
         if self.by_source.insert(id.clone(), artifact).is_none() {
@@ -869,30 +978,21 @@ impl RuntimeWorker for WasmWorker {
     /// same function (their artifacts stay in the disk cache for a rollback).
     async fn prepare(&self, spec: &DeploymentSpec) -> Result<(), InvokeError> {
         self.load(spec).await?;
-        let key = function_key(spec);
-        // Dropped after the lock: the last user of a component unmaps it.
-        let _superseded: Vec<Entry> = match self.loaded.lock() {
-            Ok(mut set) => {
-                let ids: Vec<String> = set
-                    .deployments
-                    .iter()
-                    .filter(|(id, e)| e.function == key && **id != spec.deployment_id)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                ids.iter().filter_map(|id| set.forget(id)).collect()
-            }
-            Err(_) => Vec::new(),
-        };
+        self.forget_others_of(spec);
         Ok(())
     }
 
     /// Like [`RuntimeWorker::prepare`] while the loaded deployments are charged less
     /// than `[worker] loaded_budget_mb`; past it, nothing (requests load on demand).
     async fn prewarm(&self, spec: &DeploymentSpec) -> Result<bool, InvokeError> {
+        // One at a time, so that each sees what the ones before it were charged.
+        let _one = self.prewarming.lock().await;
         if self.budget_full() {
             return Ok(false);
         }
-        self.prepare(spec).await.map(|()| true)
+        self.load_and(spec, false).await?;
+        self.forget_others_of(spec);
+        Ok(true)
     }
 
     /// Forgets the loaded deployment (its pre-instantiated component, env and slots);

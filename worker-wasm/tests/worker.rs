@@ -600,6 +600,17 @@ async fn the_same_code_in_one_org_is_built_once_and_loaded_once() {
         loaded.charged < 2 * code + 3 * 64 * 1024,
         "the shared code is charged once: {loaded:?}, artifact {code} bytes"
     );
+    // A new deployment of `one` supersedes the first; retiring the rest leaves nothing.
+    h.deploy(spec_of("acme", "one", "dep_one_v2")).await;
+    assert!(!h.worker.loaded().deployments.contains(&"dep_one".to_string()));
+    for id in ["dep_one_v2", "dep_two", "dep_other"] {
+        h.worker.retire(id).await;
+    }
+    assert_eq!(
+        h.worker.loaded(),
+        reactor_worker_wasm::LoadedSummary::default(),
+        "everything unloaded gives its charge back"
+    );
 }
 
 /// Past its budget a worker unloads the least recently used idle deployment; one with an

@@ -83,7 +83,7 @@ impl ControlPlane {
                 .with_detail("function", name),
                 other => other.into(),
             })?;
-        self.routing.publish().await?;
+        self.routing.publish_function(&caller.org, name).await?;
         tracing::info!(org = %caller.org, function = name, %runtime, "function created");
         Ok(function_info(&record))
     }
@@ -114,7 +114,7 @@ impl ControlPlane {
                 format!("function {name} not found"),
             ));
         }
-        self.routing.publish().await?;
+        self.routing.publish_function(&caller.org, name).await?;
         self.logs.forget(&caller.org, name);
         for prefix in keys::function_prefix(&caller.org, name) {
             if let Err(e) = self.storage.delete_prefix(&prefix).await {

@@ -59,7 +59,7 @@ impl ControlPlane {
         self.store
             .set_function_policy(&f.org, &f.name, json.as_deref())
             .await?;
-        let version = self.routing.publish().await?;
+        let version = self.routing.publish_function(&f.org, &f.name).await?;
         tracing::info!(org = %f.org, function = %f.name, version, cleared = policy.is_none(), "policy set");
         let policy = policy.unwrap_or_default();
         self.event(

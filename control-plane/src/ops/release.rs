@@ -139,7 +139,7 @@ impl ControlPlane {
             }
             return Err(e.into());
         }
-        let version = self.routing.publish().await?;
+        let version = self.routing.publish_function(&f.org, &f.name).await?;
         tracing::info!(org = %f.org, function = %f.name, deployment_id = %d.id, version, rollback, "promoted");
         let previous = f.live_deployment_id.as_deref().unwrap_or("none");
         self.event(
