@@ -314,7 +314,7 @@ pub async fn run(a: ProfileArgs) -> anyhow::Result<()> {
     );
     println!("|---|---|---|");
     let mut rows: Vec<(&str, u64)> = by_stage.into_iter().collect();
-    rows.sort_by(|x, y| y.1.cmp(&x.1));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1));
     for (stage, n) in rows {
         let share = n as f64 / total as f64;
         println!(

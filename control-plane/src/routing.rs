@@ -523,7 +523,7 @@ mod tests {
             sorted(&{
                 let again = RoutingPublisher::new(store.clone(), workers);
                 again.publish().await.expect("again");
-                again.current()
+                (*again.current()).clone()
             })
         );
     }

@@ -602,7 +602,12 @@ async fn the_same_code_in_one_org_is_built_once_and_loaded_once() {
     );
     // A new deployment of `one` supersedes the first; retiring the rest leaves nothing.
     h.deploy(spec_of("acme", "one", "dep_one_v2")).await;
-    assert!(!h.worker.loaded().deployments.contains(&"dep_one".to_string()));
+    assert!(
+        !h.worker
+            .loaded()
+            .deployments
+            .contains(&"dep_one".to_string())
+    );
     for id in ["dep_one_v2", "dep_two", "dep_other"] {
         h.worker.retire(id).await;
     }
