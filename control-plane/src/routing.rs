@@ -532,21 +532,8 @@ mod tests {
     /// whose table holds the change it made before calling.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_publishes_each_get_a_table_with_their_change() {
-        use crate::store::{FunctionRecord, OrgRecord, SqlStore};
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            SqlStore::open(&dir.path().join("db.sqlite"))
-                .await
-                .expect("sqlite store"),
-        );
-        store
-            .create_org(&OrgRecord {
-                name: "o".into(),
-                platform: false,
-                created_at: "2026-12-07T00:00:00Z".into(),
-            })
-            .await
-            .expect("org");
+        let store = store_with_org(dir.path()).await;
         let publisher = Arc::new(RoutingPublisher::new(
             store.clone(),
             Arc::new(WorkerRegistry::new(Default::default())),
@@ -558,14 +545,7 @@ mod tests {
                 tokio::spawn(async move {
                     let name = format!("f{i}");
                     store
-                        .create_function(&FunctionRecord {
-                            org: "o".into(),
-                            name: name.clone(),
-                            runtime: reactor_api::Runtime::Wasm,
-                            live_deployment_id: None,
-                            created_at: "2026-12-07T00:00:00Z".into(),
-                            policy: None,
-                        })
+                        .create_function(&function(&name))
                         .await
                         .expect("function");
                     (name, publisher.publish().await.expect("publish"))

@@ -166,12 +166,7 @@ where
         let _ = std::fs::remove_file(tmp);
         return Err(e);
     }
-    let mut dir = dest.parent();
-    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
-        sync_dir(d)?;
-        dir = d.parent();
-    }
-    Ok(())
+    sync_dirs(root, dest)
 }
 
 fn write_and_rename<F>(tmp: &Path, dest: &Path, fill: F) -> std::io::Result<()>
@@ -212,6 +207,11 @@ fn link_durably(root: &Path, src: &Path, tmp: &Path, dest: &Path) -> std::io::Re
         let _ = std::fs::remove_file(tmp);
         return Err(e);
     }
+    sync_dirs(root, dest)
+}
+
+/// Makes the new entry `dest` durable: every directory from its own up to `root`.
+fn sync_dirs(root: &Path, dest: &Path) -> std::io::Result<()> {
     let mut dir = dest.parent();
     while let Some(d) = dir.filter(|d| d.starts_with(root)) {
         sync_dir(d)?;
