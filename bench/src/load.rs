@@ -147,3 +147,72 @@ pub async fn concurrent(
     all.sort();
     Ok((rps, all))
 }
+
+/// Requests/s of `wrk -t2 -c{concurrency}` for `seconds` on the target (the same POST,
+/// headers and body), when `wrk` is on `PATH`: the load generator a user compares with.
+/// wrk does not read the answers; any non-2xx answer or socket error fails the run.
+pub async fn wrk(t: &Target, concurrency: usize, seconds: u64) -> anyhow::Result<Option<f64>> {
+    let Ok(bin) = which_wrk() else {
+        return Ok(None);
+    };
+    let body = t
+        .body
+        .clone()
+        .unwrap_or_else(|| Bytes::from_static(br#"{"name":"Reactor"}"#));
+    let mut script = String::from("wrk.method = \"POST\"\n");
+    script.push_str(&format!(
+        "wrk.body = [==[{}]==]\n",
+        String::from_utf8_lossy(&body)
+    ));
+    script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    if let Some(token) = &t.token {
+        script.push_str(&format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ));
+    }
+    let dir = tempfile::tempdir()?;
+    let lua = dir.path().join("post.lua");
+    std::fs::write(&lua, script)?;
+    let url = format!("http://{}{}", t.addr, t.path);
+    let out = tokio::process::Command::new(bin)
+        .args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s")])
+        .arg("-s")
+        .arg(&lua)
+        .arg(&url)
+        .output()
+        .await
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk on {} failed: {text}{}",
+            t.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+    {
+        bail!("wrk on {}: {}", t.name, line.trim());
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    Ok(Some(rps))
+}
+
+/// Whether `wrk` is on `PATH`.
+pub fn has_wrk() -> bool {
+    which_wrk().is_ok()
+}
+
+fn which_wrk() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").context("no PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("wrk"))
+        .find(|p| p.is_file())
+        .context("wrk is not on PATH")
+}

@@ -137,6 +137,8 @@ struct Load {
     rps: f64,
     p50_c: f64,
     p99_c: f64,
+    /// Requests/s under `wrk -t2` at the same concurrency (when wrk is installed).
+    rps_wrk: Option<f64>,
 }
 
 impl Load {
@@ -151,6 +153,10 @@ impl Load {
             rps: self.rps.max(o.rps),
             p50_c: self.p50_c.min(o.p50_c),
             p99_c: self.p99_c.min(o.p99_c),
+            rps_wrk: match (self.rps_wrk, o.rps_wrk) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 }
@@ -163,7 +169,12 @@ async fn measure(t: &Target, a: &InvokeArgs) -> anyhow::Result<Load> {
         t.name, a.concurrency, a.seconds
     );
     let (rps, all) = concurrent(t, a.concurrency, a.seconds).await?;
+    if load::has_wrk() {
+        eprintln!("  {}: wrk -t2 -c{}, {} s", t.name, a.concurrency, a.seconds);
+    }
+    let rps_wrk = load::wrk(t, a.concurrency, a.seconds).await?;
     Ok(Load {
+        rps_wrk,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         rps,
@@ -502,11 +513,25 @@ fn report(a: &InvokeArgs, targets: &[Target], loads: &[Load], emb: &Lifecycle, s
     row(format!("p50 / p99, concurrency {}", a.concurrency), &|l| {
         format!("{:.2} / {:.2} ms", l.p50_c, l.p99_c)
     });
+    let with_wrk = loads.iter().all(|l| l.rps_wrk.is_some());
+    if with_wrk {
+        row(format!("requests/s, wrk -t2 -c{}", a.concurrency), &|l| {
+            format!("{:.0}", l.rps_wrk.unwrap_or_default())
+        });
+    }
     let wasmtime = targets.iter().position(|t| t.name == "wasmtime serve");
     if let Some(w) = wasmtime.and_then(|i| loads.get(i)) {
         row("requests/s ÷ wasmtime serve".into(), &|l| {
             format!("{:.2}x", l.rps / w.rps)
         });
+        if with_wrk {
+            row("wrk requests/s ÷ wasmtime serve".into(), &|l| {
+                format!(
+                    "{:.2}x",
+                    l.rps_wrk.unwrap_or_default() / w.rps_wrk.unwrap_or(f64::NAN)
+                )
+            });
+        }
         row("warm p50 ÷ wasmtime serve".into(), &|l| {
             format!("{:.2}x", l.p50 / w.p50)
         });

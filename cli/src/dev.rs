@@ -104,7 +104,8 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<DevServer> {
             logs: logs.clone(),
         })?
         .with_calls(calls.clone(), call_limits)
-        .with_loaded_budget(loaded_budget_mb.saturating_mul(1 << 20)),
+        .with_loaded_budget(loaded_budget_mb.saturating_mul(1 << 20))
+        .with_seal(artifact_seal(&workdir)?),
     );
     wasm.report_pools();
     let wasm_inline = wasm.clone();
@@ -298,3 +299,20 @@ pub async fn serve(
     tokio::try_join!(invoke, lambda)?;
     Ok(())
 }
+
+/// The seal of the artifacts this workdir's storage holds: from a key kept beside the
+/// data key (created on first start, private to the user), so that artifacts built before
+/// a restart are still trusted after it when the local cache is gone, instead of rebuilt.
+fn artifact_seal(workdir: &std::path::Path) -> anyhow::Result<reactor_storage::seal::ArtifactSeal> {
+    let path = workdir.join(ARTIFACT_KEY_FILE);
+    reactor_control_plane::secrets::load_or_create_key_file(&path)
+        .with_context(|| format!("the artifact seal key {}", path.display()))?;
+    let secret = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the artifact seal key {}", path.display()))?;
+    Ok(reactor_storage::seal::ArtifactSeal::from_secret(
+        secret.trim(),
+    ))
+}
+
+/// The key file of [`artifact_seal`], in the workdir.
+const ARTIFACT_KEY_FILE: &str = "artifact_key";
