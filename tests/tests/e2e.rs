@@ -785,3 +785,32 @@ async fn a_restart_keeps_functions_live_and_credentials() {
         .expect("send");
     assert_eq!(resp.headers()["x-reactor-cold-start"], "false");
 }
+
+/// An artifact built before a restart is still trusted after it (`reactor dev` keeps the
+/// seal's key in its workdir): with the local cache gone, the deployment is read back
+/// from storage, not compiled again from its bundle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_with_an_emptied_cache_reads_artifacts_instead_of_rebuilding() {
+    let s = Server::start();
+    s.deploy_live("probe", probe_bundle()).await;
+    let dir = s.stop();
+    std::fs::remove_dir_all(dir.path().join("work/cache")).expect("removing the cache");
+    let s = Server::start_in(dir, &[]);
+    let resp = s
+        .request(Method::GET, "/fn/v1/probe/x")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let loaded = wait_until(Duration::from_secs(10), || async {
+        let logs = s.logs();
+        logs.contains("deployment loaded").then_some(logs)
+    })
+    .await
+    .expect("a deployment loaded line");
+    assert!(
+        loaded.contains("source=\"storage\"") && !loaded.contains("source=\"bundle\""),
+        "the artifact should come from storage: {loaded}"
+    );
+    assert!(!loaded.contains("fails its MAC"), "{loaded}");
+}
