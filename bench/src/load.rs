@@ -159,23 +159,39 @@ pub async fn wrk(t: &Target, concurrency: usize, seconds: u64) -> anyhow::Result
         .body
         .clone()
         .unwrap_or_else(|| Bytes::from_static(br#"{"name":"Reactor"}"#));
+    // The body and the token go in files the script reads as they are: nothing to escape.
+    let dir = tempfile::tempdir()?;
+    let read = |name: &str, bytes: &[u8]| -> anyhow::Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes)?;
+        let path = path
+            .to_str()
+            .context("a temporary path that is not UTF-8")?;
+        Ok(format!(
+            "(function() local f = assert(io.open({path:?}, \"rb\")); local s = f:read(\"*a\"); f:close(); return s end)()"
+        ))
+    };
     let mut script = String::from("wrk.method = \"POST\"\n");
-    script.push_str(&format!(
-        "wrk.body = [==[{}]==]\n",
-        String::from_utf8_lossy(&body)
-    ));
+    script.push_str(&format!("wrk.body = {}\n", read("body", &body)?));
     script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
     if let Some(token) = &t.token {
+        let auth = format!("Bearer {token}");
         script.push_str(&format!(
-            "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+            "wrk.headers[\"Authorization\"] = {}\n",
+            read("auth", auth.as_bytes())?
         ));
     }
-    let dir = tempfile::tempdir()?;
     let lua = dir.path().join("post.lua");
     std::fs::write(&lua, script)?;
     let url = format!("http://{}{}", t.addr, t.path);
+    // wrk wants at least one connection per thread.
+    let threads = concurrency.clamp(1, 2);
     let out = tokio::process::Command::new(bin)
-        .args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s")])
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{concurrency}"),
+            &format!("-d{seconds}s"),
+        ])
         .arg("-s")
         .arg(&lua)
         .arg(&url)
@@ -213,6 +229,10 @@ fn which_wrk() -> anyhow::Result<std::path::PathBuf> {
     let path = std::env::var_os("PATH").context("no PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("wrk"))
-        .find(|p| p.is_file())
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
         .context("wrk is not on PATH")
 }

@@ -1,7 +1,7 @@
 //! `reactor`: the embedded default (`reactor dev`) and the client of the admin API.
 
-/// mimalloc: fewer cycles per allocation than the system allocator on the invoke path
-/// (docs/benchmarks.md).
+/// mimalloc, not the system allocator: measured faster per request (docs/benchmarks.md,
+/// "The WASM hot path").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -809,12 +809,34 @@ fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
     pool.max_memories_per_component(16);
     pool.max_tables_per_component(64);
     pool.max_core_instances_per_component(128);
-    // A fresh instance per request reuses a warm slot: its dirty pages are reset in place
-    // (found by the PAGEMAP_SCAN ioctl where the kernel has it, Linux 6.7+) instead of
-    // handed back to the kernel and faulted in again by the next request.
-    pool.linear_memory_keep_resident(KEEP_RESIDENT);
-    pool.table_keep_resident(TABLE_KEEP_RESIDENT);
-    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    // A fresh instance per request reuses a warm slot. Its dirty pages are reset in place
+    // (found by the PAGEMAP_SCAN ioctl, Linux 6.7+) instead of handed back to the kernel
+    // and faulted in again by the next request, only where nothing can be swapped out:
+    // the scan sees present pages only, so a dirty page in swap would keep its contents
+    // for the next instance of the slot, maybe another tenant's. Else, and where the
+    // kernel lacks the ioctl, every page goes back to the kernel (`madvise`).
+    let swap = swap_in_use();
+    if swap.is_none() {
+        let mut in_place = pool.clone();
+        in_place.linear_memory_keep_resident(KEEP_RESIDENT);
+        in_place.table_keep_resident(TABLE_KEEP_RESIDENT);
+        in_place.pagemap_scan(wasmtime::Enabled::Yes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(in_place));
+        match Engine::new(&config) {
+            Ok(engine) => {
+                tracing::info!(
+                    keep_resident_kib = KEEP_RESIDENT >> 10,
+                    "instance memory is reset in place between requests (PAGEMAP_SCAN, no swap)"
+                );
+                return Ok(engine);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "instance memory goes back to the kernel between requests (no PAGEMAP_SCAN here)")
+            }
+        }
+    } else if let Some(why) = swap {
+        tracing::info!(swap = %why, "instance memory goes back to the kernel between requests (swap is on)");
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
@@ -824,6 +846,26 @@ fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
             Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
         }
     }
+}
+
+/// Why memory of this host may be swapped out (`None`: it may not): a swap area listed in
+/// `/proc/swaps`, or that file unreadable. Checked when the engine is built; a worker
+/// must be restarted after swap is turned on (`docs/operations.md`).
+fn swap_in_use() -> Option<String> {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(text) => swap_areas(&text),
+        Err(e) => Some(format!("/proc/swaps cannot be read: {e}")),
+    }
+}
+
+/// The swap areas of a `/proc/swaps` text (its first line is a header), if any.
+fn swap_areas(text: &str) -> Option<String> {
+    let areas: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    (!areas.is_empty()).then(|| areas.join(", "))
 }
 
 #[allow(unsafe_code)]
@@ -1190,12 +1232,11 @@ impl RuntimeWorker for WasmWorker {
                     tracing::warn!(%org, %function, %deployment_id, request_id = %log_request_id, error = %m, "function crashed")
                 }
             }
-            // The answer ends first; the instance is torn down (its memory reset for the
-            // next one) after the response has gone out, off the request's latency. Its
-            // slot is held until then, so the pool never holds more than `size`. If the
-            // body is dropped meanwhile, the task is aborted here and the same drops run.
+            // The body's end is signalled first, then the instance is torn down (its
+            // memory reset for the next one) and its slot freed, before this thread
+            // polls the connection that writes the end: a next request never finds the
+            // slot still taken.
             let _ = end_tx.send(end);
-            tokio::task::yield_now().await;
             drop(store);
             drop(call_guard);
             drop(slot);
@@ -1297,5 +1338,19 @@ impl reactor_service::metrics::PoolSource for WasmWorker {
                 },
             )
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::swap_areas;
+
+    #[test]
+    fn swap_areas_are_read_from_proc_swaps() {
+        let none = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert_eq!(swap_areas(none), None);
+        assert_eq!(swap_areas(""), None);
+        let two = "Filename\tType\tSize\tUsed\tPriority\n/dev/zram0 partition 4194300 0 100\n/swapfile file 1048572 0 -2\n";
+        assert_eq!(swap_areas(two).as_deref(), Some("/dev/zram0, /swapfile"));
     }
 }
