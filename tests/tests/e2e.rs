@@ -389,6 +389,24 @@ async fn invocation_errors_are_the_documented_codes() {
         "{logs}"
     );
     assert!(logs.contains("probe crashed on purpose"), "{logs}");
+    // A function that answers with no body and goes on working is not cut off when the
+    // (empty) answer has gone out: its task runs to its end.
+    let before = s.logs().len();
+    let empty = s
+        .request(Method::GET, "/fn/v1/probe/empty-then-print")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(empty.status(), 204);
+    let after = wait_until(Duration::from_secs(5), || async {
+        s.logs()
+            .contains("probe: after an empty response")
+            .then_some(())
+    })
+    .await;
+    assert!(after.is_some(), "the guest was cut off: {}", s.logs());
+    let since = s.logs().get(before..).unwrap_or_default().to_string();
+    assert!(!since.contains("the client went away"), "{since}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,10 @@ pub enum TaskEnd {
 /// trap then fails the body, so that the client sees an aborted stream, not a complete one.
 pub struct GuestBody {
     inner: HyperOutgoingBody,
-    _task: AbortOnDropHandle<()>,
+    /// The guest's task: aborted when the body is dropped before its end (the client
+    /// went away), left to run to its own end (bounded by its deadline) when the body
+    /// was complete, as when the server drops a body it must not send (HEAD, 204, 304).
+    task: Option<AbortOnDropHandle<()>>,
     end: Option<tokio::sync::oneshot::Receiver<TaskEnd>>,
     finished: bool,
     request_id: String,
@@ -34,7 +37,7 @@ impl GuestBody {
     ) -> Self {
         Self {
             inner,
-            _task: task,
+            task: Some(task),
             end: Some(end),
             finished: false,
             request_id,
@@ -86,7 +89,10 @@ impl Body for GuestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not before the guest's task has ended: a body that is empty from the start
+        // must still be polled to its end, else the server drops it at once and so
+        // aborts a guest still running after it set its response.
+        self.end.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -96,6 +102,14 @@ impl Body for GuestBody {
 
 impl Drop for GuestBody {
     fn drop(&mut self) {
+        if !self.finished
+            && self.inner.is_end_stream()
+            && let Some(task) = self.task.take()
+        {
+            // Nothing more to send: the guest finishes on its own.
+            drop(task.detach());
+            return;
+        }
         if !self.finished {
             tracing::info!(request_id = %self.request_id, "invocation cancelled: the client went away during the response body");
         }

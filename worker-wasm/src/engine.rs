@@ -1232,14 +1232,13 @@ impl RuntimeWorker for WasmWorker {
                     tracing::warn!(%org, %function, %deployment_id, request_id = %log_request_id, error = %m, "function crashed")
                 }
             }
-            // The body's end is signalled first, then the instance is torn down (its
-            // memory reset for the next one) and its slot freed, before this thread
-            // polls the connection that writes the end: a next request never finds the
-            // slot still taken.
-            let _ = end_tx.send(end);
+            // The instance is torn down (its memory reset for the next one) and its slot
+            // freed before the body's end is signalled: a client's next request never
+            // finds the slot still taken.
             drop(store);
             drop(call_guard);
             drop(slot);
+            let _ = end_tx.send(end);
         }
         .in_current_span());
         let task = AbortOnDropHandle::new(task);
