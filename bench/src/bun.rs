@@ -32,7 +32,7 @@ pub struct BunArgs {
     colds: usize,
 }
 
-struct BareBun(Child);
+pub(crate) struct BareBun(Child);
 
 impl Drop for BareBun {
     fn drop(&mut self) {
@@ -41,7 +41,7 @@ impl Drop for BareBun {
     }
 }
 
-fn hello_bundle() -> Vec<u8> {
+pub(crate) fn hello_bundle() -> Vec<u8> {
     bundle(&[(
         "code/index.ts",
         &read(&root().join("examples/hello-bun/code/index.ts")),
@@ -49,7 +49,7 @@ fn hello_bundle() -> Vec<u8> {
 }
 
 /// `Bun.serve` of the same handler on a free port.
-async fn start_bare(dir: &std::path::Path) -> anyhow::Result<(BareBun, Target)> {
+pub(crate) async fn start_bare(dir: &std::path::Path) -> anyhow::Result<(BareBun, Target)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

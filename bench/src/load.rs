@@ -152,6 +152,24 @@ pub async fn concurrent(
 /// headers and body), when `wrk` is on `PATH`: the load generator a user compares with.
 /// wrk does not read the answers; any non-2xx answer or socket error fails the run.
 pub async fn wrk(t: &Target, concurrency: usize, seconds: u64) -> anyhow::Result<Option<f64>> {
+    Ok(wrk_stats(t, concurrency, seconds).await?.map(|s| s.rps))
+}
+
+/// What one `wrk --latency` run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct WrkStats {
+    pub rps: f64,
+    /// Milliseconds, from wrk's latency distribution.
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// [`wrk`] with its latency distribution (`--latency`).
+pub async fn wrk_stats(
+    t: &Target,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<Option<WrkStats>> {
     let Ok(bin) = which_wrk() else {
         return Ok(None);
     };
@@ -191,6 +209,7 @@ pub async fn wrk(t: &Target, concurrency: usize, seconds: u64) -> anyhow::Result
             &format!("-t{threads}"),
             &format!("-c{concurrency}"),
             &format!("-d{seconds}s"),
+            "--latency",
         ])
         .arg("-s")
         .arg(&lua)
@@ -217,7 +236,33 @@ pub async fn wrk(t: &Target, concurrency: usize, seconds: u64) -> anyhow::Result
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
-    Ok(Some(rps))
+    let at = |percent: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(percent))
+            .and_then(|v| wrk_millis(v.trim()))
+            .with_context(|| format!("no {percent} latency in wrk's output: {text}"))
+    };
+    Ok(Some(WrkStats {
+        rps,
+        p50: at("50%")?,
+        p99: at("99%")?,
+    }))
+}
+
+/// Milliseconds of a wrk duration (`123.45us`, `1.20ms`, `2.00s`).
+fn wrk_millis(v: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60e3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    number.trim().parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// Whether `wrk` is on `PATH`.
@@ -235,4 +280,16 @@ fn which_wrk() -> anyhow::Result<std::path::PathBuf> {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
         .context("wrk is not on PATH")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_durations_are_read_in_milliseconds() {
+        assert_eq!(super::wrk_millis("250.00us"), Some(0.25));
+        assert_eq!(super::wrk_millis("1.50ms"), Some(1.5));
+        assert_eq!(super::wrk_millis("2.00s"), Some(2000.0));
+        assert_eq!(super::wrk_millis("1.00m"), Some(60000.0));
+        assert_eq!(super::wrk_millis("fast"), None);
+    }
 }

@@ -27,6 +27,7 @@
 //! Run: `cargo run --release -p reactor-bench [-- --help]`.
 
 mod bun;
+mod bunhop;
 mod calls;
 mod composition;
 mod controls;
@@ -64,6 +65,9 @@ enum Cmd {
     Hop(hop::HopArgs),
     /// The Bun runtime against bare `Bun.serve`, and Bun cold starts.
     Bun(bun::BunArgs),
+    /// What each kind of hop in front of Bun can serve (nginx, a minimal proxy, a binary
+    /// framing), against bare `Bun.serve` and Reactor, in the same run (needs wrk).
+    BunHop(bunhop::BunHopArgs),
     /// What invoke policies and the concurrency cap cost per request.
     Controls(controls::ControlsArgs),
     /// What a router adds to a Lambda invocation: body hash and SigV4 signature.
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Cmd::Hop(args)) => hop::run(args).await,
         Some(Cmd::Bun(args)) => bun::run(args).await,
+        Some(Cmd::BunHop(args)) => bunhop::run(args).await,
         Some(Cmd::Controls(args)) => controls::run(args).await,
         Some(Cmd::Lambda(args)) => lambda::run(args).await,
         Some(Cmd::Calls(args)) => calls::run(args).await,
