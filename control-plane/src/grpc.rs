@@ -162,8 +162,10 @@ async fn stream_updates(
     let (mut changes, mut table) = cp.routing().subscribe_changes();
     let mut held = known_version;
     loop {
-        // Version 0 is the empty table before the first publication: nothing to send.
-        if table.version > 0 && held != table.version {
+        // Version 0 is the empty table before the first publication: nothing to send. A
+        // router ahead of this table (it followed a replica that was ahead) waits for
+        // a newer one.
+        if table.version > held {
             for u in crate::routing::snapshot(&table) {
                 if tx.send(u).await.is_err() {
                     return;

@@ -119,6 +119,32 @@ impl RoutingPublisher {
         Ok(version)
     }
 
+    /// Catches up with a version `seen` published by another control plane on the same
+    /// database (announced, or found by polling with `seen` = `u64::MAX`): when this
+    /// process holds an older table, the whole state is read and published at the
+    /// database's version, so that routers of every replica get the same versions. The
+    /// state read after the version holds every change that version covers (a change is
+    /// written before its version is taken).
+    pub async fn follow(&self, seen: u64) -> Result<u64, crate::store::StoreError> {
+        let mut last = self.lock.lock().await;
+        if *last >= seen {
+            return Ok(*last);
+        }
+        let Some(version) = self.store.routing_version().await? else {
+            return Ok(*last);
+        };
+        if version <= *last {
+            return Ok(*last);
+        }
+        let version = self.publish_at(version).await?;
+        tracing::debug!(
+            version,
+            "routing table caught up with another control plane"
+        );
+        *last = version;
+        Ok(version)
+    }
+
     async fn publish_function_locked(
         &self,
         version: u64,

@@ -171,6 +171,11 @@ impl ControlPlane {
             uploads: Default::default(),
         });
         cp.routing.publish().await?;
+        tokio::spawn(follow_routing(
+            Arc::downgrade(&cp),
+            cp.store.listen_routing().await,
+            cp.closed(),
+        ));
         for d in cp.store.list_materializing().await? {
             let cp = cp.clone();
             tokio::spawn(async move { cp.rematerialize(d).await });
@@ -253,5 +258,40 @@ impl ControlPlane {
     ) {
         self.logs
             .emit(LogEntry::event(org, function, deployment_id, message));
+    }
+}
+
+/// How often a control plane asks the database for the routing version, besides hearing
+/// of it (PostgreSQL's LISTEN can miss one while its connection is down).
+const ROUTING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps this control plane's routing table level with the database's version, which
+/// other control planes on the same database move (see [`RoutingPublisher::follow`]).
+async fn follow_routing(
+    cp: std::sync::Weak<ControlPlane>,
+    mut notes: Option<tokio::sync::mpsc::Receiver<u64>>,
+    closed: impl std::future::Future<Output = ()>,
+) {
+    let mut poll = tokio::time::interval(ROUTING_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(closed);
+    loop {
+        let mut seen = tokio::select! {
+            Some(v) = async { match notes.as_mut() { Some(n) => n.recv().await, None => None } } => v,
+            _ = poll.tick() => u64::MAX,
+            () = &mut closed => return,
+        };
+        // A burst of versions is one catch-up.
+        if let Some(n) = notes.as_mut() {
+            while let Ok(v) = n.try_recv() {
+                seen = seen.max(v);
+            }
+        }
+        let Some(cp) = cp.upgrade() else {
+            return;
+        };
+        if let Err(e) = cp.routing.follow(seen).await {
+            tracing::warn!("catching up with the routing version: {e}");
+        }
     }
 }

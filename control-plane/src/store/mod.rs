@@ -280,8 +280,19 @@ pub trait Store: Send + Sync + 'static {
     /// Users, their memberships and sign-ins, and the keys that sign access tokens.
     fn accounts(&self) -> &dyn Accounts;
 
-    /// Increments and returns the routing table's version.
+    /// Increments and returns the routing table's version (on PostgreSQL, and tells every
+    /// process listening: [`Store::listen_routing`]).
     async fn next_routing_version(&self) -> Result<u64, StoreError>;
+    /// The routing table's version as it is now, when this store can say: other control
+    /// planes on the same database may have moved it.
+    async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// The versions any process on this database publishes, as they are published (on
+    /// PostgreSQL, by LISTEN); `None` where the store has no such feed.
+    async fn listen_routing(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        None
+    }
     /// Every function with its live deployment, and every valid token.
     async fn routing_snapshot(
         &self,

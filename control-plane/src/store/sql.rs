@@ -27,6 +27,69 @@ fn map_db_error(entity: Entity, name: &str) -> impl FnOnce(sqlx::Error) -> Store
     }
 }
 
+async fn routing_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(ROUTING_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Sends every routing version announced on the database to `tx`, connecting again (and
+/// saying so) when the connection breaks, until `tx` closes. A version announced while
+/// the connection was down is not sent: the reader also polls (see `service`).
+async fn listen_routing(
+    url: String,
+    mut first: Option<sqlx::postgres::PgListener>,
+    tx: tokio::sync::mpsc::Sender<u64>,
+) {
+    let mut failing = first.is_none();
+    loop {
+        let listening = async {
+            match first.take() {
+                Some(l) => Ok(l),
+                None => routing_listener(&url).await,
+            }
+        };
+        let mut listener = tokio::select! {
+            l = listening => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("listening for routing versions on {}: {e}; trying again", redact_url(&url));
+                        failing = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        () = tx.closed() => return,
+                    }
+                }
+            },
+            () = tx.closed() => return,
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!("listening for routing versions again");
+        }
+        loop {
+            tokio::select! {
+                note = listener.recv() => match note {
+                    Ok(note) => {
+                        if let Ok(v) = note.payload().parse::<u64>()
+                            && tx.send(v).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("the routing versions' listener failed: {e}; connecting again");
+                        failing = true;
+                        break;
+                    }
+                },
+                () = tx.closed() => return,
+            }
+        }
+    }
+}
+
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
@@ -35,7 +98,12 @@ fn db(e: sqlx::Error) -> StoreError {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// PostgreSQL's URL, for the connection that listens for routing versions.
+    listen_url: Option<String>,
 }
+
+/// The channel every routing version is announced on (PostgreSQL NOTIFY).
+const ROUTING_CHANNEL: &str = "reactor_routing";
 
 mod accounts;
 
@@ -79,7 +147,12 @@ impl SqlStore {
         migrator.run(&pool).await.map_err(|e| {
             StoreError::Database(format!("migrating {}: {e}", redact_url(database_url)))
         })?;
-        Ok(Self { pool, dialect })
+        let listen_url = (dialect == Dialect::Postgres).then(|| database_url.to_string());
+        Ok(Self {
+            pool,
+            dialect,
+            listen_url,
+        })
     }
 
     /// Opens (creating if needed) the SQLite database file and runs the migrations.
@@ -658,14 +731,46 @@ impl Store for SqlStore {
     }
 
     async fn next_routing_version(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query(self.sql(
-            "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version",
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
+        let query = match self.dialect {
+            // The notification goes out when the statement commits: every control plane
+            // on the database hears of the version once the state it covers is there.
+            Dialect::Postgres => {
+                "WITH v AS (UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version), \
+                 n AS (SELECT pg_notify('reactor_routing', version::text) FROM v) \
+                 SELECT v.version FROM v, n"
+            }
+            Dialect::Sqlite => {
+                "UPDATE routing_version SET version = version + 1 WHERE id = 1 RETURNING version"
+            }
+        };
+        let row = sqlx::query(self.sql(query))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
         let v: i64 = row.try_get("version").map_err(db)?;
         Ok(v as u64)
+    }
+
+    async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(self.sql("SELECT version FROM routing_version WHERE id = 1"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let v: i64 = row.try_get("version").map_err(db)?;
+        Ok(Some(v as u64))
+    }
+
+    async fn listen_routing(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        let url = self.listen_url.clone()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Listening before this returns, so that the control plane hears of every version
+        // from its start; a database that does not answer in time is tried again behind.
+        let first = tokio::time::timeout(Duration::from_secs(5), routing_listener(&url))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        tokio::spawn(listen_routing(url, first, tx));
+        Some(rx)
     }
 
     async fn create_contract(&self, c: &ContractRecord) -> Result<(), StoreError> {
