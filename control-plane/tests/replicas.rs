@@ -1,16 +1,22 @@
 //! Two control-plane replicas on one PostgreSQL database: a change made through one
-//! reaches a router that follows the other (LISTEN/NOTIFY, with a poll behind it), and
-//! both stream the same versions.
+//! reaches a router that follows the other (LISTEN/NOTIFY, with a poll behind it), both
+//! stream the same versions, and promotes of one function through both take turns (the
+//! database's lock).
 
-use reactor_api::Runtime;
-use reactor_api::Runtimes;
+use async_trait::async_trait;
 use reactor_api::config::FunctionsConfig;
+use reactor_api::model::DeploymentStatus;
+use reactor_api::{
+    Builder, Builders, DeploymentSpec, Release, Releases, Runtime, RuntimeRole, Runtimes,
+};
 use reactor_control_plane::backends::Backends;
+use reactor_control_plane::store::{DeploymentRecord, Store};
 use reactor_control_plane::test_support::TestDatabase;
 use reactor_control_plane::workers::WorkerTiming;
-use reactor_control_plane::{ControlPlane, ControlPlaneOptions, grpc};
+use reactor_control_plane::{ControlPlane, ControlPlaneOptions, RuntimeRoles, grpc};
 use reactor_data_plane::{ControlPlaneEndpoint, DataPlane, follow_control_plane};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -22,19 +28,27 @@ fn admin_url() -> String {
 }
 
 async fn replica(config: &FunctionsConfig) -> Arc<ControlPlane> {
+    replica_with(config, Default::default()).await.0
+}
+
+async fn replica_with(
+    config: &FunctionsConfig,
+    runtimes: RuntimeRoles,
+) -> (Arc<ControlPlane>, Arc<dyn Store>) {
     let b = Backends::open(config).await.expect("backends");
-    ControlPlane::start(ControlPlaneOptions {
+    let cp = ControlPlane::start(ControlPlaneOptions {
         config: config.clone(),
-        store: b.store,
+        store: b.store.clone(),
         storage: b.storage,
-        runtimes: Default::default(),
+        runtimes,
         worker_timing: WorkerTiming::default(),
         remote_workers: None,
         env: b.env,
         logs: b.logs,
     })
     .await
-    .expect("control plane")
+    .expect("control plane");
+    (cp, b.store)
 }
 
 /// Serves the routing stream of `cp` on a loopback port; its URL.
@@ -167,6 +181,184 @@ async fn a_change_through_one_replica_reaches_the_routers_of_another() {
         b.routing().current().version,
         "both replicas hold the database's version"
     );
+    a.close();
+    b.close();
+    db.drop_now().await;
+}
+
+/// The release step of both replicas: records every `go_live` and holds the first one
+/// until opened, as a slow release (Lambda's AWS calls) would.
+struct Gate {
+    calls: Mutex<Vec<String>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl RuntimeRole for Gate {
+    fn runtime(&self) -> Runtime {
+        Runtime::Wasm
+    }
+}
+
+#[async_trait]
+impl Release for Gate {
+    async fn go_live(&self, spec: &DeploymentSpec) -> Result<(), String> {
+        let first = {
+            let mut calls = self.calls.lock().expect("calls");
+            calls.push(spec.deployment_id.clone());
+            calls.len() == 1
+        };
+        if first {
+            let _ = self.open.subscribe().wait_for(|o| *o).await;
+        }
+        Ok(())
+    }
+}
+
+/// Promote needs a builder for the runtime; the deployments here are recorded ready.
+struct NoBuild;
+
+impl RuntimeRole for NoBuild {
+    fn runtime(&self) -> Runtime {
+        Runtime::Wasm
+    }
+}
+
+#[async_trait]
+impl Builder for NoBuild {
+    async fn build(&self, _spec: &DeploymentSpec, _dir: &Path) -> Result<(), String> {
+        Err("nothing is built in this test".into())
+    }
+}
+
+async fn ready(store: &dyn Store, function: &str, id: &str) {
+    store
+        .insert_deployment(&DeploymentRecord {
+            id: id.into(),
+            org: "acme".into(),
+            function: function.into(),
+            status: DeploymentStatus::Ready,
+            error: None,
+            sha256: "0".repeat(64),
+            size_bytes: 1,
+            entrypoint: "main.wasm".into(),
+            bundle_key: format!("acme/{function}/{id}.tar.gz"),
+            timeout_ms: 1000,
+            memory_mb: 128,
+            min_instances: 0,
+            max_concurrency: None,
+            created_at: "2026-12-08T00:00:00.000Z".into(),
+            policy: None,
+            calls: None,
+            interceptors: None,
+            pool: None,
+            contract: None,
+        })
+        .await
+        .expect("deployment");
+}
+
+/// Two promotes of one function through two replicas at once: the second waits for the
+/// first (the database's lock, not a process's), one deployment ends live, and each
+/// replica's record of its promote names the one before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn promotes_of_one_function_through_two_replicas_take_turns() {
+    let db = TestDatabase::create(&admin_url()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let gate = Arc::new(Gate {
+        calls: Mutex::new(Vec::new()),
+        open: tokio::sync::watch::channel(false).0,
+    });
+    let roles = || RuntimeRoles {
+        builders: Builders::new().with(Arc::new(NoBuild)),
+        releases: Releases::new().with(gate.clone()),
+        workers: Runtimes::new(),
+    };
+    let (a, store) = replica_with(&config, roles()).await;
+    let boot = a.bootstrap("acme", None, None).await.expect("bootstrap");
+    let (b, _) = replica_with(&config, roles()).await;
+    let caller = |cp: Arc<ControlPlane>| {
+        let token = boot.token.clone();
+        async move {
+            cp.authenticate(Some(&format!("Bearer {token}")), Some("acme"))
+                .await
+                .expect("caller")
+        }
+    };
+    let (on_a, on_b) = (caller(a.clone()).await, caller(b.clone()).await);
+    a.create_function(&on_a, "f", Runtime::Wasm)
+        .await
+        .expect("create");
+    ready(&*store, "f", "dep_1").await;
+    ready(&*store, "f", "dep_2").await;
+
+    let first = tokio::spawn({
+        let (a, on_a) = (a.clone(), on_a.clone());
+        async move { a.promote(&on_a, "f", Some("dep_1")).await }
+    });
+    let calls = || gate.calls.lock().expect("calls").clone();
+    let started = Instant::now();
+    while calls().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no go_live");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = tokio::spawn({
+        let (b, on_b) = (b.clone(), on_b.clone());
+        async move { b.promote(&on_b, "f", Some("dep_2")).await }
+    });
+    // b's promote waits for a's, held in its release step.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        calls(),
+        ["dep_1"],
+        "the second promote went on beside the first"
+    );
+    assert!(!second.is_finished());
+    gate.open.send_replace(true);
+    first.await.expect("join").expect("promote through a");
+    second.await.expect("join").expect("promote through b");
+    assert_eq!(calls(), ["dep_1", "dep_2"]);
+
+    let live = store
+        .get_function("acme", "f")
+        .await
+        .expect("read")
+        .expect("function")
+        .live_deployment_id;
+    assert_eq!(live.as_deref(), Some("dep_2"));
+    let said = |cp: &ControlPlane| {
+        cp.logs()
+            .history("acme", "f", None)
+            .iter()
+            .map(|e| e.message.clone())
+            .filter(|m| m.starts_with("promoted"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(said(&a), ["promoted: dep_1 is live (was none)"]);
+    assert_eq!(said(&b), ["promoted: dep_2 is live (was dep_1)"]);
+    // Both replicas route to it.
+    let started = Instant::now();
+    while [&a, &b].iter().any(|cp| {
+        cp.routing()
+            .current()
+            .functions
+            .iter()
+            .find(|f| f.name == "f")
+            .and_then(|f| f.live.as_ref())
+            .map(|l| l.deployment_id.as_str())
+            != Some("dep_2")
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a replica's table"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
     a.close();
     b.close();
     db.drop_now().await;

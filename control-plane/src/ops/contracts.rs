@@ -129,7 +129,7 @@ impl ControlPlane {
         let mut c = self.contract(caller, name).await?;
         // Not while the function is being promoted: each checks what the other changes.
         let _promoting = match &bind {
-            Some(b) => Some(self.lock_function(&caller.org, &b.function).await),
+            Some(b) => Some(self.lock_function(&caller.org, &b.function).await?),
             None => None,
         };
         let function = match &bind {

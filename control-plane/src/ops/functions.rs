@@ -108,6 +108,8 @@ impl ControlPlane {
 
     pub async fn delete_function(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         need(caller, caller.role.is_admin(), "delete functions")?;
+        // Not while it is promoted, rolled back or collected, through any control plane.
+        let _deleting = self.lock_function(&caller.org, name).await?;
         if !self.store.delete_function(&caller.org, name).await? {
             return Err(ApiError::new(
                 ErrorCode::FunctionNotFound,

@@ -60,7 +60,7 @@ impl ControlPlane {
         // One promote at a time per function: the live pointer a caller is told about is
         // the one that the routers get, even when two promotes race. Per function because
         // it is held across the release step (Lambda's AWS calls).
-        let _promoting = self.lock_function(&caller.org, name).await;
+        let _promoting = self.lock_function(&caller.org, name).await?;
         let f = self.function(caller, name).await?;
         let d = match id {
             Some(id) => self.deployment(&f, id).await?,
@@ -162,7 +162,7 @@ impl ControlPlane {
         &self,
         org: &str,
         name: &str,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
+    ) -> Result<FunctionLock, crate::store::StoreError> {
         let lock = {
             let mut locks = self.promote_locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.retain(|_, l| l.strong_count() > 0);
@@ -176,7 +176,14 @@ impl ControlPlane {
                 }
             }
         };
-        lock.lock_owned().await
+        // This process's callers queue here; then the database's lock, which other
+        // control planes on the same database take too (PostgreSQL).
+        let process = lock.lock_owned().await;
+        let database = self.store.lock_function(org, name).await?;
+        Ok(FunctionLock {
+            _database: database,
+            _process: process,
+        })
     }
 
     /// Makes an earlier ready deployment live again, with the env it pinned.
@@ -254,4 +261,11 @@ async fn undo_go_live(
                 "the deployment could not be recorded live and the release could not move back: the runtime serves a deployment the platform does not consider live until the next promote")
         }
     }
+}
+
+/// A function's promote lock: this process's, and the database's (see
+/// [`ControlPlane::lock_function`]). The database's is released first.
+pub(crate) struct FunctionLock {
+    _database: Option<crate::store::HeldLock>,
+    _process: tokio::sync::OwnedMutexGuard<()>,
 }

@@ -283,6 +283,14 @@ pub trait Store: Send + Sync + 'static {
     /// Increments and returns the routing table's version (on PostgreSQL, and tells every
     /// process listening: [`Store::listen_routing`]).
     async fn next_routing_version(&self) -> Result<u64, StoreError>;
+    /// Waits for, then holds until dropped, the lock of function `name` of `org` across
+    /// every process on this database: promotes, rollbacks, deletes and collection of
+    /// one function run one at a time wherever they were asked. `None` where the store
+    /// has no such lock (a SQLite file has one control plane; its process lock serves).
+    async fn lock_function(&self, org: &str, name: &str) -> Result<Option<HeldLock>, StoreError> {
+        let _ = (org, name);
+        Ok(None)
+    }
     /// The routing table's version as it is now, when this store can say: other control
     /// planes on the same database may have moved it.
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
@@ -304,6 +312,9 @@ pub trait Store: Send + Sync + 'static {
         StoreError,
     >;
 }
+
+/// A lock held in the database, released when dropped.
+pub type HeldLock = Box<dyn Send + Sync>;
 
 /// A user who signs in with an email (stored lower case) and a password.
 #[derive(Clone, PartialEq, Eq)]

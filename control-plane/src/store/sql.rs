@@ -27,6 +27,52 @@ fn map_db_error(entity: Entity, name: &str) -> impl FnOnce(sqlx::Error) -> Store
     }
 }
 
+/// The advisory lock key of a function: 64 bits of the SHA-256 of its org and name (two
+/// functions sharing one only wait for each other).
+fn function_lock_key(org: &str, name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"reactor function lock\0")
+        .chain_update(org.as_bytes())
+        .chain_update([0u8])
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+/// A function's advisory lock, held by the session of `conn`: unlocked when dropped (or,
+/// with no runtime left to run the unlock, by closing the session). A process killed while
+/// holding one loses its session, and the server releases the lock.
+struct AdvisoryLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let key = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await;
+                    if unlocked.is_err() {
+                        conn.close_on_drop();
+                    }
+                });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
+}
+
 async fn routing_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
     listener.listen(ROUTING_CHANNEL).await?;
@@ -100,7 +146,18 @@ pub struct SqlStore {
     dialect: Dialect,
     /// PostgreSQL's URL, for the connection that listens for routing versions.
     listen_url: Option<String>,
+    /// PostgreSQL: connections that hold functions' advisory locks, apart from `pool` so
+    /// that operations holding one still get a connection for their own queries.
+    lock_pool: Option<sqlx::PgPool>,
 }
+
+/// Connections holding function locks at once (one per promote, rollback, delete or
+/// collection in flight on this process); a further one waits for a free connection.
+const LOCK_CONNECTIONS: u32 = 32;
+
+/// How long a promote (or delete) waits for another process's operation on the same
+/// function before it gives up.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// The channel every routing version is announced on (PostgreSQL NOTIFY).
 const ROUTING_CHANNEL: &str = "reactor_routing";
@@ -148,10 +205,25 @@ impl SqlStore {
             StoreError::Database(format!("migrating {}: {e}", redact_url(database_url)))
         })?;
         let listen_url = (dialect == Dialect::Postgres).then(|| database_url.to_string());
+        let lock_pool = match &listen_url {
+            Some(url) => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(LOCK_CONNECTIONS)
+                    .min_connections(0)
+                    .idle_timeout(Duration::from_secs(60))
+                    .acquire_timeout(LOCK_WAIT)
+                    .connect_lazy(url)
+                    .map_err(|e| {
+                        StoreError::Database(format!("connecting to {}: {e}", redact_url(url)))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             pool,
             dialect,
             listen_url,
+            lock_pool,
         })
     }
 
@@ -749,6 +821,40 @@ impl Store for SqlStore {
             .map_err(db)?;
         let v: i64 = row.try_get("version").map_err(db)?;
         Ok(v as u64)
+    }
+
+    async fn lock_function(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<super::HeldLock>, StoreError> {
+        let Some(pool) = &self.lock_pool else {
+            return Ok(None);
+        };
+        let key = function_lock_key(org, name);
+        let mut conn = pool.acquire().await.map_err(db)?;
+        let locked = tokio::time::timeout(
+            LOCK_WAIT,
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(key)
+                .execute(&mut *conn),
+        )
+        .await;
+        match locked {
+            Ok(Ok(_)) => Ok(Some(Box::new(AdvisoryLock {
+                conn: Some(conn),
+                key,
+            }))),
+            Ok(Err(e)) => Err(db(e)),
+            Err(_) => {
+                // The wait may still be queued on the server: the session goes with it.
+                conn.close_on_drop();
+                Err(StoreError::Database(format!(
+                    "function {name} of {org} is still locked by another control plane's promote, rollback or delete after {} s",
+                    LOCK_WAIT.as_secs()
+                )))
+            }
+        }
     }
 
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
