@@ -282,8 +282,9 @@ impl WorkerRegistry for Registry {
         }
         let changed = self
             .cp
-            .workers()
-            .register_with_secret(&worker_id, runtime, &url, &worker_secret)
+            .register_worker(&worker_id, runtime, &url, &worker_secret)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
             .map_err(|e| Status::already_exists(e.to_string()))?;
         if changed {
             tracing::info!(worker_id, %runtime, url, "worker registered");
@@ -307,7 +308,11 @@ impl WorkerRegistry for Registry {
         self.transport.check(&req, &[Role::Worker])?;
         check_internal(&req, &self.worker_token)?;
         let r = req.get_ref();
-        let known = self.cp.workers().heartbeat(&r.worker_id, &r.worker_secret);
+        let known = self
+            .cp
+            .worker_heartbeat(&r.worker_id, &r.worker_secret)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(HeartbeatResponse { known }))
     }
 
@@ -319,7 +324,12 @@ impl WorkerRegistry for Registry {
         check_internal(&req, &self.worker_token)?;
         let r = req.get_ref();
         let worker_id = &r.worker_id;
-        if self.cp.workers().deregister(worker_id, &r.worker_secret) {
+        if self
+            .cp
+            .deregister_worker(worker_id, &r.worker_secret)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
             tracing::info!(worker_id, "worker deregistered (draining)");
             self.cp
                 .routing()

@@ -169,6 +169,7 @@ impl RoutingPublisher {
             }
             None => None,
         };
+        self.refresh_workers().await;
         let old = self.current();
         let mut table = (*old).clone();
         table.version = version;
@@ -219,8 +220,22 @@ impl RoutingPublisher {
         self.publish_at(version).await
     }
 
+    /// Where the database keeps the workers (PostgreSQL), reads them first: a worker
+    /// registered through another replica is in this replica's table at the same version.
+    async fn refresh_workers(&self) {
+        match self.store.live_workers(self.workers.timing().ttl).await {
+            Ok(Some(rows)) => {
+                self.workers.replace(&rows);
+            }
+            Ok(None) => {}
+            // The copy held stays: routers keep the workers they had.
+            Err(e) => tracing::warn!(error = %e, "reading the registered workers"),
+        }
+    }
+
     /// Reads every function and token and publishes them at `version`.
     async fn publish_at(&self, version: u64) -> Result<u64, crate::store::StoreError> {
+        self.refresh_workers().await;
         let (functions, tokens) = self.store.routing_snapshot().await?;
         let mut bound: HashMap<(String, String), Vec<BoundContract>> = HashMap::new();
         for c in self.store.bound_contracts().await? {

@@ -184,16 +184,33 @@ impl ControlPlane {
         let weak = Arc::downgrade(&cp);
         let every = cp.workers.timing().heartbeat_interval / 2;
         tokio::spawn(async move {
+            let mut failing = false;
             loop {
                 tokio::time::sleep(every).await;
                 let Some(cp) = weak.upgrade() else { return };
                 if cp.is_closing() {
                     return;
                 }
-                if cp.workers.expire()
-                    && let Err(e) = cp.routing.publish().await
-                {
-                    tracing::error!(error = %e, "publishing the routing table after a worker expired");
+                // The database's registry when there is one (PostgreSQL): every replica
+                // reads the same workers; else this process's own.
+                let changed = match cp.store.live_workers(cp.workers.timing().ttl).await {
+                    Ok(Some(rows)) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("reading the registered workers again");
+                        }
+                        cp.workers.replace(&rows)
+                    }
+                    Ok(None) => cp.workers.expire(),
+                    Err(e) => {
+                        // Routers keep the workers they have until the database answers.
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %e, "reading the registered workers; keeping the ones known");
+                        }
+                        false
+                    }
+                };
+                if changed && let Err(e) = cp.routing.publish().await {
+                    tracing::error!(error = %e, "publishing the routing table after the workers changed");
                 }
             }
         });
@@ -207,6 +224,73 @@ impl ControlPlane {
 
     pub fn workers(&self) -> &WorkerRegistry {
         &self.workers
+    }
+
+    /// Registers (or re-registers) a worker with the secret it chose: in the database's
+    /// registry when there is one, which every replica reads, and in this replica's copy.
+    /// `Ok(Err)`: the id is live with another secret. `Ok(Ok(true))`: the table must change.
+    pub async fn register_worker(
+        &self,
+        id: &str,
+        runtime: reactor_api::Runtime,
+        url: &str,
+        secret: &str,
+    ) -> Result<Result<bool, crate::workers::IdTaken>, crate::store::StoreError> {
+        let row = crate::store::WorkerRow {
+            id: id.to_string(),
+            runtime: runtime.as_str().to_string(),
+            url: url.to_string(),
+            secret_sha256: crate::workers::secret_hex(secret),
+        };
+        Ok(
+            match self
+                .store
+                .put_worker(&row, self.workers.timing().ttl)
+                .await?
+            {
+                Some(crate::store::PutWorker::Put) => {
+                    Ok(self.workers.put(id, runtime, url, secret))
+                }
+                Some(crate::store::PutWorker::Taken) => {
+                    Err(crate::workers::IdTaken(id.to_string()))
+                }
+                None => self.workers.register_with_secret(id, runtime, url, secret),
+            },
+        )
+    }
+
+    /// A heartbeat of the worker that registered `id` with `secret` (through any replica,
+    /// where the database keeps the registry): whether it is known.
+    pub async fn worker_heartbeat(
+        &self,
+        id: &str,
+        secret: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let local = self.workers.heartbeat(id, secret);
+        Ok(
+            match self
+                .store
+                .touch_worker(id, &crate::workers::secret_hex(secret))
+                .await?
+            {
+                Some(known) => known,
+                None => local,
+            },
+        )
+    }
+
+    /// Removes a draining worker registered with `secret`: whether it was registered.
+    pub async fn deregister_worker(
+        &self,
+        id: &str,
+        secret: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let shared = self
+            .store
+            .remove_worker(id, &crate::workers::secret_hex(secret))
+            .await?;
+        let local = self.workers.deregister(id, secret);
+        Ok(shared.unwrap_or(false) || local)
     }
 
     /// Shutting down: routing streams end and workers are no longer expired (their

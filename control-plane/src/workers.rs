@@ -1,5 +1,9 @@
-//! Workers that registered and keep heartbeating. Kept in memory: after a control-plane
-//! restart a worker's next heartbeat answers `known: false` and it registers again.
+//! Workers that registered and keep heartbeating. On PostgreSQL the registry every
+//! control-plane replica reads is in the database (`workers`, see
+//! [`ControlPlane::register_worker`](crate::ControlPlane::register_worker)) and this is
+//! each replica's copy of it, read again every half heartbeat interval. On SQLite (one
+//! control plane) it is kept here only: after a restart a worker's next heartbeat answers
+//! `known: false` and it registers again.
 
 use reactor_api::Runtime;
 use reactor_proto::routing::WorkerEndpoint;
@@ -32,6 +36,20 @@ struct Registered {
     last_seen: Instant,
     /// SHA-256 of the secret the worker registered with (empty: none).
     secret: Vec<u8>,
+}
+
+/// The hex SHA-256 of a worker's secret, as the database's registry keeps it.
+pub fn secret_hex(secret: &str) -> String {
+    secret_hash(secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 fn secret_hash(secret: &str) -> Vec<u8> {
@@ -107,6 +125,64 @@ impl WorkerRegistry {
                 Ok(true)
             }
         }
+    }
+
+    /// Records worker `id` as the database's registry took it (that registry decides
+    /// whether the id was free); true when the table must change.
+    pub fn put(&self, id: &str, runtime: Runtime, url: &str, secret: &str) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        let changed = workers
+            .get(id)
+            .is_none_or(|w| w.runtime != runtime || w.url != url);
+        workers.insert(
+            id.to_string(),
+            Registered {
+                runtime,
+                url: url.to_string(),
+                last_seen: Instant::now(),
+                secret: secret_hash(secret),
+            },
+        );
+        changed
+    }
+
+    /// Becomes a copy of the database's live workers (rows of an unknown runtime are
+    /// left out); true when the table must change.
+    pub fn replace(&self, rows: &[crate::store::WorkerRow]) -> bool {
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let next: HashMap<String, Registered> = rows
+            .iter()
+            .filter_map(|r| {
+                let runtime = r.runtime.parse::<Runtime>().ok()?;
+                Some((
+                    r.id.clone(),
+                    Registered {
+                        runtime,
+                        url: r.url.clone(),
+                        last_seen: now,
+                        secret: from_hex(&r.secret_sha256),
+                    },
+                ))
+            })
+            .collect();
+        let same = next.len() == workers.len()
+            && next.iter().all(|(id, n)| {
+                workers
+                    .get(id)
+                    .is_some_and(|w| w.runtime == n.runtime && w.url == n.url)
+            });
+        for (id, w) in workers.iter() {
+            if !next.contains_key(id) {
+                tracing::warn!(worker_id = %id, runtime = %w.runtime, url = %w.url, "worker left the registry (stopped heartbeating or deregistered); removed from the routing table");
+            }
+        }
+        *workers = next;
+        !same
     }
 
     /// The runtime of registered worker `id` when `secret` is the one it registered with.

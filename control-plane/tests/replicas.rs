@@ -363,3 +363,153 @@ async fn promotes_of_one_function_through_two_replicas_take_turns() {
     b.close();
     db.drop_now().await;
 }
+
+const WORKER_TOKEN: &str = "worker-token-for-tests";
+const SECRET: &str = "w1-secret-0123456789abcdef0123456789";
+
+fn as_worker<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {WORKER_TOKEN}").parse().expect("header"),
+    );
+    req
+}
+
+/// Serves the routing stream and the worker registry of `cp`; its URL.
+async fn serve_all(cp: &Arc<ControlPlane>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc::routing_service(cp.clone(), TOKEN.into()))
+            .add_service(grpc::worker_registry(
+                cp.clone(),
+                TOKEN.into(),
+                WORKER_TOKEN.into(),
+            ))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+/// Waits until `listed` says `want` of the router's and the replica's workers.
+async fn workers_become(cp: &ControlPlane, want: &[&str], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let ids: Vec<String> = cp
+            .routing()
+            .current()
+            .workers
+            .iter()
+            .map(|w| w.worker_id.clone())
+            .collect();
+        if ids == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "workers {ids:?}, not {want:?}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A worker registered through one replica is in every replica's table (and so every
+/// router's), may heartbeat through another, keeps its id from a second worker whichever
+/// replica that asks, and leaves every table when it stops heartbeating.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_registered_through_one_replica_is_in_every_table() {
+    use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
+    use reactor_proto::routing::{HeartbeatRequest, RegisterRequest};
+    let db = TestDatabase::create(&admin_url()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let a = replica(&config).await;
+    let b = replica(&config).await;
+    let (url_a, url_b) = (serve_all(&a).await, serve_all(&b).await);
+    let on_b = router(url_b.clone(), "r-b");
+    let client = |url: String| async move {
+        WorkerRegistryClient::new(
+            tonic::transport::Endpoint::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect"),
+        )
+    };
+    let (mut to_a, mut to_b) = (client(url_a).await, client(url_b).await);
+    let register = |secret: &str| {
+        as_worker(RegisterRequest {
+            worker_id: "w1".into(),
+            runtime: "wasm".into(),
+            url: "http://127.0.0.1:7101".into(),
+            worker_secret: secret.into(),
+        })
+    };
+    to_a.register(register(SECRET)).await.expect("register");
+    let took = workers_become(&b, &["w1"], Duration::from_secs(2)).await;
+    eprintln!("a worker registered through a was in b's table after {took:?}");
+    assert!(
+        reaches(&on_b, b.routing().current().version, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        on_b.version(),
+        b.routing().current().version,
+        "the router on b holds b's table"
+    );
+    // Its id is its own on b too.
+    let taken = to_b
+        .register(register("another-secret-0123456789abcdef0123"))
+        .await;
+    assert_eq!(
+        taken.expect_err("taken id").code(),
+        tonic::Code::AlreadyExists
+    );
+
+    // Heartbeats through b keep it in both tables past several TTLs.
+    let beat = |secret: &str| {
+        as_worker(HeartbeatRequest {
+            worker_id: "w1".into(),
+            worker_secret: secret.into(),
+        })
+    };
+    let until = Instant::now() + WorkerTiming::default().ttl * 3;
+    while Instant::now() < until {
+        let known = to_b.heartbeat(beat(SECRET)).await.expect("heartbeat");
+        assert!(known.into_inner().known, "b knows the worker");
+        tokio::time::sleep(WorkerTiming::default().heartbeat_interval).await;
+    }
+    for cp in [&a, &b] {
+        workers_become(cp, &["w1"], Duration::from_millis(1)).await;
+    }
+    assert!(
+        !to_a
+            .heartbeat(beat("guessed-secret-0123456789abcdef0123"))
+            .await
+            .expect("heartbeat")
+            .into_inner()
+            .known
+    );
+
+    // Silent: it leaves both tables.
+    let started = Instant::now();
+    for cp in [&a, &b] {
+        workers_become(cp, &[], Duration::from_secs(3)).await;
+    }
+    eprintln!(
+        "a silent worker left both tables after {:?}",
+        started.elapsed()
+    );
+    a.close();
+    b.close();
+    db.drop_now().await;
+}

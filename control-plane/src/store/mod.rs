@@ -291,6 +291,43 @@ pub trait Store: Send + Sync + 'static {
         let _ = (org, name);
         Ok(None)
     }
+    /// Records (or renews) a worker's registration in the registry every control plane
+    /// on this database reads: refused when the id is live with another secret. `None`
+    /// where the store has no such registry (SQLite: its one process keeps its workers).
+    async fn put_worker(
+        &self,
+        worker: &WorkerRow,
+        ttl: std::time::Duration,
+    ) -> Result<Option<PutWorker>, StoreError> {
+        let _ = (worker, ttl);
+        Ok(None)
+    }
+    /// A heartbeat of worker `id` registered with `secret_sha256`: whether it is known.
+    async fn touch_worker(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let _ = (id, secret_sha256);
+        Ok(None)
+    }
+    /// Removes worker `id` registered with `secret_sha256`: whether it was there.
+    async fn remove_worker(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let _ = (id, secret_sha256);
+        Ok(None)
+    }
+    /// The workers heard from within `ttl` (by the database's clock).
+    async fn live_workers(
+        &self,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Vec<WorkerRow>>, StoreError> {
+        let _ = ttl;
+        Ok(None)
+    }
     /// The routing table's version as it is now, when this store can say: other control
     /// planes on the same database may have moved it.
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
@@ -311,6 +348,24 @@ pub trait Store: Send + Sync + 'static {
         ),
         StoreError,
     >;
+}
+
+/// A registered worker, as the shared registry keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub runtime: String,
+    pub url: String,
+    /// Hex SHA-256 of the secret it registered with.
+    pub secret_sha256: String,
+}
+
+/// What [`Store::put_worker`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutWorker {
+    Put,
+    /// The id is live with another secret.
+    Taken,
 }
 
 /// A lock held in the database, released when dropped.

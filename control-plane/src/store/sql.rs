@@ -857,6 +857,115 @@ impl Store for SqlStore {
         }
     }
 
+    async fn put_worker(
+        &self,
+        worker: &super::WorkerRow,
+        ttl: Duration,
+    ) -> Result<Option<super::PutWorker>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let held = sqlx::query(self.sql(
+            "SELECT secret_sha256, CASE WHEN last_seen > now() - (?::bigint * interval '1 millisecond') THEN 1 ELSE 0 END AS alive FROM workers WHERE id = ? FOR UPDATE",
+        ))
+        .bind(ttl_ms)
+        .bind(&worker.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(row) = held {
+            let secret: String = row.try_get("secret_sha256").map_err(db)?;
+            let alive: i32 = row.try_get("alive").map_err(db)?;
+            if alive == 1 && secret != worker.secret_sha256 {
+                return Ok(Some(super::PutWorker::Taken));
+            }
+        }
+        sqlx::query(self.sql(
+            "INSERT INTO workers (id, runtime, url, secret_sha256, last_seen) VALUES (?, ?, ?, ?, now()) \
+             ON CONFLICT (id) DO UPDATE SET runtime = EXCLUDED.runtime, url = EXCLUDED.url, \
+             secret_sha256 = EXCLUDED.secret_sha256, last_seen = now()",
+        ))
+        .bind(&worker.id)
+        .bind(&worker.runtime)
+        .bind(&worker.url)
+        .bind(&worker.secret_sha256)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        // Workers come and go with new ids (pods): those silent for an hour are forgotten.
+        sqlx::query("DELETE FROM workers WHERE last_seen < now() - interval '1 hour'")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(super::PutWorker::Put))
+    }
+
+    async fn touch_worker(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let done = sqlx::query(
+            self.sql("UPDATE workers SET last_seen = now() WHERE id = ? AND secret_sha256 = ?"),
+        )
+        .bind(id)
+        .bind(secret_sha256)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Some(done.rows_affected() > 0))
+    }
+
+    async fn remove_worker(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let done = sqlx::query(self.sql("DELETE FROM workers WHERE id = ? AND secret_sha256 = ?"))
+            .bind(id)
+            .bind(secret_sha256)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(Some(done.rows_affected() > 0))
+    }
+
+    async fn live_workers(
+        &self,
+        ttl: Duration,
+    ) -> Result<Option<Vec<super::WorkerRow>>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(self.sql(
+            "SELECT id, runtime, url, secret_sha256 FROM workers WHERE last_seen > now() - (?::bigint * interval '1 millisecond') ORDER BY id",
+        ))
+        .bind(ttl_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(super::WorkerRow {
+                id: row.try_get("id").map_err(db)?,
+                runtime: row.try_get("runtime").map_err(db)?,
+                url: row.try_get("url").map_err(db)?,
+                secret_sha256: row.try_get("secret_sha256").map_err(db)?,
+            });
+        }
+        Ok(Some(out))
+    }
+
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query(self.sql("SELECT version FROM routing_version WHERE id = 1"))
             .fetch_one(&self.pool)
