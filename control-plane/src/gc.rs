@@ -96,11 +96,15 @@ async fn collect(cp: &ControlPlane, d: &DeploymentRecord) -> Result<bool, String
 }
 
 /// Runs [`run_once`] every [`INTERVAL`] for as long as the control plane lives, unless
-/// the retention is 0.
-pub(crate) fn spawn(cp: &Arc<ControlPlane>) {
+/// the retention is 0; with several replicas on one database, only on the one holding
+/// the `gc` lease (see [`crate::lease`]).
+pub(crate) async fn spawn(cp: &Arc<ControlPlane>) {
     if cp.config.gc_retention_secs == 0 {
         return;
     }
+    let lease =
+        crate::lease::Lease::spawn(cp.store.clone(), "gc", crate::lease::LEASE_TTL, cp.closed())
+            .await;
     let weak = Arc::downgrade(cp);
     tokio::spawn(async move {
         loop {
@@ -108,6 +112,9 @@ pub(crate) fn spawn(cp: &Arc<ControlPlane>) {
             let Some(cp) = weak.upgrade() else { return };
             if cp.is_closing() {
                 return;
+            }
+            if !lease.held() {
+                continue;
             }
             match run_once(&cp, SystemTime::now()).await {
                 Ok(c) if c.failed > 0 => {

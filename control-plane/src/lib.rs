@@ -18,6 +18,7 @@ pub mod gc;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod http;
+pub mod lease;
 pub mod logs;
 pub mod logs_redis;
 mod ops;

@@ -214,7 +214,7 @@ impl ControlPlane {
                 }
             }
         });
-        crate::gc::spawn(&cp);
+        crate::gc::spawn(&cp).await;
         Ok(cp)
     }
 

@@ -513,3 +513,68 @@ async fn a_worker_registered_through_one_replica_is_in_every_table() {
     b.close();
     db.drop_now().await;
 }
+
+/// A lease is held by one replica at a time; a holder that stops renewing (killed) is
+/// taken over once the lease expires, one that shuts down hands it over at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_held_once_and_taken_over_when_its_holder_stops() {
+    use reactor_control_plane::lease::Lease;
+    let db = TestDatabase::create(&admin_url()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let store = Backends::open(&config).await.expect("backends").store;
+    let ttl = Duration::from_millis(600);
+    // A holder that dies at once: it took the lease and never renews it.
+    assert_eq!(
+        store.take_lease("t", "ghost", ttl).await.expect("take"),
+        Some(true)
+    );
+    let held_until = Instant::now() + ttl;
+    let mut stops = Vec::new();
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let (stop, closed) = tokio::sync::oneshot::channel::<()>();
+        stops.push(Some(stop));
+        leases.push(
+            Lease::spawn(store.clone(), "t", ttl, async move {
+                let _ = closed.await;
+            })
+            .await,
+        );
+    }
+    let holders = |leases: &[Lease]| leases.iter().filter(|l| l.held()).count();
+    assert_eq!(holders(&leases), 0, "the ghost holds it");
+    let started = Instant::now();
+    while holders(&leases) == 0 {
+        assert!(started.elapsed() < ttl * 3, "nobody took the lease over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(Instant::now() >= held_until, "taken before it expired");
+    eprintln!(
+        "a dead holder's lease was taken over {:?} after it expired (ttl {ttl:?})",
+        Instant::now() - held_until
+    );
+    // Held once, over several renewals.
+    let holder = leases.iter().position(Lease::held).expect("a holder");
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        assert!(leases[holder].held() && holders(&leases) == 1, "held once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The holder shuts down: the other takes it at its next try, not after the TTL.
+    if let Some(stop) = stops[holder].take() {
+        let _ = stop.send(());
+    }
+    let other = 1 - holder;
+    let started = Instant::now();
+    while !leases[other].held() {
+        assert!(started.elapsed() < ttl, "not handed over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!leases[holder].held());
+    db.drop_now().await;
+}

@@ -328,6 +328,23 @@ pub trait Store: Send + Sync + 'static {
         let _ = ttl;
         Ok(None)
     }
+    /// Takes lease `name` for `holder` (or renews it) for `ttl` by the database's
+    /// clock: whether `holder` holds it now. `None` where the store has no leases (one
+    /// control plane per SQLite file: it holds them all).
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<bool>, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(None)
+    }
+    /// Gives up lease `name` if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (name, holder);
+        Ok(())
+    }
     /// The routing table's version as it is now, when this store can say: other control
     /// planes on the same database may have moved it.
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {

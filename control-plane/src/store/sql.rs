@@ -966,6 +966,44 @@ impl Store for SqlStore {
         Ok(Some(out))
     }
 
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<bool>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = sqlx::query(self.sql(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, now() + (?::bigint * interval '1 millisecond')) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now() \
+             RETURNING holder",
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Some(row.is_some()))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        sqlx::query(self.sql("DELETE FROM leases WHERE name = ? AND holder = ?"))
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn routing_version(&self) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query(self.sql("SELECT version FROM routing_version WHERE id = 1"))
             .fetch_one(&self.pool)
