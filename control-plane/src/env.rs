@@ -86,7 +86,7 @@ pub async fn rotate(store: &dyn Store, keyring: &Keyring) -> Result<RotationRepo
             match keyring.reseal(org, function, key, &sealed)? {
                 None => current += 1,
                 Some(new) => {
-                    if store.replace_secret(&row, &sealed.key_id, &new).await? {
+                    if store.replace_secret(&row, &sealed, &new).await? {
                         resealed += 1;
                     }
                 }

@@ -134,10 +134,10 @@ impl Store for Counting {
     async fn replace_secret(
         &self,
         row: &SecretRow,
-        old_key_id: &str,
+        old: &Sealed,
         sealed: &Sealed,
     ) -> Result<bool, StoreError> {
-        self.inner.replace_secret(row, old_key_id, sealed).await
+        self.inner.replace_secret(row, old, sealed).await
     }
     async fn set_function_policy(
         &self,

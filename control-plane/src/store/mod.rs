@@ -243,11 +243,12 @@ pub trait Store: Send + Sync + 'static {
     async fn deployment_env(&self, deployment_id: &str) -> Result<Vec<EnvRecord>, StoreError>;
     /// Every sealed value, current and pinned.
     async fn secrets(&self) -> Result<Vec<(SecretRow, Sealed)>, StoreError>;
-    /// Replaces a sealed value if it is still sealed under `old_key_id`.
+    /// Replaces a sealed value if it is still `old` (its key and nonce: a value set again
+    /// since, under any key, is left alone).
     async fn replace_secret(
         &self,
         row: &SecretRow,
-        old_key_id: &str,
+        old: &Sealed,
         sealed: &Sealed,
     ) -> Result<bool, StoreError>;
     /// Sets or clears the function's invoke policy; false when there is no such function.

@@ -656,25 +656,30 @@ impl Store for SqlStore {
     async fn replace_secret(
         &self,
         row: &SecretRow,
-        old_key_id: &str,
+        old: &Sealed,
         sealed: &Sealed,
     ) -> Result<bool, StoreError> {
         let q = match row {
-            SecretRow::Function { org, function, key } => sqlx::query(self.sql("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ?"))
+            SecretRow::Function { org, function, key } => sqlx::query(self.sql("UPDATE env_vars SET key_id = ?, nonce = ?, ciphertext = ? WHERE org = ? AND function = ? AND key = ? AND key_id = ? AND nonce = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
                 .bind(org)
                 .bind(function)
                 .bind(key),
-            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query(self.sql("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ?"))
+            SecretRow::Deployment { deployment_id, key, .. } => sqlx::query(self.sql("UPDATE deployment_env SET key_id = ?, nonce = ?, ciphertext = ? WHERE deployment_id = ? AND key = ? AND key_id = ? AND nonce = ?"))
                 .bind(&sealed.key_id)
                 .bind(&sealed.nonce)
                 .bind(&sealed.ciphertext)
                 .bind(deployment_id)
                 .bind(key),
         };
-        let done = q.bind(old_key_id).execute(&self.pool).await.map_err(db)?;
+        let done = q
+            .bind(&old.key_id)
+            .bind(&old.nonce)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
 

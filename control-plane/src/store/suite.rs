@@ -565,13 +565,21 @@ async fn secrets_are_resealed_only_under_their_old_key(backend: &mut Backend) {
     assert_eq!(row.binding(), ("env-seal", "f", "SECRET"));
     assert!(
         store
-            .replace_secret(row, &old.key_id, &sealed("dk_b", 2))
+            .replace_secret(row, old, &sealed("dk_b", 2))
             .await
             .expect("replace")
     );
     assert!(
         !store
-            .replace_secret(row, &old.key_id, &sealed("dk_b", 3))
+            .replace_secret(row, old, &sealed("dk_b", 3))
+            .await
+            .expect("replace")
+    );
+    // A value set again under the same key since it was read (another replica's
+    // `env set` during a rotation) is not overwritten with the old value resealed.
+    assert!(
+        !store
+            .replace_secret(row, &sealed("dk_b", 7), &sealed("dk_c", 4))
             .await
             .expect("replace")
     );
