@@ -578,3 +578,36 @@ async fn a_lease_is_held_once_and_taken_over_when_its_holder_stops() {
     assert!(!leases[holder].held());
     db.drop_now().await;
 }
+
+/// Replicas starting together each bootstrap the same org with the operator's token:
+/// all of them start (one creates, the others find what it created).
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_bootstrap_the_same_org_at_once() {
+    let db = TestDatabase::create(&admin_url()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let replicas = [
+        replica(&config).await,
+        replica(&config).await,
+        replica(&config).await,
+    ];
+    let token = "rt_operator-token-0123456789abcdef0123456789";
+    let started = replicas
+        .iter()
+        .map(|cp| cp.bootstrap("acme", Some(token), None));
+    for result in futures::future::join_all(started).await {
+        let boot = result.expect("every replica bootstraps");
+        assert!(!boot.generated);
+    }
+    for cp in &replicas {
+        cp.authenticate(Some(&format!("Bearer {token}")), Some("acme"))
+            .await
+            .expect("the token works on every replica");
+        cp.close();
+    }
+    db.drop_now().await;
+}

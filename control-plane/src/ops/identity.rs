@@ -24,13 +24,20 @@ impl ControlPlane {
         reuse: Option<&str>,
     ) -> Result<Bootstrap, ApiError> {
         if self.store.get_org(org).await?.is_none() {
-            self.store
+            let created = self
+                .store
                 .create_org(&OrgRecord {
                     name: org.to_string(),
                     platform: true,
                     created_at: now(),
                 })
-                .await?;
+                .await;
+            // Replicas starting together: another one created it in between.
+            if let Err(e) = created
+                && self.store.get_org(org).await?.is_none()
+            {
+                return Err(e.into());
+            }
         }
         let valid_here =
             |t: Option<TokenRecord>| t.is_some_and(|t| t.org == org && t.role == Role::Admin);
@@ -45,18 +52,31 @@ impl ControlPlane {
                 ));
             }
             if existing.is_none() {
-                self.insert_token(org, Role::Admin, Some("bootstrap"), token)
+                let inserted = self
+                    .insert_token(org, Role::Admin, Some("bootstrap"), token)
                     .await
-                    .map_err(|e| {
-                        if e.code == ErrorCode::InvalidInput {
-                            ApiError::new(
-                                ErrorCode::InvalidInput,
-                                "REACTOR_ADMIN_TOKEN was revoked; set another one",
-                            )
-                        } else {
-                            e
-                        }
-                    })?;
+                    .map(|_| ());
+                // Replicas starting together with the same token: another one inserted it.
+                let inserted = match inserted {
+                    Err(_)
+                        if valid_here(
+                            self.store.token_by_hash(&auth::token_hash(token)).await?,
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                };
+                inserted.map_err(|e| {
+                    if e.code == ErrorCode::InvalidInput {
+                        ApiError::new(
+                            ErrorCode::InvalidInput,
+                            "REACTOR_ADMIN_TOKEN was revoked; set another one",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
                 self.routing.publish().await?;
             }
             return Ok(Bootstrap {
