@@ -46,7 +46,14 @@ pub async fn run_once(cp: &ControlPlane, now: SystemTime) -> Result<Collected, A
         .await?
     {
         // No promote or rollback of the function while its deployment goes.
-        let _promoting = cp.lock_function(&d.org, &d.function).await?;
+        let _promoting = match cp.lock_function(&d.org, &d.function).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(org = %d.org, function = %d.function, deployment_id = %d.id, error = %e, "leaving a deployment for the next collection: its function is locked");
+                collected.failed += 1;
+                continue;
+            }
+        };
         match collect(cp, &d).await {
             Ok(true) => {
                 tracing::info!(org = %d.org, function = %d.function, deployment_id = %d.id, "deployment collected");

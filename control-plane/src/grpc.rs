@@ -109,6 +109,9 @@ pub fn routing_service_over(
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<RoutingUpdate, Status>> + Send>>;
 
+/// How long a new stream waits for this replica to reach the version its router holds.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Messages queued per stream before the sender waits for the router to read.
 const STREAM_BUFFER: usize = 8;
 
@@ -160,12 +163,24 @@ async fn stream_updates(
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let (mut changes, mut table) = cp.routing().subscribe_changes();
-    let mut held = known_version;
+    // A router ahead of this table (it followed a replica further on) waits a little for
+    // this one to catch up; then it gets this table whatever its version (it ignores an
+    // older one, as after a database restored to an older version).
+    let until = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while table.version < known_version {
+        match tokio::time::timeout_at(until, changes.recv()).await {
+            Ok(Err(RecvError::Closed)) => return,
+            Ok(_) => (changes, table) = cp.routing().subscribe_changes(),
+            Err(_) => break,
+        }
+    }
+    // Always a snapshot first, even of the version the router holds: with several
+    // replicas, the same version may hold other content on another one (each reads the
+    // state at its own moment), and the deltas that follow are on this one's table.
+    let mut held = 0;
     loop {
-        // Version 0 is the empty table before the first publication: nothing to send. A
-        // router ahead of this table (it followed a replica that was ahead) waits for
-        // a newer one.
-        if table.version > held {
+        // Version 0 is the empty table before the first publication: nothing to send.
+        if table.version > 0 && held != table.version {
             for u in crate::routing::snapshot(&table) {
                 if tx.send(u).await.is_err() {
                     return;

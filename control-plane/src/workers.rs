@@ -149,13 +149,14 @@ impl WorkerRegistry {
     }
 
     /// Becomes a copy of the database's live workers (rows of an unknown runtime are
-    /// left out); true when the table must change.
-    pub fn replace(&self, rows: &[crate::store::WorkerRow]) -> bool {
+    /// left out), or with `remove` false only takes those it lacks or that changed; true
+    /// when the table must change.
+    pub fn replace(&self, rows: &[crate::store::WorkerRow], remove: bool) -> bool {
         let Ok(mut workers) = self.workers.lock() else {
             return false;
         };
         let now = Instant::now();
-        let next: HashMap<String, Registered> = rows
+        let mut next: HashMap<String, Registered> = rows
             .iter()
             .filter_map(|r| {
                 let runtime = r.runtime.parse::<Runtime>().ok()?;
@@ -170,6 +171,11 @@ impl WorkerRegistry {
                 ))
             })
             .collect();
+        if !remove {
+            for (id, w) in workers.drain() {
+                next.entry(id).or_insert(w);
+            }
+        }
         let same = next.len() == workers.len()
             && next.iter().all(|(id, n)| {
                 workers

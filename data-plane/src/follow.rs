@@ -10,7 +10,9 @@ use tokio::task::JoinHandle;
 /// Follows the control plane until the returned task is aborted.
 pub fn follow_control_plane(dp: Arc<DataPlane>, endpoint: ControlPlaneEndpoint) -> JoinHandle<()> {
     reactor_proto::client::watch_routing(endpoint, move |table| {
-        if dp.apply(table) {
+        // A new stream starts with a snapshot, which may be of the version held (from
+        // another control-plane replica, whose table at that version may differ): taken.
+        if dp.apply_stream(table) {
             tracing::debug!(version = table.version, "routing table applied");
         }
     })

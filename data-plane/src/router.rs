@@ -138,6 +138,22 @@ impl DataPlane {
         true
     }
 
+    /// Takes a table from the control plane's stream unless it is older than the one held:
+    /// a snapshot of the version held replaces it (see `follow`).
+    pub fn apply_stream(&self, table: &RoutingTable) -> bool {
+        if table.version < self.index.borrow().version {
+            tracing::debug!(offered = table.version, "ignoring an older routing table");
+            return false;
+        }
+        let previous = self.index.borrow().clone();
+        self.index
+            .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
+        if reactor_service::metrics::get().recording() {
+            reactor_service::metrics::get().routing_table(table.version);
+        }
+        true
+    }
+
     /// Follows an in-process source of routing tables until it closes.
     pub fn follow(
         self: &Arc<Self>,

@@ -365,6 +365,33 @@ impl Split {
             .header("X-Reactor-Org", &self.admin.org)
     }
 
+    /// Waits (up to 5 s) until the router routes `function` to a live deployment: a
+    /// promote reaches the router over its stream a few milliseconds after the admin
+    /// call answers, and its first table only once the control plane has let workers
+    /// register again (twice the heartbeat interval after it started).
+    pub async fn wait_routable(&self, function: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let resp = self
+                .invoke(reqwest::Method::GET, &format!("/fn/v1/{function}/"))
+                .send()
+                .await
+                .expect("send");
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let unrouted = status == 503
+                && (body.contains("deployment_not_ready") || body.contains("no_worker_available"));
+            if !unrouted {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{function} is not routed after 5 s: {status} {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Every service's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -364,6 +364,7 @@ async fn a_caller_going_away_aborts_its_streaming_callee() {
 async fn split_calls(s: &reactor_tests::split::Split) {
     let front = s.admin.deploy_live("front", wasm_probe_bundle(None)).await;
     s.admin.deploy_live("back", wasm_probe_bundle(None)).await;
+    s.wait_routable("back").await;
     let resp = s
         .invoke(
             Method::GET,
@@ -417,6 +418,7 @@ async fn a_bun_worker_of_the_split_topology_calls_through_the_router() {
         .deploy_live_runtime("bfront", "bun", bun_probe_bundle("v1", None))
         .await;
     s.admin.deploy_live("back", wasm_probe_bundle(None)).await;
+    s.wait_routable("back").await;
     let resp = s
         .invoke(
             Method::GET,

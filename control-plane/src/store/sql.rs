@@ -42,35 +42,11 @@ fn function_lock_key(org: &str, name: &str) -> i64 {
     i64::from_be_bytes(key)
 }
 
-/// A function's advisory lock, held by the session of `conn`: unlocked when dropped (or,
-/// with no runtime left to run the unlock, by closing the session). A process killed while
-/// holding one loses its session, and the server releases the lock.
+/// A function's advisory lock, held by the session of `conn` and released by closing it
+/// when dropped (the connection never goes back to the pool). A process killed while
+/// holding one loses its session too, and the server releases the lock.
 struct AdvisoryLock {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    key: i64,
-}
-
-impl Drop for AdvisoryLock {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let key = self.key;
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(key)
-                        .execute(&mut *conn)
-                        .await;
-                    if unlocked.is_err() {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            Err(_) => conn.close_on_drop(),
-        }
-    }
+    _conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
 }
 
 async fn routing_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
@@ -838,6 +814,10 @@ impl Store for SqlStore {
         };
         let key = function_lock_key(org, name);
         let mut conn = pool.acquire().await.map_err(db)?;
+        // Never back to the pool: a wait cancelled by its caller (a client that went away)
+        // would otherwise return a session that gets the lock later and keeps it. Closing
+        // the session releases the lock.
+        conn.close_on_drop();
         let locked = tokio::time::timeout(
             LOCK_WAIT,
             sqlx::query("SELECT pg_advisory_lock($1)")
@@ -846,14 +826,10 @@ impl Store for SqlStore {
         )
         .await;
         match locked {
-            Ok(Ok(_)) => Ok(Some(Box::new(AdvisoryLock {
-                conn: Some(conn),
-                key,
-            }))),
+            Ok(Ok(_)) => Ok(Some(Box::new(AdvisoryLock { _conn: conn }))),
             Ok(Err(e)) => Err(db(e)),
             Err(_) => {
                 // The wait may still be queued on the server: the session goes with it.
-                conn.close_on_drop();
                 Err(StoreError::Database(format!(
                     "function {name} of {org} is still locked by another control plane's promote, rollback or delete after {} s",
                     LOCK_WAIT.as_secs()
@@ -871,40 +847,32 @@ impl Store for SqlStore {
             return Ok(None);
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let held = sqlx::query(self.sql(
-            "SELECT secret_sha256, CASE WHEN last_seen > now() - (?::bigint * interval '1 millisecond') THEN 1 ELSE 0 END AS alive FROM workers WHERE id = ? FOR UPDATE",
-        ))
-        .bind(ttl_ms)
-        .bind(&worker.id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        if let Some(row) = held {
-            let secret: String = row.try_get("secret_sha256").map_err(db)?;
-            let alive: i32 = row.try_get("alive").map_err(db)?;
-            if alive == 1 && secret != worker.secret_sha256 {
-                return Ok(Some(super::PutWorker::Taken));
-            }
-        }
-        sqlx::query(self.sql(
+        // One statement: of two replicas registering a new id at once, the second finds
+        // the first's row (a live id with another secret is not taken over).
+        let put = sqlx::query(self.sql(
             "INSERT INTO workers (id, runtime, url, secret_sha256, last_seen) VALUES (?, ?, ?, ?, now()) \
              ON CONFLICT (id) DO UPDATE SET runtime = EXCLUDED.runtime, url = EXCLUDED.url, \
-             secret_sha256 = EXCLUDED.secret_sha256, last_seen = now()",
+             secret_sha256 = EXCLUDED.secret_sha256, last_seen = now() \
+             WHERE workers.secret_sha256 = EXCLUDED.secret_sha256 \
+             OR workers.last_seen <= now() - (?::bigint * interval '1 millisecond') \
+             RETURNING id",
         ))
         .bind(&worker.id)
         .bind(&worker.runtime)
         .bind(&worker.url)
         .bind(&worker.secret_sha256)
-        .execute(&mut *tx)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        // Workers come and go with new ids (pods): those silent for an hour are forgotten.
-        sqlx::query("DELETE FROM workers WHERE last_seen < now() - interval '1 hour'")
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        if put.is_none() {
+            return Ok(Some(super::PutWorker::Taken));
+        }
+        // Workers come and go with new ids (pods): those silent for an hour are
+        // forgotten, on the way (a failure here changes nothing for this one).
+        let _ = sqlx::query("DELETE FROM workers WHERE last_seen < now() - interval '1 hour'")
+            .execute(&self.pool)
+            .await;
         Ok(Some(super::PutWorker::Put))
     }
 
