@@ -153,9 +153,9 @@ impl RoutingService for Routing {
     }
 }
 
-/// Feeds one stream: a snapshot unless the caller holds the current version, then every
-/// change as a delta; a snapshot again when the stream fell too far behind. Returns when
-/// the caller goes away.
+/// Feeds one stream: a snapshot (after waiting a little for this replica to reach the
+/// version the caller holds), then every change as a delta; a snapshot again when the
+/// stream fell too far behind. Returns when the caller goes away.
 async fn stream_updates(
     cp: &ControlPlane,
     known_version: u64,

@@ -225,7 +225,7 @@ impl RoutingPublisher {
     async fn refresh_workers(&self) {
         match self.store.live_workers(self.workers.timing().ttl).await {
             Ok(Some(rows)) => {
-                self.workers.replace(&rows, true);
+                self.workers.replace(&rows);
             }
             Ok(None) => {}
             // The copy held stays: routers keep the workers they had.

@@ -185,7 +185,6 @@ impl ControlPlane {
         let every = cp.workers.timing().heartbeat_interval / 2;
         tokio::spawn(async move {
             let mut failing = false;
-            let mut added_only_until: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(every).await;
                 let Some(cp) = weak.upgrade() else { return };
@@ -198,18 +197,10 @@ impl ControlPlane {
                     Ok(Some(rows)) => {
                         if std::mem::take(&mut failing) {
                             tracing::info!("reading the registered workers again");
-                            // No heartbeat landed while it was away: for a TTL and a
-                            // heartbeat interval workers are added, not removed, so
-                            // that they have the time to heartbeat again.
-                            added_only_until = Some(
-                                tokio::time::Instant::now()
-                                    + cp.workers.timing().ttl
-                                    + cp.workers.timing().heartbeat_interval,
-                            );
+                            // No heartbeat landed while it was away.
+                            cp.workers.hold_removals();
                         }
-                        let remove =
-                            added_only_until.is_none_or(|t| tokio::time::Instant::now() >= t);
-                        cp.workers.replace(&rows, remove)
+                        cp.workers.replace(&rows)
                     }
                     Ok(None) => cp.workers.expire(),
                     Err(e) => {

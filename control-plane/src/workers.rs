@@ -69,6 +69,9 @@ pub struct IdTaken(pub String);
 pub struct WorkerRegistry {
     timing: WorkerTiming,
     workers: Mutex<HashMap<String, Registered>>,
+    /// Until when [`WorkerRegistry::replace`] only adds workers (after the database was
+    /// away: no heartbeat landed meanwhile).
+    adding_only_until: Mutex<Option<Instant>>,
 }
 
 impl WorkerRegistry {
@@ -76,6 +79,7 @@ impl WorkerRegistry {
         Self {
             timing,
             workers: Mutex::new(HashMap::new()),
+            adding_only_until: Mutex::new(None),
         }
     }
 
@@ -148,10 +152,24 @@ impl WorkerRegistry {
         changed
     }
 
+    /// The database answers again after it was away: for a TTL and a heartbeat interval
+    /// from now, [`WorkerRegistry::replace`] only adds workers, so that those alive have
+    /// the time to heartbeat again before anyone is taken out of the tables.
+    pub fn hold_removals(&self) {
+        if let Ok(mut until) = self.adding_only_until.lock() {
+            *until = Some(Instant::now() + self.timing.ttl + self.timing.heartbeat_interval);
+        }
+    }
+
     /// Becomes a copy of the database's live workers (rows of an unknown runtime are
-    /// left out), or with `remove` false only takes those it lacks or that changed; true
-    /// when the table must change.
-    pub fn replace(&self, rows: &[crate::store::WorkerRow], remove: bool) -> bool {
+    /// left out), or while removals are held (see [`WorkerRegistry::hold_removals`]) only
+    /// takes those it lacks or that changed; true when the table must change.
+    pub fn replace(&self, rows: &[crate::store::WorkerRow]) -> bool {
+        let remove = self
+            .adding_only_until
+            .lock()
+            .map(|u| u.is_none_or(|t| Instant::now() >= t))
+            .unwrap_or(true);
         let Ok(mut workers) = self.workers.lock() else {
             return false;
         };
@@ -172,8 +190,13 @@ impl WorkerRegistry {
             })
             .collect();
         if !remove {
-            for (id, w) in workers.drain() {
-                next.entry(id).or_insert(w);
+            for (id, w) in workers.iter() {
+                next.entry(id.clone()).or_insert_with(|| Registered {
+                    runtime: w.runtime,
+                    url: w.url.clone(),
+                    last_seen: w.last_seen,
+                    secret: w.secret.clone(),
+                });
             }
         }
         let same = next.len() == workers.len()
@@ -346,6 +369,43 @@ impl reactor_service::metrics::prometheus_client::collector::Collector for Regis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(id: &str) -> crate::store::WorkerRow {
+        crate::store::WorkerRow {
+            id: id.into(),
+            runtime: "wasm".into(),
+            url: format!("http://{id}:7101"),
+            secret_sha256: secret_hex("s"),
+        }
+    }
+
+    fn ids(r: &WorkerRegistry) -> Vec<String> {
+        r.endpoints().into_iter().map(|e| e.worker_id).collect()
+    }
+
+    /// The copy of the database's registry follows it; right after the database was
+    /// away it only takes workers in, for a TTL and a heartbeat interval.
+    #[test]
+    fn the_copy_follows_the_database_and_holds_removals_after_an_outage() {
+        let r = WorkerRegistry::new(WorkerTiming {
+            heartbeat_interval: Duration::from_millis(10),
+            ttl: Duration::from_millis(40),
+        });
+        assert!(r.replace(&[row("w1"), row("w2")]));
+        assert!(!r.replace(&[row("w2"), row("w1")]), "the same workers");
+        assert!(r.authorize("w1", "s").is_some());
+        assert!(r.replace(&[row("w1")]));
+        assert_eq!(ids(&r), ["w1"]);
+        assert!(r.replace(&[row("w1"), row("w2")]));
+        r.hold_removals();
+        assert!(!r.replace(&[row("w1")]), "nothing removed, nothing changed");
+        assert_eq!(ids(&r), ["w1", "w2"]);
+        assert!(r.replace(&[row("w3")]), "added while holding");
+        assert_eq!(ids(&r), ["w1", "w2", "w3"]);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(r.replace(&[row("w3")]));
+        assert_eq!(ids(&r), ["w3"]);
+    }
 
     #[test]
     fn silent_workers_expire_and_unknown_ones_are_told() {

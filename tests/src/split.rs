@@ -379,8 +379,11 @@ impl Split {
                 .expect("send");
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
-            let unrouted = status == 503
-                && (body.contains("deployment_not_ready") || body.contains("no_worker_available"));
+            // Not in the router's table yet (404), or not live there yet (503).
+            let unrouted = (status == 404 && body.contains("function_not_found"))
+                || (status == 503
+                    && (body.contains("deployment_not_ready")
+                        || body.contains("no_worker_available")));
             if !unrouted {
                 return;
             }
