@@ -27,6 +27,19 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// A database of its own on the test server, and the config every replica of a test
+/// shares (one workdir: its local storage is the replicas' bundle store).
+async fn shared() -> (TestDatabase, tempfile::TempDir, FunctionsConfig) {
+    let db = TestDatabase::create(&admin_url()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FunctionsConfig {
+        workdir: dir.path().to_path_buf(),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    (db, dir, config)
+}
+
 async fn replica(config: &FunctionsConfig) -> Arc<ControlPlane> {
     replica_with(config, Default::default()).await.0
 }
@@ -100,13 +113,7 @@ fn has_function(cp: &ControlPlane, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_through_one_replica_reaches_the_routers_of_another() {
-    let db = TestDatabase::create(&admin_url()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = FunctionsConfig {
-        workdir: dir.path().to_path_buf(),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let (db, _dir, config) = shared().await;
     let a = replica(&config).await;
     let boot = a.bootstrap("acme", None, None).await.expect("bootstrap");
     let b = replica(&config).await;
@@ -292,13 +299,7 @@ async fn ready(store: &dyn Store, function: &str, id: &str) {
 /// replica's record of its promote names the one before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn promotes_of_one_function_through_two_replicas_take_turns() {
-    let db = TestDatabase::create(&admin_url()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = FunctionsConfig {
-        workdir: dir.path().to_path_buf(),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let (db, _dir, config) = shared().await;
     let gate = Arc::new(Gate {
         calls: Mutex::new(Vec::new()),
         open: tokio::sync::watch::channel(false).0,
@@ -454,13 +455,7 @@ async fn workers_become(cp: &ControlPlane, want: &[&str], within: Duration) -> D
 async fn a_worker_registered_through_one_replica_is_in_every_table() {
     use reactor_proto::routing::worker_registry_client::WorkerRegistryClient;
     use reactor_proto::routing::{HeartbeatRequest, RegisterRequest};
-    let db = TestDatabase::create(&admin_url()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = FunctionsConfig {
-        workdir: dir.path().to_path_buf(),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let (db, _dir, config) = shared().await;
     let a = replica(&config).await;
     let b = replica(&config).await;
     let (url_a, url_b) = (serve_all(&a).await, serve_all(&b).await);
@@ -549,13 +544,7 @@ async fn a_worker_registered_through_one_replica_is_in_every_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_is_held_once_and_taken_over_when_its_holder_stops() {
     use reactor_control_plane::lease::Lease;
-    let db = TestDatabase::create(&admin_url()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = FunctionsConfig {
-        workdir: dir.path().to_path_buf(),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let (db, _dir, config) = shared().await;
     let store = Backends::open(&config).await.expect("backends").store;
     let ttl = Duration::from_millis(600);
     // A holder that dies at once: it took the lease and never renews it.
@@ -613,13 +602,7 @@ async fn a_lease_is_held_once_and_taken_over_when_its_holder_stops() {
 /// all of them start (one creates, the others find what it created).
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_bootstrap_the_same_org_at_once() {
-    let db = TestDatabase::create(&admin_url()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = FunctionsConfig {
-        workdir: dir.path().to_path_buf(),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let (db, _dir, config) = shared().await;
     let replicas = [
         replica(&config).await,
         replica(&config).await,

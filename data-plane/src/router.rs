@@ -129,12 +129,7 @@ impl DataPlane {
             );
             return false;
         }
-        let previous = self.index.borrow().clone();
-        self.index
-            .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
-        if reactor_service::metrics::get().recording() {
-            reactor_service::metrics::get().routing_table(table.version);
-        }
+        self.install(table);
         true
     }
 
@@ -145,13 +140,17 @@ impl DataPlane {
             tracing::debug!(offered = table.version, "ignoring an older routing table");
             return false;
         }
+        self.install(table);
+        true
+    }
+
+    fn install(&self, table: &RoutingTable) {
         let previous = self.index.borrow().clone();
         self.index
             .send_replace(Arc::new(RouteIndex::build_from(table, &previous)));
         if reactor_service::metrics::get().recording() {
             reactor_service::metrics::get().routing_table(table.version);
         }
-        true
     }
 
     /// Follows an in-process source of routing tables until it closes.
